@@ -1,0 +1,40 @@
+# Sparrow — see README.md. Every target uses the project venv made by `make install`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PRESETS ?= small default large
+JOBS ?= 2
+B ?=
+
+.PHONY: install test lint sim verilog bench fpga demo formal fuzz coverage clean help
+
+help:
+	@echo "make install   venv + every dependency (Python 3.11, Verilator from apt if missing)"
+	@echo "make test      the test suite on $(JOBS) cores (fails on failures and on 'no tests')"
+	@echo "make lint      ruff"
+	@echo "make bench     every benchmark in bench/ (B=NAME for one); results in bench/results/"
+	@echo "make sim / verilog / fpga / demo / formal / fuzz / coverage: see README"
+
+$(VENV)/.installed: pyproject.toml
+	@command -v verilator >/dev/null || { echo "installing verilator (apt)"; apt-get update -qq && apt-get install -y -qq verilator g++ make; }
+	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,tb,fpga]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -n $(JOBS) -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check sw hdl sim tb tests bench
+
+bench: install
+	$(PY) -m sparrow.bench $(B)
+
+sim verilog fpga demo formal fuzz coverage:
+	@echo "make $@: not implemented yet — see the open issues (issues list)"; exit 2
+
+clean:
+	rm -rf build .pytest_cache
