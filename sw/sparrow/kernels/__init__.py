@@ -1,0 +1,1 @@
+"""Kernel builders: Python functions that emit tiled, synchronised Sparrow programs."""
