@@ -288,11 +288,11 @@ def test_assembler_syntax():
 
 @pytest.mark.parametrize("mnemonic", sorted(KINDS))
 @settings(max_examples=40, deadline=None)
-@given(data=st.data())
-def test_layout_matches_encode(mnemonic, data):
+@given(draw=st.data())
+def test_layout_matches_encode(mnemonic, draw):
     layout = isa.instruction_layout()
     assert layout.size == 128
-    instr = data.draw(instructions(mnemonic))
+    instr = draw.draw(instructions(mnemonic))
     c = data.Const(layout, encode(instr))
     hdr = c.header
     assert hdr.opcode == instr.kind.opcode
