@@ -1,0 +1,119 @@
+"""Cycle-estimate model of the golden model (table-driven; the RTL team tunes the constants).
+
+Every instruction gets a *duration* in cycles from the formulas below; the constants live in
+:class:`Costs` (one frozen dataclass, ``DEFAULT_COSTS``) so they can be tuned against RTL cycle
+counts without touching the formulas. All durations are at least 1 cycle.
+
+Notation: ``B = cfg.mem_bytes`` (external-memory beat width), ``ceil(x/B)`` beats.
+
+Fetch
+    ``fetch = ceil(WORD_BYTES / B)`` cycles per instruction word (HALT included).
+
+LOAD
+    ``dma_start + sum over data rows (dma_row_setup + max(ceil(bytes_row / B), row_lines * line_cycles))
+    + pad_lines * pad_line_cycles`` where ``bytes_row`` is ``row_lines * LB`` uncompressed and
+    ``2 + N`` (the group's bus bytes) compressed, and ``pad_lines`` is the number of zero lines
+    of the padded region (``H*W - rows*row_lines``).
+
+STORE
+    ``dma_start + sum over rows (dma_row_setup + max(ceil(bytes_row / B), row_lines * line_cycles))``
+    with ``bytes_row`` as for LOAD (compressed: the ``2 + N`` bytes actually written).
+
+MATMUL
+    ``matmul_start + makespan``. The array has ``cfg.rows`` zero-skipping lanes. Output row ``m``
+    costs ``sum over its ceil(k/cols) activation lines of max(1, nonzeros in the line)`` (only
+    elements ``j < k`` count); rows are dealt in order ``m = 0, 1, ...`` to the earliest-free lane
+    (ties: lowest lane), and ``makespan`` is when the last lane finishes.
+
+VECTOR
+    ``vector_start + lines * vector_line_cycles`` where ``lines`` is the number of scratchpad
+    lines read: REQUANT ``rows + 3`` (data + bias/mult/shift), ADD ``2 * lines``, MASK
+    ``rows*row_lines`` (+ the bitmap lines in LOADED mode), MAXPOOL/AVGPOOL
+    ``out_h*out_w*lpp*kh*kw`` (every window read, no reuse).
+
+NOP / DELAY
+    NOP ``nop`` cycles; DELAY ``delay_overhead + delay[slot]``.
+
+Modes
+    Program-order mode: ``cycles = sum over executed instructions of (fetch + duration)`` (a machine
+    that neither overlaps fetch with execution nor engines with each other). Concurrent mode:
+    the makespan of the event-driven schedule (see :mod:`sparrow.golden.concurrent`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..isa import WORD_BYTES
+
+__all__ = ["Costs", "DEFAULT_COSTS", "fetch_cycles", "dma_cycles", "matmul_cycles", "vector_cycles",
+           "nop_cycles", "delay_cycles"]
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Tunable constants of the cycle model (cycles)."""
+    dma_start: int = 4          #: per LOAD/STORE instruction: descriptor decode, first address
+    dma_row_setup: int = 2      #: per transferred row: address/burst set-up
+    line_cycles: int = 1        #: scratchpad lines per cycle bound of a DMA (cycles per line)
+    pad_line_cycles: int = 1    #: per zero padding line written by LOAD
+    matmul_start: int = 4       #: per MATMUL: pipeline fill and drain
+    vector_start: int = 3       #: per VECTOR: pipeline fill and drain
+    vector_line_cycles: int = 1  #: per scratchpad line read by the vector unit
+    nop: int = 1                #: NOP
+    delay_overhead: int = 1     #: DELAY issue cycle on top of delay[slot]
+
+
+DEFAULT_COSTS = Costs()
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def fetch_cycles(cfg, costs: Costs = DEFAULT_COSTS) -> int:
+    return max(1, _ceil_div(WORD_BYTES, cfg.mem_bytes))
+
+
+def dma_cycles(cfg, row_bytes, row_lines: int, pad_lines: int = 0, costs: Costs = DEFAULT_COSTS) -> int:
+    """LOAD/STORE duration: ``row_bytes`` is an int (same for every row, with ``rows`` given by
+    its length if array) or an array of per-row bus bytes."""
+    rb = np.asarray(row_bytes, dtype=np.int64).reshape(-1)
+    beats = -(-rb // cfg.mem_bytes)
+    per_row = costs.dma_row_setup + np.maximum(beats, row_lines * costs.line_cycles)
+    return max(1, costs.dma_start + int(per_row.sum()) + pad_lines * costs.pad_line_cycles)
+
+
+def matmul_cycles(cfg, row_costs, costs: Costs = DEFAULT_COSTS) -> int:
+    """MATMUL duration from the per-output-row costs (``sum max(1, nnz(line))``)."""
+    rc = np.asarray(row_costs, dtype=np.int64).reshape(-1)
+    lanes = cfg.rows
+    n = rc.size
+    if n == 0:
+        span = 0
+    elif n <= lanes:
+        span = int(rc.max())
+    elif np.all(rc == rc[0]):
+        span = int(rc[0]) * _ceil_div(n, lanes)
+    else:
+        free = [(0, lane) for lane in range(lanes)]   # (time free, lane): earliest, then lowest lane
+        for c in rc.tolist():
+            t, lane = heapq.heappop(free)
+            heapq.heappush(free, (t + c, lane))
+        span = max(t for t, _ in free)
+    return max(1, costs.matmul_start + span)
+
+
+def vector_cycles(lines_read: int, costs: Costs = DEFAULT_COSTS) -> int:
+    return max(1, costs.vector_start + lines_read * costs.vector_line_cycles)
+
+
+def nop_cycles(costs: Costs = DEFAULT_COSTS) -> int:
+    return max(1, costs.nop)
+
+
+def delay_cycles(delay: int, costs: Costs = DEFAULT_COSTS) -> int:
+    return max(1, costs.delay_overhead + int(delay))
