@@ -1,0 +1,281 @@
+"""Scratchpad memories: banked (ACT, ACC) and replicated (WGT).
+
+Both blocks expose the *scratchpad side* (flipped) of the port contract in ``hdl/spad_port.py``:
+a read port takes line addresses on ``cmd`` and returns lines on ``rsp`` in request order; a
+write port takes ``{addr, data}`` on ``cmd``. Engines own ports, never memories.
+
+Timing (both blocks)
+--------------------
+* A command is accepted (``cmd.ready``) in the cycle its bank is granted to it; ``ready`` is a
+  combinational function of the ``valid``/``payload`` of all ports (the stream rule "valid must
+  not depend on ready" is respected: nothing here looks at a port's ``ready`` to drive ``valid``).
+* Read latency is exactly **1 cycle** from acceptance to ``rsp.valid``, always (bank conflicts
+  show up as ``cmd.ready`` low, never as extra response latency), so responses are trivially in
+  request order. ``rsp`` is never back-pressured.
+* A write accepted in cycle *t* is visible to reads accepted in cycle *t + 1* and later. A read
+  and a write of the **same line accepted in the same cycle: the read returns the old data**.
+
+Banking and double buffering
+----------------------------
+:class:`BankedScratchpad` interleaves lines over ``banks`` simple-dual-port memories by line
+address (``bank = addr % banks``, row ``addr // banks``). Every bank serves one read *and* one
+write per cycle, so clients conflict only when two readers (or two writers) hit the same bank in
+the same cycle; consecutive lines sit in different banks, so streaming clients spread out.
+Double buffering is not a hardware mode: the compiler places the tile being filled by LOAD and
+the tile being consumed by MATMUL/VECTOR in separate regions (semaphores order them), and the
+banking lets both proceed in the same cycles with at most occasional one-cycle conflicts.
+
+Arbitration is per bank and per direction with :class:`sparrow.hdl.round_robin.RoundRobin`: a
+client whose command waits is granted after at most ``n - 1`` grants of that bank to others (the
+priority pointer moves past every winner), so nobody starves.
+"""
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.hdl import Shape
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In
+
+from .round_robin import RoundRobin
+from .spad_port import ReadPortSignature, WritePortSignature, act_line, acc_line
+
+__all__ = ["BankedScratchpad", "ReplicatedScratchpad", "act_scratchpad", "acc_scratchpad", "wgt_scratchpad"]
+
+
+def _is_pow2(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
+
+
+def _check_depth(depth):
+    if not _is_pow2(depth) or depth < 2:
+        raise ValueError(f"depth must be a power of two >= 2, not {depth!r}")
+
+
+def _check_shape(line_shape):
+    try:
+        Shape.cast(line_shape)
+    except TypeError as e:
+        raise ValueError(f"line_shape must be a shape or layout, not {line_shape!r}") from e
+
+
+def _port_names(arg, argname, prefix):
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        if arg < 1:
+            raise ValueError(f"{argname} must be >= 1, not {arg!r}")
+        return [f"{prefix}{i}" for i in range(arg)]
+    if isinstance(arg, (list, tuple)) and arg and all(isinstance(n, str) and n for n in arg):
+        if len(set(arg)) != len(arg):
+            raise ValueError(f"{argname} has duplicate names: {list(arg)!r}")
+        return list(arg)
+    raise ValueError(f"{argname} must be a positive int or a non-empty list of unique names, not {arg!r}")
+
+
+class BankedScratchpad(wiring.Component):
+    """A scratchpad of ``depth`` lines interleaved over ``banks`` banks, with named client ports.
+
+    Parameters
+    ----------
+    depth : int
+        Lines (power of two, >= 2, >= ``banks``).
+    banks : int
+        Banks (power of two); line ``a`` lives in bank ``a % banks``.
+    line_shape : shape
+        Shape of one line (e.g. :func:`sparrow.hdl.spad_port.act_line`).
+    read_ports, write_ports : int or list of str
+        Client ports: a count (named ``r0, r1, ...`` / ``w0, w1, ...``) or their names in order.
+
+    Attributes
+    ----------
+    read_names, write_names : list of str
+        Port names by index.
+    read_index, write_index : dict
+        Name -> index into ``rd`` / ``wr``; :meth:`read_port` / :meth:`write_port` look up by name.
+
+    Ports
+    -----
+    rd : In(ReadPortSignature(addr_width, line_shape)).array(len(read_names))
+        Read ports (scratchpad side). Verilog: ``rd__<i>__cmd__{valid,ready,payload}``,
+        ``rd__<i>__rsp__{valid,payload}``.
+    wr : In(WritePortSignature(addr_width, line_shape)).array(len(write_names))
+        Write ports (scratchpad side). Verilog: ``wr__<i>__cmd__{valid,ready,payload}``, payload
+        = ``addr`` in the low ``addr_width`` bits, line data above.
+    """
+
+    def __init__(self, depth: int, banks: int, line_shape, *, read_ports, write_ports):
+        _check_depth(depth)
+        if not _is_pow2(banks) or banks > depth:
+            raise ValueError(f"banks must be a power of two <= depth ({depth}), not {banks!r}")
+        _check_shape(line_shape)
+        self.depth, self.banks, self.line_shape = depth, banks, line_shape
+        self.read_names = _port_names(read_ports, "read_ports", "r")
+        self.write_names = _port_names(write_ports, "write_ports", "w")
+        self.read_index = {n: i for i, n in enumerate(self.read_names)}
+        self.write_index = {n: i for i, n in enumerate(self.write_names)}
+        self.addr_width = (depth - 1).bit_length()
+        self.bank_bits = (banks - 1).bit_length()
+        super().__init__({
+            "rd": In(ReadPortSignature(self.addr_width, line_shape)).array(len(self.read_names)),
+            "wr": In(WritePortSignature(self.addr_width, line_shape)).array(len(self.write_names)),
+        })
+
+    def read_port(self, name: str):
+        """The read port called ``name``."""
+        try:
+            return self.rd[self.read_index[name]]
+        except KeyError:
+            raise ValueError(f"no read port {name!r}; have {self.read_names}") from None
+
+    def write_port(self, name: str):
+        """The write port called ``name``."""
+        try:
+            return self.wr[self.write_index[name]]
+        except KeyError:
+            raise ValueError(f"no write port {name!r}; have {self.write_names}") from None
+
+    def _bank(self, addr):
+        return addr[:self.bank_bits] if self.bank_bits else 0
+
+    def _row(self, addr):
+        return addr[self.bank_bits:]
+
+    def elaborate(self, platform):
+        m = Module()
+        nb, n_rd, n_wr = self.banks, len(self.rd), len(self.wr)
+        rdata = []
+        rd_ready = [[] for _ in range(n_rd)]
+        wr_ready = [[] for _ in range(n_wr)]
+        for b in range(nb):
+            mem = Memory(shape=self.line_shape, depth=self.depth // nb, init=[])
+            m.submodules[f"bank{b}"] = mem
+            rp = mem.read_port()          # not transparent: same-cycle write -> old data
+            wp = mem.write_port()
+            rdata.append(rp.data)
+
+            m.submodules[f"rd_arb{b}"] = ra = RoundRobin(n_rd)
+            for i, port in enumerate(self.rd):
+                m.d.comb += ra.requests[i].eq(port.cmd.valid & (self._bank(port.cmd.payload) == b))
+                rd_ready[i].append(ra.grant[i])
+            m.d.comb += [ra.advance.eq(1), rp.en.eq(ra.valid)]
+            with m.Switch(ra.index):
+                for i, port in enumerate(self.rd):
+                    with m.Case(i):
+                        m.d.comb += rp.addr.eq(self._row(port.cmd.payload))
+
+            m.submodules[f"wr_arb{b}"] = wa = RoundRobin(n_wr)
+            for i, port in enumerate(self.wr):
+                m.d.comb += wa.requests[i].eq(port.cmd.valid & (self._bank(port.cmd.payload.addr) == b))
+                wr_ready[i].append(wa.grant[i])
+            m.d.comb += [wa.advance.eq(1), wp.en.eq(wa.valid)]
+            with m.Switch(wa.index):
+                for i, port in enumerate(self.wr):
+                    with m.Case(i):
+                        m.d.comb += [wp.addr.eq(self._row(port.cmd.payload.addr)),
+                                     wp.data.eq(port.cmd.payload.data)]
+
+        for i, port in enumerate(self.wr):
+            m.d.comb += port.cmd.ready.eq(_or(wr_ready[i]))
+        for i, port in enumerate(self.rd):
+            m.d.comb += port.cmd.ready.eq(_or(rd_ready[i]))
+            rsp_valid = Signal(name=f"rsp_valid_{i}")
+            rsp_bank = Signal(range(max(nb, 2)), name=f"rsp_bank_{i}")
+            m.d.sync += rsp_valid.eq(port.cmd.valid & port.cmd.ready)
+            with m.If(port.cmd.valid & port.cmd.ready):
+                m.d.sync += rsp_bank.eq(self._bank(port.cmd.payload))
+            m.d.comb += port.rsp.valid.eq(rsp_valid)
+            with m.Switch(rsp_bank):
+                for b in range(nb):
+                    with m.Case(b):
+                        m.d.comb += port.rsp.payload.eq(rdata[b])
+        return m
+
+
+def _or(bits):
+    out = bits[0]
+    for b in bits[1:]:
+        out = out | b
+    return out
+
+
+class ReplicatedScratchpad(wiring.Component):
+    """``replicas`` identical copies behind one broadcast write port; a private read port each.
+
+    Every write goes to all copies (``wr.cmd.ready`` is constant 1), so each matrix lane reads
+    its own copy without conflicts (``rd[r].cmd.ready`` is constant 1 for ``r >= 1``). The extra
+    ``shared`` read port (for the STORE DMA) reads replica 0 and is arbitrated round-robin against
+    ``rd[0]`` (each waits at most one grant). Latency 1, same-cycle read/write of a line returns
+    the old data (see module docstring).
+
+    Parameters
+    ----------
+    depth : int
+        Lines (power of two, >= 2).
+    replicas : int
+        Copies (>= 1), normally ``cfg.rows``.
+    line_shape : shape
+        Shape of one line.
+
+    Ports
+    -----
+    wr : In(WritePortSignature(addr_width, line_shape))
+        Broadcast write port. Verilog ``wr__cmd__{valid,ready,payload}``.
+    rd : In(ReadPortSignature(addr_width, line_shape)).array(replicas)
+        Private read ports. Verilog ``rd__<r>__cmd__*``, ``rd__<r>__rsp__*``.
+    shared : In(ReadPortSignature(addr_width, line_shape))
+        Shared read port on replica 0. Verilog ``shared__cmd__*``, ``shared__rsp__*``.
+    """
+
+    def __init__(self, depth: int, replicas: int, line_shape):
+        _check_depth(depth)
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+            raise ValueError(f"replicas must be a positive int, not {replicas!r}")
+        _check_shape(line_shape)
+        self.depth, self.replicas, self.line_shape = depth, replicas, line_shape
+        self.addr_width = (depth - 1).bit_length()
+        super().__init__({
+            "wr": In(WritePortSignature(self.addr_width, line_shape)),
+            "rd": In(ReadPortSignature(self.addr_width, line_shape)).array(replicas),
+            "shared": In(ReadPortSignature(self.addr_width, line_shape)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.wr.cmd.ready.eq(1)
+        for r in range(self.replicas):
+            mem = Memory(shape=self.line_shape, depth=self.depth, init=[])
+            m.submodules[f"replica{r}"] = mem
+            rp, wp = mem.read_port(), mem.write_port()
+            m.d.comb += [wp.en.eq(self.wr.cmd.valid), wp.addr.eq(self.wr.cmd.payload.addr),
+                         wp.data.eq(self.wr.cmd.payload.data)]
+            clients = [self.rd[r]] + ([self.shared] if r == 0 else [])
+            if r == 0:
+                m.submodules.shared_arb = arb = RoundRobin(2)
+                m.d.comb += [arb.requests.eq(Cat(*[c.cmd.valid for c in clients])), arb.advance.eq(1),
+                             rp.en.eq(arb.valid),
+                             rp.addr.eq(Mux(arb.index, clients[1].cmd.payload, clients[0].cmd.payload))]
+                readies = [arb.grant[0], arb.grant[1]]
+            else:
+                m.d.comb += [rp.en.eq(self.rd[r].cmd.valid), rp.addr.eq(self.rd[r].cmd.payload)]
+                readies = [1]
+            for c, port in enumerate(clients):
+                m.d.comb += port.cmd.ready.eq(readies[c])
+                rsp_valid = Signal(name=f"rsp_valid_{r}_{c}")
+                m.d.sync += rsp_valid.eq(port.cmd.valid & port.cmd.ready)
+                m.d.comb += [port.rsp.valid.eq(rsp_valid), port.rsp.payload.eq(rp.data)]
+        return m
+
+
+def act_scratchpad(cfg, read_ports, write_ports) -> BankedScratchpad:
+    """The ACT scratchpad of ``cfg``: ``act_depth`` lines of ``cols`` int8 over ``act_banks`` banks."""
+    return BankedScratchpad(cfg.act_depth, cfg.act_banks, act_line(cfg.cols),
+                            read_ports=read_ports, write_ports=write_ports)
+
+
+def acc_scratchpad(cfg, read_ports, write_ports) -> BankedScratchpad:
+    """The ACC scratchpad of ``cfg``: ``acc_depth`` lines of ``cols`` int32 over ``acc_banks`` banks."""
+    return BankedScratchpad(cfg.acc_depth, cfg.acc_banks, acc_line(cfg.cols),
+                            read_ports=read_ports, write_ports=write_ports)
+
+
+def wgt_scratchpad(cfg) -> ReplicatedScratchpad:
+    """The WGT scratchpad of ``cfg``: ``wgt_depth`` lines of ``cols`` int8, one copy per lane (``rows``)."""
+    return ReplicatedScratchpad(cfg.wgt_depth, cfg.rows, act_line(cfg.cols))
