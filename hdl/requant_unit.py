@@ -1,0 +1,150 @@
+"""Pipelined scale/round/clamp datapath shared by every VECTOR operation.
+
+Per column ``c`` the unit computes, bit-exactly as ``sparrow.golden.numerics``::
+
+    p   = use_add ? a*mult_a + b*mult_b                 # ADD
+                  : (x + bias[c]) * mult[c]              # REQUANT (and AVGPOOL / pass-through)
+    y   = rne_shift(p, shift[c]) + zp                   # round half to even
+    out = min(max(y, lo), hi)                           # int8
+
+which is ``numerics.requant`` (``x`` = accumulator, ``mult`` already masked to 31 bits,
+``shift`` already ``& 63``), ``numerics.vadd`` (``zp = 0``, ``lo = -128`` or ``0`` for ReLU,
+``hi = 127``) and ``numerics.avgpool_scale`` (``x`` = window sum, ``bias = 0``, ``lo/hi`` =
+int8 range). MAXPOOL and MASK pass values through with ``mult = 1``, ``shift = 0``.
+
+The 33 x 31-bit product is split into four registered partial products of at most 17 x 17
+bits (one ECP5 18x18 multiplier each) summed over two adder stages; the 64-bit rounding shift
+has its own stage and the rounded value is saturated to 16 bits before the final ``+ zp`` and
+clamp (saturation cannot change the clamped int8 result). The pipeline never stalls: a valid
+input appears at the output exactly :attr:`LATENCY` cycles later.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["RequantUnit"]
+
+
+class RequantUnit(wiring.Component):
+    """Fixed-latency (``LATENCY`` cycles) int32/int8 -> int8 scaling pipeline, ``cols`` lanes.
+
+    Parameters
+    ----------
+    cols : int
+        Elements per line (a power of two, 1..64).
+
+    Ports
+    -----
+    i_valid : In(1)
+        An input line is present this cycle.
+    i_x : In(ArrayLayout(signed(32), cols))
+        Operand of the multiply path (accumulator, pool sum/max or masked value).
+    i_a, i_b : In(ArrayLayout(signed(8), cols))
+        Operands of the ADD path.
+    use_add : In(1)
+        Select ``a*mult_a + b*mult_b`` instead of ``(x + bias)*mult``. Held constant while
+        lines are in flight, like every other configuration input below.
+    mult_a, mult_b : In(signed(16))
+        ADD multipliers.
+    bias : In(ArrayLayout(signed(32), cols))
+        Per-column bias added to ``x``.
+    mult : In(ArrayLayout(unsigned(31), cols))
+        Per-column unsigned multiplier.
+    shift : In(ArrayLayout(unsigned(6), cols))
+        Per-column rounding right shift (0..63).
+    zp, lo, hi : In(signed(8))
+        Zero point added after rounding, and the clamp bounds (``min(max(y, lo), hi)``).
+    o_valid : Out(1)
+        Output line present (``LATENCY`` cycles after ``i_valid``).
+    o_y : Out(ArrayLayout(signed(8), cols))
+        The int8 result.
+    """
+
+    LATENCY = 7
+
+    def __init__(self, cols: int):
+        if not isinstance(cols, int) or isinstance(cols, bool) or not 1 <= cols <= 64 or cols & (cols - 1):
+            raise ValueError(f"cols must be a power of two in 1..64, not {cols!r}")
+        self.cols = cols
+        super().__init__({
+            "i_valid": In(1),
+            "i_x": In(data.ArrayLayout(signed(32), cols)),
+            "i_a": In(data.ArrayLayout(signed(8), cols)),
+            "i_b": In(data.ArrayLayout(signed(8), cols)),
+            "use_add": In(1),
+            "mult_a": In(signed(16)),
+            "mult_b": In(signed(16)),
+            "bias": In(data.ArrayLayout(signed(32), cols)),
+            "mult": In(data.ArrayLayout(unsigned(31), cols)),
+            "shift": In(data.ArrayLayout(unsigned(6), cols)),
+            "zp": In(signed(8)),
+            "lo": In(signed(8)),
+            "hi": In(signed(8)),
+            "o_valid": Out(1),
+            "o_y": Out(data.ArrayLayout(signed(8), cols)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        sync = m.d.sync
+
+        valid = [Signal(name=f"v{k}") for k in range(1, self.LATENCY + 1)]
+        sync += valid[0].eq(self.i_valid)
+        for k in range(1, self.LATENCY):
+            sync += valid[k].eq(valid[k - 1])
+        m.d.comb += self.o_valid.eq(valid[-1])
+
+        for c in range(self.cols):
+            def reg(shape, stage, what, _c=c):
+                return Signal(shape, name=f"s{stage}_{what}_{_c}")
+
+            # S1: t = x + bias (exact, 33 bits); keep the ADD operands.
+            t = reg(signed(33), 1, "t")
+            a1, b1 = reg(signed(8), 1, "a"), reg(signed(8), 1, "b")
+            sync += [t.eq(self.i_x[c] + self.bias[c]), a1.eq(self.i_a[c]), b1.eq(self.i_b[c])]
+
+            # S2: partial products. t = th*2**16 + tl, mult = mh*2**16 + ml.
+            tl, th = t[0:16], t[16:33].as_signed()
+            ml, mh = self.mult[c][0:16], self.mult[c][16:31]
+            pp_ll = reg(unsigned(32), 2, "ll")
+            pp_lh = reg(unsigned(31), 2, "lh")
+            pp_hl = reg(signed(33), 2, "hl")
+            pp_hh = reg(signed(32), 2, "hh")
+            pa, pb = reg(signed(24), 2, "pa"), reg(signed(24), 2, "pb")
+            sync += [pp_ll.eq(tl * ml), pp_lh.eq(tl * mh), pp_hl.eq(th * ml), pp_hh.eq(th * mh),
+                     pa.eq(a1 * self.mult_a), pb.eq(b1 * self.mult_b)]
+
+            # S3: two partial sums and the ADD sum.
+            s_lo = reg(unsigned(48), 3, "slo")
+            s_hi = reg(signed(49), 3, "shi")
+            s_add = reg(signed(25), 3, "sadd")
+            sync += [s_lo.eq(pp_ll + (pp_lh << 16)), s_hi.eq(pp_hl + (pp_hh << 16)), s_add.eq(pa + pb)]
+
+            # S4: the exact 64-bit product (|t| <= 2**32, mult < 2**31) or the ADD sum.
+            p = reg(signed(64), 4, "p")
+            sync += p.eq(Mux(self.use_add, s_add, s_lo + (s_hi << 16)))
+
+            # S5: q = floor(p / 2**s); round bit = bit s-1 of p; sticky = any bit below s-1.
+            sh = self.shift[c]
+            pe = Cat(Const(0, 1), p)                    # pe[k] = p[k-1], pe[0] = 0
+            q = reg(signed(64), 5, "q")
+            rbit = reg(1, 5, "rbit")
+            sticky = reg(1, 5, "sticky")
+            low_mask = (Const(1, 65) << sh) - 1         # bits 0..s-1 of pe = bits -1..s-2 of p
+            sync += [q.eq(p >> sh), rbit.eq(pe.bit_select(sh, 1)), sticky.eq((pe & low_mask) != 0)]
+
+            # S6: saturate q to 16 bits (harmless: the int8 clamp decides the same) and round.
+            qs = reg(signed(16), 6, "qs")
+            up = reg(1, 6, "up")
+            sync += [qs.eq(Mux(q > 32767, 32767, Mux(q < -32768, -32768, q))),
+                     up.eq(rbit & (sticky | q[0]))]
+
+            # S7: + zp, then min(max(y, lo), hi).
+            y = Signal(signed(18), name=f"s7_y_{c}")
+            m.d.comb += y.eq(qs + up + self.zp)
+            ylo = Mux(y < self.lo, self.lo, y)
+            out = reg(signed(8), 7, "out")
+            sync += out.eq(Mux(ylo > self.hi, self.hi, ylo))
+            m.d.comb += self.o_y[c].eq(out)
+        return m

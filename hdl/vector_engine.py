@@ -1,0 +1,428 @@
+"""VECTOR engine: REQUANT, ADD, MAXPOOL, AVGPOOL and MASK over scratchpad lines.
+
+Structure (one instruction at a time)::
+
+    instr -> CHECK (3 cycles: footprint, SPAD_RANGE) -> RUN -> done
+                 read issue --cmd--> scratchpad --rsp--> response FIFO (per port)
+                 consume (pop operands, pool window, mask select) -> E0 register
+                 -> RequantUnit (7 stages) -> write FIFO -> act_wr
+
+* Every read port has a response FIFO of ``rd_depth`` lines and a credit counter (issued and
+  not yet consumed); a read is only issued when its response is sure to fit, so responses are
+  always accepted when valid, whatever the port latency.
+* The consumer pops operands only while the lines already in the pipeline plus the write FIFO
+  leave room (``wr_depth`` credits), so the arithmetic pipeline never stalls; back-pressure of
+  the write port just fills the write FIFO.
+* Output lines are written in order, each after every input line it depends on has been read
+  (they are computed from the responses), so in-place REQUANT/ADD/MASK work. The next
+  instruction starts only after the last write was accepted (its reads see this one's writes).
+* Steady state: one line per cycle for REQUANT/ADD/MASK and one input line per cycle for the
+  pools, given enough response credits for the port latency.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import fifo, wiring
+from amaranth.lib.wiring import In, Out
+
+from sparrow.config import HwConfig
+from sparrow.errors import ErrorCode
+from sparrow.isa import MaskMode, VectorOp, instruction_layout
+
+from .engine_port import engine_control_members
+from .mask_unit import MaskUnit
+from .requant_unit import RequantUnit
+from .spad_port import ReadPortSignature, WritePortSignature, acc_line, act_line
+
+__all__ = ["VectorEngine"]
+
+
+class VectorEngine(wiring.Component):
+    """The VECTOR engine (see module docstring and ``docs/isa.md``, VECTOR).
+
+    Parameters
+    ----------
+    cfg : HwConfig
+        Hardware configuration (``cols``, scratchpad depths).
+    rd_depth : int
+        Response FIFO depth (outstanding reads) per read port; >= 2. One line per cycle needs
+        more than the port's read latency plus 2.
+    wr_depth : int
+        Output credits (write FIFO depth); >= 2. One line per cycle needs more than
+        ``RequantUnit.LATENCY + 3``.
+
+    Ports
+    -----
+    instr : In(stream.Signature(instruction_layout()))
+        VECTOR instructions (decoded-legal, past their semaphore wait). Taken only when idle.
+    done : Out(1)
+        One-cycle pulse per completed instruction, in order (the cycle after its last write).
+    busy : Out(1)
+        An accepted instruction has not completed (low again once an error stopped the engine).
+    error : Out(ErrorCode)
+        ``SPAD_RANGE`` (sticky) when an instruction's footprint leaves a scratchpad; the
+        instruction is not executed and no further instruction is accepted.
+    acc_rd : Out(ReadPortSignature(cfg.acc_addr_bits, acc_line(cols)))
+        REQUANT parameter lines (bias, mult, shift at ``param``..``param+2``), then its inputs.
+    act_rd_a : Out(ReadPortSignature(cfg.act_addr_bits, act_line(cols)))
+        ADD operand a; MASK data; pool inputs.
+    act_rd_b : Out(ReadPortSignature(cfg.act_addr_bits, act_line(cols)))
+        ADD operand b; MASK LOADED bitmap lines.
+    act_wr : Out(WritePortSignature(cfg.act_addr_bits, act_line(cols)))
+        Output lines.
+    busy_cycles : Out(32)
+        Cycles with ``busy`` high (wraps).
+    stall_cycles : Out(32)
+        Cycles while executing in which no input line was consumed and no output line was
+        written (waiting for read responses, write-port back-pressure or pipeline drain).
+    """
+
+    def __init__(self, cfg: HwConfig, *, rd_depth: int = 8, wr_depth: int = 16):
+        if not isinstance(cfg, HwConfig):
+            raise ValueError(f"cfg must be a HwConfig, not {cfg!r}")
+        for name, v in (("rd_depth", rd_depth), ("wr_depth", wr_depth)):
+            if not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 256:
+                raise ValueError(f"{name} must be an int in 2..256, not {v!r}")
+        self.cfg, self.rd_depth, self.wr_depth = cfg, rd_depth, wr_depth
+        cols = cfg.cols
+        super().__init__({
+            **engine_control_members(),
+            "acc_rd": Out(ReadPortSignature(cfg.acc_addr_bits, acc_line(cols))),
+            "act_rd_a": Out(ReadPortSignature(cfg.act_addr_bits, act_line(cols))),
+            "act_rd_b": Out(ReadPortSignature(cfg.act_addr_bits, act_line(cols))),
+            "act_wr": Out(WritePortSignature(cfg.act_addr_bits, act_line(cols))),
+            "busy_cycles": Out(32),
+            "stall_cycles": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, cols = self.cfg, self.cfg.cols
+        comb, sync = m.d.comb, m.d.sync
+        W = 32   # width of footprint arithmetic (no overflow for any field values)
+
+        ins = Signal(instruction_layout())
+        rq, va, pl, mk = ins.body.requant, ins.body.vadd, ins.body.maxpool, ins.body.mask
+        vop = rq.vop
+        is_rq = Signal()
+        is_add = Signal()
+        is_max = Signal()
+        is_avg = Signal()
+        is_mask = Signal()
+        is_pool = is_max | is_avg
+        comb += [is_rq.eq(vop == VectorOp.REQUANT), is_add.eq(vop == VectorOp.ADD),
+                 is_max.eq(vop == VectorOp.MAXPOOL), is_avg.eq(vop == VectorOp.AVGPOOL),
+                 is_mask.eq(vop == VectorOp.MASK)]
+        loaded = Signal()
+        comb += loaded.eq(is_mask & (mk.mode == MaskMode.LOADED))
+
+        # ---- submodules -------------------------------------------------------------------
+        m.submodules.unit = unit = RequantUnit(cols)
+        m.submodules.maskgen = mgen = MaskUnit(cols)
+        m.submodules.fifo_a = fa = fifo.SyncFIFOBuffered(width=8 * cols, depth=self.rd_depth)
+        m.submodules.fifo_b = fb = fifo.SyncFIFOBuffered(width=8 * cols, depth=self.rd_depth)
+        m.submodules.fifo_c = fc = fifo.SyncFIFOBuffered(width=32 * cols, depth=self.rd_depth)
+        m.submodules.fifo_w = fw = fifo.SyncFIFOBuffered(width=8 * cols, depth=self.wr_depth)
+
+        for f, port in ((fa, self.act_rd_a), (fb, self.act_rd_b), (fc, self.acc_rd)):
+            comb += [f.w_data.eq(port.rsp.payload.as_value()), f.w_en.eq(port.rsp.valid)]
+
+        # ---- check-stage registers -----------------------------------------------------------
+        rq_span = Signal(W)     # (rows-1)*dst_stride
+        ph = Signal(W)          # (out_h-1)*stride_h + kh-1
+        pw = Signal(W)          # (out_w-1)*stride_w + kw-1
+        ohw = Signal(W)         # out_h*out_w
+        sh_rs = Signal(W)       # stride_h*row_stride
+        sw_lpp = Signal(W)      # stride_w*lpp
+        win_m1 = Signal(8)      # kh*kw - 1
+        mn = Signal(W)          # MASK rows*row_lines
+        pin = Signal(W)         # pool input span
+        npool = Signal(W)       # out_h*out_w*lpp
+
+        running = Signal()
+        start = Signal()        # last check cycle, no error: initialise RUN state
+        fail = Signal()
+        last_write = Signal()
+
+        # ---- read issue: acc port (REQUANT) ---------------------------------------------------
+        acc_ptr = Signal(cfg.acc_addr_bits)
+        acc_cnt = Signal(13)
+        acc_left = Signal(13)
+        acc_out = Signal(range(self.rd_depth + 1))
+        acc_issue = Signal()
+        comb += [self.acc_rd.cmd.valid.eq(running & (acc_left != 0) & (acc_out < self.rd_depth)),
+                 self.acc_rd.cmd.payload.eq(acc_ptr),
+                 acc_issue.eq(self.acc_rd.cmd.valid & self.acc_rd.cmd.ready)]
+        with m.If(acc_issue):
+            sync += [acc_left.eq(acc_left - 1), acc_cnt.eq(acc_cnt + 1),
+                     acc_ptr.eq(Mux(acc_cnt == 2, rq.src, acc_ptr + 1))]
+
+        # ---- read issue: act port b (ADD operand b, MASK bitmap) --------------------------------
+        b_ptr = Signal(cfg.act_addr_bits)
+        b_left = Signal(W)
+        b_out = Signal(range(self.rd_depth + 1))
+        b_issue = Signal()
+        comb += [self.act_rd_b.cmd.valid.eq(running & (b_left != 0) & (b_out < self.rd_depth)),
+                 self.act_rd_b.cmd.payload.eq(b_ptr),
+                 b_issue.eq(self.act_rd_b.cmd.valid & self.act_rd_b.cmd.ready)]
+        with m.If(b_issue):
+            sync += [b_left.eq(b_left - 1), b_ptr.eq(b_ptr + 1)]
+
+        # ---- read issue: act port a (5 nested loops; linear ops use the dx loop only) ------------
+        # addr = src + (oy*sh + dy)*row_stride + (ox*sw + dx)*lpp + l, loops oy/ox/l/dy/dx.
+        AW = 24
+        a_more = Signal()
+        a_out = Signal(range(self.rd_depth + 1))
+        a_issue = Signal()
+        dx, dx_m1 = Signal(W), Signal(W)
+        dy, dy_m1 = Signal(4), Signal(4)
+        li, l_m1 = Signal(6), Signal(6)
+        ox, ox_m1 = Signal(8), Signal(8)
+        oy, oy_m1 = Signal(8), Signal(8)
+        dx_step, dy_step = Signal(AW), Signal(AW)
+        ox_step, oy_step = Signal(AW), Signal(AW)
+        p_oy, p_pix, p_win, p_row, a_addr = (Signal(AW, name=n) for n in
+                                             ("p_oy", "p_pix", "p_win", "p_row", "a_addr"))
+
+        def init_a(src, dx_last, dx_stp, *, dy_m1_=0, dy_step_=0, l_m1_=0, ox_m1_=0, ox_step_=0,
+                   oy_m1_=0, oy_step_=0):
+            m.d.sync += [p_oy.eq(src), p_pix.eq(src), p_win.eq(src), p_row.eq(src), a_addr.eq(src),
+                     dx_m1.eq(dx_last), dx_step.eq(dx_stp), dy_m1.eq(dy_m1_), dy_step.eq(dy_step_),
+                     l_m1.eq(l_m1_), ox_m1.eq(ox_m1_), ox_step.eq(ox_step_), oy_m1.eq(oy_m1_),
+                     oy_step.eq(oy_step_)]
+
+        comb += [self.act_rd_a.cmd.valid.eq(running & a_more & (a_out < self.rd_depth)),
+                 self.act_rd_a.cmd.payload.eq(a_addr),
+                 a_issue.eq(self.act_rd_a.cmd.valid & self.act_rd_a.cmd.ready)]
+        with m.If(a_issue):
+            with m.If(dx != dx_m1):
+                sync += [dx.eq(dx + 1), a_addr.eq(a_addr + dx_step)]
+            with m.Else():
+                sync += dx.eq(0)
+                with m.If(dy != dy_m1):
+                    sync += [dy.eq(dy + 1), p_row.eq(p_row + dy_step), a_addr.eq(p_row + dy_step)]
+                with m.Else():
+                    sync += dy.eq(0)
+                    with m.If(li != l_m1):
+                        sync += [li.eq(li + 1), p_win.eq(p_win + 1), p_row.eq(p_win + 1),
+                                 a_addr.eq(p_win + 1)]
+                    with m.Else():
+                        sync += li.eq(0)
+                        with m.If(ox != ox_m1):
+                            nxt = p_pix + ox_step
+                            sync += [ox.eq(ox + 1), p_pix.eq(nxt), p_win.eq(nxt), p_row.eq(nxt),
+                                     a_addr.eq(nxt)]
+                        with m.Else():
+                            sync += ox.eq(0)
+                            with m.If(oy != oy_m1):
+                                nxt = p_oy + oy_step
+                                sync += [oy.eq(oy + 1), p_oy.eq(nxt), p_pix.eq(nxt), p_win.eq(nxt),
+                                         p_row.eq(nxt), a_addr.eq(nxt)]
+                            with m.Else():
+                                sync += a_more.eq(0)
+
+        # ---- consumer -------------------------------------------------------------------------
+        inflight = Signal(range(self.wr_depth + 1))
+        credit = Signal()
+        comb += credit.eq(inflight < self.wr_depth)
+        pcnt = Signal(2)                 # REQUANT parameter lines received (0..3)
+        wcnt = Signal(8)                 # pool: position in the window
+        pool_acc = [Signal(signed(16), name=f"pool_acc_{c}") for c in range(cols)]
+        bm_reg = Signal(8 * cols)
+
+        pop_a, pop_b, pop_c, emit = Signal(), Signal(), Signal(), Signal()
+        comb += [fa.r_en.eq(pop_a), fb.r_en.eq(pop_b), fc.r_en.eq(pop_c)]
+
+        with m.If(running):
+            with m.If(is_rq):
+                with m.If(pcnt != 3):
+                    comb += pop_c.eq(fc.r_rdy)
+                with m.Else():
+                    comb += [pop_c.eq(fc.r_rdy & credit), emit.eq(pop_c)]
+            with m.Elif(is_add):
+                comb += [pop_a.eq(fa.r_rdy & fb.r_rdy & credit), pop_b.eq(pop_a), emit.eq(pop_a)]
+            with m.Elif(is_mask):
+                comb += [pop_a.eq(fa.r_rdy & (~mgen.need_bitmap | fb.r_rdy) & credit),
+                         pop_b.eq(pop_a & mgen.need_bitmap), emit.eq(pop_a)]
+            with m.Elif(is_pool):
+                last = wcnt == win_m1
+                comb += [pop_a.eq(fa.r_rdy & (~last | credit)), emit.eq(pop_a & last)]
+
+        # REQUANT parameters (bias, mult, shift) and the unit's per-instruction configuration.
+        acc_words = [fc.r_data[32 * c:32 * (c + 1)] for c in range(cols)]
+        a_elems = [fa.r_data[8 * c:8 * (c + 1)].as_signed() for c in range(cols)]
+        b_elems = [fb.r_data[8 * c:8 * (c + 1)].as_signed() for c in range(cols)]
+        with m.If(pop_c & (pcnt != 3)):
+            sync += pcnt.eq(pcnt + 1)
+            for c in range(cols):
+                with m.Switch(pcnt):
+                    with m.Case(0):
+                        sync += unit.bias[c].eq(acc_words[c].as_signed())
+                    with m.Case(1):
+                        sync += unit.mult[c].eq(acc_words[c][0:31])
+                    with m.Case(2):
+                        sync += unit.shift[c].eq(acc_words[c][0:6])
+
+        # Pool window accumulation.
+        with m.If(is_pool & pop_a):
+            sync += wcnt.eq(Mux(wcnt == win_m1, 0, wcnt + 1))
+        pool_val = []
+        for c in range(cols):
+            d = a_elems[c]
+            comb_v = Signal(signed(16), name=f"pool_v_{c}")
+            with m.If(wcnt == 0):
+                comb += comb_v.eq(d)
+            with m.Elif(is_max):
+                comb += comb_v.eq(Mux(d > pool_acc[c], d, pool_acc[c]))
+            with m.Else():
+                comb += comb_v.eq(pool_acc[c] + d)
+            pool_val.append(comb_v)
+            with m.If(is_pool & pop_a):
+                sync += pool_acc[c].eq(comb_v)
+
+        # MASK: bitmap of the current group of 8 lines.
+        bitmap = Mux(mgen.need_bitmap, fb.r_data, bm_reg)
+        comb += [mgen.mode.eq(mk.mode), mgen.param.eq(mk.param), mgen.row_lines.eq(mk.row_lines),
+                 mgen.bitmap.eq(bitmap), mgen.start.eq(start), mgen.step.eq(is_mask & pop_a)]
+        with m.If(pop_b & is_mask):
+            sync += bm_reg.eq(fb.r_data)
+
+        # E0: operand register feeding the unit.
+        e0_valid = Signal()
+        sync += e0_valid.eq(emit)
+        with m.If(emit):
+            for c in range(cols):
+                with m.If(is_rq):
+                    sync += unit.i_x[c].eq(acc_words[c].as_signed())
+                with m.Elif(is_mask):
+                    sync += unit.i_x[c].eq(Mux(mgen.mask[c], mk.alt, a_elems[c]))
+                with m.Else():
+                    sync += unit.i_x[c].eq(pool_val[c])
+                sync += [unit.i_a[c].eq(a_elems[c]), unit.i_b[c].eq(b_elems[c])]
+        comb += unit.i_valid.eq(e0_valid)
+
+        # Unit output -> write FIFO (always has room: credits).
+        comb += [fw.w_data.eq(unit.o_y.as_value()), fw.w_en.eq(unit.o_valid)]
+
+        # ---- write side ---------------------------------------------------------------------
+        wr_addr = Signal(AW)
+        wr_step = Signal(8)
+        wr_cnt = Signal(W)
+        n_out = Signal(W)
+        wr_ok = Signal()
+        comb += [self.act_wr.cmd.valid.eq(fw.r_rdy),
+                 self.act_wr.cmd.payload.addr.eq(wr_addr),
+                 self.act_wr.cmd.payload.data.eq(fw.r_data),
+                 fw.r_en.eq(self.act_wr.cmd.ready),
+                 wr_ok.eq(self.act_wr.cmd.valid & self.act_wr.cmd.ready)]
+        with m.If(wr_ok):
+            sync += [wr_addr.eq(wr_addr + wr_step), wr_cnt.eq(wr_cnt + 1)]
+        comb += last_write.eq(wr_ok & (wr_cnt == n_out - 1))
+
+        # ---- credits --------------------------------------------------------------------------
+        sync += [inflight.eq(inflight + emit - wr_ok),
+                 a_out.eq(a_out + a_issue - pop_a),
+                 b_out.eq(b_out + b_issue - pop_b),
+                 acc_out.eq(acc_out + acc_issue - pop_c)]
+
+        # ---- control FSM ----------------------------------------------------------------------
+        sync += self.done.eq(0)
+        busy = Signal()
+        with m.FSM(name="ctl"):
+            with m.State("IDLE"):
+                comb += self.instr.ready.eq(1)
+                with m.If(self.instr.valid):
+                    sync += ins.eq(self.instr.payload)
+                    m.next = "CHK1"
+            with m.State("CHK1"):
+                comb += busy.eq(1)
+                sync += [
+                    rq_span.eq((rq.rows - 1) * rq.dst_stride),
+                    ph.eq((pl.out_h - 1) * pl.stride_h + pl.kh - 1),
+                    pw.eq((pl.out_w - 1) * pl.stride_w + pl.kw - 1),
+                    ohw.eq(pl.out_h * pl.out_w),
+                    sh_rs.eq(pl.stride_h * pl.row_stride),
+                    sw_lpp.eq(pl.stride_w * pl.lpp),
+                    win_m1.eq(pl.kh * pl.kw - 1),
+                    mn.eq(mk.rows * mk.row_lines),
+                ]
+                m.next = "CHK2"
+            with m.State("CHK2"):
+                comb += busy.eq(1)
+                sync += [pin.eq(ph * pl.row_stride + pw * pl.lpp + pl.lpp - 1),
+                         npool.eq(ohw * pl.lpp)]
+                m.next = "CHK3"
+            with m.State("CHK3"):
+                comb += busy.eq(1)
+                act_max = Signal(W)
+                acc_max = Signal(W)
+                with m.If(is_rq):
+                    comb += [act_max.eq(rq.dst + rq_span),
+                             acc_max.eq(Mux(rq.src + rq.rows - 1 > rq.param + 2,
+                                            rq.src + rq.rows - 1, rq.param + 2))]
+                with m.Elif(is_add):
+                    mx = Mux(va.src_a > va.src_b, va.src_a, va.src_b)
+                    mx = Mux(mx > va.dst, mx, va.dst)
+                    comb += act_max.eq(mx + va.lines - 1)
+                with m.Elif(is_pool):
+                    imax = pl.src + pin
+                    omax = pl.dst + npool - 1
+                    comb += act_max.eq(Mux(imax > omax, imax, omax))
+                with m.Else():
+                    dmax = Mux(mk.src > mk.dst, mk.src, mk.dst) + mn - 1
+                    bmax = mk.mask_addr + ((mn - 1) >> 3)
+                    comb += act_max.eq(Mux(loaded & (bmax > dmax), bmax, dmax))
+                comb += fail.eq((act_max >= cfg.act_depth) | (is_rq & (acc_max >= cfg.acc_depth)))
+                with m.If(fail):
+                    sync += self.error.eq(ErrorCode.SPAD_RANGE)
+                    m.next = "ERR"
+                with m.Else():
+                    comb += start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                comb += [busy.eq(1), running.eq(1)]
+                with m.If(last_write):
+                    sync += self.done.eq(1)
+                    m.next = "IDLE"
+            with m.State("ERR"):
+                pass
+        comb += self.busy.eq(busy)
+
+        # ---- initialisation at the start of RUN ----------------------------------------------
+        with m.If(start):
+            sync += [acc_ptr.eq(rq.param), acc_cnt.eq(0), acc_left.eq(Mux(is_rq, rq.rows + 3, 0)),
+                     pcnt.eq(0), wcnt.eq(0), wr_cnt.eq(0),
+                     dx.eq(0), dy.eq(0), li.eq(0), ox.eq(0), oy.eq(0), a_more.eq(~is_rq)]
+            # Unit defaults (REQUANT overwrites bias/mult/shift from its parameter lines).
+            for c in range(cols):
+                sync += [unit.bias[c].eq(0),
+                         unit.mult[c].eq(Mux(is_avg, pl.mult, 1)),
+                         unit.shift[c].eq(Mux(is_avg, pl.shift, Mux(is_add, va.shift, 0)))]
+            sync += [unit.use_add.eq(is_add), unit.mult_a.eq(va.mult_a), unit.mult_b.eq(va.mult_b),
+                     unit.zp.eq(Mux(is_rq, rq.zp, 0)),
+                     unit.lo.eq(Mux(is_rq, rq.lo, Mux(is_add & va.relu, 0, -128))),
+                     unit.hi.eq(Mux(is_rq, rq.hi, 127))]
+            with m.If(is_rq):
+                sync += [wr_addr.eq(rq.dst), wr_step.eq(rq.dst_stride), n_out.eq(rq.rows),
+                         b_left.eq(0)]
+            with m.Elif(is_add):
+                sync += [wr_addr.eq(va.dst), wr_step.eq(1), n_out.eq(va.lines),
+                         b_left.eq(va.lines), b_ptr.eq(va.src_b)]
+                init_a(va.src_a, va.lines - 1, 1)
+            with m.Elif(is_mask):
+                sync += [wr_addr.eq(mk.dst), wr_step.eq(1), n_out.eq(mn),
+                         b_left.eq(Mux(loaded, (mn + 7) >> 3, 0)), b_ptr.eq(mk.mask_addr)]
+                init_a(mk.src, mn - 1, 1)
+            with m.Else():
+                sync += [wr_addr.eq(pl.dst), wr_step.eq(1), n_out.eq(npool), b_left.eq(0)]
+                init_a(pl.src, pl.kw - 1, pl.lpp, dy_m1_=pl.kh - 1, dy_step_=pl.row_stride,
+                       l_m1_=pl.lpp - 1, ox_m1_=pl.out_w - 1, ox_step_=sw_lpp,
+                       oy_m1_=pl.out_h - 1, oy_step_=sh_rs)
+
+        # ---- counters ---------------------------------------------------------------------------
+        stall = Signal()
+        comb += stall.eq(running & ~(pop_a | pop_b | pop_c) & ~wr_ok)
+        with m.If(busy):
+            sync += self.busy_cycles.eq(self.busy_cycles + 1)
+        with m.If(stall):
+            sync += self.stall_cycles.eq(self.stall_cycles + 1)
+        return m
