@@ -1,0 +1,554 @@
+"""Zero-skipping matrix engine (the MATMUL engine): ``rows`` lanes of ``cols`` int8 MACs.
+
+Microarchitecture
+-----------------
+* **Row dispenser** (shared): after the start-time footprint check, walks the MATMUL's output
+  rows ``m = mo*m_inner + mi`` in order and hands the next unstarted row (its first activation
+  line and its accumulator line) to one requesting lane per cycle (fixed priority). A lane asks
+  for a row as soon as it has *issued* all activation reads of its previous row, so rows are
+  taken dynamically: a lane stuck on a dense row does not hold up the others.
+* **Lane** (:class:`MatrixLane`, ``rows`` of them), one output row at a time:
+
+  1. *Fetch*: streams the row's ``ceil(k/cols)`` activation lines through the lane's private
+     ``act_rd`` port, keeping at most ``line_depth`` lines issued-or-buffered (credit counter),
+     so responses can always be absorbed. A tag FIFO carries each line's weight base address
+     and "last line of the row" flag to the response.
+  2. *Mask*: on arrival a line's element mask is computed: elements within ``k`` (last line) and,
+     with ``zero_skip``, non-zero. An all-zero line that is not the last of its row is dropped
+     right there (costs no cycle at all); the others enter the line FIFO.
+  3. *Select*: a current-line register holds the remaining mask; every cycle the lowest set bit
+     is picked (``rem & -rem``), its activation is muxed out and the weight line
+     ``w_addr + j`` is read from the lane's private ``wgt_rd`` port; the next line is loaded from
+     the FIFO in the same cycle the last bit is consumed (no bubble between lines or rows). A
+     row whose remaining lines are all zero costs one cycle (a multiply by zero).
+  4. *MAC*: weight response + activation (from an op FIFO written at issue) are registered,
+     multiplied into ``cols`` registered 16-bit products, and accumulated into the lane's int32
+     accumulator row (cleared by the row's first op). Latency after the weight response: 3
+     cycles. The row's last op pushes the finished accumulator row into the lane's output
+     buffer (``out_depth`` entries, reserved when the last op is issued so it never overflows).
+
+* **Writer** (shared): a round-robin arbiter takes one finished row per cycle from the lanes'
+  output buffers into a pending FIFO; with ``accumulate`` it reads the old accumulator line
+  through ``acc_rd`` at the same time (credits guarantee every response has room), adds it on
+  the response, and writes through ``acc_wr``. The instruction is done when its last row is
+  accepted by ``acc_wr``; instructions execute one at a time (the next one is accepted after
+  the done pulse), so accumulate read-modify-writes never race a previous instruction's writes.
+
+``zero_skip=False`` builds the dense baseline: same ports and results, but every element
+within ``k`` costs a cycle.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from sparrow.config import HwConfig
+from sparrow.errors import ErrorCode
+
+from .engine_port import engine_control_members
+from .spad_port import ReadPortSignature, WritePortSignature, acc_line, act_line
+
+__all__ = ["MatrixEngine", "MatrixLane", "result_layout"]
+
+COUNTER_BITS = 32
+
+
+def result_layout(cfg: HwConfig) -> data.StructLayout:
+    """A finished output row: accumulator line address and its ``cols`` int32 values."""
+    return data.StructLayout({"addr": unsigned(cfg.acc_addr_bits), "data": acc_line(cfg.cols)})
+
+
+def _popcount(bits, n):
+    return sum((bits[i] for i in range(n)), Const(0, range(n + 1)))
+
+
+def _lines_bits(cfg):
+    # ceil(k/cols) for k < 2**12
+    return (((1 << 12) - 1 + cfg.cols - 1) // cfg.cols).bit_length()
+
+
+def _check_depth(name, value, lo=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, not {value!r}")
+
+
+class MatrixLane(wiring.Component):
+    """One lane: a row of ``cfg.cols`` int8 MACs working on one output row at a time.
+
+    Ports
+    -----
+    act_rd : Out(ReadPortSignature(act_addr_bits, act_line(cols)))
+        Private activation read port.
+    wgt_rd : Out(ReadPortSignature(wgt_addr_bits, act_line(cols)))
+        Private weight read port.
+    row_req : Out(1)
+        The lane can take a new row this cycle.
+    row_grant : In(1)
+        A row is given to the lane (only while ``row_req``); ``row_a``/``row_acc`` hold it.
+    row_a : In(act_addr_bits)
+        First activation line of the granted row.
+    row_acc : In(acc_addr_bits)
+        Accumulator line of the granted row.
+    n_lines, last_mask, w_addr : In
+        Instruction constants (stable while rows are in flight): ``ceil(k/cols)``, the mask of
+        elements of the last line that are within ``k``, and the first weight line.
+    res : Out(stream.Signature(result_layout(cfg)))
+        Finished rows (accumulator line to write, before any accumulate).
+    nz_inc, z_inc : Out(range(cols + 1))
+        Registered per-cycle counts of non-zero / zero activation elements (within ``k``) of the
+        line that arrived in the previous cycle.
+    op_fire : Out(1)
+        An op (``cols`` MACs) was issued this cycle.
+    row_fire : Out(1)
+        The last op of a row was issued this cycle.
+
+    Parameters
+    ----------
+    cfg : HwConfig
+    zero_skip : bool
+        Skip zero activations (otherwise every element within ``k`` costs a cycle).
+    line_depth : int
+        Activation lines issued or buffered per lane (covers the read latency).
+    op_depth : int
+        Weight reads in flight per lane.
+    out_depth : int
+        Finished rows buffered per lane while waiting for the write port.
+    row_depth : int
+        Rows in flight per lane (fetching, computing, in the MAC pipeline).
+    """
+
+    def __init__(self, cfg: HwConfig, *, zero_skip=True, line_depth=4, op_depth=4, out_depth=2,
+                 row_depth=4):
+        if not isinstance(cfg, HwConfig):
+            raise ValueError(f"cfg must be a HwConfig, not {cfg!r}")
+        for n, v in (("line_depth", line_depth), ("op_depth", op_depth), ("out_depth", out_depth),
+                     ("row_depth", row_depth)):
+            _check_depth(n, v, 2 if n != "out_depth" else 1)
+        self.cfg, self.zero_skip = cfg, bool(zero_skip)
+        self.line_depth, self.op_depth, self.out_depth, self.row_depth = line_depth, op_depth, out_depth, row_depth
+        cols = cfg.cols
+        super().__init__({
+            "act_rd": Out(ReadPortSignature(cfg.act_addr_bits, act_line(cols))),
+            "wgt_rd": Out(ReadPortSignature(cfg.wgt_addr_bits, act_line(cols))),
+            "row_req": Out(1),
+            "row_grant": In(1),
+            "row_a": In(cfg.act_addr_bits),
+            "row_acc": In(cfg.acc_addr_bits),
+            "n_lines": In(_lines_bits(cfg)),
+            "last_mask": In(cols),
+            "w_addr": In(cfg.wgt_addr_bits),
+            "res": Out(stream.Signature(result_layout(cfg))),
+            "nz_inc": Out(range(cols + 1)),
+            "z_inc": Out(range(cols + 1)),
+            "op_fire": Out(1),
+            "row_fire": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, cols = self.cfg, self.cfg.cols
+        wbits = cfg.wgt_addr_bits
+        lshift = (cols - 1).bit_length()
+
+        tag_lay = data.StructLayout({"last": 1, "wbase": unsigned(wbits)})
+        line_lay = data.StructLayout({"data": act_line(cols), "mask": unsigned(cols), "last": 1,
+                                      "wbase": unsigned(wbits)})
+        op_lay = data.StructLayout({"a": signed(8), "first": 1, "last": 1})
+        res_lay = result_layout(cfg)
+
+        m.submodules.tagq = tagq = SyncFIFO(width=tag_lay.size, depth=self.line_depth)
+        m.submodules.lineq = lineq = SyncFIFO(width=line_lay.size, depth=self.line_depth)
+        m.submodules.opq = opq = SyncFIFO(width=op_lay.size, depth=self.op_depth)
+        m.submodules.rowq = rowq = SyncFIFO(width=cfg.acc_addr_bits, depth=self.row_depth)
+        m.submodules.outq = outq = SyncFIFO(width=res_lay.size, depth=self.out_depth)
+
+        # -- fetch ------------------------------------------------------------------------
+        f_active = Signal()
+        f_addr = Signal(cfg.act_addr_bits)
+        f_left = Signal(_lines_bits(cfg))
+        f_wbase = Signal(wbits)
+        outst = Signal(range(self.line_depth + 1))   # lines issued and not yet consumed/dropped
+
+        m.d.comb += self.row_req.eq(~f_active & rowq.w_rdy)
+        with m.If(self.row_grant & self.row_req):
+            m.d.sync += [f_active.eq(1), f_addr.eq(self.row_a), f_left.eq(self.n_lines),
+                         f_wbase.eq(self.w_addr)]
+        m.d.comb += [rowq.w_en.eq(self.row_grant & self.row_req), rowq.w_data.eq(self.row_acc)]
+
+        issue = Signal()
+        m.d.comb += [
+            self.act_rd.cmd.valid.eq(f_active & (outst < self.line_depth)),
+            self.act_rd.cmd.payload.eq(f_addr),
+            issue.eq(self.act_rd.cmd.valid & self.act_rd.cmd.ready),
+        ]
+        tag_in = Signal(tag_lay)
+        m.d.comb += [tag_in.last.eq(f_left == 1), tag_in.wbase.eq(f_wbase),
+                     tagq.w_data.eq(tag_in.as_value()), tagq.w_en.eq(issue)]
+        with m.If(issue):
+            m.d.sync += [f_addr.eq(f_addr + 1), f_wbase.eq(f_wbase + cols), f_left.eq(f_left - 1)]
+            with m.If(f_left == 1):
+                m.d.sync += f_active.eq(0)
+
+        # -- arrival: mask, drop all-zero lines ------------------------------------------------
+        rsp = self.act_rd.rsp
+        tag = tag_lay(tagq.r_data)
+        nz = Signal(cols)
+        valid = Signal(cols)
+        mask = Signal(cols)
+        keep = Signal()
+        m.d.comb += [
+            nz.eq(Cat(*[rsp.payload[e] != 0 for e in range(cols)])),
+            valid.eq(Mux(tag.last, self.last_mask, (1 << cols) - 1)),
+            mask.eq(nz & valid if self.zero_skip else valid),
+            keep.eq((mask != 0) | tag.last),
+            tagq.r_en.eq(rsp.valid),
+        ]
+        line_in = Signal(line_lay)
+        m.d.comb += [line_in.data.eq(rsp.payload), line_in.mask.eq(mask), line_in.last.eq(tag.last),
+                     line_in.wbase.eq(tag.wbase),
+                     lineq.w_data.eq(line_in.as_value()), lineq.w_en.eq(rsp.valid & keep)]
+        m.d.sync += [self.nz_inc.eq(Mux(rsp.valid, _popcount(nz & valid, cols), 0)),
+                     self.z_inc.eq(Mux(rsp.valid, _popcount(~nz & valid, cols), 0))]
+        drop = Signal()
+        m.d.comb += drop.eq(rsp.valid & ~keep)
+
+        # -- select: one non-zero element per cycle ---------------------------------------------
+        cur_valid = Signal()
+        cur_rem = Signal(cols)
+        cur_data = Signal(act_line(cols))
+        cur_last = Signal()
+        cur_wbase = Signal(wbits)
+        row_started = Signal()
+        resv = Signal(range(self.out_depth + 1))
+
+        low = Signal(cols)
+        rest = Signal(cols)
+        j = Signal(range(cols))
+        a_sel = Signal(signed(8))
+        op_last = Signal()
+        m.d.comb += [
+            low.eq(cur_rem & (~cur_rem + 1)),
+            rest.eq(cur_rem & (cur_rem - 1)),
+            op_last.eq(cur_last & (rest == 0)),
+        ]
+        for e in range(cols):
+            with m.If(low[e]):
+                m.d.comb += j.eq(e)
+        a_or = Const(0, 8)
+        for e in range(cols):
+            a_or = a_or | (cur_data.as_value()[8 * e:8 * e + 8] & low[e].replicate(8))
+        m.d.comb += a_sel.eq(a_or)
+
+        can = Signal()
+        fire = Signal()
+        m.d.comb += [
+            can.eq(cur_valid & opq.w_rdy & (~op_last | (resv < self.out_depth))),
+            self.wgt_rd.cmd.valid.eq(can),
+            self.wgt_rd.cmd.payload.eq(cur_wbase + j),
+            fire.eq(can & self.wgt_rd.cmd.ready),
+            self.op_fire.eq(fire),
+            self.row_fire.eq(fire & op_last),
+        ]
+        op_in = Signal(op_lay)
+        m.d.comb += [op_in.a.eq(a_sel), op_in.first.eq(~row_started), op_in.last.eq(op_last),
+                     opq.w_data.eq(op_in.as_value()), opq.w_en.eq(fire)]
+        with m.If(fire):
+            m.d.sync += [row_started.eq(~op_last), cur_rem.eq(rest)]
+
+        load = Signal()
+        head = line_lay(lineq.r_data)
+        m.d.comb += [load.eq(~cur_valid | (fire & (rest == 0))), lineq.r_en.eq(load)]
+        with m.If(load):
+            m.d.sync += [cur_valid.eq(lineq.r_rdy), cur_rem.eq(head.mask), cur_data.eq(head.data),
+                         cur_last.eq(head.last), cur_wbase.eq(head.wbase)]
+        pop_line = Signal()
+        m.d.comb += pop_line.eq(load & lineq.r_rdy)
+        m.d.sync += outst.eq(outst + issue - drop - pop_line)
+
+        # -- MAC pipeline -------------------------------------------------------------------------
+        wr = self.wgt_rd.rsp
+        op = op_lay(opq.r_data)
+        m.d.comb += opq.r_en.eq(wr.valid)
+        p_v, p_first, p_last = Signal(), Signal(), Signal()
+        p_a = Signal(signed(8))
+        p_w = Signal(act_line(cols))
+        m.d.sync += [p_v.eq(wr.valid), p_a.eq(op.a), p_first.eq(op.first), p_last.eq(op.last),
+                     p_w.eq(wr.payload)]
+        q_v, q_first, q_last = Signal(), Signal(), Signal()
+        prod = [Signal(signed(16), name=f"prod{c}") for c in range(cols)]
+        m.d.sync += [q_v.eq(p_v), q_first.eq(p_first), q_last.eq(p_last)]
+        m.d.sync += [prod[c].eq(p_a * p_w[c]) for c in range(cols)]
+        acc = Signal(acc_line(cols))
+        acc_next = Signal(acc_line(cols))
+        for c in range(cols):
+            m.d.comb += acc_next[c].eq(Mux(q_first, 0, acc[c]) + prod[c])
+        with m.If(q_v):
+            m.d.sync += acc.eq(acc_next)
+        res_in = Signal(res_lay)
+        m.d.comb += [res_in.addr.eq(rowq.r_data), res_in.data.eq(acc_next),
+                     outq.w_data.eq(res_in.as_value()), outq.w_en.eq(q_v & q_last),
+                     rowq.r_en.eq(q_v & q_last)]
+
+        # -- output buffer ----------------------------------------------------------------------
+        m.d.comb += [self.res.valid.eq(outq.r_rdy), self.res.payload.eq(outq.r_data),
+                     outq.r_en.eq(self.res.ready)]
+        m.d.sync += resv.eq(resv + (fire & op_last) - (self.res.valid & self.res.ready))
+        return m
+
+
+class _State(enum.Enum, shape=3):
+    IDLE = 0
+    CHECK1 = 1
+    CHECK2 = 2
+    RUN = 3
+    HALTED = 4
+
+
+class MatrixEngine(wiring.Component):
+    """The MATMUL engine: ``cfg.rows`` zero-skipping lanes sharing a row dispenser and a writer.
+
+    Ports (Verilog names in brackets; ``N`` is the lane index ``0 .. rows-1``)
+    -----------------------------------------------------------------------------
+    instr : In(stream.Signature(instruction_layout()))  [``instr__valid/ready/payload``]
+        MATMUL instructions (already decoded-legal). Accepted only while idle.
+    done : Out(1)  [``done``]
+        One-cycle pulse when an instruction's last accumulator line was accepted by ``acc_wr``.
+    busy : Out(1)  [``busy``]
+        An accepted instruction has not completed (stays high after an error).
+    error : Out(ErrorCode)  [``error``]
+        ``SPAD_RANGE`` (sticky) when a MATMUL's footprint leaves a scratchpad; nothing of it is
+        executed and no further instruction is accepted.
+    act_rd : Out(ReadPortSignature(act_addr_bits, act_line(cols))).array(rows)
+        [``act_rd__N__cmd__valid/ready/payload``, ``act_rd__N__rsp__valid/payload``] per lane.
+    wgt_rd : Out(ReadPortSignature(wgt_addr_bits, act_line(cols))).array(rows)
+        [``wgt_rd__N__cmd__*``, ``wgt_rd__N__rsp__*``] per lane (private weight replica).
+    acc_rd : Out(ReadPortSignature(acc_addr_bits, acc_line(cols)))  [``acc_rd__cmd__*``, ``acc_rd__rsp__*``]
+        Old accumulator lines for ``accumulate=1``.
+    acc_wr : Out(WritePortSignature(acc_addr_bits, acc_line(cols)))  [``acc_wr__cmd__valid/ready/payload``]
+    busy_cycles, stall_cycles, macs, macs_skipped : Out(32)
+        Free-running counters: cycles with ``busy``; cycles in which rows remain to be computed
+        but no lane issued an op; ``cols`` per non-zero activation element within ``k``;
+        ``cols`` per zero activation element within ``k``.
+
+    Parameters
+    ----------
+    cfg : HwConfig
+    zero_skip : bool
+        ``True``: zero activations cost no cycle. ``False``: dense baseline (same results).
+    line_depth, op_depth, out_depth, row_depth : int
+        Per-lane buffer depths (see :class:`MatrixLane`).
+    write_depth : int
+        Depth of the writer's pending and write FIFOs (accumulate reads in flight).
+    """
+
+    def __init__(self, cfg: HwConfig, *, zero_skip=True, line_depth=4, op_depth=4, out_depth=2,
+                 row_depth=4, write_depth=4):
+        if not isinstance(cfg, HwConfig):
+            raise ValueError(f"cfg must be a HwConfig, not {cfg!r}")
+        _check_depth("write_depth", write_depth, 2)
+        self.cfg, self.zero_skip = cfg, bool(zero_skip)
+        self.write_depth = write_depth
+        self._lane_args = dict(zero_skip=zero_skip, line_depth=line_depth, op_depth=op_depth,
+                               out_depth=out_depth, row_depth=row_depth)
+        for n, v in (("line_depth", line_depth), ("op_depth", op_depth), ("row_depth", row_depth)):
+            _check_depth(n, v, 2)
+        _check_depth("out_depth", out_depth, 1)
+        cols = cfg.cols
+        super().__init__({
+            **engine_control_members(),
+            "act_rd": Out(ReadPortSignature(cfg.act_addr_bits, act_line(cols))).array(cfg.rows),
+            "wgt_rd": Out(ReadPortSignature(cfg.wgt_addr_bits, act_line(cols))).array(cfg.rows),
+            "acc_rd": Out(ReadPortSignature(cfg.acc_addr_bits, acc_line(cols))),
+            "acc_wr": Out(WritePortSignature(cfg.acc_addr_bits, acc_line(cols))),
+            "busy_cycles": Out(COUNTER_BITS),
+            "stall_cycles": Out(COUNTER_BITS),
+            "macs": Out(COUNTER_BITS),
+            "macs_skipped": Out(COUNTER_BITS),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, cols, rows = self.cfg, self.cfg.cols, self.cfg.rows
+        lshift = (cols - 1).bit_length()
+        lanes = []
+        for i in range(rows):
+            lane = MatrixLane(cfg, **self._lane_args)
+            m.submodules[f"lane{i}"] = lane
+            wiring.connect(m, wiring.flipped(self.act_rd[i]), lane.act_rd)
+            wiring.connect(m, wiring.flipped(self.wgt_rd[i]), lane.wgt_rd)
+            lanes.append(lane)
+
+        state = Signal(_State)
+        err = Signal(ErrorCode)
+        m.d.comb += [self.error.eq(err), self.busy.eq(state != _State.IDLE)]
+
+        # -- instruction latch and start-time footprint check -----------------------------------
+        ins = Signal(self.instr.payload.body.matmul.shape())
+        m.d.comb += self.instr.ready.eq((state == _State.IDLE) & (err == ErrorCode.NONE))
+        with m.If(self.instr.valid & self.instr.ready):
+            m.d.sync += [ins.eq(self.instr.payload.body.matmul), state.eq(_State.CHECK1)]
+
+        n_lines = Signal(_lines_bits(cfg))
+        last_mask = Signal(cols)
+        p_outer = Signal(24)
+        p_inner = Signal(24)
+        n_rows = Signal(17)
+        act_max = Signal(26)
+        wgt_max = Signal(16)
+        acc_max = Signal(18)
+        m.d.comb += [act_max.eq(ins.a_addr + p_outer + p_inner + n_lines - 1),
+                     wgt_max.eq(ins.w_addr + ins.k - 1),
+                     acc_max.eq(ins.acc_addr + n_rows - 1)]
+        kl = Signal(range(cols))
+        m.d.comb += kl.eq((ins.k - 1)[:lshift] if lshift else 0)
+
+        # row dispenser state
+        d_left = Signal(17)
+        d_a = Signal(16)
+        d_outer = Signal(16)
+        d_mi = Signal(8)
+        d_acc = Signal(16)
+        written = Signal(17)
+        consumed = Signal(17)
+
+        with m.Switch(state):
+            with m.Case(_State.CHECK1):
+                m.d.sync += [
+                    p_outer.eq((ins.m_outer - 1) * ins.a_outer_stride),
+                    p_inner.eq((ins.m_inner - 1) * ins.a_stride),
+                    n_rows.eq(ins.m_outer * ins.m_inner),
+                    n_lines.eq((ins.k + cols - 1) >> lshift),
+                    last_mask.eq(Cat(*[Const(e, range(cols)) <= kl for e in range(cols)])),
+                    state.eq(_State.CHECK2),
+                ]
+            with m.Case(_State.CHECK2):
+                with m.If((act_max >= cfg.act_depth) | (wgt_max >= cfg.wgt_depth) | (acc_max >= cfg.acc_depth)):
+                    m.d.sync += [err.eq(ErrorCode.SPAD_RANGE), state.eq(_State.HALTED)]
+                with m.Else():
+                    m.d.sync += [d_left.eq(n_rows), d_a.eq(ins.a_addr), d_outer.eq(ins.a_addr), d_mi.eq(0),
+                                 d_acc.eq(ins.acc_addr), written.eq(0), consumed.eq(0),
+                                 state.eq(_State.RUN)]
+
+        # -- row dispenser (fixed priority among requesting lanes) -------------------------------
+        have_row = Signal()
+        m.d.comb += have_row.eq((state == _State.RUN) & (d_left != 0))
+        taken = Const(0, 1)
+        for lane in lanes:
+            m.d.comb += [lane.row_a.eq(d_a), lane.row_acc.eq(d_acc), lane.n_lines.eq(n_lines),
+                         lane.last_mask.eq(last_mask), lane.w_addr.eq(ins.w_addr),
+                         lane.row_grant.eq(have_row & lane.row_req & ~taken)]
+            taken = taken | lane.row_req
+        with m.If(have_row & taken):
+            m.d.sync += [d_left.eq(d_left - 1), d_acc.eq(d_acc + 1)]
+            with m.If(d_mi == ins.m_inner - 1):
+                m.d.sync += [d_mi.eq(0), d_outer.eq(d_outer + ins.a_outer_stride),
+                             d_a.eq(d_outer + ins.a_outer_stride)]
+            with m.Else():
+                m.d.sync += [d_mi.eq(d_mi + 1), d_a.eq(d_a + ins.a_stride)]
+
+        # -- writer: round-robin over lane output buffers, optional read-modify-write ------------
+        res_lay = result_layout(cfg)
+        wd = self.write_depth
+        m.submodules.pendq = pendq = SyncFIFO(width=res_lay.size, depth=wd)
+        m.submodules.wq = wq = SyncFIFO(width=res_lay.size, depth=wd)
+        reqs = Signal(rows)
+        m.d.comb += reqs.eq(Cat(*[lane.res.valid for lane in lanes]))
+        last_g = Signal(range(rows))
+        sel = Signal(range(rows))
+        sel_any = Signal()
+        m.d.comb += sel_any.eq(reqs != 0)
+        # lowest requester, then overridden by the lowest requester after last_g (round robin)
+        for i in reversed(range(rows)):
+            with m.If(reqs[i]):
+                m.d.comb += sel.eq(i)
+        hi_reqs = Signal(rows)
+        m.d.comb += hi_reqs.eq(reqs & Cat(*[Const(i, range(rows + 1)) > last_g for i in range(rows)]))
+        with m.If(hi_reqs != 0):
+            for i in reversed(range(rows)):
+                with m.If(hi_reqs[i]):
+                    m.d.comb += sel.eq(i)
+        sel_data = Signal(res_lay)
+        with m.Switch(sel):
+            for i, lane in enumerate(lanes):
+                with m.Case(i):
+                    m.d.comb += sel_data.eq(lane.res.payload)
+
+        take = Signal()
+        accum = ins.accumulate
+        credit_ok = Signal()
+        m.d.comb += [
+            credit_ok.eq(pendq.level + wq.level < wd),
+            self.acc_rd.cmd.valid.eq(accum & sel_any & credit_ok),
+            self.acc_rd.cmd.payload.eq(sel_data.addr),
+            take.eq(sel_any & Mux(accum, credit_ok & self.acc_rd.cmd.ready, pendq.w_rdy)),
+            pendq.w_en.eq(take),
+            pendq.w_data.eq(sel_data.as_value()),
+        ]
+        for i, lane in enumerate(lanes):
+            m.d.comb += lane.res.ready.eq(take & (sel == i))
+        with m.If(take):
+            m.d.sync += last_g.eq(sel)
+
+        pend = res_lay(pendq.r_data)
+        old = acc_line(cols)(self.acc_rd.rsp.payload)
+        wq_in = Signal(res_lay)
+        m.d.comb += wq_in.addr.eq(pend.addr)
+        with m.If(accum):
+            for c in range(cols):
+                m.d.comb += wq_in.data[c].eq(pend.data[c] + old[c])
+            m.d.comb += [pendq.r_en.eq(self.acc_rd.rsp.valid), wq.w_en.eq(self.acc_rd.rsp.valid)]
+        with m.Else():
+            m.d.comb += [wq_in.data.eq(pend.data), pendq.r_en.eq(wq.w_rdy), wq.w_en.eq(pendq.r_rdy)]
+        m.d.comb += wq.w_data.eq(wq_in.as_value())
+
+        m.d.comb += [self.acc_wr.cmd.valid.eq(wq.r_rdy), self.acc_wr.cmd.payload.eq(wq.r_data),
+                     wq.r_en.eq(self.acc_wr.cmd.ready)]
+        wfire = Signal()
+        m.d.comb += wfire.eq(self.acc_wr.cmd.valid & self.acc_wr.cmd.ready)
+        with m.If(wfire):
+            m.d.sync += written.eq(written + 1)
+            with m.If((state == _State.RUN) & (written + 1 == n_rows)):
+                m.d.comb += self.done.eq(1)
+                m.d.sync += state.eq(_State.IDLE)
+
+        # -- counters -------------------------------------------------------------------------
+        s_nz = Signal(range(rows * cols + 1))
+        s_z = Signal(range(rows * cols + 1))
+        m.d.sync += [s_nz.eq(sum((lane.nz_inc for lane in lanes), Const(0, 1))),
+                     s_z.eq(sum((lane.z_inc for lane in lanes), Const(0, 1)))]
+        m.d.sync += [self.macs.eq(self.macs + (s_nz << lshift)),
+                     self.macs_skipped.eq(self.macs_skipped + (s_z << lshift))]
+        n_fired_rows = sum((lane.row_fire for lane in lanes), Const(0, 1))
+        any_op = Signal()
+        m.d.comb += any_op.eq(Cat(*[lane.op_fire for lane in lanes]) != 0)
+        with m.If(state == _State.RUN):
+            m.d.sync += consumed.eq(consumed + n_fired_rows)
+        with m.If(self.busy):
+            m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
+        with m.If((state == _State.RUN) & (consumed != n_rows) & ~any_op):
+            m.d.sync += self.stall_cycles.eq(self.stall_cycles + 1)
+        return m
+
+
+def verilog_text(component, name: str) -> str:
+    """Verilog of ``component`` with top module ``name``, skipping constant signature members.
+
+    Workaround: Amaranth 0.5.10's ``verilog.convert`` rejects the ``Const(1)`` ``rsp.ready`` of
+    an ``always_ready`` stream (every :class:`ReadPortSignature`) as a port, so
+    ``sparrow.sim.cocotb_run.verilog_of`` cannot convert engines with read ports. Port names are
+    the ones ``convert`` would give (``act_rd__0__cmd__valid`` ...).
+    """
+    from amaranth.back import verilog
+    from amaranth.hdl import Signal as _Signal
+    from amaranth.hdl._ir import PortDirection
+    ports = {}
+    for path, member, value in component.signature.flatten(component):
+        if hasattr(value, "as_value"):
+            value = value.as_value()
+        if isinstance(value, _Signal):
+            ports["__".join(map(str, path))] = (
+                value, PortDirection.Input if member.flow == wiring.In else PortDirection.Output)
+    return verilog.convert(component, name=name, ports=ports, emit_src=False)

@@ -1,0 +1,184 @@
+"""MatrixEngine: amaranth.sim unit tests (fast) and cocotb on Verilator (tb/tb_matrix_engine.py)."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from sparrow import isa
+from sparrow.config import HwConfig, preset
+from sparrow.errors import ErrorCode
+from sparrow.golden.numerics import matmul_acc
+from sparrow.hdl.matrix_engine import MatrixEngine, MatrixLane, verilog_text
+from sparrow.sim.cocotb_run import run_cocotb
+
+TINY = HwConfig(rows=2, cols=4, act_depth=64, wgt_depth=32, acc_depth=32, act_banks=1, acc_banks=1,
+                name="tiny")
+SEED = int(os.environ.get("SPARROW_SEED", random.randrange(1 << 31)))
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _reference(cols, f, act, wgt, acc):
+    k, L = f["k"], _ceil_div(f["k"], cols)
+    for mo in range(f["m_outer"]):
+        for mi in range(f["m_inner"]):
+            m = mo * f["m_inner"] + mi
+            a = f["a_addr"] + mo * f["a_outer_stride"] + mi * f["a_stride"]
+            row = act[a:a + L].reshape(-1)[:k]
+            old = acc[f["acc_addr"] + m][None, :] if f["accumulate"] else None
+            acc[f["acc_addr"] + m] = matmul_acc(row[None, :], wgt[f["w_addr"]:f["w_addr"] + k], old)[0]
+
+
+async def _read_port(ctx, port, mem, ebits, cols, rng, stall, pending, cycle):
+    """One cycle of a read-port model: present due response, accept a command maybe."""
+    if pending and pending[0][0] <= cycle:
+        ctx.set(port.rsp.valid, 1)
+        ctx.set(port.rsp.payload.as_value(), pending.pop(0)[1])
+    else:
+        ctx.set(port.rsp.valid, 0)
+    rdy = rng.random() >= stall
+    ctx.set(port.cmd.ready, rdy)
+    if rdy and ctx.get(port.cmd.valid):
+        addr = ctx.get(port.cmd.payload)
+        mask = (1 << ebits) - 1
+        word = sum((int(v) & mask) << (ebits * e) for e, v in enumerate(mem[addr]))
+        due = max(cycle + rng.randint(1, 3), pending[-1][0] + 1 if pending else 0)
+        pending.append((due, word))
+
+
+def _run_engine(cfg, zero_skip, instrs, act, wgt, acc, *, seed, stall=0.3):
+    """Simulate ``instrs`` (field dicts) back to back with random port stalls; returns
+    (acc memory, counters, done count, error)."""
+    dut = MatrixEngine(cfg, zero_skip=zero_skip)
+    rng = random.Random(seed)
+    acc = acc.copy()
+    out = {}
+
+    async def tb(ctx):
+        pend = {}
+        words = [isa.encode(isa.make("matmul", **f)) for f in instrs]
+        dones = 0
+        cycle = 0
+        while dones < len(instrs) and cycle < 20000:
+            cycle += 1
+            for i in range(cfg.rows):
+                await _read_port(ctx, dut.act_rd[i], act, 8, cfg.cols, rng, stall, pend.setdefault(("a", i), []), cycle)
+                await _read_port(ctx, dut.wgt_rd[i], wgt, 8, cfg.cols, rng, stall, pend.setdefault(("w", i), []), cycle)
+            await _read_port(ctx, dut.acc_rd, acc, 32, cfg.cols, rng, stall, pend.setdefault("acc", []), cycle)
+            wr = rng.random() >= stall
+            ctx.set(dut.acc_wr.cmd.ready, wr)
+            if wr and ctx.get(dut.acc_wr.cmd.valid):
+                raw = ctx.get(dut.acc_wr.cmd.payload.as_value())
+                ab = cfg.acc_addr_bits
+                addr, dat = raw & ((1 << ab) - 1), raw >> ab
+                vals = [(dat >> (32 * c)) & 0xFFFFFFFF for c in range(cfg.cols)]
+                acc[addr] = np.array(vals, dtype=np.uint32).view(np.int32)
+            ctx.set(dut.instr.valid, bool(words))
+            if words:
+                ctx.set(dut.instr.payload.as_value(), words[0])
+                if ctx.get(dut.instr.ready):
+                    words.pop(0)
+            dones += ctx.get(dut.done)
+            await ctx.tick()
+        out.update(dones=dones, error=ctx.get(dut.error), macs=ctx.get(dut.macs),
+                   skipped=ctx.get(dut.macs_skipped), busy=ctx.get(dut.busy))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    return acc, out
+
+
+def _rand_instr(rng, cfg):
+    cols = cfg.cols
+    k = rng.choice([1, cols - 1, cols, cols + 1, rng.randint(1, 12)])
+    L = _ceil_div(k, cols)
+    mi, mo = rng.randint(1, 3), rng.randint(1, 2)
+    f = dict(k=k, m_inner=mi, m_outer=mo, a_stride=rng.choice([0, L]), a_outer_stride=rng.randint(0, 4),
+             accumulate=rng.randint(0, 1))
+    amax = (mo - 1) * f["a_outer_stride"] + (mi - 1) * f["a_stride"] + L - 1
+    f.update(a_addr=rng.randint(0, cfg.act_depth - 1 - amax), w_addr=rng.randint(0, cfg.wgt_depth - k),
+             acc_addr=rng.randint(0, cfg.acc_depth - mi * mo))
+    return f
+
+
+@pytest.mark.parametrize("zero_skip", [True, False])
+def test_engine_amaranth_sim(zero_skip):
+    """Whole engine (2 lanes x 4 MACs) in amaranth.sim: random MATMULs, sparse activations with
+    whole zero lines, random stalls on every port; ACC compared with matmul_acc."""
+    rng = random.Random(SEED)
+    nrng = np.random.default_rng(SEED)
+    print(f"SPARROW_SEED={SEED}")
+    cfg = TINY
+    act = nrng.integers(-128, 128, size=(cfg.act_depth, cfg.cols)).astype(np.int8)
+    act[nrng.random(act.shape) < 0.6] = 0
+    act[nrng.random(cfg.act_depth) < 0.3] = 0
+    wgt = nrng.integers(-128, 128, size=(cfg.wgt_depth, cfg.cols)).astype(np.int8)
+    acc = nrng.integers(-(1 << 31), 1 << 31, size=(cfg.acc_depth, cfg.cols)).astype(np.int32)
+    instrs = [_rand_instr(rng, cfg) for _ in range(5)]
+    want = acc.copy()
+    macs = skipped = 0
+    for f in instrs:
+        _reference(cfg.cols, f, act, wgt, want)
+        for mo in range(f["m_outer"]):
+            for mi in range(f["m_inner"]):
+                a = f["a_addr"] + mo * f["a_outer_stride"] + mi * f["a_stride"]
+                row = act[a:a + _ceil_div(f["k"], cfg.cols)].reshape(-1)[:f["k"]]
+                macs += cfg.cols * int(np.count_nonzero(row))
+                skipped += cfg.cols * (f["k"] - int(np.count_nonzero(row)))
+    got, out = _run_engine(cfg, zero_skip, instrs, act, wgt, acc, seed=SEED)
+    assert out["error"] == ErrorCode.NONE
+    assert out["dones"] == len(instrs)
+    assert np.array_equal(got, want), np.argwhere(np.any(got != want, axis=1)).ravel()
+    assert (out["macs"], out["skipped"]) == (macs, skipped)
+
+
+def test_engine_spad_range_amaranth_sim():
+    """ACC footprint one line too far: SPAD_RANGE, no write, no done."""
+    cfg = TINY
+    act = np.ones((cfg.act_depth, cfg.cols), np.int8)
+    wgt = np.ones((cfg.wgt_depth, cfg.cols), np.int8)
+    acc = np.zeros((cfg.acc_depth, cfg.cols), np.int32)
+    f = dict(a_addr=0, w_addr=0, acc_addr=cfg.acc_depth - 3, k=3, m_inner=2, m_outer=2, a_stride=1,
+             a_outer_stride=1, accumulate=0)
+    got, out = _run_engine(cfg, True, [f], act, wgt, acc, seed=1)
+    assert out["error"] == ErrorCode.SPAD_RANGE
+    assert out["dones"] == 0 and out["busy"] == 1
+    assert not got.any()
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="cfg"):
+        MatrixEngine("small")
+    with pytest.raises(ValueError, match="line_depth"):
+        MatrixEngine(TINY, line_depth=1)
+    with pytest.raises(ValueError, match="out_depth"):
+        MatrixLane(TINY, out_depth=0)
+    with pytest.raises(ValueError, match="write_depth"):
+        MatrixEngine(TINY, write_depth=0)
+
+
+def _cocotb(preset_name, zero_skip, testcase=None):
+    cfg = preset(preset_name)
+    name = f"matrix_engine_{preset_name}_{'skip' if zero_skip else 'dense'}"
+    text = verilog_text(MatrixEngine(cfg, zero_skip=zero_skip), name)
+    run_cocotb(None, name=name, test_module="tb_matrix_engine", verilog_text=text, testcase=testcase,
+               extra_env={"SPARROW_PRESET": preset_name, "SPARROW_ZERO_SKIP": str(int(zero_skip))})
+
+
+@pytest.mark.verilator
+@pytest.mark.parametrize("zero_skip", [True, False])
+def test_cocotb_small(zero_skip):
+    _cocotb("small", zero_skip, ["random_matmuls_at_sparsities", "edge_tiles", "spad_range"])
+
+
+@pytest.mark.verilator
+def test_cocotb_default():
+    _cocotb("default", True, ["random_matmuls_at_sparsities", "edge_tiles"])
