@@ -1,0 +1,418 @@
+"""STORE DMA engine: scratchpad -> external memory, with zero-mask compression.
+
+Semantics are exactly ``docs/isa.md`` (STORE). A chain of decoupled stages, one line per cycle:
+
+* **line reader** — issues scratchpad reads (row ``y`` line ``x`` at ``spad_addr + y*S + x``)
+  with credits so that every response fits the line FIFO (responses cannot be back-pressured);
+* **item former** — turns each line into a byte *item*: uncompressed, its first ``LB`` bytes;
+  compressed, its mask and non-zero bytes (:class:`~sparrow.hdl.zero_codec.ZeroCompact`). A
+  compressed row's payload goes to ``slot + 2`` and, once the row is complete and ``N`` is
+  known, a 2-byte count item goes to ``slot`` (so only ``2 + N`` bytes are written and the row
+  is never read twice);
+* :class:`BytePacker` — packs the items of a *segment* (one contiguous byte range) into aligned
+  beats with byte strobes (partial first/last beats at any alignment);
+* **burst former** — cuts beats into bursts (at most ``max_burst`` beats, never crossing 4 KiB,
+  ending at a segment's end) and queues the command once the burst's beats are all queued, so
+  write data is always available when a command is accepted;
+* write responses are counted; ``done`` pulses when the last one has arrived.
+
+Start-time checks (in this order): the compressed slot-size rule (``ILLEGAL_FIELD``),
+``SPAD_RANGE``, ``DRAM_RANGE`` (uncompressed last byte; compressed worst case). A write response
+with ``err`` gives ``DRAM_RANGE``. Errors are sticky; the engine then stops reading, issuing and
+writing, and accepts no instruction.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from sparrow.config import HwConfig
+from sparrow.errors import ErrorCode
+from sparrow.isa import Spad
+
+from .engine_port import engine_control_members
+from .membus import MemBusSignature
+from .spad_port import ReadPortSignature, acc_line, act_line
+from .zero_codec import ZeroCompact, mask_bytes, shl_bytes, take_bytes
+
+__all__ = ["BytePacker", "StoreEngine"]
+
+ADDR_W = 32
+
+
+def _clog2(n):
+    return (n - 1).bit_length()
+
+
+def item_layout(item_bytes: int, addr_width: int) -> data.StructLayout:
+    return data.StructLayout({"data": 8 * item_bytes, "n": range(item_bytes + 1), "start": 1, "end": 1,
+                              "addr": addr_width})
+
+
+def beat_layout(mem_bytes: int, addr_width: int) -> data.StructLayout:
+    return data.StructLayout({"data": 8 * mem_bytes, "strb": mem_bytes, "addr": addr_width, "seg_last": 1})
+
+
+class BytePacker(wiring.Component):
+    """Pack byte items into aligned beats with strobes.
+
+    A *segment* is a contiguous byte range starting at ``addr`` of its first item (``start``) and
+    ending with the item marked ``end``. Items carry ``n >= 1`` bytes (the low bytes of
+    ``data``). Beats are ``mem_bytes`` wide at aligned addresses; bytes outside the segment have
+    their strobe clear. One item and one beat per cycle in steady state.
+
+    Parameters
+    ----------
+    mem_bytes : int
+        Beat width (power of two).
+    item_bytes : int
+        Largest item.
+    addr_width : int
+        Width of ``addr``.
+
+    Ports
+    -----
+    item : In(stream {data, n, start, end, addr})
+    beat : Out(stream {data, strb, addr, seg_last})
+        ``seg_last`` marks the last beat of a segment.
+    idle : Out(1)
+        No bytes held and no segment open.
+    """
+
+    def __init__(self, mem_bytes: int, item_bytes: int, addr_width: int = ADDR_W):
+        if not isinstance(mem_bytes, int) or mem_bytes < 1 or mem_bytes & (mem_bytes - 1):
+            raise ValueError(f"mem_bytes must be a power of two, not {mem_bytes!r}")
+        if not isinstance(item_bytes, int) or item_bytes < 1:
+            raise ValueError(f"item_bytes must be a positive int, not {item_bytes!r}")
+        if not isinstance(addr_width, int) or addr_width < 1:
+            raise ValueError(f"addr_width must be a positive int, not {addr_width!r}")
+        self.mem_bytes, self.item_bytes, self.addr_width = mem_bytes, item_bytes, addr_width
+        super().__init__({
+            "item": In(stream.Signature(item_layout(item_bytes, addr_width))),
+            "beat": Out(stream.Signature(beat_layout(mem_bytes, addr_width))),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        mb, ib = self.mem_bytes, self.item_bytes
+        cap = mb + ib
+        lmb = _clog2(mb)
+        buf = Signal(8 * cap)
+        vb = Signal(cap)
+        cnt = Signal(range(cap + 1))
+        ending = Signal()
+        baddr = Signal(self.addr_width)
+
+        bt = self.beat
+        m.d.comb += [
+            bt.valid.eq((cnt > mb) | (ending & (cnt != 0))),
+            bt.payload.data.eq(buf[:8 * mb]),
+            bt.payload.strb.eq(vb[:mb]),
+            bt.payload.addr.eq(baddr),
+            bt.payload.seg_last.eq(ending & (cnt <= mb)),
+            self.idle.eq((cnt == 0) & ~ending),
+        ]
+        emit = Signal()
+        m.d.comb += emit.eq(bt.valid & bt.ready)
+        cnt1 = Signal(range(cap + 1))
+        buf1 = Signal(8 * cap)
+        vb1 = Signal(cap)
+        ending1 = Signal()
+        m.d.comb += [
+            cnt1.eq(Mux(emit, Mux(cnt > mb, cnt - mb, 0), cnt)),
+            buf1.eq(Mux(emit, buf >> (8 * mb), buf)),
+            vb1.eq(Mux(emit, vb >> mb, vb)),
+            ending1.eq(ending & ~(emit & bt.payload.seg_last)),
+        ]
+        it = self.item.payload
+        m.d.comb += self.item.ready.eq(~ending1 & Mux(it.start, cnt1 == 0, cnt1 <= mb))
+        pos = Signal(range(cap + 1))
+        m.d.comb += pos.eq(Mux(it.start, it.addr[:lmb] if lmb else 0, cnt1))
+        newv = Cat(*[(i >= pos) & (i < pos + it.n) for i in range(cap)])
+        baddr_next = Mux(emit, baddr + mb, baddr)
+        with m.If(self.item.valid & self.item.ready):
+            m.d.sync += [
+                buf.eq(buf1 | shl_bytes(take_bytes(it.data, it.n, ib), pos, cap)),
+                vb.eq(vb1 | newv),
+                cnt.eq(pos + it.n),
+                ending.eq(it.end),
+                baddr.eq(Mux(it.start, it.addr & ~(mb - 1), baddr_next)),
+            ]
+        with m.Else():
+            m.d.sync += [buf.eq(buf1), vb.eq(vb1), cnt.eq(cnt1), ending.eq(ending1), baddr.eq(baddr_next)]
+        return m
+
+
+class StoreEngine(wiring.Component):
+    """The STORE engine (see module docstring).
+
+    Parameters
+    ----------
+    cfg : HwConfig
+
+    Ports
+    -----
+    instr, done, busy, error
+        Engine control (``hdl/engine_port.py``); only STORE instructions arrive.
+    bus : Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes))
+        Membus master (writes only; ``rdata`` is accepted and ignored).
+    act_rd, wgt_rd, acc_rd : Out(ReadPortSignature)
+        Scratchpad read ports.
+    bytes, bytes_raw : Out(32)
+        Bus bytes per the spec (uncompressed ``LB`` per line; compressed ``2 + N`` per row) and
+        the uncompressed equivalent, accumulated as items are packed.
+    busy_cycles : Out(32)
+    stall_cycles : Out(32)
+        Busy cycles in which nothing moved (no scratchpad read, command, data beat or response).
+    """
+
+    #: Line FIFO depth (scratchpad read credits).
+    LINE_FIFO = 8
+
+    def __init__(self, cfg):
+        if not isinstance(cfg, HwConfig):
+            raise ValueError(f"cfg must be a sparrow.config.HwConfig, not {type(cfg).__name__}")
+        self.cfg = cfg
+        c = cfg.cols
+        super().__init__({
+            **engine_control_members(),
+            "bus": Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes)),
+            "act_rd": Out(ReadPortSignature(cfg.act_addr_bits, act_line(c))),
+            "wgt_rd": Out(ReadPortSignature(cfg.wgt_addr_bits, act_line(c))),
+            "acc_rd": Out(ReadPortSignature(cfg.acc_addr_bits, acc_line(c))),
+            "bytes": Out(32),
+            "bytes_raw": Out(32),
+            "busy_cycles": Out(32),
+            "stall_cycles": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        C, MB = cfg.cols, cfg.mem_bytes
+        MBK = mask_bytes(C)
+        ACCW = 4 * C
+        IB = max(ACCW, MBK + C)
+        DRAM = cfg.dram_bytes
+        DEPTH = self.LINE_FIFO
+
+        ins = self.instr.payload.body.store
+
+        spad = Signal(Spad)
+        spad_addr = Signal(14)
+        dram_addr = Signal(ADDR_W)
+        rows = Signal(10)
+        rl = Signal(10)
+        stride = Signal(16)
+        lb = Signal(range(ACCW + 1))
+        sstride = Signal(10)
+        comp = Signal()
+
+        err = Signal(ErrorCode)
+        halted = Signal()
+        set_err = Signal(ErrorCode)
+        m.d.comb += [self.error.eq(err), halted.eq(err != ErrorCode.NONE)]
+        init = Signal()
+        run = Signal()
+
+        # ---- line reader ----------------------------------------------------------------------
+        m.submodules.lf = lf = fifo.SyncFIFOBuffered(width=8 * ACCW, depth=DEPTH)
+        rr_act = Signal()
+        rr_y = Signal(10)
+        rr_x = Signal(10)
+        rr_base = Signal(15)
+        credits = Signal(range(DEPTH + 1))     # lines issued and not yet taken from the FIFO
+        rcmd_valid = Signal()
+        rcmd_ready = Signal()
+        m.d.comb += rcmd_valid.eq(run & rr_act & (credits < DEPTH) & ~halted)
+        rd_fire = Signal()
+        m.d.comb += rd_fire.eq(rcmd_valid & rcmd_ready)
+        for name, sp, width in (("act_rd", Spad.ACT, C), ("wgt_rd", Spad.WGT, C), ("acc_rd", Spad.ACC, ACCW)):
+            port = getattr(self, name)
+            sel = spad == sp
+            m.d.comb += [port.cmd.valid.eq(rcmd_valid & sel), port.cmd.payload.eq(rr_base + rr_x)]
+            with m.If(sel):
+                m.d.comb += [rcmd_ready.eq(port.cmd.ready),
+                             lf.w_en.eq(port.rsp.valid), lf.w_data.eq(port.rsp.payload.as_value())]
+        with m.If(init):
+            m.d.sync += [rr_act.eq(1), rr_y.eq(0), rr_x.eq(0), rr_base.eq(spad_addr)]
+        with m.Elif(rd_fire):
+            with m.If(rr_x == rl - 1):
+                m.d.sync += [rr_x.eq(0), rr_y.eq(rr_y + 1), rr_base.eq(rr_base + sstride)]
+                with m.If(rr_y == rows - 1):
+                    m.d.sync += rr_act.eq(0)
+            with m.Else():
+                m.d.sync += rr_x.eq(rr_x + 1)
+        lf_pop = Signal()
+        m.d.comb += lf.r_en.eq(lf_pop)
+        m.d.sync += credits.eq(credits + rd_fire - (lf_pop & lf.r_rdy))
+
+        # ---- item former ----------------------------------------------------------------------
+        m.submodules.compact = compact = ZeroCompact(C)
+        m.submodules.packer = packer = BytePacker(MB, IB, ADDR_W)
+        m.d.comb += compact.line.eq(lf.r_data[:8 * C])
+        if_st = Signal(range(3))            # 0 idle, 1 lines, 2 count
+        if_y = Signal(10)
+        if_x = Signal(10)
+        if_base = Signal(ADDR_W)
+        nacc = Signal(17)
+        it = packer.item
+        item_fire = Signal()
+        m.d.comb += item_fire.eq(it.valid & it.ready)
+        add_bytes = Signal(range(IB + 1))
+        add_raw = Signal(range(ACCW + 1))
+        with m.If(if_st == 1):
+            m.d.comb += [
+                it.valid.eq(lf.r_rdy & ~halted),
+                it.payload.data.eq(Mux(comp, compact.data, take_bytes(lf.r_data, lb, ACCW))),
+                it.payload.n.eq(Mux(comp, compact.n, lb)),
+                it.payload.start.eq(if_x == 0),
+                it.payload.end.eq(if_x == rl - 1),
+                it.payload.addr.eq(Mux(comp, if_base + 2, if_base)),
+                lf_pop.eq(item_fire),
+            ]
+        with m.Elif(if_st == 2):
+            m.d.comb += [
+                it.valid.eq(~halted),
+                it.payload.data.eq(nacc[:16]),
+                it.payload.n.eq(2),
+                it.payload.start.eq(1),
+                it.payload.end.eq(1),
+                it.payload.addr.eq(if_base),
+            ]
+        with m.If(item_fire):
+            m.d.comb += add_bytes.eq(it.payload.n)
+            with m.If(if_st == 1):
+                m.d.comb += add_raw.eq(Mux(comp, C, lb))
+        next_row = [if_x.eq(0), if_y.eq(if_y + 1), if_base.eq(if_base + stride),
+                    if_st.eq(Mux(if_y == rows - 1, 0, 1))]
+        with m.If(init):
+            m.d.sync += [if_st.eq(1), if_y.eq(0), if_x.eq(0), if_base.eq(dram_addr)]
+        with m.Elif(item_fire & (if_st == 1)):
+            m.d.sync += nacc.eq(Mux(if_x == 0, 0, nacc) + compact.n)
+            with m.If(if_x == rl - 1):
+                with m.If(comp):
+                    m.d.sync += if_st.eq(2)
+                with m.Else():
+                    m.d.sync += next_row
+            with m.Else():
+                m.d.sync += if_x.eq(if_x + 1)
+        with m.Elif(item_fire & (if_st == 2)):
+            m.d.sync += next_row
+
+        # ---- burst former ---------------------------------------------------------------------
+        bf_layout = data.StructLayout({"data": 8 * MB, "strb": MB, "last": 1})
+        cf_layout = data.StructLayout({"addr": ADDR_W, "len": 8})
+        m.submodules.bf = bf = fifo.SyncFIFOBuffered(width=bf_layout.size, depth=2 * cfg.max_burst)
+        m.submodules.cf = cf = fifo.SyncFIFOBuffered(width=cf_layout.size, depth=4)
+        bcount = Signal(8)
+        bstart = Signal(ADDR_W)
+        b = packer.beat.payload
+        last = Signal()
+        m.d.comb += last.eq((bcount == cfg.max_burst - 1) | (b.addr[:12] == 4096 - MB) | b.seg_last)
+        m.d.comb += packer.beat.ready.eq(bf.w_rdy & (cf.w_rdy | ~last) & ~halted)
+        beat_fire = Signal()
+        m.d.comb += beat_fire.eq(packer.beat.valid & packer.beat.ready)
+        bf_in = data.View(bf_layout, bf.w_data)
+        cf_in = data.View(cf_layout, cf.w_data)
+        m.d.comb += [
+            bf.w_en.eq(beat_fire),
+            bf_in.data.eq(b.data), bf_in.strb.eq(b.strb), bf_in.last.eq(last),
+            cf.w_en.eq(beat_fire & last),
+            cf_in.addr.eq(Mux(bcount == 0, b.addr, bstart)),
+            cf_in.len.eq(bcount),
+        ]
+        with m.If(beat_fire):
+            with m.If(last):
+                m.d.sync += bcount.eq(0)
+            with m.Else():
+                m.d.sync += bcount.eq(bcount + 1)
+                with m.If(bcount == 0):
+                    m.d.sync += bstart.eq(b.addr)
+
+        # ---- membus ---------------------------------------------------------------------------
+        bus = self.bus
+        bf_out = data.View(bf_layout, bf.r_data)
+        cf_out = data.View(cf_layout, cf.r_data)
+        m.d.comb += [
+            bus.cmd.valid.eq(cf.r_rdy & ~halted),
+            bus.cmd.payload.addr.eq(cf_out.addr),
+            bus.cmd.payload.len.eq(cf_out.len),
+            bus.cmd.payload.write.eq(1),
+            cf.r_en.eq(bus.cmd.ready & ~halted),
+            bus.wdata.valid.eq(bf.r_rdy & ~halted),
+            bus.wdata.payload.data.eq(bf_out.data),
+            bus.wdata.payload.strb.eq(bf_out.strb),
+            bus.wdata.payload.last.eq(bf_out.last),
+            bf.r_en.eq(bus.wdata.ready & ~halted),
+            bus.wresp.ready.eq(1),
+            bus.rdata.ready.eq(1),
+        ]
+        cmd_fire = Signal()
+        wd_fire = Signal()
+        wr_fire = Signal()
+        m.d.comb += [cmd_fire.eq(bus.cmd.valid & bus.cmd.ready), wd_fire.eq(bus.wdata.valid & bus.wdata.ready),
+                     wr_fire.eq(bus.wresp.valid)]
+        outw = Signal(16)
+        m.d.sync += outw.eq(outw + cmd_fire - wr_fire)
+        with m.If(wr_fire & bus.wresp.payload.err & ~halted):
+            m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
+
+        # ---- control --------------------------------------------------------------------------
+        line_size = Mux(ins.spad == Spad.ACC, ACCW, C)
+        worst = Signal(20)
+        m.d.comb += worst.eq(2 + rl * (MBK + C))
+        depth = Signal(15)
+        m.d.comb += depth.eq(Mux(spad == Spad.ACT, cfg.act_depth, Mux(spad == Spad.WGT, cfg.wgt_depth, cfg.acc_depth)))
+        spad_end = Signal(26)
+        m.d.comb += spad_end.eq(spad_addr + (rows - 1) * sstride + rl)
+        dram_end = Signal(ADDR_W + 8)
+        m.d.comb += dram_end.eq(dram_addr + (rows - 1) * stride + Mux(comp, worst, rl * lb))
+        all_idle = Signal()
+        m.d.comb += all_idle.eq((if_st == 0) & ~rr_act & packer.idle & (bf.level == 0) & (cf.level == 0)
+                                & (outw == 0))
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.instr.ready.eq(~halted)
+                with m.If(self.instr.valid & ~halted):
+                    m.d.sync += [
+                        spad.eq(ins.spad), spad_addr.eq(ins.spad_addr), dram_addr.eq(ins.dram_addr),
+                        rows.eq(ins.rows), rl.eq(ins.row_lines), stride.eq(ins.dram_stride),
+                        lb.eq(Mux(ins.line_bytes == 0, line_size, ins.line_bytes)),
+                        sstride.eq(Mux(ins.spad_stride == 0, ins.row_lines, ins.spad_stride)),
+                        comp.eq(ins.compressed),
+                    ]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(comp & (stride < worst)):
+                    m.d.sync += err.eq(ErrorCode.ILLEGAL_FIELD)
+                    m.next = "HALT"
+                with m.Elif(spad_end > depth):
+                    m.d.sync += err.eq(ErrorCode.SPAD_RANGE)
+                    m.next = "HALT"
+                with m.Elif(dram_end > DRAM):
+                    m.d.sync += err.eq(ErrorCode.DRAM_RANGE)
+                    m.next = "HALT"
+                with m.Else():
+                    m.d.comb += init.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [self.busy.eq(1), run.eq(1)]
+                with m.If(set_err != ErrorCode.NONE):
+                    m.d.sync += err.eq(set_err)
+                    m.next = "HALT"
+                with m.Elif(all_idle):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+            with m.State("HALT"):
+                m.d.comb += self.busy.eq(1)
+
+        m.d.sync += [self.bytes.eq(self.bytes + add_bytes), self.bytes_raw.eq(self.bytes_raw + add_raw)]
+        with m.If(self.busy & ~halted):
+            m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
+            with m.If(~(rd_fire | cmd_fire | wd_fire | wr_fire)):
+                m.d.sync += self.stall_cycles.eq(self.stall_cycles + 1)
+        return m
