@@ -1,0 +1,430 @@
+"""Program builder: DRAM tensors, scratchpad allocation and automatic semaphore synchronisation.
+
+Kernels never write semaphore fields themselves. They :meth:`ProgramBuilder.emit` plain
+instructions; the builder computes each instruction's *footprint* (the scratchpad lines and
+external-memory bytes it reads and writes, as bounding intervals) and, for every hazard with an
+earlier instruction on *another* engine (read-after-write, write-after-read, write-after-write),
+makes the later instruction wait for the earlier one's completion. Instructions on the same
+engine are ordered already (each engine runs its queue in order, one at a time).
+
+Synchronisation scheme
+----------------------
+One semaphore per ordered engine pair ``(producer P, consumer C)`` that is actually used (at most
+12). A dependency of instruction ``i`` (on ``C``) on ``j`` (on ``P``) makes ``j`` signal the
+``(P, C)`` semaphore and ``i`` wait for count 1 on it with consume. Vector clocks (per engine:
+the last instruction known complete) drop dependencies already implied by earlier ones, so every
+``(P, C)`` signal is consumed by exactly one wait, in order, and counts never accumulate. Extra
+waits or signals of one instruction become NOPs on its engine right before/after it. Double
+buffering is then only a matter of scratchpad placement (:class:`Ring`): a LOAD into a buffer
+waits (a *credit*) for the MATMUL/STORE that last read it, the consumer waits for the LOAD.
+
+Every dependency points backwards in program order, so the program cannot deadlock for any
+``queue_depth`` (the earliest unfinished instruction is always dispatched, at the head of its
+queue and released), and each wait matches exactly the signal of the instruction it needs, so
+it is race-free by construction; the golden model's concurrent mode checks both.
+
+DRAM tensors
+------------
+:class:`Tensor` is a row-major (C order) array at a byte address: ``int8`` activations (NHWC
+for images, ``[M, K]`` for matrices) and ``int32`` little-endian raw accumulators. Channels are
+*not* padded in DRAM; padding to ``cols`` happens in the scratchpad (see ``layout``). Every
+allocation is followed by ``slack`` spare bytes (``cfg.cols * 4``) because a LOAD of a partial
+last line may read (never use) bytes past the end of a tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import HwConfig
+from ..isa import Engine, Opcode, Program, Spad, make
+
+__all__ = ["ProgramBuilder", "Tensor", "Ring", "ENGINES", "footprint"]
+
+ENGINES = (Engine.LOAD, Engine.MATMUL, Engine.VECTOR, Engine.STORE)
+_E = {e: i for i, e in enumerate(ENGINES)}
+_DTYPES = {"int8": np.int8, "int32": np.int32, "uint8": np.uint8}
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A dense row-major array in external memory.
+
+    Attributes: ``addr`` (byte address), ``shape`` (tuple), ``dtype`` (``"int8"``/``"int32"``),
+    ``name``.
+    """
+    addr: int
+    shape: tuple
+    dtype: str = "int8"
+    name: str = ""
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(_DTYPES[self.dtype]).itemsize
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.itemsize
+
+    @property
+    def strides(self) -> tuple:
+        """Byte strides of each dimension (row-major)."""
+        out, s = [], self.itemsize
+        for d in reversed(self.shape):
+            out.append(s)
+            s *= d
+        return tuple(reversed(out))
+
+    def reshape(self, *shape) -> "Tensor":
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        if int(np.prod(shape, dtype=np.int64)) != self.size:
+            raise ValueError(f"shape: cannot view {self.shape} as {shape}")
+        return Tensor(self.addr, tuple(int(d) for d in shape), self.dtype, self.name)
+
+    def read(self, machine) -> np.ndarray:
+        """The tensor's contents from a device with ``read_dram`` (golden model / driver)."""
+        raw = machine.read_dram(self.addr, self.nbytes)
+        return np.asarray(raw, dtype=np.uint8).view(_DTYPES[self.dtype]).reshape(self.shape).copy()
+
+    def write(self, machine, data) -> None:
+        arr = np.asarray(data)
+        if arr.shape != tuple(self.shape):
+            raise ValueError(f"data: shape {arr.shape} != tensor {self.name or ''} shape {self.shape}")
+        machine.write_dram(self.addr, arr.astype(_DTYPES[self.dtype]))
+
+
+class Ring:
+    """``n`` equal scratchpad buffers used round-robin (double buffering with ``n = 2``).
+
+    ``next()`` returns the first line of the next buffer; the builder's hazard tracking makes
+    a producer wait until every earlier user of that buffer has finished with it.
+    """
+
+    def __init__(self, base: int, lines: int, n: int):
+        self.base, self.lines, self.n, self._i = base, lines, n, 0
+
+    def next(self) -> int:
+        addr = self.base + (self._i % self.n) * self.lines
+        self._i += 1
+        return addr
+
+    def slot(self, i: int) -> int:
+        return self.base + (i % self.n) * self.lines
+
+
+class _Record:
+    __slots__ = ("mnemonic", "fields", "engine", "id", "waits", "signals", "vc", "acc")
+
+    def __init__(self, mnemonic, fields, engine, id_, acc):
+        self.mnemonic, self.fields, self.engine, self.id, self.acc = mnemonic, fields, engine, id_, acc
+        self.waits = []       # producer record ids
+        self.signals = []     # consumer engines
+        self.vc = None
+
+
+def footprint(ins, cfg: HwConfig) -> list:
+    """Bounding intervals ``(space, write, lo, hi)`` (inclusive) of what ``ins`` accesses.
+
+    ``space`` is ``"ACT"``, ``"WGT"``, ``"ACC"`` or ``"DRAM"`` (bytes). Conservative: strided
+    accesses are covered by one interval.
+    """
+    m, v = ins.mnemonic, ins.values
+    cols = cfg.cols
+    out = []
+    if m in ("load", "store"):
+        spad = v["spad"].name
+        lb = v["line_bytes"] or cfg.spad_line_bytes(v["spad"])
+        rows, rl = v["rows"], v["row_lines"]
+        if v["compressed"]:
+            dram_hi = v["dram_addr"] + (rows - 1) * v["dram_stride"] + 2 + rl * (cfg.mask_bytes + cols) - 1
+        else:
+            dram_hi = v["dram_addr"] + (rows - 1) * v["dram_stride"] + rl * lb - 1
+        if m == "load":
+            total = (v["pad_top"] + rows + v["pad_bottom"]) * (v["pad_left"] + rl + v["pad_right"])
+            out.append((spad, True, v["spad_addr"], v["spad_addr"] + total - 1))
+            out.append(("DRAM", False, v["dram_addr"], dram_hi))
+        else:
+            s = v["spad_stride"] or rl
+            out.append((spad, False, v["spad_addr"], v["spad_addr"] + (rows - 1) * s + rl - 1))
+            out.append(("DRAM", True, v["dram_addr"], dram_hi))
+    elif m == "matmul":
+        a_hi = (v["a_addr"] + (v["m_outer"] - 1) * v["a_outer_stride"] + (v["m_inner"] - 1) * v["a_stride"]
+                + _cdiv(v["k"], cols) - 1)
+        out.append(("ACT", False, v["a_addr"], a_hi))
+        out.append(("WGT", False, v["w_addr"], v["w_addr"] + v["k"] - 1))
+        n = v["m_outer"] * v["m_inner"]
+        out.append(("ACC", True, v["acc_addr"], v["acc_addr"] + n - 1))
+    elif m == "requant":
+        out.append(("ACC", False, v["src"], v["src"] + v["rows"] - 1))
+        out.append(("ACC", False, v["param"], v["param"] + 2))
+        out.append(("ACT", True, v["dst"], v["dst"] + (v["rows"] - 1) * v["dst_stride"]))
+    elif m == "vadd":
+        n = v["lines"]
+        out.append(("ACT", False, v["src_a"], v["src_a"] + n - 1))
+        out.append(("ACT", False, v["src_b"], v["src_b"] + n - 1))
+        out.append(("ACT", True, v["dst"], v["dst"] + n - 1))
+    elif m in ("maxpool", "avgpool"):
+        lpp = v["lpp"]
+        hi = (v["src"] + ((v["out_h"] - 1) * v["stride_h"] + v["kh"] - 1) * v["row_stride"]
+              + ((v["out_w"] - 1) * v["stride_w"] + v["kw"] - 1) * lpp + lpp - 1)
+        out.append(("ACT", False, v["src"], hi))
+        out.append(("ACT", True, v["dst"], v["dst"] + v["out_h"] * v["out_w"] * lpp - 1))
+    elif m == "mask":
+        n = v["rows"] * v["row_lines"]
+        out.append(("ACT", False, v["src"], v["src"] + n - 1))
+        out.append(("ACT", True, v["dst"], v["dst"] + n - 1))
+        if v["mode"].name == "LOADED":
+            out.append(("ACT", False, v["mask_addr"], v["mask_addr"] + (n - 1) // 8))
+    return out
+
+
+class ProgramBuilder:
+    """Accumulates a synchronised program plus the external-memory image it needs.
+
+    Parameters
+    ----------
+    cfg : HwConfig
+    dram_base : int
+        First byte address the DRAM allocator hands out (default 0).
+    dram_limit : int, optional
+        End of the allocatable region (default ``cfg.dram_bytes``).
+
+    Attributes
+    ----------
+    segments : list of (addr, bytes)
+        Constant data (weights, requant parameters, zero lines) the host writes before a run.
+    tensors : dict name -> Tensor
+    """
+
+    def __init__(self, cfg: HwConfig, dram_base: int = 0, dram_limit: int | None = None):
+        if not isinstance(cfg, HwConfig):
+            raise ValueError(f"cfg must be a HwConfig, not {type(cfg).__name__}")
+        limit = cfg.dram_bytes if dram_limit is None else dram_limit
+        if not (isinstance(dram_base, int) and 0 <= dram_base < limit <= cfg.dram_bytes):
+            raise ValueError(f"dram_base/dram_limit: need 0 <= dram_base < dram_limit <= {cfg.dram_bytes}")
+        self.cfg = cfg
+        self._dram_next, self._dram_limit = dram_base, limit
+        self.slack = 4 * cfg.cols
+        self.segments: list = []
+        self.tensors: dict = {}
+        self._records: list = []
+        self._last = [None] * 4            # last record per engine
+        self._hist = [[] for _ in range(4)]  # per engine: records in order
+        self._zero = None
+        self._spad_free = {s: 0 for s in ("ACT", "WGT", "ACC")}
+        self._finished = None
+
+    # -- external memory ---------------------------------------------------------------------
+    def alloc(self, nbytes: int, align: int = 16) -> int:
+        """Reserve ``nbytes`` (+ slack) of external memory; returns the address."""
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        addr = _cdiv(self._dram_next, align) * align
+        end = addr + nbytes + self.slack
+        if end > self._dram_limit:
+            raise ValueError(f"nbytes: external memory exhausted ({nbytes} bytes at {addr:#x}, limit "
+                             f"{self._dram_limit:#x})")
+        self._dram_next = end
+        return addr
+
+    def tensor(self, shape, dtype: str = "int8", name: str = "") -> Tensor:
+        """Allocate an uninitialised DRAM tensor (an input the host writes, or an output)."""
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+        shape = tuple(int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+        if any(d < 1 for d in shape):
+            raise ValueError(f"shape: every dimension must be >= 1, got {shape}")
+        t = Tensor(0, shape, dtype, name)
+        t = Tensor(self.alloc(t.nbytes), shape, dtype, name)
+        if name:
+            self.tensors[name] = t
+        return t
+
+    def const(self, array, dtype: str | None = None, name: str = "") -> Tensor:
+        """Allocate a DRAM tensor initialised with ``array`` (added to :attr:`segments`)."""
+        arr = np.asarray(array)
+        dtype = dtype or {np.dtype(np.int8): "int8", np.dtype(np.int32): "int32",
+                          np.dtype(np.uint8): "uint8"}.get(arr.dtype)
+        if dtype is None:
+            raise ValueError(f"array: dtype {arr.dtype} needs an explicit dtype= (int8/int32/uint8)")
+        data = arr.astype(_DTYPES[dtype])
+        if not np.array_equal(data.astype(np.int64), arr.astype(np.int64)):
+            raise ValueError(f"array: values do not fit {dtype}")
+        t = self.tensor(arr.shape if arr.ndim else (1,), dtype, name)
+        self.segments.append((t.addr, np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"))
+                              .tobytes()))
+        return t
+
+    def zero_line_addr(self) -> int:
+        """Address of a 4*cols-byte zero block (source for zero-filling scratchpad lines)."""
+        if self._zero is None:
+            self._zero = self.const(np.zeros(4 * self.cfg.cols, np.uint8), name="")
+        return self._zero.addr
+
+    def write_segments(self, machine) -> None:
+        """Write the constant segments into a device's external memory."""
+        for addr, data in self.segments:
+            machine.write_dram(addr, data)
+
+    # -- scratchpad allocation -----------------------------------------------------------------
+    def spad_alloc(self, spad: str, lines: int) -> int:
+        """Reserve ``lines`` lines of scratchpad ``spad`` ("ACT"/"WGT"/"ACC"); returns the first.
+
+        Use :meth:`spad_scope` to release them when a kernel ends (reuse is safe: the hazard
+        tracker orders the next kernel's writes after this kernel's reads).
+        """
+        spad = spad.upper()
+        depth = self.cfg.spad_depth(spad)
+        base = self._spad_free[spad]
+        if lines < 1 or base + lines > depth:
+            raise ValueError(f"lines: {spad} scratchpad has {depth - base} free lines, {lines} requested")
+        self._spad_free[spad] = base + lines
+        return base
+
+    def spad_available(self, spad: str) -> int:
+        spad = spad.upper()
+        return self.cfg.spad_depth(spad) - self._spad_free[spad]
+
+    def spad_scope(self):
+        """Context manager restoring the scratchpad allocators on exit."""
+        builder = self
+
+        class _Scope:
+            def __enter__(self):
+                self.saved = dict(builder._spad_free)
+                return builder
+
+            def __exit__(self, *exc):
+                builder._spad_free = self.saved
+                return False
+        return _Scope()
+
+    # -- emission ------------------------------------------------------------------------------
+    def emit(self, mnemonic: str, **fields):
+        """Append an instruction (no header fields: synchronisation is added automatically).
+
+        Returns the builder's internal id of the instruction.
+        """
+        if self._finished is not None:
+            raise ValueError("builder already finished")
+        for h in ("wait_sem", "wait_count", "wait_consume", "signal_sem", "signal_en"):
+            if h in fields:
+                raise ValueError(f"{h}: semaphore fields are managed by the builder")
+        ins = make(mnemonic, cfg=self.cfg, index=len(self._records), **fields)
+        if ins.opcode == Opcode.HALT:
+            raise ValueError("mnemonic: the builder appends HALT itself (finish())")
+        e = _E[ins.engine_queue]
+        acc = footprint(ins, self.cfg)
+        rec = _Record(mnemonic, ins.values, e, len(self._records), acc)
+        prev = self._last[e]
+        vc = list(prev.vc) if prev is not None else [-1, -1, -1, -1]
+        if prev is not None:
+            vc[e] = prev.id
+        # latest conflicting record on each other engine not already ordered before us
+        cands = {}
+        for p in range(4):
+            if p == e:
+                continue
+            hist = self._hist[p]
+            for r in reversed(hist):
+                if r.id <= vc[p]:
+                    break
+                if _conflict(r.acc, acc):
+                    cands[p] = r
+                    break
+        # drop candidates implied by another candidate's clock
+        needed = []
+        for p, r in cands.items():
+            implied = any(q != p and (o.vc[p] >= r.id) for q, o in cands.items())
+            if not implied:
+                needed.append(r)
+        for r in sorted(needed, key=lambda r: r.id):
+            rec.waits.append(r.id)
+            r.signals.append(e)
+            for k in range(4):
+                vc[k] = max(vc[k], r.vc[k])
+            vc[r.engine] = max(vc[r.engine], r.id)
+        rec.vc = vc
+        self._records.append(rec)
+        self._hist[e].append(rec)
+        self._last[e] = rec
+        return rec.id
+
+    def finish(self) -> Program:
+        """The program: semaphores assigned, extra waits/signals as NOPs, HALT appended."""
+        if self._finished is not None:
+            return self._finished
+        cfg = self.cfg
+        chans = {}
+        recs = self._records
+        for r in recs:
+            for c in r.signals:
+                chans.setdefault((r.engine, c), len(chans))
+        if len(chans) > cfg.n_semaphores:
+            raise ValueError(f"cfg: the program needs {len(chans)} semaphores, the hardware has "
+                             f"{cfg.n_semaphores}")
+        self._check_overflow(chans)
+        prog = Program()
+        for r in recs:
+            eng = ENGINES[r.engine]
+            waits = [(chans[(recs[j].engine, r.engine)]) for j in r.waits]
+            for sem in waits[:-1]:
+                prog.append(make("nop", engine=eng, wait_sem=sem, wait_count=1, wait_consume=1, cfg=cfg))
+            hdr = {}
+            if waits:
+                hdr.update(wait_sem=waits[-1], wait_count=1, wait_consume=1)
+            sigs = [chans[(r.engine, c)] for c in r.signals]
+            if sigs:
+                hdr.update(signal_sem=sigs[0], signal_en=1)
+            prog.append(make(r.mnemonic, cfg=cfg, **{**r.fields, **hdr}))
+            for sem in sigs[1:]:
+                prog.append(make("nop", engine=eng, signal_sem=sem, signal_en=1, cfg=cfg))
+        prog.append(make("halt"))
+        self._finished = prog
+        self.channels = {(ENGINES[p].name, ENGINES[c].name): s for (p, c), s in chans.items()}
+        return prog
+
+    def _check_overflow(self, chans):
+        """Upper-bound each semaphore's count: signals not provably consumed before a new one."""
+        cfg = self.cfg
+        recs = self._records
+        per = {ch: [] for ch in chans}             # (producer id, consumer id) in order
+        for r in recs:
+            for j in r.waits:
+                per[(recs[j].engine, r.engine)].append((j, r.id))
+        for (p, c), pairs in per.items():
+            pairs.sort()
+            for n, (j, _) in enumerate(pairs):
+                if n < cfg.sem_max:
+                    continue
+                vcj = recs[j].vc
+                outstanding = sum(1 for (_, i) in pairs[:n + 1] if vcj[c] < i)
+                if outstanding > cfg.sem_max:
+                    raise ValueError(f"cfg: semaphore {ENGINES[p].name}->{ENGINES[c].name} could exceed "
+                                     f"sem_max {cfg.sem_max} at instruction {j}")
+
+    @property
+    def n_instructions(self) -> int:
+        return len(self._records)
+
+
+def _conflict(a, b):
+    for sa, wa, la, ha in a:
+        for sb, wb, lb, hb in b:
+            if sa == sb and (wa or wb) and la <= hb and lb <= ha:
+                return True
+    return False
+
+
+def spad_name(spad) -> str:
+    return spad.name if isinstance(spad, Spad) else str(spad).upper()

@@ -1,0 +1,69 @@
+"""Small emission helpers shared by the kernels (field limits, row splitting)."""
+
+from __future__ import annotations
+
+from .builder import ProgramBuilder
+
+MAX_ROWS = 1023          # LOAD/STORE rows (10 bits)
+MAX_ROW_LINES = 1023     # LOAD/STORE row_lines (10 bits)
+MAX_STRIDE = 0xFFFF      # dram_stride (16 bits)
+MAX_M_INNER = 255
+MAX_A_STRIDE = 255
+MAX_K = 4095
+MAX_LB = 127
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+def line_bytes_field(b: ProgramBuilder, spad: str, nbytes: int, what: str) -> int:
+    """``line_bytes`` for moving ``nbytes`` of each line (0 = the whole line)."""
+    full = b.cfg.spad_line_bytes(spad)
+    if nbytes == full:
+        return 0
+    if not 1 <= nbytes <= min(full, MAX_LB):
+        raise ValueError(f"{what}: {nbytes} bytes per line cannot be encoded (line is {full} bytes)")
+    return nbytes
+
+
+def check_stride(stride: int, what: str):
+    if not 0 <= stride <= MAX_STRIDE:
+        raise ValueError(f"{what}: row stride {stride} bytes exceeds the 16-bit dram_stride field")
+
+
+def load(b: ProgramBuilder, spad: str, spad_addr: int, dram_addr: int, rows: int, row_lines: int,
+         dram_stride: int, line_bytes: int = 0, **pads):
+    """LOAD, split into several instructions when ``rows`` exceeds the field (no padding then)."""
+    if rows <= MAX_ROWS:
+        b.emit("load", spad=spad, spad_addr=spad_addr, dram_addr=dram_addr, rows=rows, row_lines=row_lines,
+               dram_stride=dram_stride, line_bytes=line_bytes, **pads)
+        return
+    if any(pads.values()):
+        raise ValueError("rows: padded LOADs cannot be split")
+    for r0 in range(0, rows, MAX_ROWS):
+        n = min(MAX_ROWS, rows - r0)
+        b.emit("load", spad=spad, spad_addr=spad_addr + r0 * row_lines, dram_addr=dram_addr + r0 * dram_stride,
+               rows=n, row_lines=row_lines, dram_stride=dram_stride, line_bytes=line_bytes)
+
+
+def store(b: ProgramBuilder, spad: str, spad_addr: int, dram_addr: int, rows: int, row_lines: int,
+          dram_stride: int, line_bytes: int = 0, spad_stride: int = 0):
+    s = spad_stride or row_lines
+    for r0 in range(0, rows, MAX_ROWS):
+        n = min(MAX_ROWS, rows - r0)
+        b.emit("store", spad=spad, spad_addr=spad_addr + r0 * s, dram_addr=dram_addr + r0 * dram_stride,
+               rows=n, row_lines=row_lines, dram_stride=dram_stride, line_bytes=line_bytes,
+               spad_stride=spad_stride)
+
+
+def zero_fill(b: ProgramBuilder, spad: str, spad_addr: int, lines: int):
+    """Zero ``lines`` scratchpad lines by loading the builder's zero block repeatedly."""
+    z = b.zero_line_addr()
+    load(b, spad, spad_addr, z, lines, 1, 0)
+
+
+def load_params(b: ProgramBuilder, params_addr: int, acc_line: int):
+    """LOAD the 3 requant parameter lines (bias, mult, shift) of one column tile into ACC."""
+    b.emit("load", spad="acc", spad_addr=acc_line, dram_addr=params_addr, rows=1, row_lines=3,
+           dram_stride=0)

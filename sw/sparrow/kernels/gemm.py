@@ -1,0 +1,167 @@
+"""Tiled, double-buffered int8 GEMM: ``out[M, N] = requant(A[M, K] @ W[K, N])`` (or raw int32).
+
+Layout
+------
+* ``A``: int8 ``[M, K]`` row-major in DRAM (row stride ``K`` bytes). In ACT, row ``m`` of a tile
+  occupies ``ceil(kc/cols)`` consecutive lines (the K chunk, zero/garbage beyond ``kc`` ignored
+  by MATMUL).
+* ``W``: int8 ``[K, N]`` row-major. A column tile ``n0:n0+cols`` of a K chunk is loaded as
+  ``kc`` WGT lines (``line_bytes`` = the tile's width; missing columns load as zeros).
+* requant parameters: a constant ``[ceil(N/cols), 3, cols]`` int32 block (bias, mult, shift per
+  column tile), loaded to 3 ACC lines per tile.
+* ``out``: int8 ``[M, N]`` (requantised) or int32 ``[M, N]`` (raw accumulators, ``requant=None``).
+
+Tiling: M in tiles of ``Mt`` rows (bounded by the ACT/ACC budget and field widths), N in tiles
+of ``cols`` columns, K in chunks of ``Kc`` (all of K when it fits half the weight scratchpad,
+else chunks accumulated with ``accumulate=1``). Weights stay resident in WGT when all of them
+fit; otherwise they stream through two buffers. A, the ACC tile, the parameter lines and the
+output lines are all double-buffered, so LOAD, MATMUL, VECTOR and STORE overlap; the builder
+inserts the semaphores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .builder import ProgramBuilder, Ring, Tensor
+from .common import (MAX_A_STRIDE, MAX_K, MAX_M_INNER, MAX_ROWS, cdiv, check_stride, line_bytes_field,
+                     load, load_params, store)
+from .quant import Requant
+
+__all__ = ["gemm", "pack_requant_params"]
+
+
+def pack_requant_params(b: ProgramBuilder, requant: Requant, n: int) -> Tensor:
+    """Constant ``[ceil(n/cols), 3, cols]`` int32 tensor of bias/mult/shift lines per column tile."""
+    cols = b.cfg.cols
+    p = requant.params(n)
+    nt = cdiv(n, cols)
+    out = np.zeros((nt, 3, cols), np.int32)
+    for t in range(nt):
+        w = min(cols, n - t * cols)
+        out[t, :, :w] = p[:, t * cols:t * cols + w]
+    return b.const(out, "int32")
+
+
+def _as_tensor(b, x, name, ndim):
+    if isinstance(x, Tensor):
+        t = x
+    else:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "iu" or arr.min(initial=0) < -128 or arr.max(initial=0) > 127:
+            raise ValueError(f"{name}: constant must be int8-valued")
+        t = b.const(arr.astype(np.int8))
+    if len(t.shape) != ndim or t.dtype != "int8":
+        raise ValueError(f"{name}: expected an int8 tensor of rank {ndim}, got {t.dtype} {t.shape}")
+    return t
+
+
+def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | None = None) -> Tensor:
+    """Emit ``out = requant(A @ W)`` (int8) or, with ``requant=None``, ``out = A @ W`` (int32).
+
+    Parameters
+    ----------
+    b : ProgramBuilder
+    A : Tensor int8 [M, K]
+    W : Tensor int8 [K, N] or a NumPy int8 array (becomes a constant)
+    out : Tensor, optional
+        int8 [M, N] (with ``requant``) or int32 [M, N]; allocated when omitted.
+    requant : Requant, optional
+        Per-channel bias/mult/shift, zero point and clamp (ReLU: ``lo = zp``).
+
+    Returns the output tensor.
+    """
+    cfg, cols = b.cfg, b.cfg.cols
+    A = _as_tensor(b, A, "A", 2)
+    W = _as_tensor(b, W, "W", 2)
+    M, K = A.shape
+    K2, N = W.shape
+    if K2 != K:
+        raise ValueError(f"W: shape {W.shape} does not match A {A.shape} (K = {K})")
+    raw = requant is None
+    odt = "int32" if raw else "int8"
+    if out is None:
+        out = b.tensor((M, N), odt)
+    if tuple(out.shape) != (M, N) or out.dtype != odt:
+        raise ValueError(f"out: expected {odt} [{M}, {N}], got {out.dtype} {out.shape}")
+    check_stride(K, "A")
+    check_stride(N, "W")
+    check_stride(N * (4 if raw else 1), "out")
+    params = None if raw else pack_requant_params(b, requant, N)
+    NT = cdiv(N, cols)
+    kmax = min(MAX_K // cols, MAX_A_STRIDE) * cols            # K per MATMUL, whole lines
+
+    with b.spad_scope():
+        wavail = b.spad_available("WGT")
+        resident = K <= kmax and NT * K <= wavail
+        if resident:
+            Kc = K
+        else:
+            Kc = min(K, kmax, (wavail // 2) // cols * cols)
+            if Kc < K:
+                Kc = Kc // cols * cols
+            if Kc < 1:
+                raise ValueError("cfg: weight scratchpad too small for a K chunk")
+        nk = cdiv(K, Kc)
+        kl = cdiv(Kc, cols)
+        # M tile from the ACT (2 A buffers + 2 output buffers) and ACC (2 tiles + 2 param sets) budgets
+        act_av = b.spad_available("ACT")
+        acc_av = b.spad_available("ACC") - 6
+        per_row_act = 2 * kl + (0 if raw else 2)
+        Mt = min(M, MAX_ROWS, act_av // per_row_act, acc_av // 2)
+        if Mt < 1:
+            raise ValueError("cfg: scratchpads too small for one GEMM row")
+        a_ring = Ring(b.spad_alloc("ACT", 2 * Mt * kl), Mt * kl, 2)
+        o_ring = None if raw else Ring(b.spad_alloc("ACT", 2 * Mt), Mt, 2)
+        acc_ring = Ring(b.spad_alloc("ACC", 2 * Mt), Mt, 2)
+        p_ring = None if raw else Ring(b.spad_alloc("ACC", 6), 3, 2)
+        if resident:
+            w_base = b.spad_alloc("WGT", NT * K)
+            w_loaded = set()
+        else:
+            w_ring = Ring(b.spad_alloc("WGT", 2 * Kc), Kc, 2)
+
+        for m0 in range(0, M, Mt):
+            mt = min(Mt, M - m0)
+            a_full = None
+            if nk == 1:
+                a_full = a_ring.next()
+                load(b, "act", a_full, A.addr + m0 * K, mt, kl, K)
+            for t in range(NT):
+                n0 = t * cols
+                nw = min(cols, N - n0)
+                if not raw:
+                    p_line = p_ring.next()
+                    load_params(b, params.addr + t * 3 * 4 * cols, p_line)
+                acc = acc_ring.next()
+                for c in range(nk):
+                    k0 = c * Kc
+                    kc = min(Kc, K - k0)
+                    klc = cdiv(kc, cols)
+                    if a_full is not None:
+                        a_addr = a_full
+                    else:
+                        a_addr = a_ring.next()
+                        load(b, "act", a_addr, A.addr + m0 * K + k0, mt, klc, K)
+                    lb = line_bytes_field(b, "wgt", nw, "W")
+                    if resident:
+                        w_addr = w_base + t * K
+                        if t not in w_loaded:
+                            load(b, "wgt", w_addr, W.addr + n0, K, 1, N, lb)
+                            w_loaded.add(t)
+                    else:
+                        w_addr = w_ring.next()
+                        load(b, "wgt", w_addr, W.addr + k0 * N + n0, kc, 1, N, lb)
+                    for r0 in range(0, mt, MAX_M_INNER):
+                        mi = min(MAX_M_INNER, mt - r0)
+                        b.emit("matmul", a_addr=a_addr + r0 * klc, w_addr=w_addr, acc_addr=acc + r0, k=kc,
+                               m_inner=mi, a_stride=klc, m_outer=1, accumulate=int(c > 0))
+                if raw:
+                    store(b, "acc", acc, out.addr + 4 * (m0 * N + n0), mt, 1, 4 * N,
+                          line_bytes_field(b, "acc", 4 * nw, "out"))
+                else:
+                    o = o_ring.next()
+                    b.emit("requant", src=acc, dst=o, rows=mt, dst_stride=1, param=p_line,
+                           lo=requant.lo, hi=requant.hi, zp=requant.zp)
+                    store(b, "act", o, out.addr + m0 * N + n0, mt, 1, N, line_bytes_field(b, "act", nw, "out"))
+    return out
