@@ -1,0 +1,274 @@
+"""2-D convolution by implicit im2col: no patch matrix is ever built.
+
+Layout
+------
+* input ``x``: int8 NHWC ``[N, H, W, C]`` in DRAM, channels not padded.
+* in ACT, a tile of *padded* input rows: pixel ``(r, px)`` (padded coordinates) at line
+  ``base + r*RS + px*lpp`` with ``lpp = ceil(C/cols)`` lines per pixel (channel ``c`` is element
+  ``c % cols`` of line ``c // cols``) and ``RS = (W + pad_l + pad_r)*lpp``. Padding lines are zero
+  (LOAD padding fields when they fit, else zero-filled from a constant).
+* weights: ONNX-like ``[KH, KW, C/groups, Cout]`` NumPy int8 (a compile-time constant). For every
+  output column tile ``n0:n0+cols`` they are expanded to a dense block over the input channels
+  that tile's groups use (``c_start .. c_hi``, ``c_start`` line aligned), zero across groups —
+  so groups and depthwise run on the same path as ``groups=1`` — and stored as rows
+  ``(ky*KW + kx)*Kt + j`` of ``cols`` bytes.
+* output: int8 NHWC ``[N, OH, OW, Cout]``.
+
+For each tap ``(ky, kx)`` (and channel chunk), one MATMUL walks all output pixels of the tile:
+``a_addr = base + ky*RS + kx*lpp + c_start/cols``, ``m_inner = OW``, ``a_stride = stride_w*lpp``,
+``m_outer = rows``, ``a_outer_stride = stride_h*RS``; the first tap overwrites the accumulators,
+the others accumulate. Then REQUANT (bias, scale, zero point, ReLU clamp) and a STORE of
+``cols`` channels per pixel. Tiled by output rows (and column tiles of ``cols`` output channels),
+double-buffered.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .builder import ProgramBuilder, Ring, Tensor
+from .common import (MAX_A_STRIDE, MAX_K, MAX_M_INNER, MAX_ROW_LINES, MAX_ROWS, cdiv, check_stride,
+                     line_bytes_field, load, load_params, store, zero_fill)
+from .gemm import pack_requant_params
+from .quant import Requant
+
+__all__ = ["conv2d", "conv_out_size", "normalize_pads", "load_padded_rows"]
+
+
+def _pair(v, name):
+    if isinstance(v, (int, np.integer)):
+        v = (int(v), int(v))
+    v = tuple(int(i) for i in v)
+    if len(v) != 2:
+        raise ValueError(f"{name}: expected an int or a pair, got {v}")
+    return v
+
+
+def normalize_pads(padding) -> tuple:
+    """``(top, left, bottom, right)`` from an int, ``(ph, pw)`` or ``(top, left, bottom, right)``."""
+    if isinstance(padding, (int, np.integer)):
+        p = (int(padding),) * 4
+    else:
+        p = tuple(int(i) for i in padding)
+        if len(p) == 2:
+            p = (p[0], p[1], p[0], p[1])
+    if len(p) != 4 or min(p) < 0:
+        raise ValueError(f"padding: expected non-negative int, (ph, pw) or (top, left, bottom, right), got {padding}")
+    return p
+
+
+def conv_out_size(size, k, stride, pad_a, pad_b):
+    return (size + pad_a + pad_b - k) // stride + 1
+
+
+def load_padded_rows(b: ProgramBuilder, x: Tensor, n: int, base: int, r0: int, r1: int, pads, lpp: int):
+    """Fill ACT lines ``base ..`` with padded input rows ``r0 .. r1-1`` (padded coordinates) of image n.
+
+    Row ``r`` of the tile at ``base + (r - r0)*RS``, ``RS = (W + pl + pr)*lpp``; zero padding.
+    """
+    _, H, W, C = x.shape
+    cols = b.cfg.cols
+    pt, pl, pb, pr = pads
+    RS = (W + pl + pr) * lpp
+    ztop = max(0, min(r1, pt) - r0)
+    zbot = max(0, r1 - max(r0, pt + H))
+    nrows = (r1 - r0) - ztop - zbot
+    total = (r1 - r0) * RS
+    if nrows <= 0:
+        zero_fill(b, "act", base, total)
+        return
+    y0 = r0 + ztop - pt
+    src = x.addr + ((n * H + y0) * W) * C
+    contiguous = (lpp == 1) or (C % cols == 0)
+    lb = min(C, cols) if lpp == 1 else cols
+    lb_field = line_bytes_field(b, "act", lb, "x")
+    row_lines = W * lpp
+    if (contiguous and max(pl * lpp, pr * lpp, ztop, zbot) <= 15 and row_lines <= MAX_ROW_LINES
+            and nrows <= MAX_ROWS and W * C <= 0xFFFF):
+        b.emit("load", spad="act", spad_addr=base, dram_addr=src, rows=nrows, row_lines=row_lines,
+               dram_stride=W * C, line_bytes=lb_field, pad_top=ztop, pad_bottom=zbot,
+               pad_left=pl * lpp, pad_right=pr * lpp)
+        return
+    if ztop or zbot or pl or pr:
+        zero_fill(b, "act", base, total)
+    if contiguous and pl == 0 and pr == 0 and row_lines <= MAX_ROW_LINES and W * C <= 0xFFFF:
+        load(b, "act", base + ztop * RS, src, nrows, row_lines, W * C, lb_field)
+        return
+    check_stride(C, "x")
+    for i in range(nrows):
+        load(b, "act", base + (ztop + i) * RS + pl * lpp, src + i * W * C, W, lpp, C, lb_field)
+
+
+def _dense_tiles(w, C, Cout, groups, cols):
+    """Per column tile: (c_start, Kt, dense [KH*KW*Kt, cols] int8)."""
+    KH, KW, cpg, _ = w.shape
+    opg = Cout // groups
+    tiles = []
+    for n0 in range(0, Cout, cols):
+        nw = min(cols, Cout - n0)
+        g_lo, g_hi = n0 // opg, (n0 + nw - 1) // opg
+        c_start = (g_lo * cpg) // cols * cols
+        c_hi = (g_hi + 1) * cpg
+        Kt = c_hi - c_start
+        d = np.zeros((KH, KW, Kt, cols), np.int8)
+        for c in range(nw):
+            o = n0 + c
+            g = o // opg
+            lo = g * cpg - c_start
+            d[:, :, lo:lo + cpg, c] = w[:, :, :, o]
+        tiles.append((c_start, Kt, d.reshape(KH * KW * Kt, cols)))
+    return tiles
+
+
+def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1, padding=0, groups=1,
+           out: Tensor | None = None) -> Tensor:
+    """Emit an int8 NHWC convolution: ``out = requant(conv(x, weights))``.
+
+    Parameters
+    ----------
+    x : Tensor int8 [N, H, W, C]
+    weights : ndarray int8 [KH, KW, C // groups, Cout]
+    requant : Requant
+        Per-output-channel bias/mult/shift, zero point, clamp (ReLU with ``lo = zp``).
+    stride : int or (sh, sw), each 1..7 (limited by the MATMUL ``a_stride`` field otherwise)
+    padding : int, (ph, pw) or (top, left, bottom, right); zero padding
+    groups : int; ``groups == C == Cout`` is depthwise
+    out : Tensor int8 [N, OH, OW, Cout], optional
+    """
+    cfg, cols = b.cfg, b.cfg.cols
+    if not isinstance(x, Tensor) or len(x.shape) != 4 or x.dtype != "int8":
+        raise ValueError("x: expected an int8 NHWC Tensor")
+    Nb, H, W, C = x.shape
+    w = np.asarray(weights)
+    if w.ndim != 4:
+        raise ValueError(f"weights: expected [KH, KW, Cin/groups, Cout], got shape {w.shape}")
+    if w.dtype.kind not in "iu" or w.min(initial=0) < -128 or w.max(initial=0) > 127:
+        raise ValueError("weights: must be int8-valued")
+    w = w.astype(np.int8)
+    KH, KW, cpg, Cout = w.shape
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or C % groups or Cout % groups:
+        raise ValueError(f"groups: {groups} must divide C={C} and Cout={Cout}")
+    if cpg != C // groups:
+        raise ValueError(f"weights: dimension 2 is {cpg}, expected C/groups = {C // groups}")
+    sh, sw = _pair(stride, "stride")
+    if not (1 <= sh and 1 <= sw):
+        raise ValueError(f"stride: must be >= 1, got {stride}")
+    pads = normalize_pads(padding)
+    pt, pl, pb, pr = pads
+    OH, OW = conv_out_size(H, KH, sh, pt, pb), conv_out_size(W, KW, sw, pl, pr)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"weights: kernel {KH}x{KW} larger than the padded input {H}x{W}")
+    if out is None:
+        out = b.tensor((Nb, OH, OW, Cout), "int8")
+    if tuple(out.shape) != (Nb, OH, OW, Cout) or out.dtype != "int8":
+        raise ValueError(f"out: expected int8 {(Nb, OH, OW, Cout)}, got {out.dtype} {out.shape}")
+    check_stride(Cout, "out")
+    lpp = cdiv(C, cols)
+    Wp = W + pl + pr
+    RS = Wp * lpp
+    if sw * lpp > MAX_A_STRIDE:
+        raise ValueError(f"stride: stride_w * ceil(C/cols) = {sw * lpp} exceeds the a_stride field (255)")
+    if sh * RS > 0x3FFF:
+        raise ValueError(f"x: stride_h * padded row lines = {sh * RS} exceeds the a_outer_stride field")
+
+    tiles = _dense_tiles(w, C, Cout, groups, cols)
+    NT = len(tiles)
+    blob = np.concatenate([d for _, _, d in tiles])
+    wt = b.const(blob)
+    offs = np.cumsum([0] + [d.shape[0] for _, _, d in tiles])
+    params = pack_requant_params(b, requant, Cout)
+
+    with b.spad_scope():
+        wavail = b.spad_available("WGT")
+        total_w = int(offs[-1])
+        resident = total_w <= wavail
+        budget = wavail if resident else wavail // 2
+        kmax = MAX_K // cols * cols
+        piece_max = min(kmax, budget // cols * cols)
+        if piece_max < 1:
+            raise ValueError("cfg: weight scratchpad too small")
+        # chunks: per tile, list of (row0, rows, pieces=[(tap, j0, j1, row_in_chunk)])
+        chunks = []
+        for t, (c_start, Kt, d) in enumerate(tiles):
+            tl, cur, cur_rows = [], [], 0
+            for tap in range(KH * KW):
+                for j0 in range(0, Kt, piece_max):
+                    j1 = min(Kt, j0 + piece_max)
+                    if cur_rows + (j1 - j0) > budget:
+                        tl.append(cur)
+                        cur, cur_rows = [], 0
+                    cur.append((tap, j0, j1, cur_rows))
+                    cur_rows += j1 - j0
+            tl.append(cur)
+            chunks.append(tl)
+        if resident:
+            w_base = b.spad_alloc("WGT", total_w)
+            w_loaded = set()
+        else:
+            w_ring = Ring(b.spad_alloc("WGT", 2 * budget), budget, 2)
+        act_av = b.spad_available("ACT")
+        acc_av = b.spad_available("ACC") - 6
+        th = 0
+        for cand in range(min(OH, 255), 0, -1):
+            rows_in = (cand - 1) * sh + KH
+            if (2 * rows_in * RS + 2 * cand * OW <= act_av and 2 * cand * OW <= acc_av
+                    and cand * OW <= 4095):
+                th = cand
+                break
+        if th == 0:
+            raise ValueError(f"x: one output row ({OW} pixels, {KH} input rows of {RS} lines) does not "
+                             f"fit the scratchpads; tile the width before calling conv2d")
+        rows_max = (th - 1) * sh + KH
+        in_ring = Ring(b.spad_alloc("ACT", 2 * rows_max * RS), rows_max * RS, 2)
+        o_ring = Ring(b.spad_alloc("ACT", 2 * th * OW), th * OW, 2)
+        acc_ring = Ring(b.spad_alloc("ACC", 2 * th * OW), th * OW, 2)
+        p_ring = Ring(b.spad_alloc("ACC", 6), 3, 2)
+
+        for n in range(Nb):
+            for oy0 in range(0, OH, th):
+                tr = min(th, OH - oy0)
+                r0 = oy0 * sh
+                r1 = r0 + (tr - 1) * sh + KH
+                base = in_ring.next()
+                load_padded_rows(b, x, n, base, r0, r1, pads, lpp)
+                for t, (c_start, Kt, _) in enumerate(tiles):
+                    n0 = t * cols
+                    nw = min(cols, Cout - n0)
+                    p_line = p_ring.next()
+                    load_params(b, params.addr + t * 3 * 4 * cols, p_line)
+                    acc = acc_ring.next()
+                    first = True
+                    for ci, pieces in enumerate(chunks[t]):
+                        crow0 = pieces[0][0] * Kt + pieces[0][1]
+                        crows = sum(j1 - j0 for _, j0, j1, _ in pieces)
+                        if resident:
+                            w_addr = w_base + int(offs[t]) + crow0
+                            if (t, ci) not in w_loaded:
+                                load(b, "wgt", w_addr, wt.addr + (int(offs[t]) + crow0) * cols, crows, 1, cols)
+                                w_loaded.add((t, ci))
+                        else:
+                            w_addr = w_ring.next()
+                            load(b, "wgt", w_addr, wt.addr + (int(offs[t]) + crow0) * cols, crows, 1, cols)
+                        for tap, j0, j1, roff in pieces:
+                            ky, kx = divmod(tap, KW)
+                            a0 = base + ky * RS + kx * lpp + (c_start + j0) // cols
+                            _conv_matmuls(b, a0, w_addr + roff, acc, j1 - j0, tr, OW, sw * lpp, sh * RS, first)
+                            first = False
+                    o = o_ring.next()
+                    b.emit("requant", src=acc, dst=o, rows=tr * OW, dst_stride=1, param=p_line,
+                           lo=requant.lo, hi=requant.hi, zp=requant.zp)
+                    store(b, "act", o, out.addr + ((n * OH + oy0) * OW) * Cout + n0, tr * OW, 1, Cout,
+                          line_bytes_field(b, "act", nw, "out"))
+    return out
+
+
+def _conv_matmuls(b, a0, w_addr, acc, k, rows, OW, a_stride, a_outer, first):
+    if OW <= MAX_M_INNER:
+        b.emit("matmul", a_addr=a0, w_addr=w_addr, acc_addr=acc, k=k, m_inner=OW, a_stride=a_stride,
+               m_outer=rows, a_outer_stride=a_outer, accumulate=int(not first))
+        return
+    for r in range(rows):
+        for x0 in range(0, OW, MAX_M_INNER):
+            mi = min(MAX_M_INNER, OW - x0)
+            b.emit("matmul", a_addr=a0 + r * a_outer + x0 * a_stride, w_addr=w_addr, acc_addr=acc + r * OW + x0,
+                   k=k, m_inner=mi, a_stride=a_stride, m_outer=1, accumulate=int(not first))
