@@ -123,6 +123,9 @@ class RaceChecker:
 
 def _overlap(lo_a, hi_a, lo_b, hi_b):
     """First location shared by two sorted disjoint interval sets, or ``None``."""
+    if lo_a.size == 1 and lo_b.size == 1:                 # fast path: two single intervals
+        lo, hi = max(lo_a[0], lo_b[0]), min(hi_a[0], hi_b[0])
+        return int(lo) if lo < hi else None
     if lo_a.size > lo_b.size:
         lo_a, hi_a, lo_b, hi_b = lo_b, hi_b, lo_a, hi_a
     j = np.searchsorted(hi_b, lo_a, side="right")       # first b interval ending after a.lo

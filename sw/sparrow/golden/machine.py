@@ -127,6 +127,10 @@ def _ceil_div(a, b):
 def _intervals(starts, length):
     """Merge ``[s, s+length)`` for every ``s`` in ``starts`` (``length`` scalar or array) into
     sorted, disjoint, non-adjacent half-open intervals ``(lo, hi)`` (int64 arrays)."""
+    if isinstance(starts, list) and len(starts) == 1 and isinstance(length, int):   # fast path
+        lo = int(starts[0])
+        return (np.array([lo], np.int64), np.array([lo + length], np.int64)) if length > 0 else \
+            (np.zeros(0, np.int64), np.zeros(0, np.int64))
     s = np.asarray(starts, dtype=np.int64).reshape(-1)
     e = s + np.asarray(length, dtype=np.int64).reshape(-1)
     keep = e > s
