@@ -47,7 +47,8 @@ def gemm_program(cfg, m_rows, k, n, tm):
             hdr = dict(wait_sem=2, wait_count=1, wait_consume=1) if j == 0 else {}
             if j == n_tiles - 1:
                 hdr.update(signal_en=1, signal_sem=3)
-            p.append(make("store", spad="acc", spad_addr=acc + j * tm, dram_addr=C_ADDR + t * tm * n * 4 + j * cols * 4,
+            dst = C_ADDR + t * tm * n * 4 + j * cols * 4
+            p.append(make("store", spad="acc", spad_addr=acc + j * tm, dram_addr=dst,
                           rows=tm, row_lines=1, dram_stride=n * 4, **hdr))
     p.append(make("halt"))
     return Program(p)
@@ -64,7 +65,8 @@ def run():
     cfg = preset("default")
     rng = np.random.default_rng(1)
     cases = [("large_tiles", 1024, 256, 32, 32), ("small_tiles", 256, 64, 32, 4)]
-    modes = [("program", {}), ("concurrent", {"check_races": False}), ("concurrent+races", {"check_races": True})]
+    modes = [("program", {}), ("concurrent", {"check_races": False}),
+             ("concurrent+races", {"check_races": True})]
     metrics, rows = {}, []
     for name, m_rows, k, n, tm in cases:
         a = rng.integers(-128, 128, (m_rows, k))
@@ -97,7 +99,8 @@ def run():
     for name, label, n_instr, macs, sec, cyc in rows:
         table.append(f"{name:<12} {label:<17} {n_instr:>7} {macs:>10} {sec:>8.4f} {n_instr / sec:>9.0f} "
                      f"{macs / sec / 1e6:>8.1f} {cyc:>12}")
-    config = {"preset": cfg.name, "cases": [dict(zip(("name", "M", "K", "N", "tile_rows"), c)) for c in cases],
+    fields = ("name", "M", "K", "N", "tile_rows")
+    config = {"preset": cfg.name, "cases": [dict(zip(fields, c, strict=True)) for c in cases],
               "sparsity": 0.5, "timing": "best of 3 runs, decode included"}
     return {"metrics": metrics, "config": config, "table": "\n".join(table)}
 

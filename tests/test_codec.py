@@ -65,7 +65,8 @@ def test_count_overflow():
     with pytest.raises(CorruptDataError) as e:
         codec.decompress_group(group(b"\0" * (cap + 1)), row_lines, cols)
     assert e.value.line == 0
-    out, used = codec.decompress_group(group(bytes([0xFF]) + b"\1" * 8 + bytes([0xFF]) + b"\2" * 8), row_lines, cols)
+    full = group(bytes([0xFF]) + b"\1" * 8 + bytes([0xFF]) + b"\2" * 8)
+    out, used = codec.decompress_group(full, row_lines, cols)
     assert used == 2 + cap and (out == [[1] * 8, [2] * 8]).all()
 
 

@@ -115,7 +115,7 @@ def test_concurrent_timeline_respects_semaphores_and_engine_order():
     # every MATMUL starts after the LOAD of its tile completes
     loads = [i for i in sorted(by_index) if prog[i].mnemonic == "load" and prog[i].spad.name == "ACT"]
     mms = [i for i in sorted(by_index) if prog[i].mnemonic == "matmul"]
-    for ld, mm in zip(loads, mms):
+    for ld, mm in zip(loads, mms, strict=True):
         assert by_index[mm][1] >= by_index[ld][2]
     assert res.cycles == max(e for _, _, _, e in res.timeline)
     busy = {}
@@ -173,8 +173,8 @@ def test_queue_full_fetch_deadlock():
 def test_stall_counter_charges_the_full_queue():
     m = Machine(CFG.replace(queue_depth=1))
     m.delays[2] = 100
-    prog = [make("delay", engine="vector", slot=2), make("nop", engine="vector"), make("nop", engine="vector"),
-            make("nop", engine="load")]
+    prog = [make("delay", engine="vector", slot=2), make("nop", engine="vector"),
+            make("nop", engine="vector"), make("nop", engine="load")]
     res = m.run(prog, mode="concurrent")
     fetch = 16 // CFG.mem_bytes
     delay_end = res.timeline[0][3]
@@ -227,8 +227,8 @@ def test_race_write_write_and_read_read():
     cfg = CFG
     m = Machine(cfg)
     with pytest.raises(RaceError) as e:       # VECTOR and LOAD both write ACT line 21
-        m.run([make("vadd", src_a=0, src_b=0, dst=20, lines=2), make("load", spad_addr=21, rows=1, row_lines=1)],
-              mode="concurrent")
+        m.run([make("vadd", src_a=0, src_b=0, dst=20, lines=2),
+               make("load", spad_addr=21, rows=1, row_lines=1)], mode="concurrent")
     assert e.value.location == 21 and e.value.first_write and e.value.second_write
     # MATMUL and VECTOR only read ACT lines 0..1; writes go to different places: no race
     m.run([make("matmul", k=8), make("vadd", src_a=0, src_b=1, dst=30, lines=1)], mode="concurrent")

@@ -11,7 +11,7 @@ from sparrow import isa
 from sparrow.config import preset
 from sparrow.errors import DeviceError, ErrorCode
 from sparrow.golden import Machine
-from sparrow.isa import Engine, Program, make
+from sparrow.isa import Engine, make
 
 SEED = int(os.environ.get("SPARROW_SEED", "1"))
 print(f"SPARROW_SEED={SEED}")
@@ -35,7 +35,7 @@ def state(mach):
 
 
 def assert_state(mach, st):
-    for a, b in zip((mach.act, mach.wgt, mach.acc, mach.dram), st):
+    for a, b in zip((mach.act, mach.wgt, mach.acc, mach.dram), st, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -113,30 +113,47 @@ def _spad_cases():
     """name -> (engine, builder(over)); over=0 touches exactly the last line, over=1 one past."""
     cols = CFG.cols
     return {
-        "load": (Engine.LOAD, lambda o: make("load", spad="act", spad_addr=A - 5 * 6 + o, rows=2, row_lines=3,
-                                             pad_top=1, pad_bottom=2, pad_left=2, pad_right=1, dram_stride=12)),
-        "load_acc": (Engine.LOAD, lambda o: make("load", spad="acc", spad_addr=C - 6 + o, rows=3, row_lines=2)),
-        "store": (Engine.STORE, lambda o: make("store", spad="wgt", spad_addr=W - (2 * 5 + 3) + o, rows=3,
-                                               row_lines=3, spad_stride=5, dram_stride=12)),
-        "matmul_act": (Engine.MATMUL, lambda o: make("matmul", a_addr=A - (2 * 7 + 3 * 2 + 3) + o, k=3 * cols - 1,
-                                                     m_outer=3, a_outer_stride=7, m_inner=4, a_stride=2)),
-        "matmul_wgt": (Engine.MATMUL, lambda o: make("matmul", w_addr=W - 13 + o, k=13)),
-        "matmul_acc": (Engine.MATMUL, lambda o: make("matmul", acc_addr=C - 12 + o, k=2, m_outer=3, m_inner=4)),
-        "requant_src": (Engine.VECTOR, lambda o: make("requant", src=C - 5 + o, rows=5)),
-        "requant_param": (Engine.VECTOR, lambda o: make("requant", param=C - 3 + o, rows=5)),
-        "requant_dst": (Engine.VECTOR, lambda o: make("requant", dst=A - 1 - 4 * 3 + o, rows=5, dst_stride=3)),
-        "add_a": (Engine.VECTOR, lambda o: make("vadd", src_a=A - 4 + o, lines=4)),
-        "add_b": (Engine.VECTOR, lambda o: make("vadd", src_b=A - 4 + o, lines=4)),
-        "add_dst": (Engine.VECTOR, lambda o: make("vadd", dst=A - 4 + o, lines=4)),
-        "pool_in": (Engine.VECTOR, lambda o: make(
-            "maxpool", src=A - 1 - (((2 - 1) * 2 + 3 - 1) * 40 + ((3 - 1) * 1 + 2 - 1) * 2 + 2 - 1) + o,
-            dst=0, lpp=2, row_stride=40, out_h=2, out_w=3, kh=3, kw=2, stride_h=2, stride_w=1)),
-        "pool_out": (Engine.VECTOR, lambda o: make("avgpool", src=0, dst=A - 2 * 3 * 2 + o, lpp=2, row_stride=40,
-                                                   out_h=2, out_w=3, kh=1, kw=1)),
-        "mask_src": (Engine.VECTOR, lambda o: make("mask", src=A - 12 + o, rows=4, row_lines=3)),
-        "mask_dst": (Engine.VECTOR, lambda o: make("mask", dst=A - 12 + o, rows=4, row_lines=3)),
-        "mask_bitmap": (Engine.VECTOR, lambda o: make("mask", mode="loaded", mask_addr=A - 1 - (17 * 3 - 1) // 8 + o,
-                                                      rows=17, row_lines=3)),
+        "load": (Engine.LOAD,
+            lambda o: make("load", spad="act", spad_addr=A - 5 * 6 + o, rows=2, row_lines=3,
+                           pad_top=1, pad_bottom=2, pad_left=2, pad_right=1, dram_stride=12)),
+        "load_acc": (Engine.LOAD,
+            lambda o: make("load", spad="acc", spad_addr=C - 6 + o, rows=3, row_lines=2)),
+        "store": (Engine.STORE,
+            lambda o: make("store", spad="wgt", spad_addr=W - (2 * 5 + 3) + o, rows=3,
+                           row_lines=3, spad_stride=5, dram_stride=12)),
+        "matmul_act": (Engine.MATMUL,
+            lambda o: make("matmul", a_addr=A - (2 * 7 + 3 * 2 + 3) + o, k=3 * cols - 1,
+                           m_outer=3, a_outer_stride=7, m_inner=4, a_stride=2)),
+        "matmul_wgt": (Engine.MATMUL,
+            lambda o: make("matmul", w_addr=W - 13 + o, k=13)),
+        "matmul_acc": (Engine.MATMUL,
+            lambda o: make("matmul", acc_addr=C - 12 + o, k=2, m_outer=3, m_inner=4)),
+        "requant_src": (Engine.VECTOR,
+            lambda o: make("requant", src=C - 5 + o, rows=5)),
+        "requant_param": (Engine.VECTOR,
+            lambda o: make("requant", param=C - 3 + o, rows=5)),
+        "requant_dst": (Engine.VECTOR,
+            lambda o: make("requant", dst=A - 1 - 4 * 3 + o, rows=5, dst_stride=3)),
+        "add_a": (Engine.VECTOR,
+            lambda o: make("vadd", src_a=A - 4 + o, lines=4)),
+        "add_b": (Engine.VECTOR,
+            lambda o: make("vadd", src_b=A - 4 + o, lines=4)),
+        "add_dst": (Engine.VECTOR,
+            lambda o: make("vadd", dst=A - 4 + o, lines=4)),
+        "pool_in": (Engine.VECTOR,
+            lambda o: make(
+                "maxpool", src=A - 1 - (((2 - 1) * 2 + 3 - 1) * 40 + ((3 - 1) * 1 + 2 - 1) * 2 + 2 - 1) + o,
+                dst=0, lpp=2, row_stride=40, out_h=2, out_w=3, kh=3, kw=2, stride_h=2, stride_w=1)),
+        "pool_out": (Engine.VECTOR,
+            lambda o: make("avgpool", src=0, dst=A - 2 * 3 * 2 + o, lpp=2, row_stride=40,
+                           out_h=2, out_w=3, kh=1, kw=1)),
+        "mask_src": (Engine.VECTOR,
+            lambda o: make("mask", src=A - 12 + o, rows=4, row_lines=3)),
+        "mask_dst": (Engine.VECTOR,
+            lambda o: make("mask", dst=A - 12 + o, rows=4, row_lines=3)),
+        "mask_bitmap": (Engine.VECTOR,
+            lambda o: make("mask", mode="loaded", mask_addr=A - 1 - (17 * 3 - 1) // 8 + o,
+                           rows=17, row_lines=3)),
     }
 
 
@@ -161,15 +178,20 @@ D = CFG.dram_bytes
 def test_dram_range_boundary(mode, case, m):
     worst = 2 + 3 * (1 + CFG.cols)
     build = {
-        "load": lambda o: make("load", dram_addr=D - (2 * 20 + 3 * 4) + o, rows=3, row_lines=3, dram_stride=20),
-        "load_lb": lambda o: make("load", spad="acc", dram_addr=D - (2 * 20 + 3 * 5) + o, rows=3, row_lines=3,
-                                  dram_stride=20, line_bytes=5),
-        "store": lambda o: make("store", spad="acc", dram_addr=D - (1 * 40 + 2 * 16) + o, rows=2, row_lines=2,
-                                dram_stride=40),
-        "store_lb": lambda o: make("store", dram_addr=D - (4 * 9 + 3 * 3) + o, rows=5, row_lines=3,
-                                   dram_stride=9, line_bytes=3),
-        "store_compressed": lambda o: make("store", dram_addr=D - (2 * worst + worst) + o, rows=3, row_lines=3,
-                                           dram_stride=worst, compressed=1),
+        "load":
+            lambda o: make("load", dram_addr=D - (2 * 20 + 3 * 4) + o, rows=3, row_lines=3, dram_stride=20),
+        "load_lb":
+            lambda o: make("load", spad="acc", dram_addr=D - (2 * 20 + 3 * 5) + o, rows=3, row_lines=3,
+                           dram_stride=20, line_bytes=5),
+        "store":
+            lambda o: make("store", spad="acc", dram_addr=D - (1 * 40 + 2 * 16) + o, rows=2, row_lines=2,
+                           dram_stride=40),
+        "store_lb":
+            lambda o: make("store", dram_addr=D - (4 * 9 + 3 * 3) + o, rows=5, row_lines=3,
+                           dram_stride=9, line_bytes=3),
+        "store_compressed":
+            lambda o: make("store", dram_addr=D - (2 * worst + worst) + o, rows=3, row_lines=3,
+                           dram_stride=worst, compressed=1),
     }[case]
     m.run([build(0)], mode=mode)
     st = state(m)
@@ -240,7 +262,8 @@ def test_corrupt_data_writes_lines_before_fault(mode, case, m):
     exp[base + w:base + 2 * w] = [[0] * 4] + good + [[0] * 4]           # row 0 complete
     row1 = base + 2 * w
     exp[row1:row1 + pl] = 0                                            # row 1: left padding
-    prefix = {"count_overflow": [], "mask_overrun": [[0, 0, 0, 9]], "trailing": [[7, 0, 0, 0], [0] * 4, [8, 9, 0, 0]]}
+    prefix = {"count_overflow": [], "mask_overrun": [[0, 0, 0, 9]],
+              "trailing": [[7, 0, 0, 0], [0] * 4, [8, 9, 0, 0]]}
     for i, line in enumerate(prefix[case]):
         exp[row1 + pl + i] = line                                      # decoded lines before the fault
     assert n_good == len(prefix[case])

@@ -408,7 +408,6 @@ class Machine:
         lines8[base:base + pt * w] = 0
         group_bytes = np.zeros(rows, dtype=np.int64)
         dram = self.dram
-        nbytes = cfg.dram_bytes
         for y in range(rows):
             row0 = base + (pt + y) * w
             slot = int(row_starts[y])
