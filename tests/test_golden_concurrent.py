@@ -259,3 +259,17 @@ def test_wait_without_consume_orders_only_the_first_signals():
 def test_program_mode_rejects_race_checking():
     with pytest.raises(ValueError, match="check_races"):
         Machine(CFG).run([make("nop")], check_races=True)
+
+
+def test_race_found_after_many_unrelated_instructions():
+    """Record pruning must keep accesses no other engine is ordered after (here: 150 later starts)."""
+    prog = [make("load", spad_addr=5, rows=1, row_lines=1)]
+    prog += [make("vadd", src_a=100 + i % 50, src_b=100, dst=200 + i % 50, lines=1) for i in range(150)]
+    prog += [make("vadd", src_a=5, src_b=5, dst=300, lines=1)]
+    with pytest.raises(RaceError) as e:
+        Machine(CFG).run(prog, mode="concurrent")
+    assert e.value.first == (0, Engine.LOAD) and e.value.second == (151, Engine.VECTOR)
+    assert e.value.location == 5
+    synced = [prog[0].replace(signal_en=1, signal_sem=0),
+              prog[1].replace(wait_sem=0, wait_count=1)] + prog[2:]
+    Machine(CFG).run(synced, mode="concurrent")

@@ -17,6 +17,28 @@ semaphores, delay slots) and runs programs in one of two modes (``docs/isa.md``)
 Every instruction's effect is computed at once with NumPy (vectorised per instruction) when it
 *starts*; its duration comes from :mod:`sparrow.golden.perf`.
 
+Where ``docs/isa.md`` is silent the model decides as follows (the RTL must match):
+
+* Start-time checks run in this order, the first failing one is reported: compressed-STORE slot
+  rule (``ILLEGAL_FIELD``, also for ``rows == 1``), then ``SPAD_RANGE`` (MATMUL: ACT, WGT, ACC;
+  REQUANT: ACC, ACT; pools: input, output; MASK: data, bitmap), then ``DRAM_RANGE``.
+* Compressed LOAD works row by row in the padded region's row-major order: top padding, then for
+  each data row its left padding, then the count bytes' range check, the count-overflow check
+  (``CORRUPT_DATA``), the payload's range check (``DRAM_RANGE``), the line-by-line decode, the
+  right padding. On a fault every line before it in that order has been written (including the
+  faulting row's left padding and its decoded lines before the faulting line), nothing after.
+* Uncompressed STORE rows whose external-memory ranges overlap (``dram_stride < row_lines*LB``)
+  are written in row order, a later row overwriting an earlier one. REQUANT with
+  ``dst_stride == 0`` writes every row to line ``dst``: the last row remains.
+* VECTOR reads all its input lines before writing any output (identical in-place regions work;
+  partially overlapping ones are outside the spec).
+* Mask bits beyond ``cols`` in a compressed line's mask byte are ignored (as the codec does).
+* Decode faults report engine ``None`` (fetch); ``WATCHDOG`` reports the blocked queue head with
+  the lowest instruction index. ``SEM_OVERFLOW`` is charged to the signalling instruction.
+* Counter ``instructions`` counts instructions executed by engines (NOP and DELAY included, HALT
+  not). ``{engine}_wait``: cycles the engine is idle with a head instruction whose wait is unmet.
+  ``{engine}_stall``: cycles fetch is blocked because that engine's queue is full.
+
 Example::
 
     m = Machine(cfg)
