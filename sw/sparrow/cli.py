@@ -85,7 +85,8 @@ def _cmd_presets(args) -> int:
     rows.append(["key", *(PRESETS[n].key() for n in names)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for j, r in enumerate(rows):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        cells = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        print("  ".join(cells).rstrip())
         if j == 0:
             print("  ".join("-" * w for w in widths))
     return 0

@@ -43,8 +43,9 @@ def load(b: ProgramBuilder, spad: str, spad_addr: int, dram_addr: int, rows: int
         raise ValueError("rows: padded LOADs cannot be split")
     for r0 in range(0, rows, MAX_ROWS):
         n = min(MAX_ROWS, rows - r0)
-        b.emit("load", spad=spad, spad_addr=spad_addr + r0 * row_lines, dram_addr=dram_addr + r0 * dram_stride,
-               rows=n, row_lines=row_lines, dram_stride=dram_stride, line_bytes=line_bytes)
+        b.emit("load", spad=spad, spad_addr=spad_addr + r0 * row_lines,
+               dram_addr=dram_addr + r0 * dram_stride, rows=n, row_lines=row_lines,
+               dram_stride=dram_stride, line_bytes=line_bytes)
 
 
 def store(b: ProgramBuilder, spad: str, spad_addr: int, dram_addr: int, rows: int, row_lines: int,
@@ -55,6 +56,24 @@ def store(b: ProgramBuilder, spad: str, spad_addr: int, dram_addr: int, rows: in
         b.emit("store", spad=spad, spad_addr=spad_addr + r0 * s, dram_addr=dram_addr + r0 * dram_stride,
                rows=n, row_lines=row_lines, dram_stride=dram_stride, line_bytes=line_bytes,
                spad_stride=spad_stride)
+
+
+def move_lines(b: ProgramBuilder, op: str, spad: str, spad_addr: int, dram_addr: int, n: int,
+               nbytes: int, dram_stride: int):
+    """LOAD (``op="load"``) or STORE ``n`` consecutive scratchpad lines, line ``i`` <-> the ``nbytes``
+    bytes at ``dram_addr + i*dram_stride``.
+
+    When the lines are contiguous in memory (``dram_stride == nbytes``) they move as long rows
+    (one row-setup per 1023 lines) instead of one row per line.
+    """
+    lb = line_bytes_field(b, spad, nbytes, "line_bytes")
+    fn = load if op == "load" else store
+    if dram_stride == nbytes:
+        for i0 in range(0, n, MAX_ROW_LINES):
+            k = min(MAX_ROW_LINES, n - i0)
+            fn(b, spad, spad_addr + i0, dram_addr + i0 * nbytes, 1, k, 0, lb)
+    else:
+        fn(b, spad, spad_addr, dram_addr, n, 1, dram_stride, lb)
 
 
 def zero_fill(b: ProgramBuilder, spad: str, spad_addr: int, lines: int):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .builder import ProgramBuilder, Ring, Tensor
 from .common import (MAX_A_STRIDE, MAX_K, MAX_M_INNER, MAX_ROW_LINES, MAX_ROWS, cdiv, check_stride,
-                     line_bytes_field, load, load_params, store, zero_fill)
+                     line_bytes_field, load, load_params, move_lines, zero_fill)
 from .gemm import pack_requant_params
 from .quant import Requant
 
@@ -53,7 +53,8 @@ def normalize_pads(padding) -> tuple:
         if len(p) == 2:
             p = (p[0], p[1], p[0], p[1])
     if len(p) != 4 or min(p) < 0:
-        raise ValueError(f"padding: expected non-negative int, (ph, pw) or (top, left, bottom, right), got {padding}")
+        raise ValueError("padding: expected a non-negative int, (ph, pw) or (top, left, bottom, right), "
+                         f"got {padding}")
     return p
 
 
@@ -135,7 +136,7 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
     groups : int; ``groups == C == Cout`` is depthwise
     out : Tensor int8 [N, OH, OW, Cout], optional
     """
-    cfg, cols = b.cfg, b.cfg.cols
+    cols = b.cfg.cols
     if not isinstance(x, Tensor) or len(x.shape) != 4 or x.dtype != "int8":
         raise ValueError("x: expected an int8 NHWC Tensor")
     Nb, H, W, C = x.shape
@@ -172,7 +173,6 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
         raise ValueError(f"x: stride_h * padded row lines = {sh * RS} exceeds the a_outer_stride field")
 
     tiles = _dense_tiles(w, C, Cout, groups, cols)
-    NT = len(tiles)
     blob = np.concatenate([d for _, _, d in tiles])
     wt = b.const(blob)
     offs = np.cumsum([0] + [d.shape[0] for _, _, d in tiles])
@@ -189,7 +189,7 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
             raise ValueError("cfg: weight scratchpad too small")
         # chunks: per tile, list of (row0, rows, pieces=[(tap, j0, j1, row_in_chunk)])
         chunks = []
-        for t, (c_start, Kt, d) in enumerate(tiles):
+        for _, Kt, _ in tiles:
             tl, cur, cur_rows = [], [], 0
             for tap in range(KH * KW):
                 for j0 in range(0, Kt, piece_max):
@@ -241,24 +241,26 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
                     for ci, pieces in enumerate(chunks[t]):
                         crow0 = pieces[0][0] * Kt + pieces[0][1]
                         crows = sum(j1 - j0 for _, j0, j1, _ in pieces)
+                        w_src = wt.addr + (int(offs[t]) + crow0) * cols
                         if resident:
                             w_addr = w_base + int(offs[t]) + crow0
                             if (t, ci) not in w_loaded:
-                                load(b, "wgt", w_addr, wt.addr + (int(offs[t]) + crow0) * cols, crows, 1, cols)
+                                move_lines(b, "load", "wgt", w_addr, w_src, crows, cols, cols)
                                 w_loaded.add((t, ci))
                         else:
                             w_addr = w_ring.next()
-                            load(b, "wgt", w_addr, wt.addr + (int(offs[t]) + crow0) * cols, crows, 1, cols)
+                            move_lines(b, "load", "wgt", w_addr, w_src, crows, cols, cols)
                         for tap, j0, j1, roff in pieces:
                             ky, kx = divmod(tap, KW)
                             a0 = base + ky * RS + kx * lpp + (c_start + j0) // cols
-                            _conv_matmuls(b, a0, w_addr + roff, acc, j1 - j0, tr, OW, sw * lpp, sh * RS, first)
+                            _conv_matmuls(b, a0, w_addr + roff, acc, j1 - j0, tr, OW, sw * lpp, sh * RS,
+                                          first)
                             first = False
                     o = o_ring.next()
                     b.emit("requant", src=acc, dst=o, rows=tr * OW, dst_stride=1, param=p_line,
                            lo=requant.lo, hi=requant.hi, zp=requant.zp)
-                    store(b, "act", o, out.addr + ((n * OH + oy0) * OW) * Cout + n0, tr * OW, 1, Cout,
-                          line_bytes_field(b, "act", nw, "out"))
+                    dst = out.addr + ((n * OH + oy0) * OW) * Cout + n0
+                    move_lines(b, "store", "act", o, dst, tr * OW, nw, Cout)
     return out
 
 
@@ -270,5 +272,6 @@ def _conv_matmuls(b, a0, w_addr, acc, k, rows, OW, a_stride, a_outer, first):
     for r in range(rows):
         for x0 in range(0, OW, MAX_M_INNER):
             mi = min(MAX_M_INNER, OW - x0)
-            b.emit("matmul", a_addr=a0 + r * a_outer + x0 * a_stride, w_addr=w_addr, acc_addr=acc + r * OW + x0,
-                   k=k, m_inner=mi, a_stride=a_stride, m_outer=1, accumulate=int(not first))
+            b.emit("matmul", a_addr=a0 + r * a_outer + x0 * a_stride, w_addr=w_addr,
+                   acc_addr=acc + r * OW + x0, k=k, m_inner=mi, a_stride=a_stride, m_outer=1,
+                   accumulate=int(not first))

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from .builder import ProgramBuilder, Ring, Tensor
-from .common import (MAX_A_STRIDE, MAX_K, MAX_M_INNER, MAX_ROWS, cdiv, check_stride, line_bytes_field,
-                     load, load_params, store)
+from .common import (MAX_A_STRIDE, MAX_K, MAX_M_INNER, MAX_ROWS, cdiv, check_stride, load, load_params,
+                     move_lines)
 from .quant import Requant
 
 __all__ = ["gemm", "pack_requant_params"]
@@ -71,8 +71,22 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
 
     Returns the output tensor.
     """
-    cfg, cols = b.cfg, b.cfg.cols
+    cols = b.cfg.cols
     A = _as_tensor(b, A, "A", 2)
+    packed = None
+    if not isinstance(W, Tensor):
+        # a constant: pre-pack column tiles [NT, K, cols] so each tile is contiguous lines
+        warr = np.asarray(W)
+        if warr.ndim != 2:
+            raise ValueError(f"W: expected rank 2, got shape {warr.shape}")
+        if warr.dtype.kind not in "iu" or warr.min(initial=0) < -128 or warr.max(initial=0) > 127:
+            raise ValueError("W: constant must be int8-valued")
+        kk, nn = warr.shape
+        nt = cdiv(nn, cols)
+        pk = np.zeros((kk, nt * cols), np.int8)
+        pk[:, :nn] = warr
+        packed = b.const(np.ascontiguousarray(pk.reshape(kk, nt, cols).transpose(1, 0, 2)))
+        W = Tensor(0, (kk, nn), "int8", "W")
     W = _as_tensor(b, W, "W", 2)
     M, K = A.shape
     K2, N = W.shape
@@ -85,7 +99,14 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
     if tuple(out.shape) != (M, N) or out.dtype != odt:
         raise ValueError(f"out: expected {odt} [{M}, {N}], got {out.dtype} {out.shape}")
     check_stride(K, "A")
-    check_stride(N, "W")
+    if packed is None:
+        check_stride(N, "W")
+
+    def load_w(w_addr, t, k0, kc, nw):
+        if packed is not None:
+            move_lines(b, "load", "wgt", w_addr, packed.addr + (t * K + k0) * cols, kc, cols, cols)
+        else:
+            move_lines(b, "load", "wgt", w_addr, W.addr + k0 * N + t * cols, kc, nw, N)
     check_stride(N * (4 if raw else 1), "out")
     params = None if raw else pack_requant_params(b, requant, N)
     NT = cdiv(N, cols)
@@ -143,25 +164,23 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
                     else:
                         a_addr = a_ring.next()
                         load(b, "act", a_addr, A.addr + m0 * K + k0, mt, klc, K)
-                    lb = line_bytes_field(b, "wgt", nw, "W")
                     if resident:
                         w_addr = w_base + t * K
                         if t not in w_loaded:
-                            load(b, "wgt", w_addr, W.addr + n0, K, 1, N, lb)
+                            load_w(w_addr, t, 0, K, nw)
                             w_loaded.add(t)
                     else:
                         w_addr = w_ring.next()
-                        load(b, "wgt", w_addr, W.addr + k0 * N + n0, kc, 1, N, lb)
+                        load_w(w_addr, t, k0, kc, nw)
                     for r0 in range(0, mt, MAX_M_INNER):
                         mi = min(MAX_M_INNER, mt - r0)
                         b.emit("matmul", a_addr=a_addr + r0 * klc, w_addr=w_addr, acc_addr=acc + r0, k=kc,
                                m_inner=mi, a_stride=klc, m_outer=1, accumulate=int(c > 0))
                 if raw:
-                    store(b, "acc", acc, out.addr + 4 * (m0 * N + n0), mt, 1, 4 * N,
-                          line_bytes_field(b, "acc", 4 * nw, "out"))
+                    move_lines(b, "store", "acc", acc, out.addr + 4 * (m0 * N + n0), mt, 4 * nw, 4 * N)
                 else:
                     o = o_ring.next()
                     b.emit("requant", src=acc, dst=o, rows=mt, dst_stride=1, param=p_line,
                            lo=requant.lo, hi=requant.hi, zp=requant.zp)
-                    store(b, "act", o, out.addr + m0 * N + n0, mt, 1, N, line_bytes_field(b, "act", nw, "out"))
+                    move_lines(b, "store", "act", o, out.addr + m0 * N + n0, mt, nw, N)
     return out

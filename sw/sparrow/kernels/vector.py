@@ -81,7 +81,7 @@ def _store_pixels(b, o, dram, npix, C, lpp):
 
 
 def _pool(b, x, kind, kernel, stride, padding, out, mult_shift):
-    cfg, cols = b.cfg, b.cfg.cols
+    cols = b.cfg.cols
     _need(x, "x", "int8", 4)
     Nb, H, W, C = x.shape
     KH, KW = _pair(kernel, "kernel")
