@@ -119,6 +119,7 @@ GEMM_CASES = [
     ("small", 37, 300, 9),        # K > half the weight scratchpad: K chunks accumulate
     ("small", 131, 1031, 6),      # K > the whole weight scratchpad, M > one ACT tile
     ("default", 67, 70, 41),
+    ("default", 300, 8, 9),       # more than 255 rows in a tile: several MATMULs per tile
 ]
 
 
@@ -225,6 +226,7 @@ CONV_CASES = [
     ("small", (1, 4, 4, 6), (3, 3, 2), 1, (0, 20, 0, 1), 1),     # padding wider than the LOAD field
     ("default", (1, 12, 12, 16), (3, 3, 20), 1, (1, 1, 1, 1), 1),
     ("default", (1, 9, 9, 24), (3, 3, 24), 2, (1, 1, 1, 1), 24),  # depthwise stride 2
+    ("default", (1, 3, 300, 3), (2, 3, 5), 1, (0, 1, 0, 1), 1),   # output wider than m_inner (255)
 ]
 
 
@@ -490,3 +492,43 @@ def _rne(x, s):
     q, r = divmod(x, 1 << s)
     half = 1 << (s - 1)
     return q + (r > half or (r == half and q & 1))
+
+
+def test_builder_semaphore_overflow_detected():
+    """A producer that can run more than sem_max signals ahead of its consumer is refused."""
+    cfg = preset("small").replace(sem_bits=2)          # sem_max = 3
+    b = ProgramBuilder(cfg)
+    for i in range(6):                                   # 6 LOADs into distinct lines, never reused
+        b.emit("load", spad="act", spad_addr=i, dram_addr=0, rows=1, row_lines=1)
+        b.emit("matmul", a_addr=i, w_addr=0, acc_addr=i, k=1)
+    with pytest.raises(ValueError, match="sem_max"):
+        b.finish()
+    # with reuse of one buffer the LOAD waits for the MATMUL (a credit) and stays within range
+    b = ProgramBuilder(cfg)
+    for i in range(6):
+        b.emit("load", spad="act", spad_addr=i % 2, dram_addr=0, rows=1, row_lines=1)
+        b.emit("matmul", a_addr=i % 2, w_addr=0, acc_addr=i, k=1)
+    prog = b.finish()
+    Machine(cfg).run(prog, mode="concurrent")
+
+
+def test_builder_sync_structure():
+    """Each cross-engine dependency is one signal and one consuming wait of count 1."""
+    cfg = preset("small")
+    b = ProgramBuilder(cfg)
+    b.emit("load", spad="act", spad_addr=0, dram_addr=0, rows=1, row_lines=1)      # 0
+    b.emit("load", spad="wgt", spad_addr=0, dram_addr=0, rows=1, row_lines=1)      # 1
+    b.emit("matmul", a_addr=0, w_addr=0, acc_addr=0, k=1)                          # needs 0 and 1
+    b.emit("store", spad="acc", spad_addr=0, dram_addr=64, rows=1, row_lines=1)    # needs matmul
+    b.emit("load", spad="act", spad_addr=0, dram_addr=64, rows=1, row_lines=1)     # WAR + RAW(DRAM)
+    prog = b.finish()
+    text = [i.mnemonic for i in prog]
+    assert text == ["load", "load", "matmul", "store", "load", "halt"]
+    ld0, ld1, mm, st, ld2 = prog[:5]
+    assert not ld0.signal_en and ld1.signal_en        # the later LOAD implies the earlier one
+    assert (mm.wait_sem, mm.wait_count, mm.wait_consume) == (ld1.signal_sem, 1, 1)
+    assert mm.signal_en and (st.wait_sem, st.wait_count) == (mm.signal_sem, 1)
+    assert st.signal_en and (ld2.wait_sem, ld2.wait_count, ld2.wait_consume) == (st.signal_sem, 1, 1)
+    assert len({ld1.signal_sem, mm.signal_sem, st.signal_sem}) == 3
+    for mode in MODES:
+        Machine(cfg).run(prog, mode=mode)

@@ -34,6 +34,7 @@ last line may read (never use) bytes past the end of a tensor.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -404,11 +405,13 @@ class ProgramBuilder:
                 per[(recs[j].engine, r.engine)].append((j, r.id))
         for (p, c), pairs in per.items():
             pairs.sort()
+            consumers = [i for _, i in pairs]      # increasing: each wait is for a later signal
             for n, (j, _) in enumerate(pairs):
                 if n < cfg.sem_max:
                     continue
-                vcj = recs[j].vc
-                outstanding = sum(1 for (_, i) in pairs[:n + 1] if vcj[c] < i)
+                # waits known to have released before j starts consumed their signal already
+                done = min(n + 1, bisect.bisect_right(consumers, recs[j].vc[c]))
+                outstanding = n + 1 - done
                 if outstanding > cfg.sem_max:
                     raise ValueError(f"cfg: semaphore {ENGINES[p].name}->{ENGINES[c].name} could exceed "
                                      f"sem_max {cfg.sem_max} at instruction {j}")
