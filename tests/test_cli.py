@@ -127,3 +127,11 @@ def test_unknown_preset_is_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as ei:
         main(["asm", "x.s", "--preset", "huge"])
     assert ei.value.code == 2
+
+
+def test_console_script_installed(tmp_path):
+    """The `sparrow` entry point (pyproject [project.scripts]) runs main()."""
+    exe = Path(sys.executable).parent / "sparrow"
+    assert exe.exists(), "console script missing: reinstall the package (make install)"
+    r = subprocess.run([str(exe), "presets", "--json"], capture_output=True, text=True, check=True)
+    assert set(json.loads(r.stdout)) == set(PRESETS)

@@ -50,15 +50,28 @@ def run_both(cfg, b, inputs):
 
 
 def random_requant(rng, n, relu=None, scale=(1e-4, 1e-3)):
+    """(Requant for the kernel, the test's own description of it)."""
     relu = bool(rng.integers(2)) if relu is None else relu
-    bias = rng.integers(-3000, 3000, n)
-    zp = int(rng.integers(-20, 20))
-    return Requant.from_scale(rng.uniform(*scale, n), bias=bias, zp=zp, relu=relu), bias
+    ref = dict(bias=rng.integers(-3000, 3000, n), zp=int(rng.integers(-20, 20)), relu=relu,
+               scale=rng.uniform(*scale, n))
+    return Requant.from_scale(ref["scale"], bias=ref["bias"], zp=ref["zp"], relu=relu), ref
 
 
-def ref_requant(acc, rq, bias):
-    lo = rq.zp if rq.lo == rq.zp else -128
-    return nm.requant(acc, bias, rq.mult, rq.shift, rq.zp, lo, 127)
+def ref_multiplier(scale):
+    """31-bit multiplier in [2**30, 2**31) and shift, nearest to ``scale`` (exact rational math)."""
+    s = Fraction(float(scale))
+    shift = 0
+    while s * 2 ** (shift + 1) < 2 ** 31 - Fraction(1, 2):
+        shift += 1
+    return round(s * 2 ** shift), shift
+
+
+def ref_requant(acc, ref):
+    ms = [ref_multiplier(s) for s in ref["scale"]]
+    mult = np.array([m for m, _ in ms])
+    shift = np.array([s for _, s in ms])
+    lo = ref["zp"] if ref["relu"] else -128
+    return nm.requant(acc, ref["bias"], mult, shift, ref["zp"], lo, 127)
 
 
 # -- fixed-point helpers ---------------------------------------------------------------------------
@@ -127,12 +140,12 @@ GEMM_CASES = [
 def test_gemm_requant(rng, name, M, K, N):
     cfg = preset(name)
     A, W = i8(rng, (M, K)), i8(rng, (K, N))
-    rq, bias = random_requant(rng, N, scale=(2e-3 / np.sqrt(K), 1e-2 / np.sqrt(K)))
+    rq, ref = random_requant(rng, N, scale=(2e-3 / np.sqrt(K), 1e-2 / np.sqrt(K)))
     b = ProgramBuilder(cfg)
     a = b.tensor((M, K), name="a")
     out = gemm(b, a, W, requant=rq)
     acc = A.astype(np.int64) @ W.astype(np.int64)
-    exp = ref_requant(acc, rq, bias)
+    exp = ref_requant(acc, ref)
     if exp.size >= 16:
         assert len(np.unique(exp)) > 3      # the scale range exercises the requant, not a clamp
     prog = b.finish()
@@ -237,11 +250,11 @@ def test_conv2d(rng, name, xs, wk, stride, pads, groups):
     X = i8(rng, xs)
     Wt = i8(rng, (KH, KW, xs[3] // groups, Co))
     kk = np.sqrt(KH * KW * xs[3] / groups)
-    rq, bias = random_requant(rng, Co, scale=(2e-3 / kk, 1e-2 / kk))
+    rq, ref = random_requant(rng, Co, scale=(2e-3 / kk, 1e-2 / kk))
     b = ProgramBuilder(cfg)
     x = b.tensor(xs)
     out = conv2d(b, x, Wt, rq, stride=stride, padding=pads, groups=groups)
-    exp = ref_requant(ref_conv(X, Wt, stride, pads, groups), rq, bias)
+    exp = ref_requant(ref_conv(X, Wt, stride, pads, groups), ref)
     assert out.shape == exp.shape
     assert len(np.unique(exp)) > 3
     for mode, m in run_both(cfg, b, [(x, X)]):
@@ -268,11 +281,11 @@ def test_conv2d_errors():
 def test_requant_relu(rng, name, M, N):
     cfg = preset(name)
     X = rng.integers(-2 ** 24, 2 ** 24, (M, N)).astype(np.int32)
-    rq, bias = random_requant(rng, N, scale=(1e-6, 1e-5))
+    rq, ref = random_requant(rng, N, scale=(1e-6, 1e-5))
     b = ProgramBuilder(cfg)
     x = b.tensor((M, N), "int32")
     out = requant_relu(b, x, rq)
-    exp = ref_requant(X, rq, bias)
+    exp = ref_requant(X, ref)
     for mode, m in run_both(cfg, b, [(x, X)]):
         assert np.array_equal(out.read(m), exp), mode
 
@@ -396,9 +409,9 @@ def test_chain_conv_pool_gemm(rng):
     h = conv2d(b, x, W1, rq1, padding=1)
     p = maxpool(b, h, 2, 2)
     y = gemm(b, p.reshape(1, 96), W2, requant=rq2)
-    h_ref = ref_requant(ref_conv(X, W1, 1, (1, 1, 1, 1), 1), rq1, b1)
+    h_ref = ref_requant(ref_conv(X, W1, 1, (1, 1, 1, 1), 1), b1)
     p_ref = ref_window(h_ref, 2, 2, 2, 2, np.max)
-    y_ref = ref_requant(p_ref.reshape(1, 96).astype(np.int64) @ W2.astype(np.int64), rq2, b2)
+    y_ref = ref_requant(p_ref.reshape(1, 96).astype(np.int64) @ W2.astype(np.int64), b2)
     for mode, m in run_both(cfg, b, [(x, X)]):
         assert np.array_equal(y.read(m), y_ref), mode
 
@@ -424,7 +437,7 @@ def test_shallow_queues_no_deadlock(rng, queue_depth):
     cfg = preset("small").replace(queue_depth=queue_depth)
     X = i8(rng, (1, 9, 9, 5))
     Wt = i8(rng, (3, 3, 5, 6))
-    rq, bias = random_requant(rng, 6)
+    rq, ref = random_requant(rng, 6)
     b = ProgramBuilder(cfg)
     x = b.tensor(X.shape)
     out = conv2d(b, x, Wt, rq, padding=1)
@@ -434,7 +447,7 @@ def test_shallow_queues_no_deadlock(rng, queue_depth):
     x.write(m, X)
     res = m.run(prog, mode="concurrent")
     assert res.error == ErrorCode.NONE
-    assert np.array_equal(out.read(m), ref_requant(ref_conv(X, Wt, 1, (1, 1, 1, 1), 1), rq, bias))
+    assert np.array_equal(out.read(m), ref_requant(ref_conv(X, Wt, 1, (1, 1, 1, 1), 1), ref))
 
 
 def test_builder_rejects_manual_sync_and_halt():
