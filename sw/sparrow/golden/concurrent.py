@@ -62,18 +62,18 @@ class RaceChecker:
         self.records: dict = {}
         self._starts = 0
 
-    def start(self, e: int, ins) -> tuple:
-        """Clock of ``ins`` starting on engine index ``e`` (its wait was just released)."""
+    def start(self, e: int, wait_sem: int, wait_count: int, wait_consume: int) -> tuple:
+        """Clock of an instruction starting on engine index ``e`` (its wait was just released)."""
         vc = self.vc[e]
-        if ins.wait_count:
-            q = self.sigq[ins.wait_sem]
-            for i in range(ins.wait_count):
+        if wait_count:
+            q = self.sigq[wait_sem]
+            for i in range(wait_count):
                 other = q[i]
                 for j in range(self.n):
                     if other[j] > vc[j]:
                         vc[j] = other[j]
-            if ins.wait_consume:
-                for _ in range(ins.wait_count):
+            if wait_consume:
+                for _ in range(wait_count):
                     q.popleft()
         vc[e] += 1
         return tuple(vc)
@@ -151,6 +151,10 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True) -> RunResul
     sems = m.sems
     races = RaceChecker(cfg.n_semaphores) if check_races else None
 
+    # per word: (engine index or -1 for HALT, wait_sem, wait_count, wait_consume, signal_sem, signal_en)
+    hdr = [None if isinstance(it, _BadWord) else
+           (-1 if it.opcode == Opcode.HALT else _EIDX[engine_of(it)], it.wait_sem, it.wait_count,
+            it.wait_consume, it.signal_sem, it.signal_en) for it in decoded]
     queues = [deque() for _ in range(n_eng)]
     running = [None] * n_eng        # (index, instr, end, clock)
     wait_since = [None] * n_eng
@@ -178,8 +182,9 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True) -> RunResul
             if r is not None and r[2] == now:
                 idx, ins, _, clock = r
                 running[e] = None
-                if ins.signal_en:
-                    s = ins.signal_sem
+                h = hdr[idx]
+                if h[5]:
+                    s = h[4]
                     if sems[s] >= cfg.sem_max:
                         return result(ErrorCode.SEM_OVERFLOW, idx, ENGINES[e],
                                       f"signal on semaphore {s} at its maximum {cfg.sem_max}")
@@ -194,7 +199,8 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True) -> RunResul
                 if running[e] is not None or not queues[e]:
                     continue
                 idx, ins = queues[e][0]
-                if ins.wait_count and sems[ins.wait_sem] < ins.wait_count:
+                _, wsem, wcount, wconsume, _, _ = hdr[idx]
+                if wcount and sems[wsem] < wcount:
                     if wait_since[e] is None:
                         wait_since[e] = now
                     continue
@@ -202,9 +208,9 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True) -> RunResul
                     counters[f"{names[e]}_wait"] += now - wait_since[e]
                     wait_since[e] = None
                 queues[e].popleft()
-                clock = races.start(e, ins) if races is not None else None
-                if ins.wait_count and ins.wait_consume:
-                    sems[ins.wait_sem] -= ins.wait_count
+                clock = races.start(e, wsem, wcount, wconsume) if races is not None else None
+                if wcount and wconsume:
+                    sems[wsem] -= wcount
                 try:
                     ex = m.execute(ins, track=races is not None)
                 except _Fault as f:
@@ -223,12 +229,12 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True) -> RunResul
                 item = decoded[pc]
                 if isinstance(item, _BadWord):
                     return result(item.code, pc, None, item.detail)
-                if item.opcode == Opcode.HALT:
+                e = hdr[pc][0]
+                if e < 0:                               # HALT
                     fetch_done = True
                     pc += 1
                     changed = True
                 else:
-                    e = _EIDX[engine_of(item)]
                     if len(queues[e]) < depth:
                         if stall_since is not None:
                             counters[f"{names[stall_eng]}_stall"] += now - stall_since

@@ -170,6 +170,16 @@ def _intervals(starts, length):
     return s[first], run_end[last]
 
 
+def _strided(first, stride, n, length):
+    """Intervals of ``[first + i*stride, ... + length)`` for ``i < n`` (``stride >= 0``)."""
+    if length <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if n == 1 or stride <= length:
+        return np.array([first], np.int64), np.array([first + (n - 1) * stride + length], np.int64)
+    lo = first + stride * np.arange(n, dtype=np.int64)
+    return lo, lo + length
+
+
 def _runs(lines):
     """Intervals of a set of line indices."""
     u = np.unique(np.asarray(lines, dtype=np.int64).reshape(-1))
@@ -217,6 +227,8 @@ class Machine:
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), dtype=np.int32)
         self.sems = [0] * cfg.n_semaphores
         self.delays = [0] * cfg.delay_slots
+        self._depth = {sp: cfg.spad_depth(sp) for sp in Spad}
+        self._line = {sp: cfg.spad_line_bytes(sp) for sp in Spad}
 
     # -- host access -----------------------------------------------------------------------
     def write_dram(self, addr: int, data) -> None:
@@ -367,8 +379,14 @@ class Machine:
         """Byte view ``[depth, line_bytes]`` of a scratchpad (ACC: little-endian int32)."""
         return self._spad(spad).view(np.uint8)
 
+    def _dram_rows(self, addr, rows, stride, row_bytes):
+        """View ``[rows, row_bytes]`` of external memory rows ``stride`` bytes apart."""
+        if stride >= row_bytes and addr + rows * stride <= self.cfg.dram_bytes:
+            return self.dram[addr:addr + rows * stride].reshape(rows, stride)[:, :row_bytes]
+        return as_strided(self.dram[addr:], shape=(rows, row_bytes), strides=(stride, 1))
+
     def _need_spad(self, spad, last, what):
-        depth = self.cfg.spad_depth(spad)
+        depth = self._depth[spad]
         if last >= depth:
             raise _Fault(ErrorCode.SPAD_RANGE,
                          f"{what} reaches {spad.name} line {last}, depth is {depth}")
@@ -398,7 +416,7 @@ class Machine:
     def _load(self, ins, track):
         cfg = self.cfg
         spad = ins.spad
-        full = cfg.spad_line_bytes(spad)
+        full = self._line[spad]
         lb = ins.line_bytes or full
         rows, rl = ins.rows, ins.row_lines
         pt, pb, pl, pr = ins.pad_top, ins.pad_bottom, ins.pad_left, ins.pad_right
@@ -411,18 +429,21 @@ class Machine:
         row_starts = addr + stride * np.arange(rows, dtype=np.int64)
         counts = {"load_bytes_raw": rows * rl * lb}
         if not ins.compressed:
-            self._need_dram(addr + (rows - 1) * stride + rl * lb - 1, "LOAD source")
-            src = as_strided(self.dram[addr:], shape=(rows, rl, lb), strides=(stride, lb, 1),
-                             writeable=False)
-            region = np.zeros((h, w, full), dtype=np.uint8)
-            region[pt:pt + rows, pl:pl + rl, :lb] = src
-            mem[base:base + total] = region.reshape(total, full)
-            counts["load_bytes"] = rows * rl * lb
-            dur = perf.dma_cycles(cfg, np.full(rows, rl * lb), rl, total - rows * rl, self.costs)
+            rb = rl * lb
+            self._need_dram(addr + (rows - 1) * stride + rb - 1, "LOAD source")
+            if lb == full and total == rows * rl and (stride == rb or rows == 1):   # plain copy
+                mem[base:base + total] = self.dram[addr:addr + rows * rb].reshape(total, full)
+            else:
+                src = self._dram_rows(addr, rows, stride, rb).reshape(rows, rl, lb)
+                region = np.zeros((h, w, full), dtype=np.uint8)
+                region[pt:pt + rows, pl:pl + rl, :lb] = src
+                mem[base:base + total] = region.reshape(total, full)
+            counts["load_bytes"] = rows * rb
+            dur = perf.dma_cycles_uniform(cfg, rows, rb, rl, total - rows * rl, self.costs)
             acc = []
             if track:
                 acc = [(_SPACE[spad], True, *_intervals([base], total)),
-                       ("DRAM", False, *_intervals(row_starts, rl * lb))]
+                       ("DRAM", False, *_strided(addr, stride, rows, rb))]
             return Exec(dur, counts, acc)
         # compressed: row by row, each a zero-mask group in its slot
         cols = cfg.cols
@@ -461,7 +482,7 @@ class Machine:
     def _store(self, ins, track):
         cfg = self.cfg
         spad = ins.spad
-        full = cfg.spad_line_bytes(spad)
+        full = self._line[spad]
         lb = ins.line_bytes or full
         rows, rl = ins.rows, ins.row_lines
         s = ins.spad_stride or rl
@@ -478,26 +499,28 @@ class Machine:
         row_starts = addr + stride * np.arange(rows, dtype=np.int64)
         counts = {"store_bytes_raw": rows * rl * lb}
         if not ins.compressed:
-            self._need_dram(addr + (rows - 1) * stride + rl * lb - 1, "STORE destination")
+            rb = rl * lb
+            self._need_dram(addr + (rows - 1) * stride + rb - 1, "STORE destination")
             mem = self._spad_bytes(spad)
-            if s == rl:
+            if s == rl or rows == 1:
                 data = mem[base:base + rows * rl].reshape(rows, rl, full)
             else:
                 data = mem[spad_rows[:, None] + np.arange(rl)]
-            data = data[:, :, :lb].reshape(rows, rl * lb)
-            if stride >= rl * lb or rows == 1:
-                dst = as_strided(self.dram[addr:], shape=(rows, rl * lb), strides=(stride, 1))
-                dst[...] = data
+            data = data[:, :, :lb].reshape(rows, rb)
+            if stride == rb or rows == 1:                 # one contiguous range
+                self.dram[addr:addr + rows * rb] = data.reshape(-1)
+            elif stride > rb:
+                self._dram_rows(addr, rows, stride, rb)[...] = data
             else:   # overlapping rows: later rows win, as the DMA writes them in order
                 for y in range(rows):
                     a = addr + y * stride
-                    self.dram[a:a + rl * lb] = data[y]
-            counts["store_bytes"] = rows * rl * lb
-            dur = perf.dma_cycles(cfg, np.full(rows, rl * lb), rl, 0, self.costs)
+                    self.dram[a:a + rb] = data[y]
+            counts["store_bytes"] = rows * rb
+            dur = perf.dma_cycles_uniform(cfg, rows, rb, rl, 0, self.costs)
             acc = []
             if track:
-                acc = [(_SPACE[spad], False, *_intervals(spad_rows, rl)),
-                       ("DRAM", True, *_intervals(row_starts, rl * lb))]
+                acc = [(_SPACE[spad], False, *_strided(base, s, rows, rl)),
+                       ("DRAM", True, *_strided(addr, stride, rows, rb))]
             return Exec(dur, counts, acc)
         self._need_dram(addr + (rows - 1) * stride + worst - 1, "compressed STORE destination")
         src = self._spad(spad)
@@ -512,7 +535,7 @@ class Machine:
         dur = perf.dma_cycles(cfg, group_bytes, rl, 0, self.costs)
         acc = []
         if track:
-            acc = [(_SPACE[spad], False, *_intervals(spad_rows, rl)),
+            acc = [(_SPACE[spad], False, *_strided(base, s, rows, rl)),
                    ("DRAM", True, *_intervals(row_starts, group_bytes))]
         return Exec(dur, counts, acc)
 
@@ -530,7 +553,10 @@ class Machine:
         self._need_spad(Spad.ACC, c0 + n_rows - 1, "MATMUL accumulators")
         starts = (a0 + np.arange(mo, dtype=np.int64)[:, None] * ins.a_outer_stride
                   + np.arange(mi, dtype=np.int64)[None, :] * ins.a_stride).reshape(-1)
-        a_full = self.act[starts[:, None] + np.arange(nl)].reshape(n_rows, nl * cols)
+        if ins.a_stride == nl and (mo == 1 or ins.a_outer_stride == mi * nl):   # rows back to back
+            a_full = self.act[a0:a0 + n_rows * nl].reshape(n_rows, nl * cols)
+        else:
+            a_full = self.act[starts[:, None] + np.arange(nl)].reshape(n_rows, nl * cols)
         if nl * cols != k:
             a_full = a_full.copy()
             a_full[:, k:] = 0          # elements beyond k are ignored
@@ -547,7 +573,8 @@ class Machine:
         dur = perf.matmul_cycles(cfg, np.maximum(nz_lines, 1).sum(axis=1), self.costs)
         acc = []
         if track:
-            acc = [("ACT", False, *_intervals(starts, nl)), ("WGT", False, *_intervals([w0], k)),
+            a_reads = _strided(a0, ins.a_stride, mi, nl) if mo == 1 else _intervals(starts, nl)
+            acc = [("ACT", False, *a_reads), ("WGT", False, *_intervals([w0], k)),
                    ("ACC", True, *_intervals([c0], n_rows))]
         return Exec(dur, counts, acc)
 
@@ -569,7 +596,7 @@ class Machine:
             lines_read = rows + 3
             if track:
                 acc_list = [("ACC", False, *_intervals([src, par], [rows, 3])),
-                            ("ACT", True, *_intervals(dst + ds * np.arange(rows), 1))]
+                            ("ACT", True, *_strided(dst, ds, rows, 1))]
         elif vop == VectorOp.ADD:
             n, sa, sb, dst = ins.lines, ins.src_a, ins.src_b, ins.dst
             self._need_spad(Spad.ACT, max(sa, sb, dst) + n - 1, "ADD operands/destination")

@@ -49,8 +49,8 @@ import numpy as np
 
 from ..isa import WORD_BYTES
 
-__all__ = ["Costs", "DEFAULT_COSTS", "fetch_cycles", "dma_cycles", "matmul_cycles", "vector_cycles",
-           "nop_cycles", "delay_cycles"]
+__all__ = ["Costs", "DEFAULT_COSTS", "fetch_cycles", "dma_cycles", "dma_cycles_uniform", "matmul_cycles",
+           "vector_cycles", "nop_cycles", "delay_cycles"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,13 @@ def dma_cycles(cfg, row_bytes, row_lines: int, pad_lines: int = 0, costs: Costs 
     beats = -(-rb // cfg.mem_bytes)
     per_row = costs.dma_row_setup + np.maximum(beats, row_lines * costs.line_cycles)
     return max(1, costs.dma_start + int(per_row.sum()) + pad_lines * costs.pad_line_cycles)
+
+
+def dma_cycles_uniform(cfg, rows: int, row_bytes: int, row_lines: int, pad_lines: int = 0,
+                       costs: Costs = DEFAULT_COSTS) -> int:
+    """:func:`dma_cycles` for ``rows`` rows of ``row_bytes`` each (scalar arithmetic)."""
+    per_row = costs.dma_row_setup + max(_ceil_div(row_bytes, cfg.mem_bytes), row_lines * costs.line_cycles)
+    return max(1, costs.dma_start + rows * per_row + pad_lines * costs.pad_line_cycles)
 
 
 def matmul_cycles(cfg, row_costs, costs: Costs = DEFAULT_COSTS) -> int:
