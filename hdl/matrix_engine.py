@@ -414,23 +414,22 @@ class MatrixEngine(wiring.Component):
         written = Signal(17)
         consumed = Signal(17)
 
-        with m.Switch(state):
-            with m.Case(_State.CHECK1):
-                m.d.sync += [
-                    p_outer.eq((ins.m_outer - 1) * ins.a_outer_stride),
-                    p_inner.eq((ins.m_inner - 1) * ins.a_stride),
-                    n_rows.eq(ins.m_outer * ins.m_inner),
-                    n_lines.eq((ins.k + cols - 1) >> lshift),
-                    last_mask.eq(Cat(*[Const(e, range(cols)) <= kl for e in range(cols)])),
-                    state.eq(_State.CHECK2),
-                ]
-            with m.Case(_State.CHECK2):
-                with m.If((act_max >= cfg.act_depth) | (wgt_max >= cfg.wgt_depth) | (acc_max >= cfg.acc_depth)):
-                    m.d.sync += [err.eq(ErrorCode.SPAD_RANGE), state.eq(_State.HALTED)]
-                with m.Else():
-                    m.d.sync += [d_left.eq(n_rows), d_a.eq(ins.a_addr), d_outer.eq(ins.a_addr), d_mi.eq(0),
-                                 d_acc.eq(ins.acc_addr), written.eq(0), consumed.eq(0),
-                                 state.eq(_State.RUN)]
+        with m.If(state == _State.CHECK1):
+            m.d.sync += [
+                p_outer.eq((ins.m_outer - 1) * ins.a_outer_stride),
+                p_inner.eq((ins.m_inner - 1) * ins.a_stride),
+                n_rows.eq(ins.m_outer * ins.m_inner),
+                n_lines.eq((ins.k + cols - 1) >> lshift),
+                last_mask.eq(Cat(Const(1, 1), *[Const(e, range(cols)) <= kl for e in range(1, cols)])),
+                state.eq(_State.CHECK2),
+            ]
+        with m.If(state == _State.CHECK2):
+            with m.If((act_max >= cfg.act_depth) | (wgt_max >= cfg.wgt_depth) | (acc_max >= cfg.acc_depth)):
+                m.d.sync += [err.eq(ErrorCode.SPAD_RANGE), state.eq(_State.HALTED)]
+            with m.Else():
+                m.d.sync += [d_left.eq(n_rows), d_a.eq(ins.a_addr), d_outer.eq(ins.a_addr), d_mi.eq(0),
+                             d_acc.eq(ins.acc_addr), written.eq(0), consumed.eq(0),
+                             state.eq(_State.RUN)]
 
         # -- row dispenser (fixed priority among requesting lanes) -------------------------------
         have_row = Signal()
@@ -465,7 +464,7 @@ class MatrixEngine(wiring.Component):
             with m.If(reqs[i]):
                 m.d.comb += sel.eq(i)
         hi_reqs = Signal(rows)
-        m.d.comb += hi_reqs.eq(reqs & Cat(*[Const(i, range(rows + 1)) > last_g for i in range(rows)]))
+        m.d.comb += hi_reqs.eq(reqs & Cat(Const(0, 1), *[Const(i, range(rows + 1)) > last_g for i in range(1, rows)]))
         with m.If(hi_reqs != 0):
             for i in reversed(range(rows)):
                 with m.If(hi_reqs[i]):

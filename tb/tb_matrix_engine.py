@@ -72,7 +72,7 @@ def word(f):
 
 def random_matmul(rng, cfg, *, kmax=None, mmax=(6, 3)):
     cols = cfg.cols
-    kmax = min(kmax or 8 * cols, cfg.wgt_depth)
+    kmax = min(kmax or 16 * cols, cfg.wgt_depth)
     k = rng.choice([1, cols - 1, cols, cols + 1, rng.randint(1, kmax), rng.randint(1, kmax)])
     L = ceil_div(k, cols)
     m_inner, m_outer = rng.randint(1, mmax[0]), rng.randint(1, mmax[1])
@@ -208,7 +208,7 @@ async def _setup(dut, **kw):
 async def random_matmuls_at_sparsities(dut):
     """Seeded random MATMULs, back to back, at activation sparsity 0..100 %, random port stalls."""
     h = await _setup(dut)
-    n = int(os.environ.get("SPARROW_TB_N", "6"))
+    n = int(os.environ.get("SPARROW_TB_N", "10"))
     for s in SPARSITIES:
         h.set_act(sparse_act(h.nrng, h.cfg, s))
         if s == 0.5:
@@ -297,6 +297,7 @@ async def spad_range(dut):
         assert int(dut.busy.value) == 1
         h.src.queue.clear()
         h.src._cur = None
+        await FallingEdge(dut.clk)
 
 
 @cocotb.test(skip=os.environ.get("SPARROW_BENCH_OUT") is None)
