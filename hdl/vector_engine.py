@@ -254,13 +254,12 @@ class VectorEngine(wiring.Component):
         with m.If(pop_c & (pcnt != 3)):
             sync += pcnt.eq(pcnt + 1)
             for c in range(cols):
-                with m.Switch(pcnt):
-                    with m.Case(0):
-                        sync += unit.bias[c].eq(acc_words[c].as_signed())
-                    with m.Case(1):
-                        sync += unit.mult[c].eq(acc_words[c][0:31])
-                    with m.Case(2):
-                        sync += unit.shift[c].eq(acc_words[c][0:6])
+                with m.If(pcnt == 0):
+                    sync += unit.bias[c].eq(acc_words[c].as_signed())
+                with m.Elif(pcnt == 1):
+                    sync += unit.mult[c].eq(acc_words[c][0:31])
+                with m.Else():
+                    sync += unit.shift[c].eq(acc_words[c][0:6])
 
         # Pool window accumulation.
         with m.If(is_pool & pop_a):
@@ -327,13 +326,15 @@ class VectorEngine(wiring.Component):
         # ---- control FSM ----------------------------------------------------------------------
         sync += self.done.eq(0)
         busy = Signal()
-        with m.FSM(name="ctl"):
-            with m.State("IDLE"):
+        IDLE, CHK1, CHK2, CHK3, RUN, ERR = range(6)
+        state = Signal(range(6))
+        if True:  # control states (If chain: no incomplete Verilog case statements)
+            with m.If(state == IDLE):
                 comb += self.instr.ready.eq(1)
                 with m.If(self.instr.valid):
                     sync += ins.eq(self.instr.payload)
-                    m.next = "CHK1"
-            with m.State("CHK1"):
+                    sync += state.eq(CHK1)
+            with m.Elif(state == CHK1):
                 comb += busy.eq(1)
                 sync += [
                     rq_span.eq((rq.rows - 1) * rq.dst_stride),
@@ -345,13 +346,13 @@ class VectorEngine(wiring.Component):
                     win_m1.eq(pl.kh * pl.kw - 1),
                     mn.eq(mk.rows * mk.row_lines),
                 ]
-                m.next = "CHK2"
-            with m.State("CHK2"):
+                sync += state.eq(CHK2)
+            with m.Elif(state == CHK2):
                 comb += busy.eq(1)
                 sync += [pin.eq(ph * pl.row_stride + pw * pl.lpp + pl.lpp - 1),
                          npool.eq(ohw * pl.lpp)]
-                m.next = "CHK3"
-            with m.State("CHK3"):
+                sync += state.eq(CHK3)
+            with m.Elif(state == CHK3):
                 comb += busy.eq(1)
                 act_max = Signal(W)
                 acc_max = Signal(W)
@@ -374,17 +375,15 @@ class VectorEngine(wiring.Component):
                 comb += fail.eq((act_max >= cfg.act_depth) | (is_rq & (acc_max >= cfg.acc_depth)))
                 with m.If(fail):
                     sync += self.error.eq(ErrorCode.SPAD_RANGE)
-                    m.next = "ERR"
+                    sync += state.eq(ERR)
                 with m.Else():
                     comb += start.eq(1)
-                    m.next = "RUN"
-            with m.State("RUN"):
+                    sync += state.eq(RUN)
+            with m.Elif(state == RUN):
                 comb += [busy.eq(1), running.eq(1)]
                 with m.If(last_write):
                     sync += self.done.eq(1)
-                    m.next = "IDLE"
-            with m.State("ERR"):
-                pass
+                    sync += state.eq(IDLE)
         comb += self.busy.eq(busy)
 
         # ---- initialisation at the start of RUN ----------------------------------------------
