@@ -85,8 +85,10 @@ class MembusArbiter(wiring.Component):
             m.d.comb += sel.eq(rr.index)
         with m.Switch(sel):
             for i, p in enumerate(masters):
-                with m.Case(i):
-                    m.d.comb += [bus.cmd.payload.eq(p.cmd.payload), p.cmd.ready.eq(bus.cmd.ready & bus.cmd.valid)]
+                with _case(m, i, n):
+                    m.d.comb += bus.cmd.payload.eq(p.cmd.payload)
+        for i, p in enumerate(masters):
+            m.d.comb += p.cmd.ready.eq(bus.cmd.ready & bus.cmd.valid & (sel == i))
         new_grant = rr.valid                                   # rr only requests when ~locked
         m.d.comb += [rr.advance.eq(new_grant),
                      rd_ids.w_data.eq(rr.index), wd_ids.w_data.eq(rr.index), wr_ids.w_data.eq(rr.index),
@@ -102,9 +104,10 @@ class MembusArbiter(wiring.Component):
         with m.If(wd_ids.r_rdy):
             with m.Switch(wd_ids.r_data):
                 for i, p in enumerate(masters):
-                    with m.Case(i):
-                        m.d.comb += [bus.wdata.valid.eq(p.wdata.valid), bus.wdata.payload.eq(p.wdata.payload),
-                                     p.wdata.ready.eq(bus.wdata.ready)]
+                    with _case(m, i, n):
+                        m.d.comb += [bus.wdata.valid.eq(p.wdata.valid), bus.wdata.payload.eq(p.wdata.payload)]
+        for i, p in enumerate(masters):
+            m.d.comb += p.wdata.ready.eq(bus.wdata.ready & wd_ids.r_rdy & (wd_ids.r_data == i))
         m.d.comb += wd_ids.r_en.eq(bus.wdata.valid & bus.wdata.ready & bus.wdata.payload.last)
 
         # -- read data and write responses: to the head of their FIFOs ------------------------
@@ -115,13 +118,18 @@ class MembusArbiter(wiring.Component):
         with m.If(rd_ids.r_rdy):
             with m.Switch(rd_ids.r_data):
                 for i, p in enumerate(masters):
-                    with m.Case(i):
+                    with _case(m, i, n):
                         m.d.comb += bus.rdata.ready.eq(p.rdata.ready)
         with m.If(wr_ids.r_rdy):
             with m.Switch(wr_ids.r_data):
                 for i, p in enumerate(masters):
-                    with m.Case(i):
+                    with _case(m, i, n):
                         m.d.comb += bus.wresp.ready.eq(p.wresp.ready)
         m.d.comb += [rd_ids.r_en.eq(bus.rdata.valid & bus.rdata.ready & bus.rdata.payload.last),
                      wr_ids.r_en.eq(bus.wresp.valid & bus.wresp.ready)]
         return m
+
+
+def _case(m, i, n):
+    """``m.Case(i)``, or ``m.Default()`` for the last of ``n`` choices (a complete case, lint-clean)."""
+    return m.Case(i) if i < n - 1 else m.Default()

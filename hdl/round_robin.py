@@ -62,7 +62,7 @@ class RoundRobin(wiring.Component):
         for i in reversed(range(n)):
             with m.If(self.requests[i]):
                 m.d.comb += self.index.eq(i)
-        for i in reversed(range(n)):
+        for i in reversed(range(1, n)):
             with m.If(self.requests[i] & (last < i)):
                 m.d.comb += self.index.eq(i)
         m.d.comb += self.valid.eq(self.requests.any())

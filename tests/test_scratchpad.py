@@ -10,7 +10,7 @@ from collections import deque
 
 import pytest
 from amaranth.back import verilog
-from amaranth.hdl import Const, Shape, ValueCastable
+from amaranth.hdl import Const, Fragment, Shape, ValueCastable
 from amaranth.hdl._ir import PortDirection
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
@@ -162,7 +162,6 @@ def test_replicated_rejects_bad_parameters():
         RoundRobin(0)
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl._ir.UnusedElaboratable")
 def test_named_ports_and_config_helpers():
     cfg = preset("small")
     names = [f"mx{i}" for i in range(cfg.rows)] + ["vec_a", "vec_b", "dma"]
@@ -176,6 +175,8 @@ def test_named_ports_and_config_helpers():
     assert Shape.cast(acc.line_shape).width == 32 * cfg.cols and acc.read_names == ["r0", "r1"]
     wgt = wgt_scratchpad(cfg)
     assert wgt.replicas == cfg.rows and wgt.depth == cfg.wgt_depth and len(wgt.rd) == cfg.rows
+    for spad in (act, acc, wgt):
+        Fragment.get(spad, None)          # elaborates (and marks as used)
 
 
 # -- banked scratchpad -------------------------------------------------------------------------
@@ -295,3 +296,24 @@ def test_replicated_shared_port_alternates_with_lane0():
     assert h.grants_rd[1] == list(range(40))
     assert sorted(h.grants_rd[0] + h.grants_rd[2]) == list(range(40))
     assert h.grants_rd[0] == list(range(0, 40, 2)) and h.grants_rd[2] == list(range(1, 40, 2))
+
+
+# -- Verilator + cocotb ------------------------------------------------------------------------
+
+def _spad_cases():
+    cfg = preset("small")
+    names = [f"mx{i}" for i in range(cfg.rows)] + ["vec_a", "vec_b", "dma"]
+    return {
+        "act": (lambda: act_scratchpad(cfg, names, ["vec", "dma"]), cfg.act_banks),
+        "acc": (lambda: acc_scratchpad(cfg, ["mx", "vec", "dma"], ["mx", "vec", "dma"]), cfg.acc_banks),
+        "wgt": (lambda: wgt_scratchpad(cfg), 0),
+    }
+
+
+@pytest.mark.verilator
+@pytest.mark.parametrize("kind", ["act", "acc", "wgt"])
+def test_scratchpad_on_verilator(kind):
+    make, banks = _spad_cases()[kind]
+    name = f"spad_{kind}_small"
+    run_cocotb(None, name=name, test_module="tb_scratchpad", verilog_text=verilog_skipping_consts(make(), name),
+               extra_env={"SPARROW_PRESET": "small", "SPARROW_SPAD_BANKS": str(banks)}, seed=SEED)
