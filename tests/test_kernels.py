@@ -261,6 +261,36 @@ def test_conv2d(rng, name, xs, wk, stride, pads, groups):
         assert np.array_equal(out.read(m), exp), mode
 
 
+@pytest.mark.parametrize("trial", range(4))
+def test_random_shapes_gemm_conv(rng, trial):
+    """Seeded random geometry (shapes, stride, padding, groups) for GEMM and conv on `small`."""
+    cfg = preset("small")
+    rng = np.random.default_rng([int(rng.integers(1 << 62)), trial])     # distinct per trial
+    M, K, N = (int(v) for v in rng.integers(1, 80, 3))
+    A, W = i8(rng, (M, K)), i8(rng, (K, N))
+    rq, ref = random_requant(rng, N, scale=(2e-3 / np.sqrt(K), 1e-2 / np.sqrt(K)))
+    groups = int(rng.choice([1, 2, 3]))
+    C = groups * int(rng.integers(1, 5))
+    Co = groups * int(rng.integers(1, 4))
+    KH, KW = (int(v) for v in rng.integers(1, 4, 2))
+    H, Wd = int(rng.integers(KH, 14)), int(rng.integers(KW, 14))
+    stride = int(rng.integers(1, 3))
+    pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+    X, Wc = i8(rng, (1, H, Wd, C)), i8(rng, (KH, KW, C // groups, Co))
+    kk = np.sqrt(KH * KW * C / groups)
+    rq2, ref2 = random_requant(rng, Co, scale=(2e-3 / kk, 1e-2 / kk))
+    print(f"gemm {M}x{K}x{N}; conv x={X.shape} w={Wc.shape} stride={stride} pads={pads} groups={groups}")
+    b = ProgramBuilder(cfg)
+    a, x = b.tensor((M, K)), b.tensor(X.shape)
+    y = gemm(b, a, W, requant=rq)
+    z = conv2d(b, x, Wc, rq2, stride=stride, padding=pads, groups=groups)
+    y_ref = ref_requant(A.astype(np.int64) @ W.astype(np.int64), ref)
+    z_ref = ref_requant(ref_conv(X, Wc, stride, pads, groups), ref2)
+    for mode, m in run_both(cfg, b, [(a, A), (x, X)]):
+        assert np.array_equal(y.read(m), y_ref), mode
+        assert np.array_equal(z.read(m), z_ref), mode
+
+
 def test_conv2d_errors():
     b = ProgramBuilder(preset("small"))
     x = b.tensor((1, 5, 5, 4))
@@ -373,7 +403,7 @@ def test_add(rng, name, shape):
 
 
 @pytest.mark.parametrize("name,R,L", [("small", 19, 8), ("small", 19, 11), ("small", 700, 9),
-                                      ("default", 33, 40)])
+                                      ("small", 150, 123), ("default", 33, 40)])
 def test_mask(rng, name, R, L):
     cfg = preset(name)
     X = i8(rng, (R, L))

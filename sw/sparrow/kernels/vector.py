@@ -245,8 +245,13 @@ def mask(b: ProgramBuilder, x: Tensor, mode: str, *, param: int = 0, alt: int = 
         raise ValueError("masked: only used with mode='loaded'")
     with b.spad_scope():
         unit = 8 // math.gcd(rl, 8)
-        budget = b.spad_available("ACT") // 2
-        rt = min(R, MAX_ROWS, budget // (rl + 1))
+        act = b.spad_available("ACT")
+
+        def lines_needed(r):     # two data buffers (+ two bitmap buffers when loaded)
+            return 2 * r * rl + (2 * cdiv(r * rl, 8) if bm is not None else 0)
+        rt = min(R, MAX_ROWS, act // (2 * rl))
+        while rt > 0 and lines_needed(rt) > act:
+            rt -= 1
         if rt > unit:
             rt = rt // unit * unit
         if mm == MaskMode.LOADED and rt < R and rt % unit:
