@@ -22,7 +22,7 @@ Structure (one instruction at a time)::
 
 from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import fifo, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from sparrow.config import HwConfig
 from sparrow.errors import ErrorCode

@@ -135,8 +135,9 @@ def random_memories(rng, nrng):
         acc[base] = [int(x) for x in nrng.integers(-5000, 5000, COLS)]
         acc[base + 1] = [int(x) | ((1 << 31) if dirty else 0) for x in nrng.integers(1 << 29, 1 << 31, COLS)]
         acc[base + 1] = [x - (1 << 32) if x >= 1 << 31 else x for x in acc[base + 1]]
+        shifts, garbage = nrng.integers(28, 44, COLS), nrng.integers(0, 1 << 25, COLS)
         acc[base + 2] = [int(s) | ((int(g) << 6) if dirty else 0)
-                         for s, g in zip(nrng.integers(28, 44, COLS), nrng.integers(0, 1 << 25, COLS))]
+                         for s, g in zip(shifts, garbage, strict=True)]
     return act, acc
 
 
@@ -210,6 +211,37 @@ def random_instr(rng, kind=None):
                 mask_addr=mask_addr, alt=rng.randint(-128, 127))
 
 
+def edge_instrs(rng):
+    """Edge geometry that random draws might miss: 1x1 and 5x5 pools, lpp 3, rows 1, dst_stride 0,
+    fully in-place ADD, all/nothing masked."""
+    D, AD = CFG.act_depth, CFG.acc_depth
+    out = []
+    pools = (
+        ("maxpool", dict(lpp=1, row_stride=1, out_h=1, out_w=1, kh=1, kw=1, stride_h=1, stride_w=1)),
+        ("avgpool", dict(lpp=1, row_stride=3, out_h=3, out_w=3, kh=1, kw=1, stride_h=1, stride_w=1,
+                         mult=1, shift=0)),
+        ("avgpool", dict(lpp=3, row_stride=24, out_h=2, out_w=2, kh=5, kw=5, stride_h=3, stride_w=3,
+                         mult=round((1 << 14) / 25), shift=14)),
+        ("maxpool", dict(lpp=2, row_stride=10, out_h=2, out_w=3, kh=5, kw=4, stride_h=1, stride_w=1)),
+    )
+    for kind, g in pools:
+        ins = make(kind, src=0, dst=0, **g)
+        n_in = footprint(ins)["ACT"] + 1
+        src = rng.randint(0, D - n_in)
+        n_out = g["out_h"] * g["out_w"] * g["lpp"]
+        out.append(ins.replace(src=src, dst=pick_disjoint(rng, n_out, [(src, n_in)], D)))
+    out.append(make("requant", src=rng.randint(6, AD - 1), dst=rng.randint(0, D - 1), rows=1, dst_stride=0,
+                    param=3, zp=-3))
+    out.append(make("requant", src=rng.randint(6, AD - 5), dst=rng.randint(0, D - 1), rows=5, dst_stride=0,
+                    param=0, lo=-100, hi=100))
+    a = rng.randint(0, D - 20)
+    out.append(make("vadd", src_a=a, src_b=a, dst=a, lines=20, mult_a=3, mult_b=5, shift=3, relu=1))
+    for mode, param in (("causal", -2048), ("causal", 2047), ("padding", 0), ("padding", -2048)):
+        src = rng.randint(0, D - 12)
+        out.append(make("mask", src=src, dst=src, rows=3, row_lines=4, mode=mode, param=param, alt=-128))
+    return out
+
+
 # -- the bench ---------------------------------------------------------------------------------
 
 class Bench:
@@ -271,7 +303,8 @@ def check_program(bench, program, ref_act, ref_acc):
         exp = reference_writes(ins, ref_act, ref_acc)
         got = bench.log[k]
         if got != exp:
-            first = next((n for n, (g, e) in enumerate(zip(got, exp)) if g != e), min(len(got), len(exp)))
+            pairs = enumerate(zip(got, exp, strict=False))
+            first = next((n for n, (g, e) in pairs if g != e), min(len(got), len(exp)))
             raise AssertionError(
                 f"instruction {k} ({ins}): {len(got)} writes, expected {len(exp)}; first difference at "
                 f"write {first}: got {got[first] if first < len(got) else None}, "
@@ -294,11 +327,14 @@ async def random_program(dut):
     rng, nrng, _ = seeded(dut)
     start_clock(dut)
     n_instr = 36 if CFG.name == "small" else 24
-    for stall, lat, wr_stall, idle in ((0.3, (1, 4), 0.3, 0.3), (0.0, (1, 1), 0.0, 0.0), (0.5, (1, 7), 0.6, 0.0)):
+    timings = ((0.3, (1, 4), 0.3, 0.3), (0.0, (1, 1), 0.0, 0.0), (0.5, (1, 7), 0.6, 0.0))
+    for stall, lat, wr_stall, idle in timings:
         await reset(dut)
         bench = Bench(dut, rng, nrng, stall=stall, latency=lat, wr_stall=wr_stall, idle=idle)
         program = [random_instr(rng) for _ in range(n_instr)]
         program += [random_instr(rng, k) for k in ("requant", "vadd", "maxpool", "avgpool", "mask")]
+        program += edge_instrs(rng)
+        rng.shuffle(program)
         assert all(in_range(i) for i in program)
         ref_act, ref_acc = [list(x) for x in bench.act0], [list(x) for x in bench.acc]
         done = await bench.run(program)

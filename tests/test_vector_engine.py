@@ -118,7 +118,7 @@ def test_requant_unit_matches_numerics(cols):
         expect += numerics.requant(acc, bias, mult, shift, zp, lo, hi).astype(int).tolist()
     got = _run_unit(cols, batches)
     assert len(got) == len(expect)
-    bad = [(i, g, e) for i, (g, e) in enumerate(zip(got, expect)) if g != e]
+    bad = [(i, g, e) for i, (g, e) in enumerate(zip(got, expect, strict=True)) if g != e]
     assert not bad, f"{len(bad)} mismatches, first {bad[:3]}"
 
 
@@ -137,7 +137,7 @@ def test_requant_unit_add_and_avg_paths():
         a[0], b[0] = -128, -128
         conf = dict(use_add=1, bias=[0] * cols, mult=[0] * cols, shift=[shift] * cols, zp=0,
                     lo=0 if relu else -128, hi=127, mult_a=ma, mult_b=mb)
-        batches.append((conf, [dict(a=ra, b=rb) for ra, rb in zip(a, b)]))
+        batches.append((conf, [dict(a=ra, b=rb) for ra, rb in zip(a, b, strict=True)]))
         expect += numerics.vadd(a, b, ma, mb, shift, relu).astype(int).tolist()
     for n in range(30):                       # avgpool: window sums of up to 15x15 int8
         mult, shift = int(rng.integers(0, 1 << 16)), int(rng.integers(0, 64)) if n > 3 else n
@@ -150,6 +150,7 @@ def test_requant_unit_add_and_avg_paths():
     assert got == expect
 
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_requant_unit_rejects_bad_cols():
     for bad in (0, 3, 128, "4", True):
         with pytest.raises(ValueError, match="cols"):
@@ -220,14 +221,16 @@ def test_mask_unit_matches_isa(cols):
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
-    for (mode, param, rows, row_lines, bitmaps), (got, need) in zip(runs, got_all):
-        assert got == _mask_reference(mode, param, rows, row_lines, cols, bitmaps), (mode, param, rows, row_lines)
+    for (mode, param, rows, row_lines, bitmaps), (got, need) in zip(runs, got_all, strict=True):
+        expect = _mask_reference(mode, param, rows, row_lines, cols, bitmaps)
+        assert got == expect, (mode, param, rows, row_lines)
         exp_need = [int(mode == MaskMode.LOADED and i % 8 == 0) for i in range(rows * row_lines)]
         assert need == exp_need
 
 
 # -- VectorEngine --------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_vector_engine_rejects_bad_parameters():
     with pytest.raises(ValueError, match="cfg"):
         VectorEngine("small")
