@@ -9,16 +9,13 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.back import verilog
-from amaranth.hdl import Const, ValueCastable, _ir
-from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from sparrow.config import HwConfig, preset
+from sparrow.config import preset
 from sparrow.golden import numerics
 from sparrow.hdl.mask_unit import MaskUnit
 from sparrow.hdl.requant_unit import RequantUnit
-from sparrow.hdl.vector_engine import VectorEngine
+from sparrow.hdl.vector_engine import VectorEngine, vector_engine_verilog
 from sparrow.isa import MaskMode
 from sparrow.sim.cocotb_run import run_cocotb
 
@@ -240,21 +237,6 @@ def test_vector_engine_rejects_bad_parameters():
         VectorEngine(preset("small"), wr_depth=0)
 
 
-def engine_verilog(cfg: HwConfig, name: str) -> str:
-    """Verilog of the engine. The read ports' ``rsp`` streams are ``always_ready``, so their
-    ``ready`` members are ``Const``s that ``verilog.convert`` refuses as ports: leave them out."""
-    comp = VectorEngine(cfg)
-    ports = {}
-    for path, member, value in comp.signature.flatten(comp):
-        if isinstance(value, ValueCastable):
-            value = value.as_value()
-        if isinstance(value, Const):
-            continue
-        direction = _ir.PortDirection.Input if member.flow == wiring.In else _ir.PortDirection.Output
-        ports["__".join(map(str, path))] = (value, direction)
-    return verilog.convert(comp, name=name, ports=ports, emit_src=False)
-
-
 @pytest.mark.verilator
 @pytest.mark.parametrize("preset_name", ["small", "default"])
 def test_vector_engine_cocotb(preset_name):
@@ -262,6 +244,6 @@ def test_vector_engine_cocotb(preset_name):
     name = f"vector_engine_{preset_name}"
     testcase = None if preset_name == "small" else ["random_program", "spad_range_errors"]
     # -Wno-LITENDIAN: the zero-width `halt` body of isa.instruction_layout() (contract)
-    run_cocotb(None, name=name, verilog_text=engine_verilog(cfg, name), test_module="tb_vector_engine",
+    run_cocotb(None, name=name, verilog_text=vector_engine_verilog(cfg, name), test_module="tb_vector_engine",
                build_args=["-Wno-LITENDIAN"],
                testcase=testcase, seed=SEED, extra_env={"SPARROW_PRESET": preset_name})
