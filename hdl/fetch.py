@@ -1,0 +1,183 @@
+"""Instruction fetch: reads the program from external memory in bursts, emits 128-bit words."""
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from sparrow import isa
+from sparrow.config import HwConfig
+
+from .membus import MemBusSignature
+
+__all__ = ["FetchUnit", "INDEX_BITS", "fetched_layout"]
+
+#: Width of instruction indices throughout the sequencer (programs up to 16 M instructions).
+INDEX_BITS = 24
+
+
+def fetched_layout():
+    return data.StructLayout({"word": unsigned(isa.WORD_BITS), "index": unsigned(INDEX_BITS)})
+
+
+class FetchUnit(wiring.Component):
+    """Prefetching instruction reader.
+
+    ``start`` latches ``base`` (byte address; must be a multiple of ``max(16, mem_bytes)``, low
+    bits are ignored) and ``length`` (instructions) and streams the program out in order with
+    each word's index. Reads are bursts of up to ``cfg.max_burst`` beats that never cross a
+    4 KiB boundary, issued only when the beat buffer has room for the whole burst, so read data
+    is never back-pressured. ``stop`` abandons the rest of the program (HALT seen, or an
+    error): outstanding beats are drained and dropped.
+
+    Ports
+    -----
+    bus : Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes))
+        Read-only use of the memory interface.
+    start, stop : In(1)
+        Pulses.
+    base, length : In(32)
+        Sampled on ``start``.
+    out : Out(stream.Signature(fetched_layout()))
+        ``word`` and ``index`` of each instruction, in order.
+    busy : Out(1)
+        Requests outstanding or instructions left to deliver.
+    error : Out(1)
+        Sticky: a read returned ``err``; ``error_index`` is the instruction it belonged to.
+    error_index : Out(INDEX_BITS)
+    fetch_pc : Out(INDEX_BITS)
+        Index of the next instruction to deliver.
+    """
+
+    def __init__(self, cfg: HwConfig, *, buffer_beats: int | None = None):
+        if not isinstance(cfg, HwConfig):
+            raise TypeError(f"cfg must be a HwConfig, not {cfg!r}")
+        self.cfg = cfg
+        wb = isa.WORD_BYTES
+        self.beats_per_word = max(1, wb // cfg.mem_bytes)
+        self.words_per_beat = max(1, cfg.mem_bytes // wb)
+        default = max(cfg.max_burst, 2 * self.beats_per_word)
+        self.buffer_beats = buffer_beats or default
+        if self.buffer_beats < max(self.beats_per_word, 1):
+            raise ValueError(f"buffer_beats must hold at least one instruction ({self.beats_per_word} beats)")
+        super().__init__({
+            "bus": Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes)),
+            "start": In(1), "stop": In(1),
+            "base": In(32), "length": In(32),
+            "out": Out(stream.Signature(fetched_layout())),
+            "busy": Out(1),
+            "error": Out(1),
+            "error_index": Out(INDEX_BITS),
+            "fetch_pc": Out(INDEX_BITS),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        mb = cfg.mem_bytes
+        bpw, wpb = self.beats_per_word, self.words_per_beat
+        depth = self.buffer_beats
+        align_bits = max(4, (mb - 1).bit_length())
+        beat_shift = (mb - 1).bit_length()
+        aw = cfg.dram_addr_bits
+
+        m.submodules.beats = beats = fifo.SyncFIFOBuffered(width=8 * mb, depth=depth)
+
+        addr = Signal(aw)
+        beats_left = Signal(32)       # beats still to request
+        inflight = Signal(range(depth + 1))  # requested, not yet received
+        words_left = Signal(32)       # instructions still to deliver
+        index = Signal(INDEX_BITS)
+        stopping = Signal()
+
+        # -- requests -------------------------------------------------------------------------
+        to_boundary = Signal(range(4096 // mb + 1))
+        m.d.comb += to_boundary.eq((4096 - (addr & 4095)) >> beat_shift)
+        burst = Signal(range(cfg.max_burst + 1))
+        room = Signal(range(depth + 2))
+        m.d.comb += room.eq(depth - beats.level - inflight)
+        cand = Signal(range(cfg.max_burst + 1))
+        m.d.comb += cand.eq(Mux(beats_left > cfg.max_burst, cfg.max_burst, beats_left))
+        m.d.comb += burst.eq(Mux(to_boundary < cand, to_boundary, cand))
+        bus = self.bus
+        can_req = Signal()
+        m.d.comb += [
+            can_req.eq((beats_left != 0) & ~stopping & ~self.error & (room >= burst) & (burst != 0)),
+            bus.cmd.valid.eq(can_req),
+            bus.cmd.payload.addr.eq(addr),
+            bus.cmd.payload.write.eq(0),
+            bus.cmd.payload.len.eq(burst - 1),
+            bus.wdata.valid.eq(0),
+            bus.wresp.ready.eq(1),
+            bus.rdata.ready.eq(1),
+        ]
+        req_fire = bus.cmd.valid & bus.cmd.ready
+        rx_fire = bus.rdata.valid
+        with m.If(req_fire):
+            m.d.sync += [addr.eq(addr + (burst << beat_shift)), beats_left.eq(beats_left - burst)]
+        m.d.sync += inflight.eq(inflight + (req_fire * burst) - rx_fire)
+
+        m.d.comb += [beats.w_data.eq(bus.rdata.payload.data), beats.w_en.eq(rx_fire & ~stopping & ~self.error)]
+        with m.If(rx_fire & bus.rdata.payload.err & ~stopping):
+            m.d.sync += [self.error.eq(1), self.error_index.eq(index)]
+
+        # -- gearbox: beats -> 128-bit words ---------------------------------------------------
+        out = self.out
+        m.d.comb += [out.payload.index.eq(index), self.fetch_pc.eq(index)]
+        deliver = Signal()
+        m.d.comb += deliver.eq(out.valid & out.ready)
+        if bpw > 1:
+            shreg = Signal(isa.WORD_BITS)
+            have = Signal(range(bpw + 1))
+            m.d.comb += [out.payload.word.eq(shreg), out.valid.eq((have == bpw) & ~stopping & (words_left != 0)),
+                         beats.r_en.eq((have < bpw) | deliver)]
+            with m.If(beats.r_rdy & beats.r_en):
+                m.d.sync += shreg.eq((shreg >> (8 * mb)) | (beats.r_data << (isa.WORD_BITS - 8 * mb)))
+                with m.If(deliver):
+                    m.d.sync += have.eq(1)
+                with m.Else():
+                    m.d.sync += have.eq(have + 1)
+            with m.Elif(deliver):
+                m.d.sync += have.eq(0)
+        else:
+            sel = Signal(range(max(2, wpb)))
+            words = [beats.r_data[i * isa.WORD_BITS:(i + 1) * isa.WORD_BITS] for i in range(wpb)]
+            with m.Switch(sel):
+                for i, w in enumerate(words):
+                    with m.Case(i):
+                        m.d.comb += out.payload.word.eq(w)
+            m.d.comb += out.valid.eq(beats.r_rdy & ~stopping & (words_left != 0))
+            last_in_beat = (sel == wpb - 1) | (words_left == 1)
+            with m.If(deliver):
+                m.d.sync += sel.eq(sel + 1)
+                with m.If(last_in_beat):
+                    m.d.sync += sel.eq(0)
+            m.d.comb += beats.r_en.eq((deliver & last_in_beat) | stopping)
+
+        with m.If(deliver):
+            m.d.sync += [index.eq(index + 1), words_left.eq(words_left - 1)]
+
+        # -- control ------------------------------------------------------------------------------
+        with m.If(self.stop):
+            m.d.sync += [stopping.eq(1), beats_left.eq(0)]
+        with m.If(stopping):
+            m.d.comb += beats.r_en.eq(1)
+            if bpw > 1:
+                m.d.sync += have.eq(0)
+            with m.If((inflight == 0) & ~beats.r_rdy):
+                m.d.sync += [stopping.eq(0), words_left.eq(0)]
+        with m.If(self.start):
+            total_beats = ((self.length << 4) + (mb - 1)) >> beat_shift
+            m.d.sync += [
+                addr.eq((self.base >> align_bits) << align_bits),
+                beats_left.eq(total_beats),
+                words_left.eq(self.length),
+                index.eq(0),
+                self.error.eq(0),
+                stopping.eq(0),
+            ]
+            if bpw > 1:
+                m.d.sync += have.eq(0)
+            else:
+                m.d.sync += sel.eq(0)
+        m.d.comb += self.busy.eq((words_left != 0) | (inflight != 0) | stopping)
+        return m
