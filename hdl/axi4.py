@@ -1,6 +1,6 @@
 """AXI4 master adapter: the membus (``hdl/membus.py``) as an AXI4 memory-mapped master port."""
 
-from amaranth import Module
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -21,14 +21,16 @@ class Axi4Master(wiring.Component):
     """Membus slave port in, AXI4 master port out.
 
     Each membus command becomes one INCR burst of ``len + 1`` full-width beats (``awsize`` /
-    ``arsize`` = log2(``data_bytes``)) on AW or AR; write data, read data and write responses
-    pass straight through (W may run ahead of AW, as both AXI and the membus allow). Every
+    ``arsize`` = log2(``data_bytes``)) on AW or AR, through one register stage (AW/AR are driven
+    from flops; a command is accepted in the cycle the previous one leaves, so one command per
+    cycle). Write data, read data and write responses pass straight through (combinational; W
+    may run ahead of AW, as both AXI and the membus allow). Every
     transaction uses ID 0, so the AXI slave returns reads in order and write responses in order,
     which is exactly the membus' in-order rule; any number of reads and writes may be
     outstanding. ``rresp``/``bresp`` SLVERR (0b10) and DECERR (0b11) set ``err``; OKAY and
-    EXOKAY do not. There is no combinational path from an AXI input to an AXI output: all paths
-    go through the membus master, which must follow the stream rules (valid not waiting on
-    ready), so the AXI VALID-before-READY rules hold.
+    EXOKAY do not. There is no combinational path from an AXI input to an AXI output inside the
+    adapter; the membus master's stream discipline (valid never waits for ready, payload held
+    until accepted) carries over to W, so the AXI VALID/READY rules hold.
 
     Parameters
     ----------
@@ -90,15 +92,24 @@ class Axi4Master(wiring.Component):
         a, bus = self.axi, self.bus
         cmd = bus.cmd
         size = (self.data_bytes - 1).bit_length()
+        # One register stage between the membus command and AW/AR (full throughput: a new
+        # command is loaded in the cycle the held one is accepted).
+        ax_valid = Signal()
+        ax = Signal.like(cmd.payload)
+        ax_ready = Mux(ax.write, a("awready"), a("arready"))
+        m.d.comb += cmd.ready.eq(~ax_valid | ax_ready)
+        with m.If(cmd.valid & cmd.ready):
+            m.d.sync += [ax_valid.eq(1), ax.eq(cmd.payload)]
+        with m.Elif(ax_ready):
+            m.d.sync += ax_valid.eq(0)
         for ch, is_write in (("aw", 1), ("ar", 0)):
             m.d.comb += [
-                a(f"{ch}id").eq(0), a(f"{ch}addr").eq(cmd.payload.addr), a(f"{ch}len").eq(cmd.payload.len),
+                a(f"{ch}id").eq(0), a(f"{ch}addr").eq(ax.addr), a(f"{ch}len").eq(ax.len),
                 a(f"{ch}size").eq(size), a(f"{ch}burst").eq(_BURST_INCR), a(f"{ch}lock").eq(0),
                 a(f"{ch}cache").eq(_CACHE_NORMAL_NONCACHEABLE_BUFFERABLE),
                 a(f"{ch}prot").eq(_PROT_DATA_NONSECURE_UNPRIV), a(f"{ch}qos").eq(0),
-                a(f"{ch}valid").eq(cmd.valid & (cmd.payload.write == is_write)),
+                a(f"{ch}valid").eq(ax_valid & (ax.write == is_write)),
             ]
-        m.d.comb += cmd.ready.eq(((cmd.payload.write == 1) & a("awready")) | ((cmd.payload.write == 0) & a("arready")))
         m.d.comb += [
             a("wdata").eq(bus.wdata.payload.data), a("wstrb").eq(bus.wdata.payload.strb),
             a("wlast").eq(bus.wdata.payload.last), a("wvalid").eq(bus.wdata.valid),
