@@ -1,0 +1,354 @@
+"""Sequencer: decode, dispatch to per-engine queues, semaphore-gated issue, debug and status."""
+
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from sparrow import isa
+from sparrow.config import HwConfig
+from sparrow.errors import ErrorCode
+
+from .decoder import InstructionDecoder
+from .engine_port import EngineControlSignature
+from .fetch import INDEX_BITS, fetched_layout
+from .semaphores import SemaphoreUnit
+
+__all__ = ["Sequencer", "N_ENGINES", "FETCH_ENGINE", "NO_ENGINE"]
+
+N_ENGINES = 4
+#: ``error_engine`` values beyond the four engines
+FETCH_ENGINE = 4
+NO_ENGINE = 7
+
+_H = {f.name: (pos, f.width) for f, pos in zip(isa.HEADER, [sum(h.width for h in isa.HEADER[:i])
+                                                             for i in range(len(isa.HEADER))])}
+
+
+def _hdr(word, name):
+    pos, w = _H[name]
+    return word[pos:pos + w]
+
+
+class Sequencer(wiring.Component):
+    """Everything between fetched words and the four execution engines.
+
+    * **Dispatch**: checks each fetched word with :class:`InstructionDecoder`; an illegal word
+      stops the program with its error (engine ``FETCH_ENGINE``); HALT stops fetch; every other
+      instruction goes to its engine's queue (``cfg.queue_depth`` deep) in program order, fetch
+      stalling while that queue is full.
+    * **Issue**, per engine: the queue head waits for its semaphore (``SemaphoreUnit``); NOP and
+      DELAY are executed here, after the engine has drained (they complete in order with the
+      engine's other instructions); other instructions are handed to the engine and their signal
+      fields queued until the engine's ``done`` pulse, which then signals the semaphore.
+    * **Debug**: per-engine breakpoints, halt-all, resume and single step (see
+      :mod:`sparrow.regmap`), program counters.
+    * **Status**: done, first error (code, engine, instruction index), a deadlock watchdog
+      (no dispatch, issue, completion or delay progress for ``watchdog`` cycles while work is
+      pending and no engine is halted by the debugger), and the control-side counters.
+
+    Ports
+    -----
+    fetched : In(stream.Signature(fetched_layout()))
+        From the fetch unit.
+    fetch_stop : Out(1)
+        Tells fetch to abandon the rest of the program (HALT, error).
+    fetch_busy, fetch_error : In(1); fetch_error_index : In(INDEX_BITS)
+        Fetch status.
+    engines : Out(EngineControlSignature().flip()).array(4)
+        Control ports of the LOAD, MATMUL, VECTOR and STORE engines (index = ``isa.Engine``).
+    start, abort : In(1)
+        Pulses from the CSRs. ``start`` clears status, semaphores and counters.
+    delays : In(ArrayLayout(32, cfg.delay_slots))
+    watchdog : In(32)
+    bp_enable : In(4); bp_halt_all : In(1); bp_index : In(ArrayLayout(INDEX_BITS, 4))
+    resume, step : In(4)
+        Engine masks, valid for one cycle (CSR write strobes).
+    running, done : Out(1)
+    error : Out(ErrorCode); error_engine : Out(3); error_index : Out(INDEX_BITS)
+    halted, stuck : Out(4)
+    pc : Out(ArrayLayout(INDEX_BITS, 4))
+    sem_values : Out(ArrayLayout(cfg.sem_bits, cfg.n_semaphores))
+    count_cycles, count_instructions : Out(64)
+    count_busy, count_wait, count_stall : Out(ArrayLayout(64, 4))
+        Per engine: busy (has an instruction in flight or a DELAY running), waiting on its
+        semaphore, stalled (fetch blocked on the engine's full queue — as the golden model counts).
+    """
+
+    def __init__(self, cfg: HwConfig):
+        if not isinstance(cfg, HwConfig):
+            raise TypeError(f"cfg must be a HwConfig, not {cfg!r}")
+        self.cfg = cfg
+        super().__init__({
+            "fetched": In(stream.Signature(fetched_layout())),
+            "fetch_stop": Out(1),
+            "fetch_busy": In(1),
+            "fetch_error": In(1),
+            "fetch_error_index": In(INDEX_BITS),
+            "engines": Out(EngineControlSignature().flip()).array(N_ENGINES),
+            "start": In(1),
+            "abort": In(1),
+            "delays": In(data.ArrayLayout(32, cfg.delay_slots)),
+            "watchdog": In(32),
+            "bp_enable": In(N_ENGINES),
+            "bp_halt_all": In(1),
+            "bp_index": In(data.ArrayLayout(INDEX_BITS, N_ENGINES)),
+            "resume": In(N_ENGINES),
+            "step": In(N_ENGINES),
+            "running": Out(1),
+            "done": Out(1),
+            "error": Out(ErrorCode),
+            "error_engine": Out(3, init=NO_ENGINE),
+            "error_index": Out(INDEX_BITS),
+            "halted": Out(N_ENGINES),
+            "stuck": Out(N_ENGINES),
+            "pc": Out(data.ArrayLayout(INDEX_BITS, N_ENGINES)),
+            "sem_values": Out(data.ArrayLayout(cfg.sem_bits, cfg.n_semaphores)),
+            "count_cycles": Out(64),
+            "count_instructions": Out(64),
+            "count_busy": Out(data.ArrayLayout(64, N_ENGINES)),
+            "count_wait": Out(data.ArrayLayout(64, N_ENGINES)),
+            "count_stall": Out(data.ArrayLayout(64, N_ENGINES)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        entry_w = isa.WORD_BITS + INDEX_BITS
+
+        m.submodules.decoder = dec = InstructionDecoder(cfg)
+        m.submodules.sems = sems = SemaphoreUnit(cfg, n_clients=N_ENGINES)
+        m.d.comb += self.sem_values.eq(sems.values)
+
+        running = self.running
+        has_error = Signal()
+        m.d.comb += has_error.eq(self.error != ErrorCode.NONE)
+        progress = Signal()
+        halt_seen = Signal()
+
+        def set_error(code, engine, index):
+            with m.If(~has_error):
+                m.d.sync += [self.error.eq(code), self.error_engine.eq(engine), self.error_index.eq(index)]
+
+        # -- dispatch -------------------------------------------------------------------------------
+        queues = []
+        flush = Signal()
+        m.d.comb += flush.eq(self.start | self.abort)
+        for e in range(N_ENGINES):
+            q = fifo.SyncFIFO(width=entry_w, depth=cfg.queue_depth)
+            m.submodules[f"queue{e}"] = ResetInserter(flush)(q)
+            queues.append(q)
+
+        word = self.fetched.payload.word
+        index = self.fetched.payload.index
+        m.d.comb += dec.word.eq(word)
+        target_ready = Signal()
+        with m.Switch(dec.engine):
+            for e in range(N_ENGINES):
+                with m.Case(e):
+                    m.d.comb += target_ready.eq(queues[e].w_rdy)
+        accepting = Signal()
+        m.d.comb += accepting.eq(running & ~has_error & ~halt_seen)
+        fire = Signal()
+        with m.If(self.fetched.valid & accepting):
+            with m.If(~dec.legal):
+                set_error(dec.error, FETCH_ENGINE, index)
+                m.d.comb += self.fetch_stop.eq(1)
+            with m.Elif(dec.is_halt):
+                m.d.comb += [self.fetched.ready.eq(1), self.fetch_stop.eq(1), progress.eq(1)]
+                m.d.sync += halt_seen.eq(1)
+            with m.Else():
+                m.d.comb += [self.fetched.ready.eq(target_ready), fire.eq(target_ready)]
+        for e in range(N_ENGINES):
+            m.d.comb += [queues[e].w_data.eq(Cat(word, index)),
+                         queues[e].w_en.eq(fire & (dec.engine.as_value() == e))]
+            stalled = self.fetched.valid & accepting & dec.legal & ~dec.is_halt & (dec.engine.as_value() == e) & ~queues[e].w_rdy
+            with m.If(running & stalled):
+                m.d.sync += self.count_stall[e].eq(self.count_stall[e] + 1)
+        with m.If(fire):
+            m.d.comb += progress.eq(1)
+        with m.If(self.fetch_error & running):
+            set_error(ErrorCode.DRAM_RANGE, FETCH_ENGINE, self.fetch_error_index)
+
+        # -- per-engine issue ------------------------------------------------------------------------
+        halted = Signal(N_ENGINES)
+        m.d.comb += self.halted.eq(halted)
+        bp_hit = Signal(N_ENGINES)
+        step_hit = Signal(N_ENGINES)
+        resume_mask = Signal(N_ENGINES)
+        retired = []
+        sig_index = []
+        pending_any = Signal()
+        pending = Signal(N_ENGINES)
+        idle = Signal(N_ENGINES)
+        for e in range(N_ENGINES):
+            q = queues[e]
+            eng = self.engines[e]
+            cl = sems.clients[e]
+            head_word = q.r_data[:isa.WORD_BITS]
+            head_index = q.r_data[isa.WORD_BITS:]
+            opcode = head_word[0:4]
+            is_nop = opcode == isa.Opcode.NOP.value
+            is_delay = opcode == isa.Opcode.DELAY.value
+            local = is_nop | is_delay
+            slot = head_word[isa.HEADER_BITS + 2:isa.HEADER_BITS + 6]
+
+            # in-flight instructions: (signal_en, signal_sem, index), completed in order by `done`
+            inflight = fifo.SyncFIFO(width=1 + 4 + INDEX_BITS, depth=4)
+            m.submodules[f"inflight{e}"] = ResetInserter(flush)(inflight)
+            delay_index = Signal(INDEX_BITS, name=f"delay_index{e}")
+            delay_left = Signal(32, name=f"delay_left{e}")
+            delay_active = Signal(name=f"delay_active{e}")
+            delay_sig = Signal(5, name=f"delay_sig{e}")
+            pass_bp = Signal(name=f"pass_bp{e}")
+            step_armed = Signal(name=f"step_armed{e}")
+            last_pc = Signal(INDEX_BITS, name=f"last_pc{e}")
+
+            drained = ~inflight.r_rdy & ~eng.busy & ~delay_active
+            at_bp = q.r_rdy & self.bp_enable[e] & (head_index == self.bp_index[e]) & ~pass_bp
+            can_go = running & ~has_error & ~halted[e] & q.r_rdy & ~delay_active
+            m.d.comb += [
+                cl.wait_sem.eq(_hdr(head_word, "wait_sem")),
+                cl.wait_count.eq(_hdr(head_word, "wait_count")),
+                cl.wait_consume.eq(_hdr(head_word, "wait_consume")),
+            ]
+            issue = Signal(name=f"issue{e}")
+            with m.If(can_go & at_bp):
+                m.d.comb += bp_hit[e].eq(1)
+            with m.Elif(can_go & cl.wait_ok):
+                with m.If(local):
+                    m.d.comb += issue.eq(drained)
+                with m.Else():
+                    m.d.comb += [eng.instr.valid.eq(inflight.w_rdy),
+                                 issue.eq(eng.instr.ready & inflight.w_rdy)]
+            m.d.comb += [eng.instr.payload.eq(head_word), cl.take.eq(issue), q.r_en.eq(issue)]
+            m.d.comb += [inflight.w_en.eq(issue & ~local),
+                         inflight.w_data.eq(Cat(_hdr(head_word, "signal_en"), _hdr(head_word, "signal_sem"),
+                                                head_index))]
+            with m.If(issue):
+                m.d.comb += progress.eq(1)
+                m.d.sync += [pass_bp.eq(0), last_pc.eq(head_index + 1)]
+                with m.If(step_armed):
+                    m.d.comb += step_hit[e].eq(1)
+                    m.d.sync += step_armed.eq(0)
+            # NOP completes at issue; DELAY counts down, then completes
+            local_signal = Signal(name=f"local_signal{e}")
+            local_sem = Signal(4, name=f"local_sem{e}")
+            local_index = Signal(INDEX_BITS, name=f"local_index{e}")
+            n_retired = Signal(2, name=f"retired{e}")
+            with m.If(issue & is_nop):
+                m.d.comb += [local_signal.eq(_hdr(head_word, "signal_en")), local_sem.eq(_hdr(head_word, "signal_sem")),
+                             local_index.eq(head_index)]
+            with m.If(issue & is_delay):
+                with m.Switch(slot):
+                    for s in range(cfg.delay_slots):
+                        with m.Case(s):
+                            m.d.sync += delay_left.eq(self.delays[s])
+                m.d.sync += [delay_active.eq(1), delay_index.eq(head_index),
+                             delay_sig.eq(Cat(_hdr(head_word, "signal_en"), _hdr(head_word, "signal_sem")))]
+            with m.If(delay_active):
+                m.d.comb += progress.eq(1)
+                with m.If(delay_left == 0):
+                    m.d.sync += delay_active.eq(0)
+                    m.d.comb += [local_signal.eq(delay_sig[0]), local_sem.eq(delay_sig[1:]),
+                                 local_index.eq(delay_index)]
+                with m.Else():
+                    m.d.sync += delay_left.eq(delay_left - 1)
+            # completion of engine instructions
+            done_sig = Signal(name=f"done_sig{e}")
+            engine_done = Signal(name=f"engine_done{e}")
+            with m.If(eng.done & inflight.r_rdy):
+                m.d.comb += [inflight.r_en.eq(1), progress.eq(1), done_sig.eq(inflight.r_data[0]),
+                             engine_done.eq(1)]
+            nop_done = issue & is_nop
+            delay_done = delay_active & (delay_left == 0)
+            m.d.comb += n_retired.eq(engine_done + nop_done + delay_done)
+            retired.append(n_retired)
+            # an engine's completion and a NOP/DELAY of the same engine never coincide (NOP/DELAY
+            # wait for the engine to drain), so one signal port per engine suffices
+            m.d.comb += [cl.signal.eq((done_sig | local_signal) & running),
+                         cl.signal_sem.eq(Mux(engine_done, inflight.r_data[1:5], local_sem))]
+            idx = Signal(INDEX_BITS, name=f"sig_index{e}")
+            m.d.comb += idx.eq(Mux(engine_done, inflight.r_data[5:], local_index))
+            sig_index.append(idx)
+            # errors from the engine: the faulting instruction is the oldest in flight
+            with m.If(eng.error != ErrorCode.NONE):
+                set_error(eng.error, e, inflight.r_data[5:])
+            # debug controls
+            with m.If(self.resume[e] | self.step[e]):
+                m.d.comb += resume_mask[e].eq(1)
+                with m.If(at_bp):
+                    m.d.sync += pass_bp.eq(1)
+            with m.If(self.step[e]):
+                m.d.sync += step_armed.eq(1)
+            with m.If(self.start):
+                m.d.sync += [pass_bp.eq(0), step_armed.eq(0), delay_active.eq(0), last_pc.eq(0)]
+            m.d.comb += self.pc[e].eq(Mux(q.r_rdy, head_index, last_pc))
+            # counters
+            with m.If(running):
+                with m.If(inflight.r_rdy | eng.busy | delay_active):
+                    m.d.sync += self.count_busy[e].eq(self.count_busy[e] + 1)
+                with m.Elif(q.r_rdy & ~halted[e] & ~cl.wait_ok):
+                    m.d.sync += self.count_wait[e].eq(self.count_wait[e] + 1)
+            m.d.comb += [pending[e].eq(q.r_rdy | inflight.r_rdy | eng.busy | delay_active),
+                         idle[e].eq(~pending[e])]
+        m.d.comb += pending_any.eq(pending.any())
+
+        m.d.sync += self.count_instructions.eq(self.count_instructions + sum(retired))
+
+        # breakpoints: a hit halts that engine, or all of them with bp_halt_all; RESUME/STEP
+        # release the engines in their mask
+        halted_next = Signal(N_ENGINES)
+        m.d.comb += halted_next.eq(halted | bp_hit | step_hit)
+        with m.If(bp_hit.any() & self.bp_halt_all):
+            m.d.comb += halted_next.eq(~0)
+        m.d.sync += halted.eq(halted_next & ~resume_mask)
+
+        # semaphore overflow: charged to the instruction whose completion signalled
+        with m.If(sems.overflow & running):
+            with m.Switch(sems.overflow_client):
+                for e in range(N_ENGINES):
+                    with m.Case(e):
+                        set_error(ErrorCode.SEM_OVERFLOW, e, sig_index[e])
+
+        # -- watchdog, done ----------------------------------------------------------------------------
+        quiet = Signal(32)
+        debug_halted = Signal()
+        m.d.comb += debug_halted.eq((halted & pending).any())
+        with m.If(~running | progress | debug_halted | ~(pending_any | self.fetched.valid)):
+            m.d.sync += quiet.eq(0)
+        with m.Else():
+            m.d.sync += quiet.eq(quiet + 1)
+        with m.If(running & (self.watchdog != 0) & (quiet >= self.watchdog)):
+            set_error(ErrorCode.WATCHDOG, NO_ENGINE, 0)
+            m.d.sync += self.stuck.eq(pending)
+            # name the stuck engine with the lowest pending head
+            for e in reversed(range(N_ENGINES)):
+                with m.If(pending[e] & ~has_error):
+                    m.d.sync += [self.error_engine.eq(e), self.error_index.eq(self.pc[e])]
+
+        finished = Signal()
+        m.d.comb += finished.eq((halt_seen | ~self.fetch_busy) & ~self.fetched.valid & ~pending_any)
+        with m.If(running):
+            m.d.sync += self.count_cycles.eq(self.count_cycles + 1)
+            with m.If(has_error):
+                # stop issuing at once; engines finish (or, on their own error, drop) what they hold
+                m.d.comb += self.fetch_stop.eq(1)
+                m.d.sync += running.eq(0)
+            with m.Elif(finished):
+                m.d.sync += [running.eq(0), self.done.eq(1)]
+
+        with m.If(self.abort & running):
+            m.d.sync += running.eq(0)
+            set_error(ErrorCode.ABORTED, NO_ENGINE, 0)
+
+        with m.If(self.start):
+            m.d.sync += [
+                running.eq(1), self.done.eq(0), halt_seen.eq(0), halted.eq(0), self.stuck.eq(0),
+                self.error.eq(ErrorCode.NONE), self.error_engine.eq(NO_ENGINE), self.error_index.eq(0),
+                self.count_cycles.eq(0), self.count_instructions.eq(0), quiet.eq(0),
+            ]
+            for e in range(N_ENGINES):
+                m.d.sync += [self.count_busy[e].eq(0), self.count_wait[e].eq(0), self.count_stall[e].eq(0)]
+        m.d.comb += sems.clear.eq(self.start)
+        return m
+
