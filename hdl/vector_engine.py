@@ -2,7 +2,8 @@
 
 Structure (one instruction at a time)::
 
-    instr -> CHECK (3 cycles: footprint, SPAD_RANGE) -> RUN -> done
+    instr -> nxt register: CHECK (3 cycles: footprint, SPAD_RANGE), overlapping the running one
+          -> ins register: RUN -> done
                  read issue --cmd--> scratchpad --rsp--> response FIFO (per port)
                  consume (pop operands, pool window, mask select) -> E0 register
                  -> RequantUnit (7 stages) -> write FIFO -> act_wr
@@ -53,14 +54,17 @@ class VectorEngine(wiring.Component):
     Ports
     -----
     instr : In(stream.Signature(instruction_layout()))
-        VECTOR instructions (decoded-legal, past their semaphore wait). Taken only when idle.
+        VECTOR instructions (decoded-legal, past their semaphore wait). One instruction is taken
+        ahead of the running one and checked meanwhile; it starts in the cycle the running one's
+        last write is accepted.
     done : Out(1)
         One-cycle pulse per completed instruction, in order (the cycle after its last write).
+        A SPAD_RANGE fault is reported at the earliest the cycle after the previous ``done``.
     busy : Out(1)
         An accepted instruction has not completed (low again once an error stopped the engine).
     error : Out(ErrorCode)
         ``SPAD_RANGE`` (sticky) when an instruction's footprint leaves a scratchpad; the
-        instruction is not executed and no further instruction is accepted.
+        instruction is not executed (no read, no write) and no further instruction is accepted.
     acc_rd : Out(ReadPortSignature(cfg.acc_addr_bits, acc_line(cols)))
         REQUANT parameter lines (bias, mult, shift at ``param``..``param+2``), then its inputs.
     act_rd_a : Out(ReadPortSignature(cfg.act_addr_bits, act_line(cols)))
@@ -100,28 +104,36 @@ class VectorEngine(wiring.Component):
         comb, sync = m.d.comb, m.d.sync
         W = 32   # width of footprint arithmetic (no overflow for any field values)
 
+        def decoded(word):
+            """Views and op flags of an instruction register."""
+            b = word.body
+            vop = b.requant.vop
+            f = dict(rq=b.requant, va=b.vadd, pl=b.maxpool, mk=b.mask)
+            for k, op in (("is_rq", VectorOp.REQUANT), ("is_add", VectorOp.ADD), ("is_max", VectorOp.MAXPOOL),
+                          ("is_avg", VectorOp.AVGPOOL), ("is_mask", VectorOp.MASK)):
+                f[k] = Signal(name=f"{word.as_value().name}_{k}")
+                m.d.comb += f[k].eq(vop == op)
+            f["is_pool"] = f["is_max"] | f["is_avg"]
+            f["loaded"] = Signal(name=f"{word.as_value().name}_loaded")
+            m.d.comb += f["loaded"].eq(f["is_mask"] & (b.mask.mode == MaskMode.LOADED))
+            return f
+
+        # ins: the running instruction; nxt: the next one, checked while ins runs.
         ins = Signal(instruction_layout())
-        rq, va, pl, mk = ins.body.requant, ins.body.vadd, ins.body.maxpool, ins.body.mask
-        vop = rq.vop
-        is_rq = Signal()
-        is_add = Signal()
-        is_max = Signal()
-        is_avg = Signal()
-        is_mask = Signal()
-        is_pool = is_max | is_avg
-        comb += [is_rq.eq(vop == VectorOp.REQUANT), is_add.eq(vop == VectorOp.ADD),
-                 is_max.eq(vop == VectorOp.MAXPOOL), is_avg.eq(vop == VectorOp.AVGPOOL),
-                 is_mask.eq(vop == VectorOp.MASK)]
-        loaded = Signal()
-        comb += loaded.eq(is_mask & (mk.mode == MaskMode.LOADED))
+        nxt = Signal(instruction_layout())
+        cur = decoded(ins)
+        rq, mk = cur["rq"], cur["mk"]
+        is_rq, is_add, is_max, is_mask, is_pool = (cur[k] for k in ("is_rq", "is_add", "is_max", "is_mask",
+                                                                   "is_pool"))
+        nx = decoded(nxt)
 
         # ---- submodules -------------------------------------------------------------------
         m.submodules.unit = unit = RequantUnit(cols)
         m.submodules.maskgen = mgen = MaskUnit(cols)
-        m.submodules.fifo_a = fa = fifo.SyncFIFOBuffered(width=8 * cols, depth=self.rd_depth)
-        m.submodules.fifo_b = fb = fifo.SyncFIFOBuffered(width=8 * cols, depth=self.rd_depth)
-        m.submodules.fifo_c = fc = fifo.SyncFIFOBuffered(width=32 * cols, depth=self.rd_depth)
-        m.submodules.fifo_w = fw = fifo.SyncFIFOBuffered(width=8 * cols, depth=self.wr_depth)
+        m.submodules.fifo_a = fa = fifo.SyncFIFO(width=8 * cols, depth=self.rd_depth)
+        m.submodules.fifo_b = fb = fifo.SyncFIFO(width=8 * cols, depth=self.rd_depth)
+        m.submodules.fifo_c = fc = fifo.SyncFIFO(width=32 * cols, depth=self.rd_depth)
+        m.submodules.fifo_w = fw = fifo.SyncFIFO(width=8 * cols, depth=self.wr_depth)
 
         for f, port in ((fa, self.act_rd_a), (fb, self.act_rd_b), (fc, self.acc_rd)):
             comb += [f.w_data.eq(port.rsp.payload.as_value()), f.w_en.eq(port.rsp.valid)]
@@ -134,12 +146,13 @@ class VectorEngine(wiring.Component):
         sh_rs = Signal(W)       # stride_h*row_stride
         sw_lpp = Signal(W)      # stride_w*lpp
         win_m1 = Signal(8)      # kh*kw - 1
+        win_run = Signal(8)     # the same, for the running instruction
         mn = Signal(W)          # MASK rows*row_lines
         pin = Signal(W)         # pool input span
         npool = Signal(W)       # out_h*out_w*lpp
 
         running = Signal()
-        start = Signal()        # last check cycle, no error: initialise RUN state
+        start = Signal()        # nxt becomes the running instruction: initialise RUN state
         fail = Signal()
         last_write = Signal()
 
@@ -208,15 +221,15 @@ class VectorEngine(wiring.Component):
                     with m.Else():
                         sync += li.eq(0)
                         with m.If(ox != ox_m1):
-                            nxt = p_pix + ox_step
-                            sync += [ox.eq(ox + 1), p_pix.eq(nxt), p_win.eq(nxt), p_row.eq(nxt),
-                                     a_addr.eq(nxt)]
+                            n_pix = p_pix + ox_step
+                            sync += [ox.eq(ox + 1), p_pix.eq(n_pix), p_win.eq(n_pix), p_row.eq(n_pix),
+                                     a_addr.eq(n_pix)]
                         with m.Else():
                             sync += ox.eq(0)
                             with m.If(oy != oy_m1):
-                                nxt = p_oy + oy_step
-                                sync += [oy.eq(oy + 1), p_oy.eq(nxt), p_pix.eq(nxt), p_win.eq(nxt),
-                                         p_row.eq(nxt), a_addr.eq(nxt)]
+                                n_oy = p_oy + oy_step
+                                sync += [oy.eq(oy + 1), p_oy.eq(n_oy), p_pix.eq(n_oy), p_win.eq(n_oy),
+                                         p_row.eq(n_oy), a_addr.eq(n_oy)]
                             with m.Else():
                                 sync += a_more.eq(0)
 
@@ -244,7 +257,7 @@ class VectorEngine(wiring.Component):
                 comb += [pop_a.eq(fa.r_rdy & (~mgen.need_bitmap | fb.r_rdy) & credit),
                          pop_b.eq(pop_a & mgen.need_bitmap), emit.eq(pop_a)]
             with m.Elif(is_pool):
-                last = wcnt == win_m1
+                last = wcnt == win_run
                 comb += [pop_a.eq(fa.r_rdy & (~last | credit)), emit.eq(pop_a & last)]
 
         # REQUANT parameters (bias, mult, shift) and the unit's per-instruction configuration.
@@ -263,7 +276,7 @@ class VectorEngine(wiring.Component):
 
         # Pool window accumulation.
         with m.If(is_pool & pop_a):
-            sync += wcnt.eq(Mux(wcnt == win_m1, 0, wcnt + 1))
+            sync += wcnt.eq(Mux(wcnt == win_run, 0, wcnt + 1))
         pool_val = []
         for c in range(cols):
             d = a_elems[c]
@@ -280,7 +293,10 @@ class VectorEngine(wiring.Component):
 
         # MASK: bitmap of the current group of 8 lines.
         bitmap = Mux(mgen.need_bitmap, fb.r_data, bm_reg)
-        comb += [mgen.mode.eq(mk.mode), mgen.param.eq(mk.param), mgen.row_lines.eq(mk.row_lines),
+        nmk = nx["mk"]
+        comb += [mgen.mode.as_value().eq(Mux(start, nmk.mode.as_value(), mk.mode.as_value())),
+                 mgen.param.eq(Mux(start, nmk.param, mk.param)),
+                 mgen.row_lines.eq(Mux(start, nmk.row_lines, mk.row_lines)),
                  mgen.bitmap.eq(bitmap), mgen.start.eq(start), mgen.step.eq(is_mask & pop_a)]
         with m.If(pop_b & is_mask):
             sync += bm_reg.eq(fb.r_data)
@@ -323,71 +339,83 @@ class VectorEngine(wiring.Component):
                  b_out.eq(b_out + b_issue - pop_b),
                  acc_out.eq(acc_out + acc_issue - pop_c)]
 
-        # ---- control FSM ----------------------------------------------------------------------
+        # ---- instruction intake and start-time checks (on nxt, overlapping the running one) --
         sync += self.done.eq(0)
-        busy = Signal()
-        IDLE, CHK1, CHK2, CHK3, RUN, ERR = range(6)
-        state = Signal(range(6))
-        if True:  # control states (If chain: no incomplete Verilog case statements)
-            with m.If(state == IDLE):
-                comb += self.instr.ready.eq(1)
-                with m.If(self.instr.valid):
-                    sync += ins.eq(self.instr.payload)
-                    sync += state.eq(CHK1)
-            with m.Elif(state == CHK1):
-                comb += busy.eq(1)
-                sync += [
-                    rq_span.eq((rq.rows - 1) * rq.dst_stride),
-                    ph.eq((pl.out_h - 1) * pl.stride_h + pl.kh - 1),
-                    pw.eq((pl.out_w - 1) * pl.stride_w + pl.kw - 1),
-                    ohw.eq(pl.out_h * pl.out_w),
-                    sh_rs.eq(pl.stride_h * pl.row_stride),
-                    sw_lpp.eq(pl.stride_w * pl.lpp),
-                    win_m1.eq(pl.kh * pl.kw - 1),
-                    mn.eq(mk.rows * mk.row_lines),
-                ]
-                sync += state.eq(CHK2)
-            with m.Elif(state == CHK2):
-                comb += busy.eq(1)
-                sync += [pin.eq(ph * pl.row_stride + pw * pl.lpp + pl.lpp - 1),
-                         npool.eq(ohw * pl.lpp)]
-                sync += state.eq(CHK3)
-            with m.Elif(state == CHK3):
-                comb += busy.eq(1)
-                act_max = Signal(W)
-                acc_max = Signal(W)
-                with m.If(is_rq):
-                    comb += [act_max.eq(rq.dst + rq_span),
-                             acc_max.eq(Mux(rq.src + rq.rows - 1 > rq.param + 2,
-                                            rq.src + rq.rows - 1, rq.param + 2))]
-                with m.Elif(is_add):
-                    mx = Mux(va.src_a > va.src_b, va.src_a, va.src_b)
-                    mx = Mux(mx > va.dst, mx, va.dst)
-                    comb += act_max.eq(mx + va.lines - 1)
-                with m.Elif(is_pool):
-                    imax = pl.src + pin
-                    omax = pl.dst + npool - 1
-                    comb += act_max.eq(Mux(imax > omax, imax, omax))
-                with m.Else():
-                    dmax = Mux(mk.src > mk.dst, mk.src, mk.dst) + mn - 1
-                    bmax = mk.mask_addr + ((mn - 1) >> 3)
-                    comb += act_max.eq(Mux(loaded & (bmax > dmax), bmax, dmax))
-                comb += fail.eq((act_max >= cfg.act_depth) | (is_rq & (acc_max >= cfg.acc_depth)))
-                with m.If(fail):
-                    sync += self.error.eq(ErrorCode.SPAD_RANGE)
-                    sync += state.eq(ERR)
-                with m.Else():
-                    comb += start.eq(1)
-                    sync += state.eq(RUN)
-            with m.Elif(state == RUN):
-                comb += [busy.eq(1), running.eq(1)]
-                with m.If(last_write):
-                    sync += self.done.eq(1)
-                    sync += state.eq(IDLE)
-        comb += self.busy.eq(busy)
+        IDLE, RUN, ERR = range(3)
+        state = Signal(range(3))
+        nxt_valid = Signal()
+        chk = Signal(2)          # check stage of nxt: 0, 1, 2 (result now), 3 (result in nxt_fail)
+        nxt_fail = Signal()
+        nrq, nva, npl = nx["rq"], nx["va"], nx["pl"]
+        comb += self.instr.ready.eq(~nxt_valid & (state != ERR))
+        with m.If(self.instr.valid & self.instr.ready):
+            sync += [nxt.eq(self.instr.payload), nxt_valid.eq(1), chk.eq(0)]
+        with m.Elif(nxt_valid & (chk == 0)):
+            sync += [
+                chk.eq(1),
+                rq_span.eq((nrq.rows - 1) * nrq.dst_stride),
+                ph.eq((npl.out_h - 1) * npl.stride_h + npl.kh - 1),
+                pw.eq((npl.out_w - 1) * npl.stride_w + npl.kw - 1),
+                ohw.eq(npl.out_h * npl.out_w),
+                sh_rs.eq(npl.stride_h * npl.row_stride),
+                sw_lpp.eq(npl.stride_w * npl.lpp),
+                win_m1.eq(npl.kh * npl.kw - 1),
+                mn.eq(nmk.rows * nmk.row_lines),
+            ]
+        with m.Elif(nxt_valid & (chk == 1)):
+            sync += [chk.eq(2), pin.eq(ph * npl.row_stride + pw * npl.lpp + npl.lpp - 1),
+                     npool.eq(ohw * npl.lpp)]
+        with m.Elif(nxt_valid & (chk == 2)):
+            sync += [chk.eq(3), nxt_fail.eq(fail)]
 
-        # ---- initialisation at the start of RUN ----------------------------------------------
+        act_max = Signal(W)
+        acc_max = Signal(W)
+        with m.If(nx["is_rq"]):
+            comb += [act_max.eq(nrq.dst + rq_span),
+                     acc_max.eq(Mux(nrq.src + nrq.rows - 1 > nrq.param + 2, nrq.src + nrq.rows - 1,
+                                    nrq.param + 2))]
+        with m.Elif(nx["is_add"]):
+            mx = Mux(nva.src_a > nva.src_b, nva.src_a, nva.src_b)
+            mx = Mux(mx > nva.dst, mx, nva.dst)
+            comb += act_max.eq(mx + nva.lines - 1)
+        with m.Elif(nx["is_pool"]):
+            imax = npl.src + pin
+            omax = npl.dst + npool - 1
+            comb += act_max.eq(Mux(imax > omax, imax, omax))
+        with m.Else():
+            dmax = Mux(nmk.src > nmk.dst, nmk.src, nmk.dst) + mn - 1
+            bmax = nmk.mask_addr + ((mn - 1) >> 3)
+            comb += act_max.eq(Mux(nx["loaded"] & (bmax > dmax), bmax, dmax))
+        comb += fail.eq((act_max >= cfg.act_depth) | (nx["is_rq"] & (acc_max >= cfg.acc_depth)))
+
+        # nxt starts when checked and legal, as soon as the running instruction's last write is
+        # accepted (its reads then see every write of the previous one). An illegal nxt faults
+        # only from IDLE, i.e. after the previous instruction's done pulse.
+        checked = nxt_valid & ((chk == 2) | (chk == 3))
+        n_fail = Mux(chk == 3, nxt_fail, fail)
+        go = Signal()
+        bad = Signal()
+        comb += [go.eq(checked & ~n_fail & ((state == IDLE) | ((state == RUN) & last_write))),
+                 bad.eq(checked & n_fail & (state == IDLE)),
+                 start.eq(go),
+                 running.eq(state == RUN)]
+        with m.If(go):
+            sync += [ins.eq(nxt), nxt_valid.eq(0), state.eq(RUN)]
+        with m.Elif(bad):
+            sync += [nxt_valid.eq(0), state.eq(ERR), self.error.eq(ErrorCode.SPAD_RANGE)]
+        with m.Elif((state == RUN) & last_write):
+            sync += state.eq(IDLE)
+        with m.If((state == RUN) & last_write):
+            sync += self.done.eq(1)
+        busy = Signal()
+        comb += [busy.eq((state == RUN) | nxt_valid), self.busy.eq(busy)]
+
+        # ---- initialisation at the start of RUN (from nxt) ---------------------------------------
+        is_rq, is_add, is_avg, is_mask, loaded = (nx[k] for k in ("is_rq", "is_add", "is_avg", "is_mask",
+                                                                  "loaded"))
+        rq, va, pl, mk = nrq, nva, npl, nmk
         with m.If(start):
+            sync += win_run.eq(win_m1)
             sync += [acc_ptr.eq(rq.param), acc_cnt.eq(0), acc_left.eq(Mux(is_rq, rq.rows + 3, 0)),
                      pcnt.eq(0), wcnt.eq(0), wr_cnt.eq(0),
                      dx.eq(0), dy.eq(0), li.eq(0), ox.eq(0), oy.eq(0), a_more.eq(~is_rq)]
