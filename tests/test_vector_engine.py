@@ -16,6 +16,7 @@ from sparrow.golden import numerics
 from sparrow.hdl.mask_unit import MaskUnit
 from sparrow.hdl.requant_unit import RequantUnit
 from sparrow.hdl.vector_engine import VectorEngine, vector_engine_verilog
+from sparrow.errors import ErrorCode
 from sparrow.isa import MaskMode
 from sparrow.sim.cocotb_run import run_cocotb
 
@@ -247,3 +248,82 @@ def test_vector_engine_cocotb(preset_name):
     run_cocotb(None, name=name, verilog_text=vector_engine_verilog(cfg, name), test_module="tb_vector_engine",
                build_args=["-Wno-LITENDIAN"],
                testcase=testcase, seed=SEED, extra_env={"SPARROW_PRESET": preset_name})
+
+
+def _tb_module():
+    """The cocotb testbench's reference model and generators (plain Python; preset ``small``)."""
+    import importlib.util
+    from pathlib import Path
+    os.environ.setdefault("SPARROW_PRESET", "small")
+    path = Path(__file__).resolve().parent.parent / "tb" / "tb_vector_engine.py"
+    spec = importlib.util.spec_from_file_location("tb_vector_engine_ref", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("rd_depth, wr_depth", [(2, 2), (8, 2)])
+def test_vector_engine_minimal_credits_amaranth_sim(rd_depth, wr_depth):
+    """Tiny credit budgets (they bind all the time) with random port timing, in amaranth.sim."""
+    tbm = _tb_module()
+    cfg = tbm.CFG
+    rng = random.Random(SEED)
+    nrng = np.random.default_rng(SEED)
+    act, acc = tbm.random_memories(rng, nrng)
+    program = [tbm.random_instr(rng, k) for k in ("requant", "vadd", "maxpool", "avgpool", "mask") * 3]
+    program += tbm.edge_instrs(rng)[:4]
+    ref_act, ref_acc = [list(x) for x in act], [list(x) for x in acc]
+    expect = []
+    for ins in program:
+        exp = tbm.reference_writes(ins, ref_act, ref_acc)
+        for a, y in exp:
+            ref_act[a] = y
+        expect.append(exp)
+
+    dut = VectorEngine(cfg, rd_depth=rd_depth, wr_depth=wr_depth)
+    log = [[]]
+    from sparrow.isa import encode
+
+    async def tb(ctx):
+        ports = [(dut.acc_rd, acc), (dut.act_rd_a, act), (dut.act_rd_b, act)]
+        pending = [[] for _ in ports]
+        queue = [encode(i) for i in program]
+        for cycle in range(20000):
+            for (port, mem), pend in zip(ports, pending, strict=True):
+                if pend and pend[0][0] <= cycle:
+                    ctx.set(port.rsp.valid, 1)
+                    ctx.set(port.rsp.payload, pend.pop(0)[1])
+                else:
+                    ctx.set(port.rsp.valid, 0)
+                rdy = rng.random() > 0.3
+                ctx.set(port.cmd.ready, rdy)
+                if rdy and ctx.get(port.cmd.valid):
+                    due = max(cycle + rng.randint(1, 3), pend[-1][0] + 1 if pend else 0)
+                    pend.append((due, mem[ctx.get(port.cmd.payload)]))
+            wrdy = rng.random() > 0.5
+            ctx.set(dut.act_wr.cmd.ready, wrdy)
+            if wrdy and ctx.get(dut.act_wr.cmd.valid):
+                cmd = ctx.get(dut.act_wr.cmd.payload)
+                line = [int(cmd.data[e]) for e in range(cfg.cols)]
+                act[int(cmd.addr)] = line
+                log[-1].append((int(cmd.addr), line))
+            ctx.set(dut.instr.valid, bool(queue))
+            if queue:
+                ctx.set(dut.instr.payload.as_value(), queue[0])
+                if ctx.get(dut.instr.ready):
+                    queue.pop(0)
+            if ctx.get(dut.done):
+                log.append([])
+            assert ctx.get(dut.error) == ErrorCode.NONE
+            if len(log) == len(program) + 1:
+                break
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert len(log) == len(program) + 1, f"{len(log) - 1} of {len(program)} instructions done"
+    for k, ins in enumerate(program):
+        assert log[k] == expect[k], f"instruction {k}: {ins}"
+    assert act == ref_act
