@@ -73,6 +73,8 @@ class CsrBank(wiring.Component):
                     if r.access in ("r", "rw"):
                         with m.Case(r.addr):
                             m.d.sync += r_data.eq(getattr(self, _member(r)))
+                with m.Default():
+                    m.d.sync += r_data.eq(0)
         for r in self.registers:
             if r.access == "w":
                 m.d.sync += getattr(self, _member(r) + "_stb").eq(0)
@@ -86,4 +88,6 @@ class CsrBank(wiring.Component):
                         with m.Case(r.addr):
                             m.d.sync += [getattr(self, _member(r)).eq(bus.w_data),
                                          getattr(self, _member(r) + "_stb").eq(1)]
+                with m.Default():
+                    pass  # unmapped or read-only: writes are ignored
         return m

@@ -70,17 +70,22 @@ class InstructionDecoder(wiring.Component):
             if f.name in ("opcode", "vop"):
                 continue
             if f.is_enum:
-                conds.append(_any(raw == member.value for member in f.kind))
+                if len(f.kind) < (1 << f.width):
+                    conds.append(_any(raw == member.value for member in f.kind))
             elif f.min is not None:
                 conds.append(raw >= f.min)
         if end < isa.WORD_BITS:
             conds.append(word[end:] == 0)
         # configuration-dependent and cross-field rules: sparrow.isa.check
-        conds.append(fields["wait_sem"] < cfg.n_semaphores)
-        conds.append(fields["signal_sem"] < cfg.n_semaphores)
-        conds.append(fields["wait_count"] <= cfg.sem_max)
+        # (limits that a field's width already enforces are left out: no constant comparisons)
+        def below(name, limit):
+            if limit < (1 << len(fields[name])):
+                conds.append(fields[name] < limit)
+        below("wait_sem", cfg.n_semaphores)
+        below("signal_sem", cfg.n_semaphores)
+        below("wait_count", cfg.sem_max + 1)
         if kind.mnemonic == "delay":
-            conds.append(fields["slot"] < cfg.delay_slots)
+            below("slot", cfg.delay_slots)
         if kind.mnemonic in ("load", "store"):
             spad, lb, comp = fields["spad"], fields["line_bytes"], fields["compressed"]
             conds.append(~comp | ((spad != isa.Spad.ACC.value) & (lb == 0)))
@@ -104,9 +109,13 @@ class InstructionDecoder(wiring.Component):
                             for k in kinds:
                                 with m.Case(k.vop.value):
                                     m.d.comb += [known.eq(1), ok.eq(self._field_ok(m, k, word))]
+                            with m.Default():
+                                m.d.comb += known.eq(0)
                     else:
                         (k,) = kinds
                         m.d.comb += [known.eq(1), ok.eq(self._field_ok(m, k, word))]
+            with m.Default():
+                m.d.comb += known.eq(0)
 
         m.d.comb += [
             self.legal.eq(known & ok),
@@ -129,6 +138,8 @@ class InstructionDecoder(wiring.Component):
                 m.d.comb += self.engine.eq(isa.Engine.MATMUL)
             with m.Case(isa.Opcode.VECTOR.value):
                 m.d.comb += self.engine.eq(isa.Engine.VECTOR)
+            with m.Default():
+                m.d.comb += self.engine.eq(isa.Engine.LOAD)  # HALT and illegal words go nowhere
         return m
 
 

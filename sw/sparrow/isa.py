@@ -625,7 +625,7 @@ def body_layout(mnemonic: str):
 def instruction_layout():
     """``data.StructLayout`` of a whole 128-bit word: ``header`` and a ``body`` union by mnemonic."""
     from amaranth.lib import data
-    body = data.UnionLayout({m: body_layout(m) for m in KINDS})
+    body = data.UnionLayout({m: body_layout(m) for m in KINDS if KINDS[m].body})
     pad = WORD_BITS - HEADER_BITS - body.size
     fields = {"header": header_layout(), "body": body}
     if pad:

@@ -1,0 +1,202 @@
+"""The whole accelerator: CSRs, fetch, sequencer, four engines, three scratchpads, memory port."""
+
+from amaranth.hdl import Module, ResetInserter, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out, connect
+
+from sparrow import regmap
+from sparrow.config import HwConfig
+from sparrow.errors import ErrorCode
+
+from .axi4 import Axi4Master
+from .csr import CsrBank, CsrBusSignature
+from .dma_load import LoadEngine
+from .dma_store import StoreEngine
+from .fetch import FetchUnit
+from .matrix_engine import MatrixEngine
+from .membus import MemBusSignature
+from .membus_arbiter import MembusArbiter
+from .scratchpad import acc_scratchpad, act_scratchpad, wgt_scratchpad
+from .sequencer import N_ENGINES, Sequencer
+from .vector_engine import VectorEngine
+
+__all__ = ["Sparrow"]
+
+_ENGINE_ORDER = ("load", "matmul", "vector", "store")  # = sparrow.isa.Engine values
+
+
+class Sparrow(wiring.Component):
+    """Sparrow accelerator top level.
+
+    Parameters
+    ----------
+    cfg : HwConfig
+        Hardware configuration.
+    bus : "axi" or "membus"
+        External memory port: an AXI4 master (``m_axi_*``, for FPGA designs) or the internal
+        in-order burst interface (``mem__*``, used by the fast Verilator harness).
+    zero_skip : bool
+        Elaborate the zero-skipping matrix engine (default) or the dense baseline.
+
+    Ports
+    -----
+    csr : In(CsrBusSignature())
+        Host register access (``sparrow.regmap``).
+    irq : Out(1)
+        High while the last run has finished (done or error) and the host has not restarted it.
+    mem : Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes))
+        With ``bus="membus"``.
+    m_axi_* : AXI4 master signals
+        With ``bus="axi"`` (names as cocotbext-axi's ``AxiBus.from_prefix(dut, "m_axi")``).
+    """
+
+    def __init__(self, cfg: HwConfig, *, bus: str = "axi", zero_skip: bool = True):
+        if not isinstance(cfg, HwConfig):
+            raise TypeError(f"cfg must be a HwConfig, not {cfg!r}")
+        if bus not in ("axi", "membus"):
+            raise ValueError(f"bus must be 'axi' or 'membus', not {bus!r}")
+        self.cfg, self.bus_kind, self.zero_skip = cfg, bus, zero_skip
+        members = {"csr": In(CsrBusSignature()), "irq": Out(1)}
+        if bus == "membus":
+            members["mem"] = Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes))
+        else:
+            axi = Axi4Master(cfg.dram_addr_bits, cfg.mem_bytes).signature.members
+            members.update({name: m for name, m in axi.items() if name != "bus"})
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+
+        m.submodules.csr = csr = CsrBank()
+        connect(m, wiring.flipped(self.csr), csr.bus)
+
+        # start: reset the datapath for one cycle, then go; abort: reset it and stop
+        go = Signal()
+        soft_reset = Signal()
+        m.d.sync += go.eq(csr.ctrl_stb & csr.ctrl[0])
+        m.d.comb += soft_reset.eq(csr.ctrl_stb & (csr.ctrl[0] | csr.ctrl[1]))
+        dp = ResetInserter(soft_reset)
+
+        # -- scratchpads -------------------------------------------------------------------------
+        act_reads = [f"mx{i}" for i in range(cfg.rows)] + ["vec_a", "vec_b", "dma"]
+        m.submodules.act = act = dp(act_scratchpad(cfg, act_reads, ["vec", "dma"]))
+        m.submodules.acc = acc = dp(acc_scratchpad(cfg, ["mx", "vec", "dma"], ["mx", "dma"]))
+        m.submodules.wgt = wgt = dp(wgt_scratchpad(cfg))
+
+        # -- engines ----------------------------------------------------------------------------
+        m.submodules.load = load = dp(LoadEngine(cfg))
+        m.submodules.matmul = mx = dp(MatrixEngine(cfg, zero_skip=self.zero_skip))
+        m.submodules.vector = vec = dp(VectorEngine(cfg))
+        m.submodules.store = store = dp(StoreEngine(cfg))
+        load_c, mx_c, vec_c, store_c = (_inner(x) for x in (load, mx, vec, store))
+        act_c, acc_c, wgt_c = _inner(act), _inner(acc), _inner(wgt)
+
+        for i in range(cfg.rows):
+            connect(m, mx_c.act_rd[i], act_c.read_port(f"mx{i}"))
+            connect(m, mx_c.wgt_rd[i], wgt_c.rd[i])
+        connect(m, mx_c.acc_rd, acc_c.read_port("mx"))
+        connect(m, mx_c.acc_wr, acc_c.write_port("mx"))
+        connect(m, vec_c.acc_rd, acc_c.read_port("vec"))
+        connect(m, vec_c.act_rd_a, act_c.read_port("vec_a"))
+        connect(m, vec_c.act_rd_b, act_c.read_port("vec_b"))
+        connect(m, vec_c.act_wr, act_c.write_port("vec"))
+        connect(m, load_c.act_wr, act_c.write_port("dma"))
+        connect(m, load_c.acc_wr, acc_c.write_port("dma"))
+        connect(m, load_c.wgt_wr, wgt_c.wr)
+        connect(m, store_c.act_rd, act_c.read_port("dma"))
+        connect(m, store_c.acc_rd, acc_c.read_port("dma"))
+        connect(m, store_c.wgt_rd, wgt_c.shared)
+
+        # -- fetch, sequencer ---------------------------------------------------------------------
+        m.submodules.fetch = fetch = dp(FetchUnit(cfg))
+        fetch_c = _inner(fetch)
+        m.submodules.seq = seq = Sequencer(cfg)
+        connect(m, fetch_c.out, seq.fetched)
+        m.d.comb += [
+            fetch_c.start.eq(go), fetch_c.base.eq(csr.prog_base), fetch_c.length.eq(csr.prog_len),
+            fetch_c.stop.eq(seq.fetch_stop),
+            seq.fetch_busy.eq(fetch_c.busy), seq.fetch_error.eq(fetch_c.error),
+            seq.fetch_error_index.eq(fetch_c.error_index),
+            seq.start.eq(go), seq.abort.eq(csr.ctrl_stb & csr.ctrl[1]),
+            seq.watchdog.eq(csr.watchdog),
+            seq.bp_enable.eq(csr.bp_enable), seq.bp_halt_all.eq(csr.bp_halt_all[0]),
+            seq.resume.eq(csr.resume_stb.replicate(N_ENGINES) & csr.resume),
+            seq.step.eq(csr.step_stb.replicate(N_ENGINES) & csr.step),
+        ]
+        for e, name in enumerate(_ENGINE_ORDER):
+            m.d.comb += seq.bp_index[e].eq(getattr(csr, f"bp_index_{name}"))
+        for s in range(cfg.delay_slots):
+            m.d.comb += seq.delays[s].eq(getattr(csr, f"delay_{s}"))
+        for e, eng in enumerate((load_c, mx_c, vec_c, store_c)):
+            port = seq.engines[e]
+            connect(m, port.instr, eng.instr)
+            m.d.comb += [port.done.eq(eng.done), port.busy.eq(eng.busy), port.error.eq(eng.error)]
+
+        # -- external memory -----------------------------------------------------------------------
+        m.submodules.arb = arb = dp(MembusArbiter(cfg.dram_addr_bits, cfg.mem_bytes, 3))
+        arb_c = _inner(arb)
+        connect(m, fetch_c.bus, arb_c.masters[0])
+        connect(m, load_c.bus, arb_c.masters[1])
+        connect(m, store_c.bus, arb_c.masters[2])
+        if self.bus_kind == "membus":
+            connect(m, arb_c.bus, wiring.flipped(self.mem))
+        else:
+            m.submodules.axi = axi = dp(Axi4Master(cfg.dram_addr_bits, cfg.mem_bytes))
+            axi_c = _inner(axi)
+            connect(m, arb_c.bus, axi_c.bus)
+            for name, member in axi_c.signature.members.items():
+                if name == "bus":
+                    continue
+                ours, theirs = getattr(self, name), getattr(axi_c, name)
+                if member.flow == Out:
+                    m.d.comb += ours.eq(theirs)
+                else:
+                    m.d.comb += theirs.eq(ours)
+
+        # -- CSR read values -------------------------------------------------------------------------
+        any_busy = Signal()
+        m.d.comb += any_busy.eq(seq.running | fetch_c.busy | load_c.busy | mx_c.busy | vec_c.busy | store_c.busy)
+        status = {
+            "busy": any_busy, "done": seq.done, "error": seq.error.as_value(), "error_engine": seq.error_engine,
+            "halted": seq.halted, "stuck": seq.stuck, "fetch_done": ~fetch_c.busy,
+        }
+        st = Signal(32)
+        for name, (lsb, width) in regmap.STATUS_FIELDS.items():
+            m.d.comb += st[lsb:lsb + width].eq(status[name])
+        m.d.comb += [
+            csr.id.eq(regmap.MAGIC),
+            csr.hwcfg.eq(cfg.rows | (cfg.cols << 8) | ((cfg.mem_bytes.bit_length() - 1) << 16)
+                         | (cfg.n_semaphores << 24)),
+            csr.status.eq(st),
+            csr.err_index.eq(seq.error_index),
+            csr.fetch_pc.eq(fetch_c.fetch_pc),
+        ]
+        for e, name in enumerate(_ENGINE_ORDER):
+            m.d.comb += getattr(csr, f"pc_{name}").eq(seq.pc[e])
+        for i in range(min(cfg.n_semaphores, 16)):
+            m.d.comb += getattr(csr, f"sem_{i}").eq(seq.sem_values[i])
+        counters = {
+            "cycles": seq.count_cycles, "instructions": seq.count_instructions,
+            "macs": mx_c.macs, "macs_skipped": mx_c.macs_skipped,
+            "load_bytes": load_c.bytes, "load_bytes_raw": load_c.bytes_raw,
+            "store_bytes": store_c.bytes, "store_bytes_raw": store_c.bytes_raw,
+        }
+        for e, name in enumerate(_ENGINE_ORDER):
+            counters[f"{name}_busy"] = seq.count_busy[e]
+            counters[f"{name}_wait"] = seq.count_wait[e]
+            counters[f"{name}_stall"] = seq.count_stall[e]
+        for cname in regmap.COUNTERS:
+            v = counters[cname]
+            m.d.comb += getattr(csr, f"{cname}_lo").eq(v[:32])
+            if len(v) > 32:
+                m.d.comb += getattr(csr, f"{cname}_hi").eq(v[32:64])
+        m.d.comb += self.irq.eq(seq.done | (seq.error != ErrorCode.NONE))
+        return m
+
+
+def _inner(x):
+    """The component inside a ``ResetInserter`` wrapper."""
+    return getattr(x, "_e", x)
+
+
