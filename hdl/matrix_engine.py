@@ -128,7 +128,8 @@ class MatrixLane(wiring.Component):
                      ("row_depth", row_depth)):
             _check_depth(n, v, 2 if n != "out_depth" else 1)
         self.cfg, self.zero_skip = cfg, bool(zero_skip)
-        self.line_depth, self.op_depth, self.out_depth, self.row_depth = line_depth, op_depth, out_depth, row_depth
+        self.line_depth, self.op_depth = line_depth, op_depth
+        self.out_depth, self.row_depth = out_depth, row_depth
         cols = cfg.cols
         super().__init__({
             "act_rd": Out(ReadPortSignature(cfg.act_addr_bits, act_line(cols))),
@@ -151,7 +152,6 @@ class MatrixLane(wiring.Component):
         m = Module()
         cfg, cols = self.cfg, self.cfg.cols
         wbits = cfg.wgt_addr_bits
-        lshift = (cols - 1).bit_length()
 
         tag_lay = data.StructLayout({"last": 1, "wbase": unsigned(wbits)})
         line_lay = data.StructLayout({"data": act_line(cols), "mask": unsigned(cols), "last": 1,
@@ -464,7 +464,8 @@ class MatrixEngine(wiring.Component):
             with m.If(reqs[i]):
                 m.d.comb += sel.eq(i)
         hi_reqs = Signal(rows)
-        m.d.comb += hi_reqs.eq(reqs & Cat(Const(0, 1), *[Const(i, range(rows + 1)) > last_g for i in range(1, rows)]))
+        above_last = Cat(Const(0, 1), *[Const(i, range(rows + 1)) > last_g for i in range(1, rows)])
+        m.d.comb += hi_reqs.eq(reqs & above_last)
         with m.If(hi_reqs != 0):
             for i in reversed(range(rows)):
                 with m.If(hi_reqs[i]):

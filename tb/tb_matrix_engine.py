@@ -96,7 +96,8 @@ class Harness:
         self.cols = cfg.cols
         self.act = nrng.integers(-128, 128, size=(cfg.act_depth, cfg.cols), dtype=np.int64).astype(np.int8)
         self.wgt = nrng.integers(-128, 128, size=(cfg.wgt_depth, cfg.cols), dtype=np.int64).astype(np.int8)
-        self.acc = nrng.integers(-(1 << 31), 1 << 31, size=(cfg.acc_depth, cfg.cols), dtype=np.int64).astype(np.int32)
+        self.acc = nrng.integers(-(1 << 31), 1 << 31, size=(cfg.acc_depth, cfg.cols),
+                                 dtype=np.int64).astype(np.int32)
         # model memories are lists of lines (the port models index them)
         self.act_mem = [list(map(int, r)) for r in self.act]
         self.wgt_mem = [list(map(int, r)) for r in self.wgt]
@@ -104,8 +105,9 @@ class Harness:
         al, cl = act_line(cfg.cols), acc_line(cfg.cols)
         self.ports = []
         for i in range(cfg.rows):
-            self.ports.append(ReadPortModel(dut, f"act_rd__{i}", self.act_mem, al, stall=stall, latency=latency, rng=rng))
-            self.ports.append(ReadPortModel(dut, f"wgt_rd__{i}", self.wgt_mem, al, stall=stall, latency=latency, rng=rng))
+            for pre, mem in (("act_rd", self.act_mem), ("wgt_rd", self.wgt_mem)):
+                self.ports.append(ReadPortModel(dut, f"{pre}__{i}", mem, al, stall=stall, latency=latency,
+                                                rng=rng))
         self.acc_rd = ReadPortModel(dut, "acc_rd", self.acc_mem, cl, stall=stall, latency=latency, rng=rng)
         self.acc_wr = WritePortModel(dut, "acc_wr", self.acc_mem, cl, stall=stall, rng=rng)
         self.src = StreamSource(dut, "instr", idle=idle, rng=rng)
@@ -245,7 +247,8 @@ async def edge_tiles(dut):
     f = dict(k=k, m_inner=3, a_stride=L, m_outer=2, a_outer_stride=3 * L + 1, accumulate=1,
              a_addr=0, w_addr=0, acc_addr=0)
     amax, wmax, cmax = footprint(cols, f)
-    f.update(a_addr=cfg.act_depth - 1 - amax, w_addr=cfg.wgt_depth - 1 - wmax, acc_addr=cfg.acc_depth - 1 - cmax)
+    f.update(a_addr=cfg.act_depth - 1 - amax, w_addr=cfg.wgt_depth - 1 - wmax,
+             acc_addr=cfg.acc_depth - 1 - cmax)
     fl.append(f)
     # large M, same row repeated (a_stride = 0), k not a multiple of cols
     fl.append(dict(a_addr=5, w_addr=3, acc_addr=20, k=cols * 3 + 2, m_inner=40, a_stride=0, m_outer=2,
@@ -269,7 +272,8 @@ async def spad_range(dut):
     base = dict(k=k, m_inner=2, a_stride=L, m_outer=3, a_outer_stride=2 * L, accumulate=1,
                 a_addr=0, w_addr=0, acc_addr=0)
     amax, wmax, cmax = footprint(cols, base)
-    tops = dict(a_addr=cfg.act_depth - 1 - amax, w_addr=cfg.wgt_depth - 1 - wmax, acc_addr=cfg.acc_depth - 1 - cmax)
+    tops = dict(a_addr=cfg.act_depth - 1 - amax, w_addr=cfg.wgt_depth - 1 - wmax,
+                acc_addr=cfg.acc_depth - 1 - cmax)
     for which in ("a_addr", "w_addr", "acc_addr"):
         await reset(dut)
         await FallingEdge(dut.clk)

@@ -67,9 +67,11 @@ def _run_engine(cfg, zero_skip, instrs, act, wgt, acc, *, seed, stall=0.3):
         while dones < len(instrs) and cycle < 20000:
             cycle += 1
             for i in range(cfg.rows):
-                await _read_port(ctx, dut.act_rd[i], act, 8, cfg.cols, rng, stall, pend.setdefault(("a", i), []), cycle)
-                await _read_port(ctx, dut.wgt_rd[i], wgt, 8, cfg.cols, rng, stall, pend.setdefault(("w", i), []), cycle)
-            await _read_port(ctx, dut.acc_rd, acc, 32, cfg.cols, rng, stall, pend.setdefault("acc", []), cycle)
+                for key, port, mem in (("a", dut.act_rd[i], act), ("w", dut.wgt_rd[i], wgt)):
+                    q = pend.setdefault((key, i), [])
+                    await _read_port(ctx, port, mem, 8, cfg.cols, rng, stall, q, cycle)
+            q = pend.setdefault("acc", [])
+            await _read_port(ctx, dut.acc_rd, acc, 32, cfg.cols, rng, stall, q, cycle)
             wr = rng.random() >= stall
             ctx.set(dut.acc_wr.cmd.ready, wr)
             if wr and ctx.get(dut.acc_wr.cmd.valid):
@@ -230,7 +232,8 @@ def test_lane_amaranth_sim(zero_skip):
                 ctx.set(dut.wgt_rd.cmd.ready, 1)
                 addr = ctx.get(dut.wgt_rd.cmd.payload)
                 word = sum((int(v) & 0xFF) << (8 * e) for e, v in enumerate(wgt[addr]))
-                pend["w"].append((max(cycle + rng.randint(1, 3), pend["w"][-1][0] + 1 if pend["w"] else 0), word))
+                due = max(cycle + rng.randint(1, 3), pend["w"][-1][0] + 1 if pend["w"] else 0)
+                pend["w"].append((due, word))
             else:
                 ctx.set(dut.wgt_rd.cmd.ready, 0)
             if pend["w"] and pend["w"][0][0] <= cycle:
