@@ -27,7 +27,13 @@ banking lets both proceed in the same cycles with at most occasional one-cycle c
 
 Arbitration is per bank and per direction with :class:`sparrow.hdl.round_robin.RoundRobin`: a
 client whose command waits is granted after at most ``n - 1`` grants of that bank to others (the
-priority pointer moves past every winner), so nobody starves.
+priority pointer moves past every winner), so nobody starves. Reads are *merged*: every reader
+asking for the very line the bank's winner reads is served in the same cycle (lanes reading a
+broadcast line do not serialise). Writers never merge; two writes to one line are ordered by
+the arbiter (the later grant wins).
+
+Clients must not derive any port's ``valid`` or ``payload`` combinationally from any ``ready``
+of this scratchpad (``ready`` depends on all ports' requests, so that would form a loop).
 """
 
 from amaranth import Cat, Module, Mux, Signal
@@ -154,12 +160,14 @@ class BankedScratchpad(wiring.Component):
             m.submodules[f"rd_arb{b}"] = ra = RoundRobin(n_rd)
             for i, port in enumerate(self.rd):
                 m.d.comb += ra.requests[i].eq(port.cmd.valid & (self._bank(port.cmd.payload) == b))
-                rd_ready[i].append(ra.grant[i])
             m.d.comb += [ra.advance.eq(1), rp.en.eq(ra.valid)]
             with m.Switch(ra.index):
                 for i, port in enumerate(self.rd):
                     with _case(m, i, n_rd):
                         m.d.comb += rp.addr.eq(self._row(port.cmd.payload))
+            # the winner, and every other reader of the very same line (read merging)
+            for i, port in enumerate(self.rd):
+                rd_ready[i].append(ra.valid & ra.requests[i] & (self._row(port.cmd.payload) == rp.addr))
 
             m.submodules[f"wr_arb{b}"] = wa = RoundRobin(n_wr)
             for i, port in enumerate(self.wr):

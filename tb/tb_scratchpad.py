@@ -134,7 +134,7 @@ async def random_clients_match_model(dut):
     rng, h, banks = await _setup(dut, "random_clients_match_model")
     hot = [rng.randrange(h.depth) for _ in range(4)]
     p_rd = [rng.uniform(0.3, 1.0) for _ in h.rd]
-    p_wr = [rng.uniform(0.2, 0.9) for _ in h.wr]
+    p_wr = [rng.uniform(0.3, 0.9) for _ in h.wr]
 
     def addr():
         return rng.choice(hot) if rng.random() < 0.3 else rng.randrange(h.depth)
@@ -143,7 +143,7 @@ async def random_clients_match_model(dut):
                              lambda j: (addr(), rng.getrandbits(h.lw)) if rng.random() < p_wr[j] else None)
     await h.drain()
     dut._log.info(f"random: {h.responses} reads checked, reads/port {n_rd}, writes/port {n_wr}")
-    assert h.responses > 3000 and sum(n_wr) > 1000
+    assert h.responses > 3000 and sum(n_wr) > 500
 
 
 @cocotb.test()
@@ -177,14 +177,15 @@ async def conflict_free_throughput(dut):
 
 @cocotb.test()
 async def full_contention_is_shared_evenly(dut):
-    """Every reader on one bank (replica 0 for replicated): report each port's share."""
+    """Every reader on distinct lines of one bank (replica 0 for replicated): report shares."""
     rng, h, banks = await _setup(dut, "full_contention_is_shared_evenly")
     cycles = 1200
     if banks:
         ports = list(range(len(h.rd)))
+        n = len(ports)
 
-        def rd(i):
-            return banks * rng.randrange(h.depth // banks)
+        def rd(i):     # distinct lines per port, so no read merging
+            return banks * (i + n * rng.randrange(h.depth // banks // n))
     else:
         ports = [0, len(h.rd) - 1]
 
