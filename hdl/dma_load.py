@@ -24,7 +24,7 @@ instruction and drains read data.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from sparrow.config import HwConfig
@@ -163,7 +163,7 @@ class LoadEngine(wiring.Component):
         LMB = _clog2(MB)
         MBK = mask_bytes(C)
         ACCW = 4 * C
-        WIN = max(ACCW, MBK + C)
+        WIN = max(ACCW, 2 + MBK + C + MB)   # largest pop: count + line + excess of the count beat
         DRAM = cfg.dram_bytes
         AMASK = ~(MB - 1)
 
@@ -195,19 +195,25 @@ class LoadEngine(wiring.Component):
         # ---- submodules -----------------------------------------------------------------------
         m.submodules.win = win = ByteWindow(MB, WIN)
         m.submodules.expand = expand = ZeroExpand(C)
-        m.d.comb += expand.data.eq(win.window[:8 * (MBK + C)])
 
         # ---- command walker -------------------------------------------------------------------
-        cw_st = Signal(range(5))           # 0 idle, 1 row, 2 range, 3 wait count, 4 stop
+        # Compressed rows are fetched with one row of look-ahead on the counts: the order of
+        # reads is C0 C1 P0 C2 P1 C3 ... (Cy: beats holding row y's count, Py: the rest of its
+        # 2 + N bytes), so the count of the next row is known before its payload is needed.
+        CW_IDLE, CW_ROW, CW_RANGE, CW_WAITN, CW_STOP, CW_FIRST, CW_AHEAD = range(7)
+        RET_NEXT, RET_AHEAD, RET_WAITN = range(3)
+        cw_st = Signal(range(7))
+        cw_ret = Signal(range(3))
         cw_y = Signal(10)
         cw_base = Signal(ADDR_W)
         cw_cur = Signal(ADDR_W)
         cw_last = Signal(ADDR_W)
-        cw_count = Signal()                # current range is a count read
-        # count handshake unpacker -> walker
-        nv = Signal()
-        nval = Signal(16)
-        nok = Signal()
+        # counts: unpacker -> walker (wq) and unpacker -> its own drain step (uq)
+        nq_layout = data.StructLayout({"n": 16, "ok": 1})
+        m.submodules.wq = wq = fifo.SyncFIFO(width=nq_layout.size, depth=4)
+        m.submodules.uq = uq = fifo.SyncFIFO(width=nq_layout.size, depth=4)
+        wq_out = data.View(nq_layout, wq.r_data)
+        uq_out = data.View(nq_layout, uq.r_data)
 
         beats_m1 = Signal(ADDR_W)
         to4k_m1 = Signal(12)
@@ -227,135 +233,216 @@ class LoadEngine(wiring.Component):
             cmd.payload.addr.eq(cw_cur),
             cmd.payload.write.eq(0),
             cmd.payload.len.eq(blen),
-            cmd.valid.eq((cw_st == 2) & ~halted),
+            cmd.valid.eq((cw_st == CW_RANGE) & ~halted),
         ]
         cmd_fire = Signal()
         m.d.comb += cmd_fire.eq(cmd.valid & cmd.ready)
 
+        cw_ahead = Signal(ADDR_W)
         cw_cend = Signal(ADDR_W)
         cw_hi = Signal(ADDR_W)
         m.d.comb += [
+            cw_ahead.eq(cw_base + stride),
             cw_cend.eq(((cw_base + 1) & AMASK) + MB),
-            cw_hi.eq(cw_base + 2 + nval),
+            cw_hi.eq(cw_base + 2 + wq_out.n),
         ]
+
+        def cw_range(lo, hi, ret):
+            return [cw_cur.eq(lo & AMASK), cw_last.eq((hi - 1) & AMASK), cw_ret.eq(ret), cw_st.eq(CW_RANGE)]
+
+        cw_next = [cw_y.eq(cw_y + 1), cw_base.eq(cw_base + stride), cw_st.eq(CW_ROW)]
 
         cw_init = Signal()   # pulsed by the control FSM to start the walkers
 
         with m.If(cw_init):
-            m.d.sync += [cw_st.eq(1), cw_y.eq(0), cw_base.eq(dram_addr)]
-        with m.Elif(cw_st == 1):
+            m.d.sync += [cw_st.eq(Mux(comp, CW_FIRST, CW_ROW)), cw_y.eq(0), cw_base.eq(dram_addr)]
+        with m.Elif(cw_st == CW_ROW):
             with m.If(cw_y == rows):
-                m.d.sync += cw_st.eq(0)
+                m.d.sync += cw_st.eq(CW_IDLE)
             with m.Elif(~comp):
-                m.d.sync += [cw_cur.eq(cw_base & AMASK), cw_last.eq((cw_base + row_bytes - 1) & AMASK),
-                             cw_count.eq(0), cw_st.eq(2)]
+                m.d.sync += cw_range(cw_base, cw_base + row_bytes, RET_NEXT)
             with m.Elif(cw_base + 2 > DRAM):
-                m.d.sync += cw_st.eq(4)
+                m.d.sync += cw_st.eq(CW_STOP)
             with m.Else():
-                m.d.sync += [cw_cur.eq(cw_base & AMASK), cw_last.eq((cw_base + 1) & AMASK),
-                             cw_count.eq(1), cw_st.eq(2)]
-        with m.Elif(cw_st == 2):
+                m.d.sync += cw_st.eq(CW_AHEAD)
+        with m.Elif(cw_st == CW_FIRST):
+            with m.If(cw_base + 2 > DRAM):
+                m.d.sync += cw_st.eq(CW_STOP)
+            with m.Else():
+                m.d.sync += cw_range(cw_base, cw_base + 2, RET_AHEAD)
+        with m.Elif(cw_st == CW_AHEAD):
+            with m.If((cw_y + 1 < rows) & (cw_ahead + 2 <= DRAM)):
+                m.d.sync += cw_range(cw_ahead, cw_ahead + 2, RET_WAITN)
+            with m.Else():
+                m.d.sync += cw_st.eq(CW_WAITN)
+        with m.Elif(cw_st == CW_RANGE):
             with m.If(cmd_fire):
                 m.d.sync += cw_cur.eq(cw_cur + ((blen + 1) << LMB))
                 with m.If(reach_last):
-                    with m.If(cw_count):
-                        m.d.sync += cw_st.eq(3)
-                    with m.Else():
-                        m.d.sync += [cw_y.eq(cw_y + 1), cw_base.eq(cw_base + stride), cw_st.eq(1)]
-        with m.Elif(cw_st == 3):
-            with m.If(nv):
-                with m.If(~nok):
-                    m.d.sync += cw_st.eq(4)
+                    with m.Switch(cw_ret):
+                        with m.Case(RET_NEXT):
+                            m.d.sync += cw_next
+                        with m.Case(RET_AHEAD):
+                            m.d.sync += cw_st.eq(CW_AHEAD)
+                        with m.Case(RET_WAITN):
+                            m.d.sync += cw_st.eq(CW_WAITN)
+        with m.Elif(cw_st == CW_WAITN):
+            m.d.comb += wq.r_en.eq(1)
+            with m.If(wq.r_rdy):
+                with m.If(~wq_out.ok):
+                    m.d.sync += cw_st.eq(CW_STOP)
                 with m.Elif(cw_hi > cw_cend):
-                    m.d.sync += [cw_cur.eq(cw_cend), cw_last.eq((cw_hi - 1) & AMASK),
-                                 cw_count.eq(0), cw_st.eq(2)]
+                    m.d.sync += cw_range(cw_cend, cw_hi, RET_NEXT)
                 with m.Else():
-                    m.d.sync += [cw_y.eq(cw_y + 1), cw_base.eq(cw_base + stride), cw_st.eq(1)]
+                    m.d.sync += cw_next
 
         # ---- unpacker -------------------------------------------------------------------------
-        up_st = Signal(range(5))           # 0 idle, 1 row, 2 data, 3 count, 4 stop
+        UP_IDLE, UP_ROW, UP_DATA, UP_RECV, UP_STOP, UP_FIRST, UP_AHEAD, UP_DRAIN = range(8)
+        up_st = Signal(range(8))
+        up_ret_drain = Signal()            # after RECV: DRAIN (else AHEAD)
         up_y = Signal(10)
         up_base = Signal(ADDR_W)
         up_off = Signal(range(MB))
         up_rem = Signal(20)
-        up_second = Signal()               # waiting for the count's high byte in the next beat
-        up_nlow = Signal(8)
+        rc_base = Signal(ADDR_W)           # slot whose count is being received
+        rc_second = Signal()               # waiting for the count's high byte in the next beat
+        rc_nlow = Signal(8)
+        dr_left = Signal(2)                # stashed count beats of row up_y still to drain
+
+        stash_layout = data.StructLayout({"data": 8 * MB, "off": range(MB)})
+        m.submodules.stash = stash = fifo.SyncFIFO(width=stash_layout.size, depth=4)
+        st_in = data.View(stash_layout, stash.w_data)
+        st_out = data.View(stash_layout, stash.r_data)
 
         rd = self.bus.rdata
         beat_n = Signal(range(MB + 1))
-        m.d.comb += beat_n.eq(Mux(up_st == 3, MB - up_off,
-                                  Mux(up_rem < MB - up_off, up_rem, MB - up_off)))
+        m.d.comb += beat_n.eq(Mux(up_rem < MB - up_off, up_rem, MB - up_off))
+        with m.If(up_st == UP_DRAIN):
+            m.d.comb += [
+                win.push.payload.data.eq(st_out.data),
+                win.push.payload.off.eq(st_out.off),
+                win.push.payload.n.eq(MB - st_out.off),
+                win.push.valid.eq(stash.r_rdy & ~halted),
+                stash.r_en.eq(win.push.ready & ~halted),
+            ]
+        with m.Else():
+            m.d.comb += [
+                win.push.payload.data.eq(rd.payload.data),
+                win.push.payload.off.eq(up_off),
+                win.push.payload.n.eq(beat_n),
+                win.push.valid.eq(rd.valid & (up_st == UP_DATA) & ~halted),
+            ]
+        rc_off = Signal(range(MB))
+        m.d.comb += rc_off.eq(Mux(rc_second, 0, rc_base[:LMB] if LMB else 0))
         m.d.comb += [
-            win.push.payload.data.eq(rd.payload.data),
-            win.push.payload.off.eq(up_off),
-            win.push.payload.n.eq(beat_n),
-            win.push.valid.eq(rd.valid & ((up_st == 2) | (up_st == 3)) & ~halted),
-            rd.ready.eq((win.push.ready & ((up_st == 2) | (up_st == 3))) | halted),
+            st_in.data.eq(rd.payload.data),
+            st_in.off.eq(rc_off),
+            stash.w_en.eq(rd.valid & (up_st == UP_RECV) & ~halted),
         ]
+        m.d.comb += rd.ready.eq(Mux(up_st == UP_DATA, win.push.ready,
+                                    Mux(up_st == UP_RECV, stash.w_rdy, 0)) | halted)
         rd_fire = Signal()
         m.d.comb += rd_fire.eq(rd.valid & rd.ready)
         push_fire = Signal()
         m.d.comb += push_fire.eq(win.push.valid & win.push.ready)
 
-        # count extraction
-        b0 = rd.payload.data.word_select(up_off, 8)
-        b1 = rd.payload.data.word_select(up_off + 1, 8)
+        # count extraction while receiving count beats
+        b0 = rd.payload.data.word_select(rc_off, 8)
+        b1 = rd.payload.data.word_select(rc_off + 1, 8)
         cnt_done = Signal()
         cnt_val = Signal(16)
-        with m.If(up_second):
-            m.d.comb += [cnt_done.eq(1), cnt_val.eq(Cat(up_nlow, rd.payload.data[:8]))]
-        with m.Elif(up_off + 2 <= MB):
+        with m.If(rc_second):
+            m.d.comb += [cnt_done.eq(1), cnt_val.eq(Cat(rc_nlow, rd.payload.data[:8]))]
+        with m.Elif(rc_off + 2 <= MB):
             m.d.comb += [cnt_done.eq(1), cnt_val.eq(Cat(b0, b1))]
+        rc_ok = Signal()
+        m.d.comb += rc_ok.eq((cnt_val <= cap) & (rc_base + 2 + cnt_val <= DRAM))
+        for q in (wq, uq):
+            qin = data.View(nq_layout, q.w_data)
+            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(rc_ok),
+                         q.w_en.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done)]
+
+        up_ahead = Signal(ADDR_W)
+        up_ahead2 = Signal(ADDR_W)
         up_cend = Signal(ADDR_W)
         up_hi = Signal(ADDR_W)
-        up_ok = Signal()
         m.d.comb += [
+            up_ahead.eq(up_base + stride),
+            up_ahead2.eq(up_base + (stride << 1)),
             up_cend.eq(((up_base + 1) & AMASK) + MB),
-            up_hi.eq(up_base + 2 + cnt_val),
-            up_ok.eq((cnt_val <= cap) & (up_hi <= DRAM)),
+            up_hi.eq(up_base + 2 + uq_out.n),
         ]
 
-        with m.If(cw_init):
-            m.d.sync += [up_st.eq(1), up_y.eq(0), up_base.eq(dram_addr), up_second.eq(0)]
-        with m.Elif(up_st == 1):
-            with m.If(up_y == rows):
-                m.d.sync += up_st.eq(0)
+        def drain_beats(base):
+            return Mux((base[:LMB] if LMB else 0) + 2 <= MB, 1, 2)
+
+        def up_next_row():
+            """Move to row y+1 without a bubble (its look-ahead count read decided here)."""
+            with m.If(up_y + 1 == rows):
+                m.d.sync += up_st.eq(UP_IDLE)
             with m.Elif(~comp):
-                m.d.sync += [up_off.eq(up_base[:LMB] if LMB else 0), up_rem.eq(row_bytes), up_st.eq(2)]
+                m.d.sync += [up_y.eq(up_y + 1), up_base.eq(up_ahead),
+                             up_off.eq(up_ahead[:LMB] if LMB else 0), up_rem.eq(row_bytes), up_st.eq(UP_DATA)]
+            with m.Elif(up_ahead + 2 > DRAM):
+                m.d.sync += up_st.eq(UP_STOP)
             with m.Else():
-                m.d.sync += [up_off.eq(up_base[:LMB] if LMB else 0), up_second.eq(0), up_st.eq(3)]
-        with m.Elif(up_st == 2):
+                m.d.sync += [up_y.eq(up_y + 1), up_base.eq(up_ahead), dr_left.eq(drain_beats(up_ahead))]
+                with m.If((up_y + 2 < rows) & (up_ahead2 + 2 <= DRAM)):
+                    m.d.sync += [rc_base.eq(up_ahead2), rc_second.eq(0), up_ret_drain.eq(1), up_st.eq(UP_RECV)]
+                with m.Else():
+                    m.d.sync += up_st.eq(UP_DRAIN)
+
+        with m.If(cw_init):
+            m.d.sync += [up_st.eq(Mux(comp, UP_FIRST, UP_ROW)), up_y.eq(0), up_base.eq(dram_addr)]
+        with m.Elif(up_st == UP_ROW):
+            m.d.sync += [up_off.eq(up_base[:LMB] if LMB else 0), up_rem.eq(row_bytes), up_st.eq(UP_DATA)]
+        with m.Elif(up_st == UP_FIRST):
+            with m.If(up_base + 2 > DRAM):
+                m.d.sync += up_st.eq(UP_STOP)
+            with m.Else():
+                m.d.sync += [rc_base.eq(up_base), rc_second.eq(0), up_ret_drain.eq(0), up_st.eq(UP_RECV)]
+        with m.Elif(up_st == UP_AHEAD):
+            m.d.sync += dr_left.eq(drain_beats(up_base))
+            with m.If((up_y + 1 < rows) & (up_ahead + 2 <= DRAM)):
+                m.d.sync += [rc_base.eq(up_ahead), rc_second.eq(0), up_ret_drain.eq(1), up_st.eq(UP_RECV)]
+            with m.Else():
+                m.d.sync += up_st.eq(UP_DRAIN)
+        with m.Elif(up_st == UP_RECV):
+            with m.If(rd_fire):
+                with m.If(cnt_done):
+                    m.d.sync += [rc_second.eq(0), up_st.eq(Mux(up_ret_drain, UP_DRAIN, UP_AHEAD))]
+                with m.Else():
+                    m.d.sync += [rc_second.eq(1), rc_nlow.eq(b0)]
+        with m.Elif(up_st == UP_DRAIN):
+            with m.If(push_fire):
+                m.d.sync += dr_left.eq(dr_left - 1)
+                with m.If(dr_left == 1):
+                    m.d.comb += uq.r_en.eq(1)
+                    with m.If(~uq_out.ok):
+                        m.d.sync += up_st.eq(UP_STOP)
+                    with m.Elif(up_hi > up_cend):
+                        m.d.sync += [up_rem.eq(up_hi - up_cend), up_off.eq(0), up_st.eq(UP_DATA)]
+                    with m.Else():
+                        up_next_row()
+        with m.Elif(up_st == UP_DATA):
             with m.If(push_fire):
                 m.d.sync += [up_rem.eq(up_rem - beat_n), up_off.eq(0)]
                 with m.If(up_rem == beat_n):
-                    m.d.sync += [up_y.eq(up_y + 1), up_base.eq(up_base + stride), up_st.eq(1)]
-        with m.Elif(up_st == 3):
-            with m.If(push_fire):
-                m.d.sync += up_off.eq(0)
-                with m.If(cnt_done):
-                    m.d.sync += [nv.eq(1), nval.eq(cnt_val), nok.eq(up_ok), up_second.eq(0)]
-                    with m.If(~up_ok):
-                        m.d.sync += up_st.eq(4)
-                    with m.Elif(up_hi > up_cend):
-                        m.d.sync += [up_rem.eq(up_hi - up_cend), up_st.eq(2)]
-                    with m.Else():
-                        m.d.sync += [up_y.eq(up_y + 1), up_base.eq(up_base + stride), up_st.eq(1)]
-                with m.Else():
-                    m.d.sync += [up_second.eq(1), up_nlow.eq(b0)]
-        # the walker consumes the count (never in the same cycle the unpacker sets it)
-        with m.If((cw_st == 3) & nv):
-            m.d.sync += nv.eq(0)
-        with m.If(cw_init):
-            m.d.sync += nv.eq(0)
+                    up_next_row()
 
         # ---- writer ---------------------------------------------------------------------------
+        # Compressed rows cost no extra cycle: the count is popped together with the row's first
+        # line and the excess bytes of the count beat together with its last line. A trailing-
+        # bytes fault is found with the last line, which is written (the fault is at line
+        # row_lines), and reported in the next cycle before anything else is written.
         wy = Signal(11)
         wx = Signal(11)
         waddr = Signal(15)
-        cst = Signal(range(3))             # 0 count, 1 lines, 2 end-of-row check
+        cfirst = Signal()                  # next data line is the first of its row (count ahead)
         crem = Signal(17)
         ce = Signal(range(MB + 1))
         cs = Signal(ADDR_W)
+        trail_err = Signal()
 
         finished = Signal()
         in_data = Signal()
@@ -377,48 +464,56 @@ class LoadEngine(wiring.Component):
         s_hi = Signal(ADDR_W)
         s_cend = Signal(ADDR_W)
         m.d.comb += [s_hi.eq(cs + 2 + cnt_n), s_cend.eq(((cs + 1) & AMASK) + MB)]
+        head = Signal(range(3))            # count bytes in front of this line's mask
+        rem_eff = Signal(17)               # payload bytes left for this and later lines
+        ce_eff = Signal(range(MB + 1))
+        last_line = Signal()
+        tail = Signal(range(MB + 1))
+        m.d.comb += [
+            head.eq(Mux(cfirst, 2, 0)),
+            rem_eff.eq(Mux(cfirst, cnt_n, crem)),
+            ce_eff.eq(Mux(cfirst, Mux(s_hi < s_cend, s_cend - s_hi, 0), ce)),
+            last_line.eq(wx == pl_rl - 1),
+            tail.eq(Mux(last_line, ce_eff, 0)),
+            expand.data.eq(Mux(cfirst, win.window[16:16 + 8 * (MBK + C)], win.window[:8 * (MBK + C)])),
+        ]
 
         add_bytes = Signal(range(WIN + 2))
         add_raw = Signal(range(ACCW + 1))
 
         with m.If(run & ~halted):
-            with m.If(comp & (cst == 2)):
-                with m.If(crem != 0):
-                    m.d.comb += set_err.eq(ErrorCode.CORRUPT_DATA)
-                with m.Elif(win.level >= ce):
-                    m.d.comb += pop.eq(ce)
-                    m.d.sync += cst.eq(0)
+            with m.If(trail_err):
+                m.d.comb += set_err.eq(ErrorCode.CORRUPT_DATA)
             with m.Elif(finished):
                 pass
             with m.Elif(in_data & ~comp):
                 m.d.comb += [wvalid.eq(win.level >= lb), wline.eq(take_bytes(win.window[:8 * ACCW], lb, ACCW))]
                 with m.If(wfire):
                     m.d.comb += [pop.eq(lb), add_bytes.eq(lb), add_raw.eq(lb)]
-            with m.Elif(in_data & (cst == 0)):
-                with m.If(cs + 2 > DRAM):
-                    m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
-                with m.Elif(win.level >= 2):
-                    with m.If(cnt_n > cap):
-                        m.d.comb += set_err.eq(ErrorCode.CORRUPT_DATA)
-                    with m.Elif(s_hi > DRAM):
-                        m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
-                    with m.Else():
-                        m.d.comb += [pop.eq(2), add_bytes.eq(2)]
-                        m.d.sync += [crem.eq(cnt_n), cst.eq(1),
-                                     ce.eq(Mux(s_hi < s_cend, s_cend - s_hi, 0))]
             with m.Elif(in_data):
-                with m.If(crem < MBK):
+                with m.If(cfirst & (cs + 2 > DRAM)):
+                    m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
+                with m.Elif(cfirst & (win.level < 2)):
+                    pass
+                with m.Elif(cfirst & (cnt_n > cap)):
                     m.d.comb += set_err.eq(ErrorCode.CORRUPT_DATA)
-                with m.Elif(win.level >= MBK):
-                    with m.If(expand.n > crem):
+                with m.Elif(cfirst & (s_hi > DRAM)):
+                    m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
+                with m.Elif(rem_eff < MBK):
+                    m.d.comb += set_err.eq(ErrorCode.CORRUPT_DATA)
+                with m.Elif(win.level >= head + MBK):
+                    with m.If(expand.n > rem_eff):
                         m.d.comb += set_err.eq(ErrorCode.CORRUPT_DATA)
                     with m.Else():
-                        m.d.comb += [wvalid.eq(win.level >= expand.n), wline.eq(expand.line)]
+                        m.d.comb += [wvalid.eq(win.level >= head + expand.n + tail), wline.eq(expand.line)]
                         with m.If(wfire):
-                            m.d.comb += [pop.eq(expand.n), add_bytes.eq(expand.n), add_raw.eq(C)]
-                            m.d.sync += crem.eq(crem - expand.n)
-                            with m.If(wx == pl_rl - 1):
-                                m.d.sync += cst.eq(2)
+                            m.d.comb += [pop.eq(head + expand.n + tail), add_bytes.eq(head + expand.n),
+                                         add_raw.eq(C)]
+                            m.d.sync += [crem.eq(rem_eff - expand.n), cfirst.eq(last_line)]
+                            with m.If(cfirst):
+                                m.d.sync += ce.eq(ce_eff)
+                            with m.If(last_line & (rem_eff != expand.n)):
+                                m.d.sync += trail_err.eq(1)
             with m.Else():
                 m.d.comb += [wvalid.eq(1), wline.eq(0)]
             with m.If(wfire):
@@ -483,7 +578,7 @@ class LoadEngine(wiring.Component):
                         row_bytes.eq(rl * lb), cap.eq(rl * (MBK + C)),
                         prow_t.eq(pt + rows + pb), pcol_t.eq(pl + rl + pr),
                         pt_rows.eq(pt + rows), pl_rl.eq(pl + rl),
-                        wy.eq(0), wx.eq(0), waddr.eq(spad_addr), cst.eq(0), cs.eq(dram_addr),
+                        wy.eq(0), wx.eq(0), waddr.eq(spad_addr), cfirst.eq(1), trail_err.eq(0), cs.eq(dram_addr),
                     ]
                     m.next = "RUN"
             with m.State("RUN"):
@@ -491,7 +586,7 @@ class LoadEngine(wiring.Component):
                 with m.If(set_err != ErrorCode.NONE):
                     m.d.sync += err.eq(set_err)
                     m.next = "HALT"
-                with m.Elif(finished & ~(comp & (cst == 2)) & ~halted):
+                with m.Elif(finished & ~trail_err & ~halted):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
             with m.State("HALT"):

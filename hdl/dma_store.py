@@ -106,7 +106,7 @@ class BytePacker(wiring.Component):
 
         bt = self.beat
         m.d.comb += [
-            bt.valid.eq((cnt > mb) | (ending & (cnt != 0))),
+            bt.valid.eq((cnt >= mb) | (ending & (cnt != 0))),
             bt.payload.data.eq(buf[:8 * mb]),
             bt.payload.strb.eq(vb[:mb]),
             bt.payload.addr.eq(baddr),
@@ -120,13 +120,13 @@ class BytePacker(wiring.Component):
         vb1 = Signal(cap)
         ending1 = Signal()
         m.d.comb += [
-            cnt1.eq(Mux(emit, Mux(cnt > mb, cnt - mb, 0), cnt)),
+            cnt1.eq(Mux(emit, Mux(cnt >= mb, cnt - mb, 0), cnt)),
             buf1.eq(Mux(emit, buf >> (8 * mb), buf)),
             vb1.eq(Mux(emit, vb >> mb, vb)),
             ending1.eq(ending & ~(emit & bt.payload.seg_last)),
         ]
         it = self.item.payload
-        m.d.comb += self.item.ready.eq(~ending1 & Mux(it.start, cnt1 == 0, cnt1 <= mb))
+        m.d.comb += self.item.ready.eq(~ending1 & Mux(it.start, cnt1 == 0, cnt1 + it.n <= cap))
         pos = Signal(range(cap + 1))
         m.d.comb += pos.eq(Mux(it.start, it.addr[:lmb] if lmb else 0, cnt1))
         newv = Cat(*[(i >= pos) & (i < pos + it.n) for i in range(cap)])
@@ -196,6 +196,7 @@ class StoreEngine(wiring.Component):
         IB = max(ACCW, MBK + C)
         DRAM = cfg.dram_bytes
         DEPTH = self.LINE_FIFO
+        LMB = _clog2(MB)
 
         ins = self.instr.payload.body.store
 
@@ -252,7 +253,12 @@ class StoreEngine(wiring.Component):
         m.submodules.compact = compact = ZeroCompact(C)
         m.submodules.packer = packer = BytePacker(MB, IB, ADDR_W)
         m.d.comb += compact.line.eq(lf.r_data[:8 * C])
-        if_st = Signal(range(3))            # 0 idle, 1 lines, 2 count
+        # counts of finished compressed rows, written by the burst former between bursts
+        nf_layout = data.StructLayout({"addr": ADDR_W, "n": 16})
+        m.submodules.nf = nf = fifo.SyncFIFO(width=nf_layout.size, depth=4)
+        nf_in = data.View(nf_layout, nf.w_data)
+        nf_out = data.View(nf_layout, nf.r_data)
+        if_act = Signal()
         if_y = Signal(10)
         if_x = Signal(10)
         if_base = Signal(ADDR_W)
@@ -260,46 +266,35 @@ class StoreEngine(wiring.Component):
         it = packer.item
         item_fire = Signal()
         m.d.comb += item_fire.eq(it.valid & it.ready)
-        add_bytes = Signal(range(IB + 1))
+        add_bytes = Signal(range(IB + 3))
         add_raw = Signal(range(ACCW + 1))
-        with m.If(if_st == 1):
+        row_end = Signal()
+        m.d.comb += row_end.eq(if_x == rl - 1)
+        with m.If(if_act):
             m.d.comb += [
-                it.valid.eq(lf.r_rdy & ~halted),
+                it.valid.eq(lf.r_rdy & ~halted & (nf.w_rdy | ~comp | ~row_end)),
                 it.payload.data.eq(Mux(comp, compact.data, take_bytes(lf.r_data, lb, ACCW))),
                 it.payload.n.eq(Mux(comp, compact.n, lb)),
                 it.payload.start.eq(if_x == 0),
-                it.payload.end.eq(if_x == rl - 1),
+                it.payload.end.eq(row_end),
                 it.payload.addr.eq(Mux(comp, if_base + 2, if_base)),
                 lf_pop.eq(item_fire),
-            ]
-        with m.Elif(if_st == 2):
-            m.d.comb += [
-                it.valid.eq(~halted),
-                it.payload.data.eq(nacc[:16]),
-                it.payload.n.eq(2),
-                it.payload.start.eq(1),
-                it.payload.end.eq(1),
-                it.payload.addr.eq(if_base),
+                nf_in.addr.eq(if_base),
+                nf_in.n.eq(Mux(if_x == 0, 0, nacc) + compact.n),
+                nf.w_en.eq(item_fire & comp & row_end),
             ]
         with m.If(item_fire):
-            m.d.comb += add_bytes.eq(it.payload.n)
-            with m.If(if_st == 1):
-                m.d.comb += add_raw.eq(Mux(comp, C, lb))
-        next_row = [if_x.eq(0), if_y.eq(if_y + 1), if_base.eq(if_base + stride),
-                    if_st.eq(Mux(if_y == rows - 1, 0, 1))]
+            m.d.comb += [add_bytes.eq(it.payload.n + Mux(comp & row_end, 2, 0)), add_raw.eq(Mux(comp, C, lb))]
         with m.If(init):
-            m.d.sync += [if_st.eq(1), if_y.eq(0), if_x.eq(0), if_base.eq(dram_addr)]
-        with m.Elif(item_fire & (if_st == 1)):
+            m.d.sync += [if_act.eq(1), if_y.eq(0), if_x.eq(0), if_base.eq(dram_addr)]
+        with m.Elif(item_fire):
             m.d.sync += nacc.eq(Mux(if_x == 0, 0, nacc) + compact.n)
-            with m.If(if_x == rl - 1):
-                with m.If(comp):
-                    m.d.sync += if_st.eq(2)
-                with m.Else():
-                    m.d.sync += next_row
+            with m.If(row_end):
+                m.d.sync += [if_x.eq(0), if_y.eq(if_y + 1), if_base.eq(if_base + stride)]
+                with m.If(if_y == rows - 1):
+                    m.d.sync += if_act.eq(0)
             with m.Else():
                 m.d.sync += if_x.eq(if_x + 1)
-        with m.Elif(item_fire & (if_st == 2)):
-            m.d.sync += next_row
 
         # ---- burst former ---------------------------------------------------------------------
         bf_layout = data.StructLayout({"data": 8 * MB, "strb": MB, "last": 1})
@@ -308,19 +303,55 @@ class StoreEngine(wiring.Component):
         m.submodules.cf = cf = fifo.SyncFIFOBuffered(width=cf_layout.size, depth=4)
         bcount = Signal(8)
         bstart = Signal(ADDR_W)
-        b = packer.beat.payload
+        # beat source: the packer, or (between bursts) a count write of 1-2 beats
+        cb_active = Signal()
+        cb_idx = Signal()
+        cmode = Signal()
+        m.d.comb += cmode.eq(cb_active | (nf.r_rdy & (bcount == 0)))
+        c_off = nf_out.addr[:LMB] if LMB else Const(0, 1)
+        c_straddle = Signal()
+        m.d.comb += c_straddle.eq(c_off == MB - 1)
+        c_addr = Signal(ADDR_W)
+        c_data = Signal(8 * MB)
+        c_strb = Signal(MB)
+        c_seg_last = Signal()
+        with m.If(cb_idx == 0):
+            m.d.comb += [c_addr.eq(nf_out.addr & ~(MB - 1)),
+                         c_data.eq(nf_out.n << (c_off * 8)),
+                         c_strb.eq(Const(3, 2) << c_off),
+                         c_seg_last.eq(~c_straddle)]
+        with m.Else():
+            m.d.comb += [c_addr.eq((nf_out.addr & ~(MB - 1)) + MB),
+                         c_data.eq(nf_out.n[8:]),
+                         c_strb.eq(1),
+                         c_seg_last.eq(1)]
+        b_addr = Signal(ADDR_W)
+        b_data = Signal(8 * MB)
+        b_strb = Signal(MB)
+        b_seg_last = Signal()
+        b_valid = Signal()
+        pb = packer.beat.payload
+        m.d.comb += [
+            b_addr.eq(Mux(cmode, c_addr, pb.addr)),
+            b_data.eq(Mux(cmode, c_data, pb.data)),
+            b_strb.eq(Mux(cmode, c_strb, pb.strb)),
+            b_seg_last.eq(Mux(cmode, c_seg_last, pb.seg_last)),
+            b_valid.eq(Mux(cmode, 1, packer.beat.valid)),
+        ]
         last = Signal()
-        m.d.comb += last.eq((bcount == cfg.max_burst - 1) | (b.addr[:12] == 4096 - MB) | b.seg_last)
-        m.d.comb += packer.beat.ready.eq(bf.w_rdy & (cf.w_rdy | ~last) & ~halted)
+        m.d.comb += last.eq((bcount == cfg.max_burst - 1) | (b_addr[:12] == 4096 - MB) | b_seg_last)
+        b_ready = Signal()
+        m.d.comb += b_ready.eq(bf.w_rdy & (cf.w_rdy | ~last) & ~halted)
+        m.d.comb += packer.beat.ready.eq(b_ready & ~cmode)
         beat_fire = Signal()
-        m.d.comb += beat_fire.eq(packer.beat.valid & packer.beat.ready)
+        m.d.comb += beat_fire.eq(b_valid & b_ready)
         bf_in = data.View(bf_layout, bf.w_data)
         cf_in = data.View(cf_layout, cf.w_data)
         m.d.comb += [
             bf.w_en.eq(beat_fire),
-            bf_in.data.eq(b.data), bf_in.strb.eq(b.strb), bf_in.last.eq(last),
+            bf_in.data.eq(b_data), bf_in.strb.eq(b_strb), bf_in.last.eq(last),
             cf.w_en.eq(beat_fire & last),
-            cf_in.addr.eq(Mux(bcount == 0, b.addr, bstart)),
+            cf_in.addr.eq(Mux(bcount == 0, b_addr, bstart)),
             cf_in.len.eq(bcount),
         ]
         with m.If(beat_fire):
@@ -329,7 +360,13 @@ class StoreEngine(wiring.Component):
             with m.Else():
                 m.d.sync += bcount.eq(bcount + 1)
                 with m.If(bcount == 0):
-                    m.d.sync += bstart.eq(b.addr)
+                    m.d.sync += bstart.eq(b_addr)
+        with m.If(beat_fire & cmode):
+            with m.If(c_seg_last):
+                m.d.comb += nf.r_en.eq(1)
+                m.d.sync += [cb_active.eq(0), cb_idx.eq(0)]
+            with m.Else():
+                m.d.sync += [cb_active.eq(1), cb_idx.eq(1)]
 
         # ---- membus ---------------------------------------------------------------------------
         bus = self.bus
@@ -370,7 +407,7 @@ class StoreEngine(wiring.Component):
         dram_end = Signal(ADDR_W + 8)
         m.d.comb += dram_end.eq(dram_addr + (rows - 1) * stride + Mux(comp, worst, rl * lb))
         all_idle = Signal()
-        m.d.comb += all_idle.eq((if_st == 0) & ~rr_act & packer.idle & (bf.level == 0) & (cf.level == 0)
+        m.d.comb += all_idle.eq(~if_act & ~rr_act & packer.idle & (nf.level == 0) & ~cb_active & (bf.level == 0) & (cf.level == 0)
                                 & (outw == 0))
 
         with m.FSM():

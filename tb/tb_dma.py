@@ -747,43 +747,43 @@ async def bench_dma(dut):
     out["long_store"] = {"bytes": nbytes, "cycles": cyc}
     await env.reset()
 
-    # compressed vs raw across sparsity, fixed seeded tensor set: rows x row_lines lines of C int8
-    rows, rl = 8, 128
-    rng = np.random.default_rng(12345)
-    base = rng.integers(-128, 128, (rows * rl, C)).astype(np.int8)
-    base[base == 0] = 1
-    u = rng.random((rows * rl, C))
-    out["sparsity"] = []
-    for sparsity in (0.0, 0.25, 0.5, 0.75, 0.9):
-        t = base.copy()
-        t[u < sparsity] = 0
-        env.spads[isa.Spad.ACT][:rows * rl] = t
-        slot = _slot(cfg, rl)
-        rec = {"sparsity": sparsity, "lines": rows * rl,
-               "format_bytes": codec.compressed_size(t.reshape(rows, rl, C))}
-        for comp in (0, 1):
-            stride = slot if comp else rl * C
-            st = isa.make("store", spad="act", spad_addr=0, dram_addr=0x200000, rows=rows, row_lines=rl,
-                          dram_stride=stride, compressed=comp, cfg=cfg)
-            b0 = env.counter("st", "bytes")
-            c_st = await timed("st", st)
-            bb_st = env.counter("st", "bytes") - b0
-            wbeats = env.stmem.wd_beats
-            await env.reset()
-            ld = isa.make("load", spad="wgt" if cfg.wgt_depth >= rows * rl else "act",
-                          spad_addr=0 if cfg.wgt_depth >= rows * rl else rows * rl, dram_addr=0x200000, rows=rows,
-                          row_lines=rl, dram_stride=stride, compressed=comp, cfg=cfg)
-            b0 = env.counter("ld", "bytes")
-            c_ld = await timed("ld", ld)
-            bb_ld = env.counter("ld", "bytes") - b0
-            rbeats = env.ldmem.rd_beats
-            key = "compressed" if comp else "raw"
-            rec[key] = {"store_cycles": c_st, "load_cycles": c_ld, "store_bus_bytes": bb_st,
-                        "load_bus_bytes": bb_ld, "store_beats": wbeats, "load_beats": rbeats}
-            exp = t.reshape(-1, C)
-            got = env.spads[ld.spad][ld.spad_addr:ld.spad_addr + rows * rl]
-            assert np.array_equal(got, exp), "benchmark round trip differs"
-            await env.reset()
-        out["sparsity"].append(rec)
+    # compressed vs raw across sparsity, fixed seeded tensor sets: rows x row_lines lines of C int8
+    out["shapes"] = []
+    for rows, rl in ((16, 256), (32, 32)):
+        rng = np.random.default_rng(12345)
+        base = rng.integers(-128, 128, (rows * rl, C)).astype(np.int8)
+        base[base == 0] = 1
+        u = rng.random((rows * rl, C))
+        recs = []
+        for sparsity in (0.0, 0.25, 0.5, 0.75, 0.9):
+            t = base.copy()
+            t[u < sparsity] = 0
+            slot = _slot(cfg, rl)
+            rec = {"sparsity": sparsity, "lines": rows * rl,
+                   "format_bytes": codec.compressed_size(t.reshape(rows, rl, C))}
+            for comp in (0, 1):
+                env.spads[isa.Spad.ACT][:rows * rl] = t
+                stride = slot if comp else rl * C
+                st = isa.make("store", spad="act", spad_addr=0, dram_addr=0x200000, rows=rows, row_lines=rl,
+                              dram_stride=stride, compressed=comp, cfg=cfg)
+                b0 = env.counter("st", "bytes")
+                c_st = await timed("st", st)
+                bb_st = env.counter("st", "bytes") - b0
+                wbeats = env.stmem.wd_beats
+                await env.reset()
+                env.spads[isa.Spad.ACT][:rows * rl] = 0
+                ld = isa.make("load", spad="act", spad_addr=0, dram_addr=0x200000, rows=rows,
+                              row_lines=rl, dram_stride=stride, compressed=comp, cfg=cfg)
+                b0 = env.counter("ld", "bytes")
+                c_ld = await timed("ld", ld)
+                bb_ld = env.counter("ld", "bytes") - b0
+                rbeats = env.ldmem.rd_beats
+                key = "compressed" if comp else "raw"
+                rec[key] = {"store_cycles": c_st, "load_cycles": c_ld, "store_bus_bytes": bb_st,
+                            "load_bus_bytes": bb_ld, "store_beats": wbeats, "load_beats": rbeats}
+                assert np.array_equal(env.spads[isa.Spad.ACT][:rows * rl], t), "benchmark round trip differs"
+                await env.reset()
+            recs.append(rec)
+        out["shapes"].append({"rows": rows, "row_lines": rl, "sparsity": recs})
     with open(os.environ["SPARROW_DMA_BENCH"], "w") as fh:
         json.dump(out, fh, indent=1)
