@@ -60,8 +60,8 @@ class Sparrow(wiring.Component):
         if bus == "membus":
             members["mem"] = Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes))
         else:
-            axi = Axi4Master(cfg.dram_addr_bits, cfg.mem_bytes).signature.members
-            members.update({name: m for name, m in axi.items() if name != "bus"})
+            self._axi = Axi4Master(cfg.dram_addr_bits, cfg.mem_bytes)
+            members.update({name: m for name, m in self._axi.signature.members.items() if name != "bus"})
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -142,7 +142,7 @@ class Sparrow(wiring.Component):
         if self.bus_kind == "membus":
             connect(m, arb_c.bus, wiring.flipped(self.mem))
         else:
-            m.submodules.axi = axi = dp(Axi4Master(cfg.dram_addr_bits, cfg.mem_bytes))
+            m.submodules.axi = axi = dp(self._axi)
             axi_c = _inner(axi)
             connect(m, arb_c.bus, axi_c.bus)
             for name, member in axi_c.signature.members.items():

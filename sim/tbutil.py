@@ -271,3 +271,49 @@ class WritePortModel:
                 self.writes.append(addr)
                 if self.on_write:
                     self.on_write(addr, line)
+
+
+# -- CSR host interface (hdl/csr.py) -------------------------------------------------------------
+
+class CsrMaster:
+    """Host-side access to the ``csr`` bus of the Sparrow top (``csr__addr``, ``csr__r_stb``, ...).
+
+    Register names come from :mod:`sparrow.regmap`.
+    """
+
+    def __init__(self, dut, prefix="csr"):
+        self.dut = dut
+        self.addr = sig(dut, prefix + "__addr")
+        self.r_stb = sig(dut, prefix + "__r_stb")
+        self.r_data = sig(dut, prefix + "__r_data")
+        self.w_stb = sig(dut, prefix + "__w_stb")
+        self.w_data = sig(dut, prefix + "__w_data")
+        self.r_stb.value = 0
+        self.w_stb.value = 0
+
+    @staticmethod
+    def _addr(reg):
+        from sparrow import regmap
+        return reg if isinstance(reg, int) else regmap.addr(reg)
+
+    async def write(self, reg, value):
+        await FallingEdge(self.dut.clk)
+        self.addr.value = self._addr(reg)
+        self.w_data.value = value & 0xFFFFFFFF
+        self.w_stb.value = 1
+        await FallingEdge(self.dut.clk)
+        self.w_stb.value = 0
+
+    async def read(self, reg) -> int:
+        await FallingEdge(self.dut.clk)
+        self.addr.value = self._addr(reg)
+        self.r_stb.value = 1
+        await FallingEdge(self.dut.clk)
+        self.r_stb.value = 0
+        await ReadOnly()
+        return int(self.r_data.value)
+
+    async def read64(self, name) -> int:
+        lo = await self.read(f"{name.upper()}_LO")
+        hi = await self.read(f"{name.upper()}_HI")
+        return lo | (hi << 32)

@@ -68,8 +68,8 @@ class Requant:
         out = np.zeros((3, n), np.int64)
         for i, (name, v) in enumerate((("bias", self.bias), ("mult", self.mult), ("shift", self.shift))):
             a = np.asarray(v, dtype=np.int64)
-            if a.ndim == 0:
-                a = np.full(n, int(a))
+            if a.ndim == 0 or a.shape == (1,):   # one value (e.g. from a scalar scale): broadcast
+                a = np.full(n, int(a.reshape(-1)[0]))
             if a.shape != (n,):
                 raise ValueError(f"requant.{name}: need {n} values (one per output channel), got {a.shape}")
             out[i] = a
