@@ -26,7 +26,9 @@ class MembusArbiter(wiring.Component):
       before accepting the command cannot deadlock).
 
     Each FIFO holds ``depth`` entries, so at most ``depth`` reads and ``depth`` writes are
-    outstanding; a read (write) command is not granted while its FIFO is full. Responses must
+    outstanding; a read (write) command is not granted while its FIFO is full. As in AXI, a
+    master must offer a write command without waiting for its write data to be accepted (data
+    is only taken once the command is granted). Responses must
     come at the earliest the cycle after their command was accepted (true of any membus slave
     that registers its command, including :class:`sparrow.hdl.axi4.Axi4Master` with an AXI slave).
     ``rdata``/``wresp`` ordering per master is the slave's order, i.e. command order.

@@ -22,8 +22,10 @@ address (``bank = addr % banks``, row ``addr // banks``). Every bank serves one 
 write per cycle, so clients conflict only when two readers (or two writers) hit the same bank in
 the same cycle; consecutive lines sit in different banks, so streaming clients spread out.
 Double buffering is not a hardware mode: the compiler places the tile being filled by LOAD and
-the tile being consumed by MATMUL/VECTOR in separate regions (semaphores order them), and the
-banking lets both proceed in the same cycles with at most occasional one-cycle conflicts.
+the tile being consumed by MATMUL/VECTOR in separate regions (semaphores order them). LOAD's
+writes use the banks' write ports and the consumers' reads their read ports, so filling one
+buffer never stalls reading the other; only readers compete with readers (and writers with
+writers) for a bank, and only when they hit the same bank in the same cycle.
 
 Arbitration is per bank and per direction with :class:`sparrow.hdl.round_robin.RoundRobin`: a
 client whose command waits is granted after at most ``n - 1`` grants of that bank to others (the
@@ -92,6 +94,8 @@ class BankedScratchpad(wiring.Component):
 
     Attributes
     ----------
+    read_latency : int
+        Cycles from an accepted read command to its response: always 1.
     read_names, write_names : list of str
         Port names by index.
     read_index, write_index : dict
@@ -115,6 +119,7 @@ class BankedScratchpad(wiring.Component):
         self.depth, self.banks, self.line_shape = depth, banks, line_shape
         self.read_names = _port_names(read_ports, "read_ports", "r")
         self.write_names = _port_names(write_ports, "write_ports", "w")
+        self.read_latency = 1
         self.read_index = {n: i for i, n in enumerate(self.read_names)}
         self.write_index = {n: i for i, n in enumerate(self.write_names)}
         self.addr_width = (depth - 1).bit_length()
@@ -238,6 +243,7 @@ class ReplicatedScratchpad(wiring.Component):
             raise ValueError(f"replicas must be a positive int, not {replicas!r}")
         _check_shape(line_shape)
         self.depth, self.replicas, self.line_shape = depth, replicas, line_shape
+        self.read_latency = 1
         self.addr_width = (depth - 1).bit_length()
         super().__init__({
             "wr": In(WritePortSignature(self.addr_width, line_shape)),
