@@ -13,7 +13,8 @@ help:
 	@echo "make test      the test suite on $(JOBS) cores (fails on failures and on 'no tests')"
 	@echo "make lint      ruff"
 	@echo "make bench     every benchmark in bench/ (B=NAME for one); results in bench/results/"
-	@echo "make sim / verilog / fpga / demo / formal / fuzz / coverage: see README"
+	@echo "make verilog   build/sparrow_<preset>.v + .json (parameters, register map), lint-checked"
+	@echo "make sim / fpga / demo / formal / fuzz / coverage: see README"
 
 $(VENV)/.installed: pyproject.toml
 	@command -v verilator >/dev/null || { echo "installing verilator (apt)"; apt-get update -qq && apt-get install -y -qq verilator g++ make; }
@@ -33,7 +34,10 @@ lint: install
 bench: install
 	$(PY) -m sparrow.bench $(B)
 
-sim verilog fpga demo formal fuzz coverage:
+verilog: install
+	$(PY) -m sparrow.hdl.export $(PRESETS)
+
+sim fpga demo formal fuzz coverage:
 	@echo "make $@: not implemented yet — see the open issues (issues list)"; exit 2
 
 clean:
