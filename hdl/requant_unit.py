@@ -14,9 +14,10 @@ int8 range). MAXPOOL and MASK pass values through with ``mult = 1``, ``shift = 0
 
 The 33 x 31-bit product is split into four registered partial products of at most 17 x 17
 bits (one ECP5 18x18 multiplier each) summed over two adder stages; the 64-bit rounding shift
-has its own stage and the rounded value is saturated to 16 bits before the final ``+ zp`` and
-clamp (saturation cannot change the clamped int8 result). The pipeline never stalls: a valid
-input appears at the output exactly :attr:`LATENCY` cycles later.
+takes two stages (by ``8*(s//8)``, then by ``s%8``; round and sticky bits come from the
+product) and the rounded value is saturated to 16 bits before the final ``+ zp`` and clamp
+(saturation cannot change the clamped int8 result). The pipeline never stalls: a valid input
+appears at the output exactly :attr:`LATENCY` cycles later.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -61,7 +62,7 @@ class RequantUnit(wiring.Component):
         The int8 result.
     """
 
-    LATENCY = 7
+    LATENCY = 8
 
     def __init__(self, cols: int):
         if not isinstance(cols, int) or isinstance(cols, bool) or not 1 <= cols <= 64 or cols & (cols - 1):
@@ -125,26 +126,32 @@ class RequantUnit(wiring.Component):
             p = reg(signed(64), 4, "p")
             sync += p.eq(Mux(self.use_add, s_add, s_lo + (s_hi << 16)))
 
-            # S5: q = floor(p / 2**s); round bit = bit s-1 of p; sticky = any bit below s-1.
+            # S5: coarse shift by 8*(s // 8); round bit = bit s-1 of p; sticky = any bit below s-1.
             sh = self.shift[c]
             pe = Cat(Const(0, 1), p)                    # pe[k] = p[k-1], pe[0] = 0
-            q = reg(signed(64), 5, "q")
+            qc = reg(signed(64), 5, "qc")
             rbit = reg(1, 5, "rbit")
             sticky = reg(1, 5, "sticky")
-            low_mask = (Const(1, 65) << sh) - 1         # bits 0..s-1 of pe = bits -1..s-2 of p
-            sync += [q.eq(p >> sh), rbit.eq(pe.bit_select(sh, 1)), sticky.eq((pe & low_mask) != 0)]
+            below = Cat(*[sh > k for k in range(63)])   # bits 0..s-1 of pe = bits -1..s-2 of p
+            sync += [qc.eq(p >> Cat(Const(0, 3), sh[3:6])), rbit.eq(pe.bit_select(sh, 1)),
+                     sticky.eq((pe[:63] & below).any())]
 
-            # S6: saturate q to 16 bits (harmless: the int8 clamp decides the same) and round.
-            qs = reg(signed(16), 6, "qs")
-            up = reg(1, 6, "up")
+            # S6: fine shift by s % 8: q = floor(p / 2**s).
+            q = reg(signed(64), 6, "q")
+            rbit6, sticky6 = reg(1, 6, "rbit"), reg(1, 6, "sticky")
+            sync += [q.eq(qc >> sh[0:3]), rbit6.eq(rbit), sticky6.eq(sticky)]
+
+            # S7: saturate q to 16 bits (harmless: the int8 clamp decides the same) and round.
+            qs = reg(signed(16), 7, "qs")
+            up = reg(1, 7, "up")
             sync += [qs.eq(Mux(q > 32767, 32767, Mux(q < -32768, -32768, q))),
-                     up.eq(rbit & (sticky | q[0]))]
+                     up.eq(rbit6 & (sticky6 | q[0]))]
 
-            # S7: + zp, then min(max(y, lo), hi).
-            y = Signal(signed(18), name=f"s7_y_{c}")
+            # S8: + zp, then min(max(y, lo), hi).
+            y = Signal(signed(18), name=f"s8_y_{c}")
             m.d.comb += y.eq(qs + up + self.zp)
             ylo = Mux(y < self.lo, self.lo, y)
-            out = reg(signed(8), 7, "out")
+            out = reg(signed(8), 8, "out")
             sync += out.eq(Mux(ylo > self.hi, self.hi, ylo))
             m.d.comb += self.o_y[c].eq(out)
         return m

@@ -186,7 +186,7 @@ class VectorEngine(wiring.Component):
         a_more = Signal()
         a_out = Signal(range(self.rd_depth + 1))
         a_issue = Signal()
-        dx, dx_m1 = Signal(W), Signal(W)
+        dx, dx_m1 = Signal(18), Signal(18)   # linear ops: up to 1023*255 lines
         dy, dy_m1 = Signal(4), Signal(4)
         li, l_m1 = Signal(6), Signal(6)
         ox, ox_m1 = Signal(8), Signal(8)
@@ -321,8 +321,8 @@ class VectorEngine(wiring.Component):
         # ---- write side ---------------------------------------------------------------------
         wr_addr = Signal(AW)
         wr_step = Signal(8)
-        wr_cnt = Signal(W)
-        n_out = Signal(W)
+        wr_left = Signal(W)     # writes still to do (this one included)
+        wr_last = Signal()      # registered wr_left == 1: keeps ready -> last_write -> start short
         wr_ok = Signal()
         comb += [self.act_wr.cmd.valid.eq(fw.r_rdy),
                  self.act_wr.cmd.payload.addr.eq(wr_addr),
@@ -330,8 +330,8 @@ class VectorEngine(wiring.Component):
                  fw.r_en.eq(self.act_wr.cmd.ready),
                  wr_ok.eq(self.act_wr.cmd.valid & self.act_wr.cmd.ready)]
         with m.If(wr_ok):
-            sync += [wr_addr.eq(wr_addr + wr_step), wr_cnt.eq(wr_cnt + 1)]
-        comb += last_write.eq(wr_ok & (wr_cnt == n_out - 1))
+            sync += [wr_addr.eq(wr_addr + wr_step), wr_left.eq(wr_left - 1), wr_last.eq(wr_left == 2)]
+        comb += last_write.eq(wr_ok & wr_last)
 
         # ---- credits --------------------------------------------------------------------------
         sync += [inflight.eq(inflight + emit - wr_ok),
@@ -344,8 +344,10 @@ class VectorEngine(wiring.Component):
         IDLE, RUN, ERR = range(3)
         state = Signal(range(3))
         nxt_valid = Signal()
-        chk = Signal(2)          # check stage of nxt: 0, 1, 2 (result now), 3 (result in nxt_fail)
+        chk = Signal(3)          # check stage of nxt: 0..3 computing, 4: result in nxt_fail
         nxt_fail = Signal()
+        act_max, act_max_r = Signal(W), Signal(W)
+        acc_max, acc_max_r = Signal(W), Signal(W)
         nrq, nva, npl = nx["rq"], nx["va"], nx["pl"]
         comb += self.instr.ready.eq(~nxt_valid & (state != ERR))
         with m.If(self.instr.valid & self.instr.ready):
@@ -366,10 +368,10 @@ class VectorEngine(wiring.Component):
             sync += [chk.eq(2), pin.eq(ph * npl.row_stride + pw * npl.lpp + npl.lpp - 1),
                      npool.eq(ohw * npl.lpp)]
         with m.Elif(nxt_valid & (chk == 2)):
-            sync += [chk.eq(3), nxt_fail.eq(fail)]
+            sync += [chk.eq(3), act_max_r.eq(act_max), acc_max_r.eq(acc_max)]
+        with m.Elif(nxt_valid & (chk == 3)):
+            sync += [chk.eq(4), nxt_fail.eq(fail)]
 
-        act_max = Signal(W)
-        acc_max = Signal(W)
         with m.If(nx["is_rq"]):
             comb += [act_max.eq(nrq.dst + rq_span),
                      acc_max.eq(Mux(nrq.src + nrq.rows - 1 > nrq.param + 2, nrq.src + nrq.rows - 1,
@@ -386,13 +388,13 @@ class VectorEngine(wiring.Component):
             dmax = Mux(nmk.src > nmk.dst, nmk.src, nmk.dst) + mn - 1
             bmax = nmk.mask_addr + ((mn - 1) >> 3)
             comb += act_max.eq(Mux(nx["loaded"] & (bmax > dmax), bmax, dmax))
-        comb += fail.eq((act_max >= cfg.act_depth) | (nx["is_rq"] & (acc_max >= cfg.acc_depth)))
+        comb += fail.eq((act_max_r >= cfg.act_depth) | (nx["is_rq"] & (acc_max_r >= cfg.acc_depth)))
 
         # nxt starts when checked and legal, as soon as the running instruction's last write is
         # accepted (its reads then see every write of the previous one). An illegal nxt faults
         # only from IDLE, i.e. after the previous instruction's done pulse.
-        checked = nxt_valid & ((chk == 2) | (chk == 3))
-        n_fail = Mux(chk == 3, nxt_fail, fail)
+        checked = nxt_valid & (chk == 4)
+        n_fail = nxt_fail
         go = Signal()
         bad = Signal()
         comb += [go.eq(checked & ~n_fail & ((state == IDLE) | ((state == RUN) & last_write))),
@@ -417,7 +419,7 @@ class VectorEngine(wiring.Component):
         with m.If(start):
             sync += win_run.eq(win_m1)
             sync += [acc_ptr.eq(rq.param), acc_cnt.eq(0), acc_left.eq(Mux(is_rq, rq.rows + 3, 0)),
-                     pcnt.eq(0), wcnt.eq(0), wr_cnt.eq(0),
+                     pcnt.eq(0), wcnt.eq(0),
                      dx.eq(0), dy.eq(0), li.eq(0), ox.eq(0), oy.eq(0), a_more.eq(~is_rq)]
             # Unit defaults (REQUANT overwrites bias/mult/shift from its parameter lines).
             for c in range(cols):
@@ -429,18 +431,19 @@ class VectorEngine(wiring.Component):
                      unit.lo.eq(Mux(is_rq, rq.lo, Mux(is_add & va.relu, 0, -128))),
                      unit.hi.eq(Mux(is_rq, rq.hi, 127))]
             with m.If(is_rq):
-                sync += [wr_addr.eq(rq.dst), wr_step.eq(rq.dst_stride), n_out.eq(rq.rows),
-                         b_left.eq(0)]
+                sync += [wr_addr.eq(rq.dst), wr_step.eq(rq.dst_stride), wr_left.eq(rq.rows),
+                         wr_last.eq(rq.rows == 1), b_left.eq(0)]
             with m.Elif(is_add):
-                sync += [wr_addr.eq(va.dst), wr_step.eq(1), n_out.eq(va.lines),
+                sync += [wr_addr.eq(va.dst), wr_step.eq(1), wr_left.eq(va.lines), wr_last.eq(va.lines == 1),
                          b_left.eq(va.lines), b_ptr.eq(va.src_b)]
                 init_a(va.src_a, va.lines - 1, 1)
             with m.Elif(is_mask):
-                sync += [wr_addr.eq(mk.dst), wr_step.eq(1), n_out.eq(mn),
+                sync += [wr_addr.eq(mk.dst), wr_step.eq(1), wr_left.eq(mn), wr_last.eq(mn == 1),
                          b_left.eq(Mux(loaded, (mn + 7) >> 3, 0)), b_ptr.eq(mk.mask_addr)]
                 init_a(mk.src, mn - 1, 1)
             with m.Else():
-                sync += [wr_addr.eq(pl.dst), wr_step.eq(1), n_out.eq(npool), b_left.eq(0)]
+                sync += [wr_addr.eq(pl.dst), wr_step.eq(1), wr_left.eq(npool), wr_last.eq(npool == 1),
+                         b_left.eq(0)]
                 init_a(pl.src, pl.kw - 1, pl.lpp, dy_m1_=pl.kh - 1, dy_step_=pl.row_stride,
                        l_m1_=pl.lpp - 1, ox_m1_=pl.out_w - 1, ox_step_=sw_lpp,
                        oy_m1_=pl.out_h - 1, oy_step_=sh_rs)
