@@ -34,7 +34,7 @@ def _simulate(zero_skip: bool, out: Path) -> dict:
     name = f"matrix_engine_{PRESET}_{'skip' if zero_skip else 'dense'}"
     text = verilog_text(MatrixEngine(cfg, zero_skip=zero_skip), name)
     run_cocotb(None, name=name, test_module="tb_matrix_engine", verilog_text=text, testcase="bench_cycles",
-               build_args=["-Wno-LITENDIAN"], seed=1,
+               seed=1,
                extra_env={"SPARROW_PRESET": PRESET, "SPARROW_ZERO_SKIP": str(int(zero_skip)),
                           "SPARROW_BENCH_OUT": str(out), "SPARROW_BENCH_SPEC": json.dumps(SPEC)})
     return json.loads(out.read_text())

@@ -70,9 +70,14 @@ def _lines_bits(cfg):
     return (((1 << 12) - 1 + cfg.cols - 1) // cfg.cols).bit_length()
 
 
-def _check_depth(name, value, lo=1):
+def _reject(obj, message):
+    obj._MustUse__silence = True     # a rejected component is not an "unused elaboratable"
+    raise ValueError(message)
+
+
+def _check_depth(obj, name, value, lo=1):
     if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, not {value!r}")
+        _reject(obj, f"{name} must be an int >= {lo}, not {value!r}")
 
 
 class MatrixLane(wiring.Component):
@@ -123,10 +128,10 @@ class MatrixLane(wiring.Component):
     def __init__(self, cfg: HwConfig, *, zero_skip=True, line_depth=4, op_depth=4, out_depth=2,
                  row_depth=4):
         if not isinstance(cfg, HwConfig):
-            raise ValueError(f"cfg must be a HwConfig, not {cfg!r}")
+            _reject(self, f"cfg must be a HwConfig, not {cfg!r}")
         for n, v in (("line_depth", line_depth), ("op_depth", op_depth), ("out_depth", out_depth),
                      ("row_depth", row_depth)):
-            _check_depth(n, v, 2 if n != "out_depth" else 1)
+            _check_depth(self, n, v, 2 if n != "out_depth" else 1)
         self.cfg, self.zero_skip = cfg, bool(zero_skip)
         self.line_depth, self.op_depth = line_depth, op_depth
         self.out_depth, self.row_depth = out_depth, row_depth
@@ -347,15 +352,15 @@ class MatrixEngine(wiring.Component):
     def __init__(self, cfg: HwConfig, *, zero_skip=True, line_depth=4, op_depth=4, out_depth=2,
                  row_depth=4, write_depth=4):
         if not isinstance(cfg, HwConfig):
-            raise ValueError(f"cfg must be a HwConfig, not {cfg!r}")
-        _check_depth("write_depth", write_depth, 2)
+            _reject(self, f"cfg must be a HwConfig, not {cfg!r}")
+        _check_depth(self, "write_depth", write_depth, 2)
         self.cfg, self.zero_skip = cfg, bool(zero_skip)
         self.write_depth = write_depth
         self._lane_args = dict(zero_skip=zero_skip, line_depth=line_depth, op_depth=op_depth,
                                out_depth=out_depth, row_depth=row_depth)
         for n, v in (("line_depth", line_depth), ("op_depth", op_depth), ("row_depth", row_depth)):
-            _check_depth(n, v, 2)
-        _check_depth("out_depth", out_depth, 1)
+            _check_depth(self, n, v, 2)
+        _check_depth(self, "out_depth", out_depth, 1)
         cols = cfg.cols
         super().__init__({
             **engine_control_members(),
