@@ -42,7 +42,8 @@ def _measure(cfg, pattern, seed=1):
         return None
 
     counts = {"rd": [0] * n, "wr": [0] * 2}
-    active = {"rd": [rd_addr(i) is not None for i in range(n)], "wr": [wr_addr(j) is not None for j in range(2)]}
+    active = {"rd": [rd_addr(i) is not None for i in range(n)],
+              "wr": [wr_addr(j) is not None for j in range(2)]}
 
     async def tb(ctx):
         cur_rd, cur_wr = [None] * n, [None] * 2
@@ -74,8 +75,8 @@ def _measure(cfg, pattern, seed=1):
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
-    rd = [c / CYCLES for c, a in zip(counts["rd"], active["rd"]) if a]
-    wr = [c / CYCLES for c, a in zip(counts["wr"], active["wr"]) if a]
+    rd = [c / CYCLES for c, a in zip(counts["rd"], active["rd"], strict=True) if a]
+    wr = [c / CYCLES for c, a in zip(counts["wr"], active["wr"], strict=True) if a]
     return rd, wr
 
 
@@ -90,8 +91,11 @@ def run():
         metrics[f"{pattern}_reads_per_cycle_total"] = round(sum(rd), 4)
         if wr:
             metrics[f"{pattern}_write_per_port_cycle_mean"] = round(sum(wr) / len(wr), 4)
-        rows.append(f"{pattern:14s} {len(rd):3d} readers  per-port min {min(rd):.3f} mean {sum(rd) / len(rd):.3f}  "
-                    f"total {sum(rd):.2f}/cycle" + (f"   {len(wr)} writers mean {sum(wr) / len(wr):.3f}" if wr else ""))
+        line = (f"{pattern:14s} {len(rd):3d} readers  per-port min {min(rd):.3f} "
+                f"mean {sum(rd) / len(rd):.3f}  total {sum(rd):.2f}/cycle")
+        if wr:
+            line += f"   {len(wr)} writers mean {sum(wr) / len(wr):.3f}"
+        rows.append(line)
     return {"metrics": metrics,
             "config": {"preset": name, "act_banks": cfg.act_banks, "rows": cfg.rows, "cycles": CYCLES},
             "table": "\n".join(rows)}

@@ -62,7 +62,8 @@ class MembusArbiter(wiring.Component):
             raise ValueError(f"n_masters must be a positive int, not {n_masters!r}")
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"depth must be a positive int, not {depth!r}")
-        self.addr_width, self.data_bytes, self.n_masters, self.depth = addr_width, data_bytes, n_masters, depth
+        self.addr_width, self.data_bytes = addr_width, data_bytes
+        self.n_masters, self.depth = n_masters, depth
         sig = MemBusSignature(addr_width, data_bytes)
         super().__init__({"masters": In(sig).array(n_masters), "bus": Out(sig)})
 

@@ -67,9 +67,11 @@ class Master:
 
     def check(self):
         got_r = list(self.rdata.items)
-        assert len(got_r) == len(self.exp_r), f"{self.prefix}: {len(got_r)} read beats, expected {len(self.exp_r)}"
-        for k, (g, (data, last, err)) in enumerate(zip(got_r, self.exp_r)):
-            assert (g["last"], g["err"]) == (last, err), f"{self.prefix} beat {k}: last/err {g} vs {(last, err)}"
+        assert len(got_r) == len(self.exp_r), \
+            f"{self.prefix}: {len(got_r)} read beats, expected {len(self.exp_r)}"
+        for k, (g, (data, last, err)) in enumerate(zip(got_r, self.exp_r, strict=True)):
+            assert (g["last"], g["err"]) == (last, err), \
+                f"{self.prefix} beat {k}: last/err {g} vs {(last, err)}"
             if data is not None:
                 assert g["data"] == data, f"{self.prefix} beat {k}: data {g['data']:#x} != {data:#x}"
         got_b = [b["err"] for b in self.wresp.items]
@@ -109,7 +111,8 @@ async def _wait_done(dut, masters, limit):
             return
         await FallingEdge(dut.clk)
     raise AssertionError("membus traffic did not complete: " +
-                         ", ".join(f"{m.prefix} r {m.rdata.count}/{len(m.exp_r)} b {m.wresp.count}/{len(m.exp_b)}"
+                         ", ".join(f"{m.prefix} r {m.rdata.count}/{len(m.exp_r)} "
+                                   f"b {m.wresp.count}/{len(m.exp_b)}"
                                    for m in masters))
 
 
@@ -144,7 +147,8 @@ async def random_bursts_against_axiram(dut):
         for _ in range(n_cmds):
             length, off = _burst(rng, db)
             if rng.random() < 0.5:
-                words = [int.from_bytes(image[off + j * db: off + (j + 1) * db], "little") for j in range(length + 1)]
+                words = [int.from_bytes(image[off + j * db: off + (j + 1) * db], "little")
+                         for j in range(length + 1)]
                 mm.read(rpage + off, length, words)
             else:
                 beats = []
@@ -214,8 +218,9 @@ async def slave_errors_map_to_err(dut):
             if k == 0 or (k > 1 and rng.random() < 0.5):
                 length, off = _burst(rng, db, 8)
                 base = 0x8000 + 0x1000 * i if bad else 0x1000 * i
-                words = None if bad else [int.from_bytes(target.mem[base + off + j * db: base + off + (j + 1) * db],
-                                                         "little") for j in range(length + 1)]
+                a0 = base + off
+                words = None if bad else [int.from_bytes(target.mem[a0 + j * db: a0 + (j + 1) * db], "little")
+                                          for j in range(length + 1)]
                 mm.read(base + off, length, words, err=int(bad))
             else:
                 words = 0x800 // db
@@ -225,7 +230,8 @@ async def slave_errors_map_to_err(dut):
                 beats = [(rng.getrandbits(8 * db), (1 << db) - 1) for _ in range(length + 1)]
                 if not bad:
                     for j, (data, _) in enumerate(beats):
-                        expect_mem[base + off + j * db: base + off + (j + 1) * db] = data.to_bytes(db, "little")
+                        a0 = base + off + j * db
+                        expect_mem[a0: a0 + db] = data.to_bytes(db, "little")
                 mm.write(base + off, beats, err=int(bad))
     await _wait_done(dut, masters, 10_000)
     for mm in masters:

@@ -42,10 +42,11 @@ class Harness:
     def __init__(self, dut):
         self.dut = dut
         self.rd_names, self.wr_names = _discover(dut)
-        self.rd = [(sig(dut, n + "__cmd__valid"), sig(dut, n + "__cmd__ready"), sig(dut, n + "__cmd__payload"),
-                    sig(dut, n + "__rsp__valid"), sig(dut, n + "__rsp__payload")) for n in self.rd_names]
-        self.wr = [(sig(dut, n + "__cmd__valid"), sig(dut, n + "__cmd__ready"), sig(dut, n + "__cmd__payload"))
-                   for n in self.wr_names]
+        def cmd(n):
+            return sig(dut, n + "__cmd__valid"), sig(dut, n + "__cmd__ready"), sig(dut, n + "__cmd__payload")
+        self.rd = [cmd(n) + (sig(dut, n + "__rsp__valid"), sig(dut, n + "__rsp__payload"))
+                   for n in self.rd_names]
+        self.wr = [cmd(n) for n in self.wr_names]
         self.aw = len(self.rd[0][2])
         self.depth = 1 << self.aw
         self.lw = len(self.rd[0][4])
@@ -79,9 +80,10 @@ class Harness:
                     a, line = self.cur_wr[j]
                     payload.value = a | (line << self.aw)
             await ReadOnly()
-            for i, (_, ready, _, rvalid, rpayload) in enumerate(self.rd):
+            for i, (_, _, _, rvalid, rpayload) in enumerate(self.rd):
                 if int(rvalid.value):
-                    assert self.expect[i], f"{self.rd_names[i]}: response without a request (cycle {self.cycle})"
+                    assert self.expect[i], \
+                        f"{self.rd_names[i]}: response without a request (cycle {self.cycle})"
                     due, addr, line = self.expect[i].popleft()
                     assert due == self.cycle, f"{self.rd_names[i]}: response at {self.cycle}, expected {due}"
                     got = int(rpayload.value)
@@ -124,7 +126,8 @@ async def _setup(dut, salt):
     h = Harness(dut)
     await reset(dut)
     banks = int(os.environ.get("SPARROW_SPAD_BANKS", "0"))
-    dut._log.info(f"ports: read {h.rd_names}, write {h.wr_names}; depth {h.depth}, line {h.lw} bits, banks {banks}")
+    dut._log.info(f"ports: read {h.rd_names}, write {h.wr_names}; depth {h.depth}, "
+                  f"line {h.lw} bits, banks {banks}")
     return rng, h, banks
 
 
@@ -158,7 +161,9 @@ async def conflict_free_throughput(dut):
             return i + banks * rng.randrange(h.depth // banks) if i < n_r else None
 
         def wr(j):
-            return ((j + 1) % banks + banks * rng.randrange(h.depth // banks), rng.getrandbits(h.lw)) if j < n_w else None
+            if j >= n_w:
+                return None
+            return (j + 1) % banks + banks * rng.randrange(h.depth // banks), rng.getrandbits(h.lw)
     else:
         n_r, n_w = len(h.rd) - 1, len(h.wr)          # private ports; shared idle
 

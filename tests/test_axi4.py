@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Membus arbiter (amaranth.sim) and AXI4 master adapter (cocotb + cocotbext-axi on Verilator).
 
 References are independent: a Python byte-dict memory and the per-master command lists.
@@ -11,7 +12,7 @@ from collections import deque
 import pytest
 from amaranth import Module
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 from amaranth.sim import Simulator
 
 from sparrow.config import preset
@@ -86,7 +87,8 @@ class MembusSlaveModel:
     """Python membus slave (in order, random ready/latency); addresses >= err_base answer err."""
 
     def __init__(self, bus, mem, data_bytes, rng, err_base, stall=0.3):
-        self.bus, self.mem, self.db, self.rng, self.err_base, self.stall = bus, mem, data_bytes, rng, err_base, stall
+        self.bus, self.mem, self.db, self.rng = bus, mem, data_bytes, rng
+        self.err_base, self.stall = err_base, stall
         self.reads = deque()      # [due, addr, beats left]
         self.writes = deque()     # [addr, len, beats received]
         self.wbeats = deque()
@@ -183,7 +185,7 @@ class MembusMasterModel:
             self.w_cur = self.wbeats.popleft()
         ctx.set(p.wdata.valid, self.w_cur is not None)
         if self.w_cur is not None:
-            ctx.set(p.wdata.payload, dict(zip(("data", "strb", "last"), self.w_cur)))
+            ctx.set(p.wdata.payload, dict(zip(("data", "strb", "last"), self.w_cur, strict=True)))
         ctx.set(p.rdata.ready, rng.random() >= self.idle)
         ctx.set(p.wresp.ready, rng.random() >= self.idle)
 
@@ -216,7 +218,8 @@ def _run_arbiter(n_masters, data_bytes, n_cmds, *, p_err, idle, stall, salt, dep
         for a in range(0x1000 * 2 * i, 0x1000 * (2 * i + 1)):
             mem[a] = rng.getrandbits(8)
     initial = dict(mem)
-    cmds = [make_commands(rng, i, data_bytes, n_cmds, err_base=err_base, p_err=p_err) for i in range(n_masters)]
+    cmds = [make_commands(rng, i, data_bytes, n_cmds, err_base=err_base, p_err=p_err)
+            for i in range(n_masters)]
     masters = [MembusMasterModel(dut.masters[i], cmds[i], data_bytes, rng, idle) for i in range(n_masters)]
     slave = MembusSlaveModel(dut.bus, mem, data_bytes, rng, err_base, stall)
 
@@ -269,7 +272,7 @@ def test_arbiter_grants_round_robin():
         ctx.set(dut.bus.cmd.ready, 1)
         order = []
         pending = deque()
-        for cycle in range(60):
+        for _ in range(60):
             ctx.set(dut.bus.rdata.valid, bool(pending))
             if pending:
                 ctx.set(dut.bus.rdata.payload, {"data": pending[0], "last": 1, "err": 0})

@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Scratchpads: arbitration fairness, ordering, same-cycle read/write semantics, random traffic.
 
 Every read result is compared with a flat Python list model of the memory (reads accepted in a
@@ -334,5 +335,6 @@ def _spad_cases():
 def test_scratchpad_on_verilator(kind):
     make, banks = _spad_cases()[kind]
     name = f"spad_{kind}_small"
-    run_cocotb(None, name=name, test_module="tb_scratchpad", verilog_text=verilog_skipping_consts(make(), name),
+    run_cocotb(None, name=name, test_module="tb_scratchpad",
+               verilog_text=verilog_skipping_consts(make(), name),
                extra_env={"SPARROW_PRESET": "small", "SPARROW_SPAD_BANKS": str(banks)}, seed=SEED)
