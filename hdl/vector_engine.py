@@ -139,17 +139,18 @@ class VectorEngine(wiring.Component):
             comb += [f.w_data.eq(port.rsp.payload.as_value()), f.w_en.eq(port.rsp.valid)]
 
         # ---- check-stage registers -----------------------------------------------------------
-        rq_span = Signal(W)     # (rows-1)*dst_stride
-        ph = Signal(W)          # (out_h-1)*stride_h + kh-1
-        pw = Signal(W)          # (out_w-1)*stride_w + kw-1
-        ohw = Signal(W)         # out_h*out_w
-        sh_rs = Signal(W)       # stride_h*row_stride
-        sw_lpp = Signal(W)      # stride_w*lpp
+        # (widths: the largest value the ISA field widths allow)
+        rq_span = Signal(20)    # (rows-1)*dst_stride
+        ph = Signal(12)         # (out_h-1)*stride_h + kh-1
+        pw = Signal(12)         # (out_w-1)*stride_w + kw-1
+        ohw = Signal(16)        # out_h*out_w
+        sh_rs = Signal(17)      # stride_h*row_stride
+        sw_lpp = Signal(9)      # stride_w*lpp
         win_m1 = Signal(8)      # kh*kw - 1
         win_run = Signal(8)     # the same, for the running instruction
-        mn = Signal(W)          # MASK rows*row_lines
-        pin = Signal(W)         # pool input span
-        npool = Signal(W)       # out_h*out_w*lpp
+        mn = Signal(18)         # MASK rows*row_lines
+        pin = Signal(27)        # pool input span
+        npool = Signal(22)      # out_h*out_w*lpp
 
         running = Signal()
         start = Signal()        # nxt becomes the running instruction: initialise RUN state

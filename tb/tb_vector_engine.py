@@ -411,6 +411,25 @@ async def spad_range_errors(dut):
         assert int(dut.error.value) == ErrorCode.SPAD_RANGE.value, "error not sticky"
         assert bench.src.sent == 3, "an instruction was accepted after the error"
         bench.close()
+    # Footprints far beyond any depth (every field at its maximum): no truncation in the check.
+    extremes = [
+        make("requant", src=16383, dst=16383, rows=4095, dst_stride=255, param=16383),
+        make("requant", src=0, dst=0, rows=4095, dst_stride=255, param=0),
+        make("vadd", src_a=16383, src_b=16383, dst=16383, lines=4095),
+        make("maxpool", src=16383, dst=16383, lpp=63, row_stride=16383, out_h=255, out_w=255, kh=15, kw=15,
+             stride_h=7, stride_w=7),
+        make("avgpool", src=0, dst=0, lpp=63, row_stride=16383, out_h=255, out_w=255, kh=15, kw=15,
+             stride_h=7, stride_w=7),
+        make("mask", src=0, dst=0, rows=1023, row_lines=255, mode="loaded", mask_addr=16383),
+    ]
+    for bad in extremes:
+        assert not in_range(bad)
+        await reset(dut)
+        bench = Bench(dut, rng, nrng)
+        await bench.run([bad], expect_done=0, timeout=200)
+        assert int(dut.error.value) == ErrorCode.SPAD_RANGE.value, f"{bad}: error {int(dut.error.value)}"
+        assert bench.log == [[]] and bench.act == bench.act0, f"{bad}: wrote something"
+        bench.close()
 
 
 @cocotb.test()
