@@ -5,6 +5,9 @@ Subcommands::
     sparrow asm FILE.s [-o OUT.bin] [--preset NAME]     assemble and validate -> binary image
     sparrow disasm FILE.bin [--preset NAME] [--numbered] binary image -> assembly (re-assembles)
     sparrow presets [--json]                            the hardware presets and their fields
+    sparrow compile MODEL.onnx -o OUT.spw [--calibration CALIB.npz] [--preset NAME]
+    sparrow run OUT.spw --backend golden|verilator --input NAME=FILE.npy ... --output-dir DIR
+    sparrow inspect OUT.spw                              partition, steps and estimates
 
 Errors (unreadable file, bad assembly, bad instruction word) print one line naming the file,
 the line or instruction index and the field to stderr and exit with status 2.
@@ -92,9 +95,71 @@ def _cmd_presets(args) -> int:
     return 0
 
 
+def _cmd_compile(args) -> int:
+    from .compiler import CompileError, compile as _compile
+    try:
+        prog = _compile(args.model, calibration=args.calibration, preset=args.preset,
+                        log=None if args.quiet else (lambda s: print(s, file=sys.stderr)))
+        prog.save(args.output)
+    except CompileError as e:
+        raise CliError(f"{args.model}: {e}") from None
+    except OSError as e:
+        raise CliError(f"{args.output}: cannot write: {e.strerror or e}") from None
+    if not args.quiet:
+        print(prog.summary())
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import numpy as np
+
+    from .compiler import CompileError, InputError, load
+    try:
+        prog = load(args.program)
+    except CompileError as e:
+        raise CliError(str(e)) from None
+    inputs = {}
+    for item in args.input or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise CliError(f"--input {item!r}: expected NAME=FILE.npy")
+        try:
+            inputs[name] = np.load(path)
+        except (OSError, ValueError) as e:
+            raise CliError(f"--input {name}: cannot read {path}: {e}") from None
+    try:
+        outs = prog.run(inputs, backend=args.backend, progress=not args.quiet)
+    except (InputError, CompileError) as e:
+        raise CliError(str(e)) from None
+    out_dir = Path(args.output_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, a in outs.items():
+            np.save(out_dir / f"{name}.npy", a)
+    except OSError as e:
+        raise CliError(f"{out_dir}: cannot write: {e.strerror or e}") from None
+    lr = prog.last_run
+    print(f"cycles: {lr['cycles']}")
+    for k in sorted(lr["counters"]):
+        print(f"  {k}: {lr['counters'][k]}")
+    for name in outs:
+        print(f"wrote {out_dir / (name + '.npy')}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .compiler import CompileError, load
+    try:
+        print(load(args.program).summary())
+    except CompileError as e:
+        raise CliError(str(e)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sparrow", description="Sparrow accelerator tools: assembler, disassembler, presets.")
+        prog="sparrow", description="Sparrow accelerator tools: assembler, disassembler, presets, compiler.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("asm", help="assemble a .s file into a binary program image",
@@ -119,6 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the hardware presets and their fields")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("compile", help="compile an ONNX model into a .spw program")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", metavar="OUT.spw", required=True)
+    p.add_argument("--calibration", metavar="CALIB.npz", help="calibration inputs {input name: array}")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("run", help="run a compiled .spw program")
+    p.add_argument("program", metavar="OUT.spw")
+    p.add_argument("--backend", default="golden", choices=["golden", "verilator"])
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
+    p.add_argument("--output-dir", required=True, metavar="DIR")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("inspect", help="show a .spw program's partition, steps and estimates")
+    p.add_argument("program", metavar="OUT.spw")
+    p.set_defaults(func=_cmd_inspect)
     return parser
 
 

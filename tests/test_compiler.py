@@ -1,0 +1,382 @@
+"""ONNX compiler: compiled programs on the golden backend vs onnxruntime.
+
+Two references, both computed by onnxruntime (never by the code under test):
+
+* the float model: outputs within quantization tolerance;
+* a QDQ model derived from the compiler's IR and calibrated scales (QuantizeLinear /
+  DequantizeLinear around every quantized tensor, per-channel int8 weights, int32 bias): int8
+  outputs equal, or within 1 LSB where onnxruntime's float requantization rounds differently from
+  the fixed-point multipliers — those cases are counted and bounded.
+
+Models are built with onnx.helper here. Seeded: SPARROW_SEED.
+"""
+
+import os
+import random
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import sparrow
+from sparrow.cli import main
+from sparrow.compiler import CompileError, CompiledProgram, InputError
+from sparrow.compiler.frontend import frontend
+from sparrow.compiler.quantize import calibrate, weight_scales
+
+PRESET = "small"
+
+
+@pytest.fixture
+def rng(request):
+    seed = int(os.environ.get("SPARROW_SEED", random.randrange(1 << 31)))
+    print(f"SPARROW_SEED={seed} ({request.node.name})")
+    return np.random.default_rng(seed)
+
+
+def make_model(nodes, inputs, outputs, inits, opset=13):
+    g = h.make_graph(
+        nodes,
+        "test",
+        [h.make_tensor_value_info(n, T.FLOAT, s) for n, s in inputs],
+        [h.make_tensor_value_info(n, T.FLOAT, s) for n, s in outputs],
+        [nh.from_array(np.asarray(a, np.float32), k) for k, a in inits.items()],
+    )
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def qdq_model(model, cal):
+    """The quantized model as the compiler means it, written as QDQ ONNX (the test's reference)."""
+    g = frontend(model)
+    calibrate(g, cal)
+    nodes, inits = [], []
+    dq = {}
+
+    def const(name, arr):
+        inits.append(nh.from_array(arr, name))
+        return name
+
+    def qdq(name, scale):
+        s = const(name + "_s", np.array(scale, np.float32))
+        z = const(name + "_z", np.array(0, np.int8))
+        nodes.append(h.make_node("QuantizeLinear", [name, s, z], [name + "_q"]))
+        nodes.append(h.make_node("DequantizeLinear", [name + "_q", s, z], [name + "_dq"]))
+        return name + "_dq"
+
+    for i in g.inputs:
+        dq[i] = qdq(i, g.values[i].scale)
+    for n in g.nodes:
+        attrs = {k: v for k, v in n.attrs.items() if k != "act"}
+        ins = []
+        for k, i in enumerate(n.inputs):
+            v = g.values.get(i) if i else None
+            if v is None or not v.is_const:
+                ins.append(dq.get(i, i))
+                continue
+            if n.op in ("Conv", "Gemm") and k in (1, 2):
+                w = g.values[n.inputs[1]].const.astype(np.float64)
+                axis = 0 if n.op == "Conv" else 1
+                sw = weight_scales(w, axis)
+                if k == 1:
+                    shp = [-1 if a == axis else 1 for a in range(w.ndim)]
+                    wq = np.clip(np.rint(w / sw.reshape(shp)), -127, 127).astype(np.int8)
+                    const(i + "_q", wq)
+                    const(i + "_qs", sw.astype(np.float32))
+                    const(i + "_qz", np.zeros(len(sw), np.int8))
+                    nodes.append(
+                        h.make_node(
+                            "DequantizeLinear", [i + "_q", i + "_qs", i + "_qz"], [i + "_dq"], axis=axis
+                        )
+                    )
+                else:
+                    bs = g.values[n.inputs[0]].scale * sw
+                    bq = np.rint(v.const.astype(np.float64) / bs).astype(np.int32)
+                    const(i + "_q", bq)
+                    const(i + "_qs", bs.astype(np.float32))
+                    const(i + "_qz", np.zeros(len(bs), np.int32))
+                    nodes.append(
+                        h.make_node("DequantizeLinear", [i + "_q", i + "_qs", i + "_qz"], [i + "_dq"], axis=0)
+                    )
+                ins.append(i + "_dq")
+            else:
+                ins.append(const(i, v.const))
+        out = n.outputs[0]
+        act = n.attrs.get("act")
+        mid = out + "_pre" if act else out
+        nodes.append(h.make_node(n.op, ins, [mid] + n.outputs[1:], **attrs))
+        if act:
+            if act[0] == "relu":
+                nodes.append(h.make_node("Relu", [mid], [out]))
+            else:
+                lo = const(out + "_lo", np.array(act[1], np.float32))
+                hi = const(out + "_hi", np.array(act[2], np.float32))
+                nodes.append(h.make_node("Clip", [mid, lo, hi], [out]))
+        if out in g.outputs and n.op in ("Softmax",):
+            dq[out] = out
+        else:
+            dq[out] = qdq(out, g.values[out].scale)
+    outs = [h.make_tensor_value_info(dq[o], T.FLOAT, None) for o in g.outputs]
+    gg = h.make_graph(
+        nodes, "qdq", [h.make_tensor_value_info(i, T.FLOAT, g.values[i].shape) for i in g.inputs], outs, inits
+    )
+    m = h.make_model(gg, opset_imports=[h.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m, g
+
+
+def ort_run(model, feeds):
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, feeds)
+
+
+def check_model(model, rng, in_shape, n_cal=16, in_name="x", tol=0.08):
+    cal = rng.standard_normal((n_cal * in_shape[0],) + tuple(in_shape[1:])).astype(np.float32)
+    prog = sparrow.compile(model, calibration={in_name: cal}, preset=PRESET, accuracy_batches=0)
+    qm, g = qdq_model(model, {in_name: cal})
+    x = cal[-in_shape[0] :]  # in the calibrated range: the error is rounding, not clipping
+    out = prog.run({in_name: x})
+    ref_f = ort_run(model, {in_name: x})
+    ref_q = ort_run(qm, {in_name: x})
+    stats = []
+    for k, o in enumerate(g.outputs):
+        y, rf, rq = out[o], ref_f[k], ref_q[k]
+        assert y.shape == rf.shape
+        span = float(np.max(np.abs(rf))) or 1.0
+        assert np.max(np.abs(y - rf)) <= tol * span, (o, np.max(np.abs(y - rf)), span)
+        if o in prog.last_run["int8"]:
+            s = g.values[o].scale
+            qi = np.rint(rq / s).astype(np.int64)
+            d = np.abs(prog.last_run["int8"][o].astype(np.int64) - qi)
+            n1 = int(np.sum(d == 1))
+            print(f"{o}: {d.size} values, {n1} differ by 1 LSB, max diff {d.max()}")
+            assert d.max() <= 1
+            assert n1 <= max(2, d.size // 10)
+            stats.append(n1)
+        else:  # float output of a host step (softmax)
+            assert np.max(np.abs(y - rq)) <= 0.05, np.max(np.abs(y - rq))
+    return prog, stats
+
+
+def conv_bn_relu(rng, C=3, M=8, H=8, W=8, k=3, stride=1, pad=1, group=1):
+    ini = {
+        "w": rng.standard_normal((M, C // group, k, k)) * 0.3,
+        "b": rng.standard_normal(M) * 0.1,
+        "s": rng.uniform(0.5, 1.5, M),
+        "bb": rng.standard_normal(M) * 0.1,
+        "m": rng.standard_normal(M) * 0.1,
+        "v": rng.uniform(0.5, 1.5, M),
+    }
+    nodes = [
+        h.make_node("Conv", ["x", "w", "b"], ["c"], pads=[pad] * 4, strides=[stride] * 2, group=group),
+        h.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["bn"]),
+        h.make_node("Relu", ["bn"], ["y"]),
+    ]
+    OH = (H + 2 * pad - k) // stride + 1
+    OW = (W + 2 * pad - k) // stride + 1
+    return make_model(nodes, [("x", [1, C, H, W])], [("y", [1, M, OH, OW])], ini)
+
+
+def test_conv_bn_relu(rng):
+    prog, _ = check_model(conv_bn_relu(rng), rng, (1, 3, 8, 8))
+    assert [s["kind"] for s in prog.manifest["steps"]] == ["acc"]
+    assert prog.manifest["partition"]  # BN folded: one Conv node with fused ReLU
+    assert list(prog.manifest["partition"]) == ["Conv_0"]
+
+
+def test_depthwise_strided_conv(rng):
+    check_model(conv_bn_relu(rng, C=6, M=6, H=9, W=7, stride=2, group=6), rng, (1, 6, 9, 7))
+
+
+def test_grouped_conv_no_pad(rng):
+    check_model(conv_bn_relu(rng, C=4, M=8, H=6, W=6, k=3, pad=0, group=2), rng, (1, 4, 6, 6))
+
+
+def test_mlp_gemm_matmul_softmax(rng):
+    ini = {
+        "w1": rng.standard_normal((16, 10)) * 0.4,
+        "b1": rng.standard_normal(10) * 0.1,
+        "w2": rng.standard_normal((3, 10)) * 0.4,
+        "b2": rng.standard_normal(3) * 0.1,
+    }
+    nodes = [
+        h.make_node("MatMul", ["x", "w1"], ["mm"]),
+        h.make_node("Add", ["mm", "b1"], ["h0"]),
+        h.make_node("Relu", ["h0"], ["h1"]),
+        h.make_node("Gemm", ["h1", "w2", "b2"], ["lg"], transB=1),
+        h.make_node("Softmax", ["lg"], ["y"], axis=1),
+    ]
+    m = make_model(nodes, [("x", [4, 16])], [("lg", [4, 3]), ("y", [4, 3])], ini)
+    prog, _ = check_model(m, rng, (4, 16))
+    kinds = [(s["kind"], s.get("op")) for s in prog.manifest["steps"]]
+    assert kinds == [("acc", None), ("host", "Softmax")]
+
+
+def test_residual_add_pools_gap_flatten(rng):
+    ini = {
+        "w1": rng.standard_normal((8, 4, 3, 3)) * 0.3,
+        "w2": rng.standard_normal((8, 8, 1, 1)) * 0.3,
+        "fw": rng.standard_normal((8, 5)) * 0.5,
+    }
+    nodes = [
+        h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c1"], ["r1"]),
+        h.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        h.make_node("Conv", ["p1", "w2"], ["c2"]),
+        h.make_node("Add", ["c2", "p1"], ["a"]),
+        h.make_node("Relu", ["a"], ["r2"]),
+        h.make_node("AveragePool", ["r2"], ["ap"], kernel_shape=[2, 2], strides=[1, 1]),
+        h.make_node("GlobalAveragePool", ["ap"], ["g"]),
+        h.make_node("Flatten", ["g"], ["f"]),
+        h.make_node("MatMul", ["f", "fw"], ["y"]),
+    ]
+    m = make_model(nodes, [("x", [2, 4, 10, 10])], [("y", [2, 5])], ini)
+    prog, _ = check_model(m, rng, (2, 4, 10, 10))
+    assert [s["kind"] for s in prog.manifest["steps"]] == ["acc"]
+
+
+def test_flatten_4d_into_gemm(rng):
+    """Flatten of a [N, C, H, W] tensor stored NHWC: the Gemm's weight rows are permuted."""
+    ini = {"w": rng.standard_normal((3, 2, 3, 3)) * 0.4, "fw": rng.standard_normal((3 * 4 * 4, 6)) * 0.3}
+    nodes = [
+        h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        h.make_node("Flatten", ["c"], ["f"]),
+        h.make_node("MatMul", ["f", "fw"], ["y"]),
+    ]
+    check_model(make_model(nodes, [("x", [1, 2, 4, 4])], [("y", [1, 6])], ini), rng, (1, 2, 4, 4))
+
+
+def test_host_ops_and_cost_choice(rng):
+    """Transpose/LRN run on the host; a small Relu between host ops goes to the host by cost."""
+    ini = {"w": rng.standard_normal((4, 3, 3, 3)) * 0.3}
+    nodes = [
+        h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        h.make_node("LRN", ["c"], ["l"], size=3),
+        h.make_node("Relu", ["l"], ["r"]),
+        h.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 3, 1]),
+    ]
+    m = make_model(nodes, [("x", [1, 3, 5, 5])], [("y", [1, 5, 5, 4])], ini)
+    prog, _ = check_model(m, rng, (1, 3, 5, 5))
+    part = prog.manifest["partition"]
+    assert part["Conv_0"]["place"] == "acc"
+    assert part["LRN_1"]["place"] == "host" and part["Transpose_3"]["place"] == "host"
+    assert part["Relu_2"]["place"] == "host" and part["Relu_2"]["why"].startswith("cost")
+
+
+def test_save_load_cli(rng, tmp_path, capsys):
+    m = conv_bn_relu(rng)
+    mp = tmp_path / "m.onnx"
+    onnx.save(m, mp)
+    cal = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=cal)
+    assert (
+        main(
+            [
+                "compile",
+                str(mp),
+                "-o",
+                str(tmp_path / "m.spw"),
+                "--calibration",
+                str(tmp_path / "cal.npz"),
+                "--preset",
+                PRESET,
+                "-q",
+            ]
+        )
+        == 0
+    )
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert (
+        main(
+            [
+                "run",
+                str(tmp_path / "m.spw"),
+                "--backend",
+                "golden",
+                "--input",
+                f"x={tmp_path / 'x.npy'}",
+                "--output-dir",
+                str(tmp_path / "out"),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    outtxt = capsys.readouterr().out
+    assert "cycles:" in outtxt
+    y = np.load(tmp_path / "out" / "y.npy")
+    prog = CompiledProgram.load(tmp_path / "m.spw")
+    api = sparrow.compile(m, calibration={"x": cal}, preset=PRESET, accuracy_batches=0)
+    np.testing.assert_array_equal(y, api.run({"x": x})["y"])
+    np.testing.assert_array_equal(y, prog.run({"x": x})["y"])
+    ref = ort_run(m, {"x": x})[0]
+    assert np.max(np.abs(y - ref)) <= 0.08 * np.max(np.abs(ref))
+    assert main(["inspect", str(tmp_path / "m.spw")]) == 0
+    assert "Conv_0" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "run",
+                str(tmp_path / "m.spw"),
+                "--backend",
+                "golden",
+                "--input",
+                f"q={tmp_path / 'x.npy'}",
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
+    assert "input 'q'" in capsys.readouterr().err
+
+
+def test_bad_inputs_rejected(rng):
+    prog = sparrow.compile(conv_bn_relu(rng), preset=PRESET, accuracy_batches=0)
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(InputError, match=r"input 'z': no such graph input"):
+        prog.run({"x": x, "z": x})
+    with pytest.raises(InputError, match=r"input 'x': shape \[1, 3, 8, 7\], expected \[1, 3, 8, 8\]"):
+        prog.run({"x": x[..., :7]})
+    with pytest.raises(InputError, match=r"input 'x': dtype int8, expected float32"):
+        prog.run({"x": x.astype(np.int8)})
+    with pytest.raises(InputError, match=r"input 'x': missing"):
+        prog.run({})
+    with pytest.raises(CompileError, match="backend"):
+        prog.run({"x": x}, backend="fpga")
+
+
+def test_bad_models():
+    with pytest.raises(CompileError, match="not a readable ONNX model"):
+        sparrow.compile(b"\x00garbage\xff" * 10)
+    dyn = make_model([h.make_node("Relu", ["x"], ["y"])], [("x", ["N", 4])], [("y", ["N", 4])], {})
+    with pytest.raises(CompileError, match=r"graph input 'x': dynamic or unknown shape"):
+        sparrow.compile(dyn)
+    unsup = make_model(
+        [h.make_node("Einsum", ["x", "x"], ["y"], equation="ij,ij->ij")], [("x", [2, 2])], [("y", [2, 2])], {}
+    )
+    with pytest.raises(CompileError, match=r"node 'Einsum_0' \(Einsum\): unsupported operator"):
+        sparrow.compile(unsup)
+    bad = make_model([h.make_node("Relu", ["x"], ["y"])], [("x", [2, 2])], [("y", [2, 2])], {})
+    bad.graph.node[0].input[0] = "missing"
+    with pytest.raises(CompileError, match="malformed ONNX model"):
+        sparrow.compile(bad)
+
+
+def test_too_large_tensor():
+    rng = np.random.default_rng(0)
+    w = {"w": rng.standard_normal((4, 64, 3, 3))}
+    m = make_model(
+        [h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        [("x", [1, 64, 3, 600])],
+        [("y", [1, 4, 3, 600])],
+        w,
+    )
+    with pytest.raises(CompileError, match=r"node 'Conv_0' \(Conv\): cannot be lowered for preset 'small'"):
+        sparrow.compile(m, preset=PRESET, accuracy_batches=0)
