@@ -380,3 +380,109 @@ def test_too_large_tensor():
     )
     with pytest.raises(CompileError, match=r"node 'Conv_0' \(Conv\): cannot be lowered for preset 'small'"):
         sparrow.compile(m, preset=PRESET, accuracy_batches=0)
+
+
+def _conv(name, x, y, cin, cout, rng, k=3, stride=1, group=1, relu=True, bn=False):
+    """Conv (+BN) (+Relu) nodes and initializers (test model-building helper)."""
+    ini = {
+        f"{name}_w": rng.standard_normal((cout, cin // group, k, k)) * (1.5 / np.sqrt(cin // group * k * k)),
+        f"{name}_b": rng.standard_normal(cout) * 0.1,
+    }
+    p = k // 2
+    out = y if not (relu or bn) else f"{name}_c"
+    nodes = [
+        h.make_node(
+            "Conv", [x, f"{name}_w", f"{name}_b"], [out], pads=[p] * 4, strides=[stride] * 2, group=group
+        )
+    ]
+    cur = out
+    if bn:
+        for s, v in (
+            ("s", rng.uniform(0.5, 1.5, cout)),
+            ("bb", rng.standard_normal(cout) * 0.1),
+            ("m", rng.standard_normal(cout) * 0.1),
+            ("v", rng.uniform(0.5, 1.5, cout)),
+        ):
+            ini[f"{name}_{s}"] = v
+        nxt = y if not relu else f"{name}_bn"
+        nodes.append(
+            h.make_node("BatchNormalization", [cur] + [f"{name}_{s}" for s in ("s", "bb", "m", "v")], [nxt])
+        )
+        cur = nxt
+    if relu:
+        nodes.append(h.make_node("Relu", [cur], [y]))
+    return nodes, ini
+
+
+def _head(x, c, n_cls, rng):
+    ini = {"fc_w": rng.standard_normal((n_cls, c)) * 0.5, "fc_b": rng.standard_normal(n_cls) * 0.1}
+    nodes = [
+        h.make_node("GlobalAveragePool", [x], ["gap"]),
+        h.make_node("Flatten", ["gap"], ["flat"]),
+        h.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], transB=1),
+    ]
+    return nodes, ini
+
+
+def _build(parts, shape, n_cls=5):
+    nodes, ini = [], {}
+    for nd, it in parts:
+        nodes += nd
+        ini.update(it)
+    return make_model(nodes, [("x", list(shape))], [("y", [shape[0], n_cls])], ini)
+
+
+def _places(prog, op):
+    return [v["place"] for k, v in prog.manifest["partition"].items() if k.split("_")[0] == op]
+
+
+def test_resnet_like(rng):
+    parts = [
+        _conv("stem", "x", "s", 3, 8, rng, bn=True),
+        _conv("b1a", "s", "b1a", 8, 8, rng, bn=True),
+        _conv("b1b", "b1a", "b1b", 8, 8, rng, bn=True, relu=False),
+        ([h.make_node("Add", ["b1b", "s"], ["r1"]), h.make_node("Relu", ["r1"], ["r1r"])], {}),
+        _conv("down", "r1r", "d", 8, 12, rng, stride=2, bn=True),
+        _head("d", 12, 5, rng),
+    ]
+    prog, _ = check_model(_build(parts, (1, 3, 8, 8)), rng, (1, 3, 8, 8))
+    assert prog.manifest["n_programs"] == 1
+
+
+def test_squeezenet_like_concat(rng):
+    parts = [
+        _conv("sq", "x", "sq", 6, 4, rng, k=1),
+        _conv("e1", "sq", "e1", 4, 6, rng, k=1),
+        _conv("e3", "sq", "e3", 4, 6, rng, k=3),
+        ([h.make_node("Concat", ["e1", "e3"], ["cat"], axis=1)], {}),
+        ([h.make_node("MaxPool", ["cat"], ["mp"], kernel_shape=[2, 2], strides=[2, 2])], {}),
+        _head("mp", 12, 4, rng),
+    ]
+    prog, _ = check_model(_build(parts, (1, 6, 6, 6), 4), rng, (1, 6, 6, 6))
+    assert _places(prog, "Concat") == ["acc"]
+    assert prog.manifest["n_programs"] == 1
+
+
+def test_inception_densenet_vgg_like(rng):
+    # inception: 1x1 / 3x3 / pool branches concatenated (5 + 6 + 3 channels: odd widths, lpp > 1)
+    parts = [
+        _conv("i1", "x", "i1", 3, 5, rng, k=1),
+        _conv("i3", "x", "i3", 3, 6, rng, k=3),
+        ([h.make_node("MaxPool", ["x"], ["ip"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])], {}),
+        ([h.make_node("Concat", ["i1", "i3", "ip"], ["inc"], axis=1)], {}),
+        # densenet: concat of the block input and a new feature map
+        _conv("d1", "inc", "d1", 14, 4, rng, bn=True),
+        ([h.make_node("Concat", ["inc", "d1"], ["dn"], axis=1)], {}),
+        # vgg: conv conv pool
+        _conv("v1", "dn", "v1", 18, 8, rng),
+        _conv("v2", "v1", "v2", 8, 8, rng),
+        ([h.make_node("MaxPool", ["v2"], ["vp"], kernel_shape=[2, 2], strides=[2, 2])], {}),
+        _head("vp", 8, 3, rng),
+    ]
+    prog, _ = check_model(_build(parts, (1, 3, 6, 6), 3), rng, (1, 3, 6, 6))
+    # the first max pool pads a possibly negative input: host; the rest on the accelerator
+    assert _places(prog, "MaxPool") == ["host", "acc"]
+    assert _places(prog, "Concat") == ["acc", "acc"]
+    assert {v["place"] for k, v in prog.manifest["partition"].items() if not k.startswith("MaxPool")} == {
+        "acc"
+    }

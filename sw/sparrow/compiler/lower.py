@@ -13,7 +13,8 @@ import dataclasses
 
 import numpy as np
 
-from ..kernels import ProgramBuilder, Requant, add, avgpool, conv2d, gemm, maxpool
+from ..kernels import ProgramBuilder, Requant, Ring, add, avgpool, conv2d, gemm, maxpool
+from ..kernels.common import MAX_ROWS, cdiv, check_stride, line_bytes_field, load, store
 from . import hostops
 from .ir import CompileError, Graph
 from .quantize import weight_scales
@@ -114,7 +115,41 @@ def _lower_node(seg: _Seg, g: Graph, n, place_of):
                 return x.reshape(shp), "plain", None
             return x.reshape(shp), "flat_nhwc", (C, H, W)
         return x.reshape(shp), lay, meta
+    if n.op == "Concat":
+        parts = [place_of(i) for i in n.inputs]
+        if any(lay_i not in ("nhwc", "plain") for _, lay_i, _ in parts):
+            raise CompileError(f"{n.desc()}: an input is a flatten view; concat needs nhwc/plain tensors")
+        return _concat(b, [t for t, _, _ in parts]), parts[0][1], None
     raise CompileError(f"{n.desc()}: no lowering")  # pragma: no cover - classify() prevents this
+
+
+def _concat(b, parts):
+    """Channel concat by DMA: each input's pixels go through ACT into its channel slice."""
+    cols = b.cfg.cols
+    lead = parts[0].shape[:-1]
+    ctot = sum(t.shape[-1] for t in parts)
+    out = b.tensor(tuple(lead) + (ctot,), "int8")
+    P = int(np.prod(lead))
+    check_stride(ctot, "out")
+    off = 0
+    for t in parts:
+        C = t.shape[-1]
+        rl = cdiv(C, cols)
+        with b.spad_scope():
+            T = min(P, MAX_ROWS, b.spad_available("ACT") // (2 * rl))
+            if T < 1:
+                raise ValueError(f"x: a pixel of {C} channels does not fit the activation scratchpad")
+            ring = Ring(b.spad_alloc("ACT", 2 * T * rl), T * rl, 2)
+            for p0 in range(0, P, T):
+                k = min(T, P - p0)
+                a = ring.next()
+                for j in range(rl):
+                    nb = min(cols, C - j * cols)
+                    lb = line_bytes_field(b, "act", nb, "x")
+                    load(b, "act", a + j * T, t.addr + p0 * C + j * cols, k, 1, C, lb)
+                    store(b, "act", a + j * T, out.addr + p0 * ctot + off + j * cols, k, 1, ctot, lb)
+        off += C
+    return out
 
 
 def lower(g: Graph, info: dict, cfg, progress=None) -> dict:

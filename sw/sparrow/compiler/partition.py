@@ -105,6 +105,12 @@ def _acc_reason(g: Graph, n: Node, cfg):
         if len(y) == 2 and y[0] == x[0] and len(x) in (2, 4):
             return None
         return "only [N, ...] -> [N, rest] views"
+    if op == "Concat":
+        shp = [v.shape for v in ins]
+        ax = int(n.attrs.get("axis", 1)) % len(shp[0])
+        if any(v.is_const for v in ins) or len(shp[0]) not in (2, 4) or ax != 1:
+            return "only channel (axis 1) concat of 2-D/4-D activations"
+        return None
     return f"no accelerator lowering for {op}"
 
 
@@ -126,6 +132,8 @@ def estimate(g: Graph, n: Node, cfg) -> dict:
     nbytes = sum(int(np.prod(g.values[i].shape)) for i in n.inputs if i) + elems
     if n.op in ("Flatten", "Reshape"):
         acc = 0
+    elif n.op == "Concat":
+        acc = 2 * elems // cfg.mem_bytes + 100
     else:
         acc = macs // (cfg.rows * cfg.cols) + nbytes // cfg.mem_bytes + 100
     return {"macs": macs, "elements": elems, "acc_cycles": acc, "host_cycles": 2 * macs + 4 * elems}

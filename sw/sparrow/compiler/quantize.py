@@ -3,7 +3,8 @@
 Activations: per-tensor symmetric int8 (zero point 0), ``scale = max|x| / 127`` over the
 calibration set. Weights (at lowering): per-output-channel symmetric int8; bias int32 with scale
 ``input_scale * weight_scale``. Ops that move values without arithmetic on the accelerator
-(pools, flatten/reshape views, standalone ReLU) keep their input's scale.
+(pools, flatten/reshape views, standalone ReLU) keep their input's scale; the inputs and output of
+a Concat share one scale (the concat is a copy). Shared scales take the largest calibrated range.
 """
 
 from __future__ import annotations
@@ -67,11 +68,27 @@ def calibrate(g: Graph, calibration: dict | None, seed: int = 0) -> dict:
         for k, a in env.items():
             if k in g.values and not g.values[k].is_const:
                 rng_max[k] = max(rng_max.get(k, 0.0), float(np.max(np.abs(a))) if np.size(a) else 0.0)
+    # Tensors that must share one scale: input and output of a data-moving op, all inputs and the
+    # output of a Concat (a copy into channel slices). Each class takes the largest range.
+    parent = {k: k for k in rng_max}
+
+    def find(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for n in g.nodes:
+        if n.op in SCALE_PRESERVING or n.op == "Concat":
+            for i in n.inputs:
+                if i in parent and n.outputs[0] in parent:
+                    parent[find(i)] = find(n.outputs[0])
+    top = {}
     for k, m in rng_max.items():
+        top[find(k)] = max(top.get(find(k), 0.0), m)
+    for k in rng_max:
+        m = top[find(k)]
         g.values[k].scale = (m / 127.0) if m > 0 else 1.0 / 127.0
-    for n in g.nodes:  # topological order: a chain of views/pools shares one scale
-        if n.op in SCALE_PRESERVING:
-            g.values[n.outputs[0]].scale = g.values[n.inputs[0]].scale
     return rng_max
 
 
