@@ -4,18 +4,25 @@ Semantics are exactly ``docs/isa.md`` (LOAD). The engine is three decoupled walk
 same instruction, so the bus is kept busy while lines are written:
 
 * **command walker** — issues read bursts (aligned beats, at most ``max_burst`` beats, never
-  crossing 4 KiB) for each row's byte range. Uncompressed row ``y`` is the contiguous range
-  ``[dram_addr + y*dram_stride, + row_lines*LB)``. A compressed row first reads the beat(s)
-  holding its 2-byte count, waits for the count (from the unpacker, as soon as the beat arrives)
-  and then reads the rest of ``[slot, slot + 2 + N)``; it never reads a byte it has not range
-  checked, and stops at the first bad count.
+  crossing 4 KiB; as many as the bus accepts, without waiting for data) for each row's byte
+  range. Uncompressed row ``y`` is the contiguous range ``[dram_addr + y*dram_stride,
+  + row_lines*LB)``. A compressed row ``y`` is read as ``C_y`` (the 1-2 beats holding its count)
+  and ``P_y`` (the rest of ``[slot, slot + 2 + N)``), in the order ``C0 C1 P0 C2 P1 ...``: the
+  count of the next row is fetched one row ahead, so its payload read can be issued as soon as
+  the current one is, with no round trip per row. Every byte range is checked before it is read
+  (count bytes inside memory, then ``N <= capacity`` and ``2 + N`` bytes inside memory); the
+  walker stops at the first failing row.
 * **unpacker** — takes read beats in order and pushes their useful bytes (offset, count) into
-  the :class:`ByteWindow` realigner; extracts compressed counts on the fly.
+  the :class:`ByteWindow` realigner. Count beats are parked in a small stash (the look-ahead
+  row's count arrives before the current row's payload) and the counts are extracted as they
+  arrive; a row's stashed count beats enter the window just before its payload.
 * **writer** — walks the padded region in row-major order writing one line per cycle: zero
   lines for padding, ``LB`` bytes popped from the window (zero-extended) for uncompressed data,
-  and for compressed rows pops the count, then per line the mask and its non-zero bytes
-  (:class:`~sparrow.hdl.zero_codec.ZeroExpand`), checking the format on the way; the corrupt
-  cases raise ``CORRUPT_DATA`` before the line at which they are found is written.
+  and for compressed rows the mask and non-zero bytes of each line
+  (:class:`~sparrow.hdl.zero_codec.ZeroExpand`; the count is popped with the first line, the
+  bytes of the count beat beyond the group with the last), checking the format on the way: a
+  corrupt group raises ``CORRUPT_DATA`` before the line at which the fault is found is written
+  (trailing bytes: after the row's last line).
 
 Start-time checks: ``SPAD_RANGE`` then ``DRAM_RANGE`` (uncompressed; compressed rows are checked
 per row: count bytes, then count <= capacity, then the ``2 + N`` bytes). A read beat with

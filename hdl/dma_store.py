@@ -6,14 +6,16 @@ Semantics are exactly ``docs/isa.md`` (STORE). A chain of decoupled stages, one 
   with credits so that every response fits the line FIFO (responses cannot be back-pressured);
 * **item former** — turns each line into a byte *item*: uncompressed, its first ``LB`` bytes;
   compressed, its mask and non-zero bytes (:class:`~sparrow.hdl.zero_codec.ZeroCompact`). A
-  compressed row's payload goes to ``slot + 2`` and, once the row is complete and ``N`` is
-  known, a 2-byte count item goes to ``slot`` (so only ``2 + N`` bytes are written and the row
-  is never read twice);
+  compressed row's payload is one segment at ``slot + 2``; when its last line is packed, ``N``
+  is known and ``(slot, N)`` is queued for the burst former, which writes the two count bytes
+  (a 1-2 beat burst with strobes) between two bursts. So only ``2 + N`` bytes are written, the
+  row is read once, and a row costs no extra cycle on the item path;
 * :class:`BytePacker` — packs the items of a *segment* (one contiguous byte range) into aligned
   beats with byte strobes (partial first/last beats at any alignment);
 * **burst former** — cuts beats into bursts (at most ``max_burst`` beats, never crossing 4 KiB,
-  ending at a segment's end) and queues the command once the burst's beats are all queued, so
-  write data is always available when a command is accepted;
+  ending at a segment's end), inserts the count writes between bursts, and queues a command
+  once all of its burst's beats are queued, so its write data is always available when the
+  command is accepted (the data may also go out before the command);
 * write responses are counted; ``done`` pulses when the last one has arrived.
 
 Start-time checks (in this order): the compressed slot-size rule (``ILLEGAL_FIELD``),

@@ -481,7 +481,10 @@ async def uncompressed_stores(dut):
         stride = env.rng.choice([rl * eff, rl * eff + env.rng.randint(1, 40), env.rng.randint(0, 3 * rl * eff)])
         addr = env.rng.randrange(0, 1 << 16) + (4096 - env.rng.randint(1, 64) if k % 4 == 1 else 0)
         sstride = env.rng.choice([0, env.rng.randint(0, 2 * rl)])
-        spad_addr = env.rng.randrange(0, 200)
+        foot = (rows - 1) * (sstride or rl) + rl
+        spad_addr = env.rng.randrange(0, cfg.spad_depth(sp) - foot + 1)
+        if k % 5 == 0:
+            spad_addr = cfg.spad_depth(sp) - foot   # footprint ends exactly at the last line
         env.spads[sp][:] = env.random_lines(sp, cfg.spad_depth(sp), 0.3)
         env.fill_dram(max(0, addr - 64), addr + rows * max(stride, rl * eff) + rl * eff + 64)
         st = isa.make("store", spad=sp, spad_addr=spad_addr, dram_addr=addr, rows=rows, row_lines=rl,
