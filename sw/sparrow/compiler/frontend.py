@@ -161,17 +161,81 @@ def _rename_input(g: Graph, old: str, new: str):
     g.outputs = [new if o == old else o for o in g.outputs]
 
 
+def _bypass(g: Graph, src: str, dst: str) -> bool:
+    """Make tensor ``dst`` (output of a node being removed) the same as ``src``.
+
+    Graph output names are kept: if ``dst`` is a graph output, ``src`` is renamed to ``dst``
+    everywhere instead. Returns False when neither is possible (``src`` is a graph input or
+    output and ``dst`` a graph output): the node must stay.
+    """
+    if dst not in g.outputs:
+        _rename_input(g, dst, src)
+        return True
+    if src in g.inputs or src in g.outputs:
+        return False
+    for n in g.nodes:
+        n.inputs = [dst if i == src else i for i in n.inputs]
+        n.outputs = [dst if o == src else o for o in n.outputs]
+    v = g.values.pop(src)
+    if dst in g.values and g.values[dst].shape is not None and v.shape is None:
+        v.shape = g.values[dst].shape
+    v.name = dst
+    g.values[dst] = v
+    if src in g.qscales:
+        g.qscales[dst] = g.qscales.pop(src)
+    return True
+
+
 def remove_identity(g: Graph) -> Graph:
     keep = []
     for n in g.nodes:
-        if n.op in ("Identity", "Dropout"):
-            if n.outputs[0] in g.outputs and n.inputs[0] in g.inputs:
-                keep.append(n)
-                continue
-            _rename_input(g, n.outputs[0], n.inputs[0])
+        if n.op in ("Identity", "Dropout") and _bypass(g, n.inputs[0], n.outputs[0]):
             continue
         keep.append(n)
-    g.nodes = keep
+    g.nodes = [n for n in g.nodes if n in keep]
+    return g
+
+
+def import_qdq(g: Graph) -> Graph:
+    """Quantized models (onnxruntime.quantization QDQ format): QuantizeLinear -> DequantizeLinear
+    pairs on activations are removed and their scale kept in ``g.qscales`` (it replaces the
+    calibrated range of that tensor); constant DequantizeLinear (weights, bias) were folded to
+    float by ``fold_constants`` and are re-quantized per channel at lowering.
+
+    Sparrow's activations are symmetric int8: a non-zero zero point is converted to the symmetric
+    scale covering the same range (``max(|qmin - zp|, |qmax - zp|) * scale / 127``).
+    """
+    cons = g.consumers()
+    drop = set()
+    for q in g.nodes:
+        if q.op != "QuantizeLinear":
+            continue
+        users = cons.get(q.outputs[0], [])
+        if not users or q.outputs[0] in g.outputs or any(u.op != "DequantizeLinear" for u in users):
+            continue
+        s = g.const(q.inputs[1])
+        zp = g.const(q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] else None
+        if s is None or np.size(s) != 1 or (len(q.inputs) > 2 and q.inputs[2] and zp is None):
+            continue
+        s = float(np.asarray(s).reshape(-1)[0])
+        if zp is None:
+            zpv, lo, hi = 0, 0, 255
+        else:
+            zpv = int(np.asarray(zp).reshape(-1)[0])
+            info = np.iinfo(np.asarray(zp).dtype)
+            lo, hi = int(info.min), int(info.max)
+        sym = s if (zpv == 0 and lo == -128) else max(abs(lo - zpv), abs(hi - zpv)) * s / 127.0
+        x = q.inputs[0]
+        ok = True
+        for d in users:
+            ok = ok and _bypass(g, x, d.outputs[0])
+            if ok:
+                x = d.outputs[0] if d.outputs[0] in g.outputs else x
+                drop.add(d.name)
+        if ok:
+            g.qscales[x] = sym
+            drop.add(q.name)
+    g.nodes = [n for n in g.nodes if n.name not in drop]
     return g
 
 
@@ -330,6 +394,7 @@ def drop_unused(g: Graph) -> Graph:
 
 PASSES = [
     ("fold_constants", fold_constants),
+    ("import_qdq", import_qdq),
     ("remove_identity", remove_identity),
     ("infer_missing_shapes", infer_missing_shapes),
     ("fold_batchnorm", fold_batchnorm),

@@ -249,6 +249,17 @@ def _impl(op, attrs, ins, opset):
         return [x.astype(onnx.helper.tensor_dtype_to_np_dtype(int(attrs["to"])))]
     if op == "Constant":
         return [attrs["value"]]
+    if op in ("DequantizeLinear", "QuantizeLinear"):
+        s = np.asarray(ins[1], np.float64)
+        zp = np.asarray(ins[2]) if len(ins) > 2 and ins[2] is not None else np.zeros((), np.uint8)
+        if s.ndim == 1 and x.ndim > 1:
+            shp = [1] * x.ndim
+            shp[int(attrs.get("axis", 1)) % x.ndim] = -1
+            s, zp = s.reshape(shp), zp.reshape(shp)
+        if op == "DequantizeLinear":
+            return [(x.astype(np.float64) - zp.astype(np.float64)) * s]
+        info = np.iinfo(zp.dtype)
+        return [np.clip(np.rint(x / s) + zp, info.min, info.max).astype(zp.dtype)]
     if op == "Pad":
         pads = [int(p) for p in (ins[1] if len(ins) > 1 else attrs["pads"])]
         n = x.ndim
@@ -295,6 +306,8 @@ HOST_OPS = frozenset(
         "Cast",
         "Constant",
         "Pad",
+        "QuantizeLinear",
+        "DequantizeLinear",
     }
 )
 

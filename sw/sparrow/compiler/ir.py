@@ -52,6 +52,7 @@ class Graph:
     outputs: list
     opset: int = 13
     name: str = "model"
+    qscales: dict = field(default_factory=dict)  # activation scales imported from a quantized model
 
     def producer(self) -> dict:
         return {o: n for n in self.nodes for o in n.outputs}

@@ -13,7 +13,8 @@ import dataclasses
 
 import numpy as np
 
-from ..kernels import ProgramBuilder, Requant, Ring, add, avgpool, conv2d, gemm, maxpool
+from ..kernels import ProgramBuilder, Requant, Ring, add, conv2d, gemm, maxpool
+from ..kernels.vector import _pool
 from ..kernels.common import MAX_ROWS, cdiv, check_stride, line_bytes_field, load, store
 from . import hostops
 from .ir import CompileError, Graph
@@ -103,10 +104,10 @@ def _lower_node(seg: _Seg, g: Graph, n, place_of):
         k, st, pads = hostops.pool_geometry(n.attrs, g.values[n.inputs[0]].shape)
         if n.op == "MaxPool":
             return maxpool(b, x, k, st, pads, nonnegative=True), "nhwc", None
-        return avgpool(b, x, k, st, pads), "nhwc", None
+        return _avgpool(b, x, k, st, pads, sc(n.inputs[0]) / sc(y)), "nhwc", None
     if n.op == "GlobalAveragePool":
         _, H, W, _ = x.shape
-        return avgpool(b, x, (H, W), (1, 1)), "nhwc", None
+        return _avgpool(b, x, (H, W), (1, 1), 0, sc(n.inputs[0]) / sc(y)), "nhwc", None
     if n.op in ("Flatten", "Reshape"):
         shp = g.values[y].shape
         if lay == "nhwc":
@@ -121,6 +122,18 @@ def _lower_node(seg: _Seg, g: Graph, n, place_of):
             raise CompileError(f"{n.desc()}: an input is a flatten view; concat needs nhwc/plain tensors")
         return _concat(b, [t for t, _, _ in parts]), parts[0][1], None
     raise CompileError(f"{n.desc()}: no lowering")  # pragma: no cover - classify() prevents this
+
+
+def _avgpool(b, x, k, st, pads, ratio):
+    """Average pool that also rescales (input scale / output scale): ``mult / 2**shift`` is
+    ``ratio / (kh*kw)`` with the 16-bit multiplier of the AVGPOOL instruction."""
+    r = ratio / (k[0] * k[1])
+    if not 0 < r <= 0xFFFF:
+        raise ValueError(f"scale: average-pool rescale {r} outside the 16-bit multiplier range")
+    shift = 0
+    while shift < 63 and round(r * 2.0 ** (shift + 1)) <= 0xFFFF:
+        shift += 1
+    return _pool(b, x, "avgpool", k, st, pads, None, (int(round(r * 2.0**shift)), shift))
 
 
 def _concat(b, parts):

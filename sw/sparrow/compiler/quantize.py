@@ -3,7 +3,8 @@
 Activations: per-tensor symmetric int8 (zero point 0), ``scale = max|x| / 127`` over the
 calibration set. Weights (at lowering): per-output-channel symmetric int8; bias int32 with scale
 ``input_scale * weight_scale``. Ops that move values without arithmetic on the accelerator
-(pools, flatten/reshape views, standalone ReLU) keep their input's scale; the inputs and output of
+(max pool, flatten/reshape views, standalone ReLU) keep their input's scale (average pools
+rescale: their multiplier includes input scale / output scale); the inputs and output of
 a Concat share one scale (the concat is a copy). Shared scales take the largest calibrated range.
 """
 
@@ -16,7 +17,7 @@ from .ir import CompileError, Graph
 
 __all__ = ["float_run", "calibrate", "SCALE_PRESERVING", "weight_scales", "quantize"]
 
-SCALE_PRESERVING = {"MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Relu"}
+SCALE_PRESERVING = {"MaxPool", "Flatten", "Reshape", "Relu"}
 
 
 def float_run(g: Graph, feeds: dict) -> dict:
@@ -68,6 +69,9 @@ def calibrate(g: Graph, calibration: dict | None, seed: int = 0) -> dict:
         for k, a in env.items():
             if k in g.values and not g.values[k].is_const:
                 rng_max[k] = max(rng_max.get(k, 0.0), float(np.max(np.abs(a))) if np.size(a) else 0.0)
+    for k, sc in g.qscales.items():  # scales of an imported quantized model replace the ranges
+        if k in rng_max:
+            rng_max[k] = sc * 127.0
     # Tensors that must share one scale: input and output of a data-moving op, all inputs and the
     # output of a Concat (a copy into channel slices). Each class takes the largest range.
     parent = {k: k for k in rng_max}
