@@ -545,3 +545,30 @@ def test_import_ort_qdq_model(rng, tmp_path):
         ones += int(np.sum(d == 1))
     print(f"QDQ import: {total} outputs, {ones} differ by 1 LSB")
     assert ones <= total // 4
+
+
+def test_import_ort_qoperator_model(rng, tmp_path):
+    """QOperator format (QLinearConv, QLinearMatMul): same comparison against onnxruntime."""
+    ini = {"fw": rng.standard_normal((8 * 4 * 4, 5)) * 0.3}
+    nodes = [
+        h.make_node("MaxPool", ["s"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
+        h.make_node("Flatten", ["mp"], ["f"]),
+        h.make_node("MatMul", ["f", "fw"], ["y"]),
+    ]
+    m = _build([_conv("stem", "x", "s", 3, 8, rng), (nodes, ini)], (1, 3, 8, 8))
+    cal = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    qm = _ort_quantize(m, cal, tmp_path, fmt="QOperator")
+    ops = {n.op_type for n in qm.graph.node}
+    assert {"QLinearConv", "QLinearMatMul"} <= ops
+    prog = sparrow.compile(qm, preset=PRESET, accuracy_batches=0)
+    assert all(v["place"] == "acc" for v in prog.manifest["partition"].values())
+    s_y = prog.scales["y"]
+    total = ones = 0
+    for k in range(4):
+        x = cal[k : k + 1]
+        d = np.abs(np.rint(prog.run({"x": x})["y"] / s_y) - np.rint(ort_run(qm, {"x": x})[0] / s_y))
+        assert d.max() <= 1
+        total += d.size
+        ones += int(np.sum(d == 1))
+    print(f"QOperator import: {total} outputs, {ones} differ by 1 LSB")
+    assert ones <= total // 4

@@ -196,6 +196,67 @@ def remove_identity(g: Graph) -> Graph:
     return g
 
 
+def _fresh(g: Graph, base: str) -> str:
+    name, k = base, 0
+    while name in g.values:
+        k += 1
+        name = f"{base}_{k}"
+    g.values[name] = Value(name, None, "float32")
+    return name
+
+
+def import_qoperator(g: Graph) -> Graph:
+    """QOperator models (onnxruntime.quantization): QLinearConv / QLinearMatMul become
+    DequantizeLinear -> Conv/MatMul (float weights = dequantized int8 weights, float bias =
+    int32 bias * x_scale * w_scale) -> QuantizeLinear, and ConvInteger / MatMulInteger become
+    the float op on ``x - x_zero_point`` and ``w - w_zero_point`` (exact integers); the Q/DQ pairs
+    this leaves are then handled by :func:`import_qdq`."""
+    out = []
+    for n in g.nodes:
+        if n.op not in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
+            out.append(n)
+            continue
+        ins = list(n.inputs) + [""] * 9
+        if n.op in ("QLinearConv", "QLinearMatMul"):
+            x, xs, xz, w, ws, wz, ys, yz = ins[:8]
+            bias = ins[8] if n.op == "QLinearConv" else ""
+        else:
+            x, w, xz, wz = ins[:4]
+            xs = ws = ys = yz = bias = ""
+        wq = g.const(w)
+        if wq is None:
+            raise CompileError(f"{n.desc()}: weights must be constant initializers")
+        w_scale = np.asarray(g.const(ws), np.float64) if ws else np.ones(1)
+        w_zp = np.asarray(g.const(wz), np.float64) if wz else np.zeros(1)
+        axis = 0 if "Conv" in n.op else 1
+        shp = [1] * wq.ndim
+        shp[axis] = -1
+        wf = (wq.astype(np.float64) - w_zp.reshape(shp if w_zp.size > 1 else [1] * wq.ndim)) * (
+            w_scale.reshape(shp if w_scale.size > 1 else [1] * wq.ndim)
+        )
+        wn = g.add_const(n.name + "_wf", wf.astype(np.float32))
+        xf = _fresh(g, x + "_dq")
+        dq_in = [x, xs] if xs else [x, g.add_const(n.name + "_one", np.array(1.0, np.float32))]
+        if xz:
+            dq_in.append(xz)
+        out.append(Node(n.name + "_dq", "DequantizeLinear", dq_in, [xf]))
+        new_in = [xf, wn]
+        if bias:
+            x_scale = float(np.asarray(g.const(xs)).reshape(-1)[0])
+            bf = g.const(bias).astype(np.float64) * x_scale * w_scale.reshape(-1)
+            new_in.append(g.add_const(n.name + "_bf", bf.astype(np.float32)))
+        attrs = {k: v for k, v in n.attrs.items()}
+        op = "Conv" if "Conv" in n.op else "MatMul"
+        if ys:
+            yf = _fresh(g, n.outputs[0] + "_f")
+            out.append(Node(n.name, op, new_in, [yf], attrs))
+            out.append(Node(n.name + "_q", "QuantizeLinear", [yf, ys] + ([yz] if yz else []), [n.outputs[0]]))
+        else:
+            out.append(Node(n.name, op, new_in, list(n.outputs), attrs))
+    g.nodes = out
+    return g
+
+
 def import_qdq(g: Graph) -> Graph:
     """Quantized models (onnxruntime.quantization QDQ format): QuantizeLinear -> DequantizeLinear
     pairs on activations are removed and their scale kept in ``g.qscales`` (it replaces the
@@ -393,6 +454,7 @@ def drop_unused(g: Graph) -> Graph:
 
 
 PASSES = [
+    ("import_qoperator", import_qoperator),
     ("fold_constants", fold_constants),
     ("import_qdq", import_qdq),
     ("remove_identity", remove_identity),

@@ -87,9 +87,12 @@ def calibrate(g: Graph, calibration: dict | None, seed: int = 0) -> dict:
             for i in n.inputs:
                 if i in parent and n.outputs[0] in parent:
                     parent[find(i)] = find(n.outputs[0])
-    top = {}
+    top, imported = {}, {}
     for k, m in rng_max.items():
         top[find(k)] = max(top.get(find(k), 0.0), m)
+        if k in g.qscales:
+            imported[find(k)] = max(imported.get(find(k), 0.0), m)
+    top.update(imported)  # a class with imported scales uses only those
     for k in rng_max:
         m = top[find(k)]
         g.values[k].scale = (m / 127.0) if m > 0 else 1.0 / 127.0
