@@ -129,7 +129,7 @@ def _cmd_run(args) -> int:
         except (OSError, ValueError) as e:
             raise CliError(f"--input {name}: cannot read {path}: {e}") from None
     try:
-        outs = prog.run(inputs, backend=args.backend, progress=not args.quiet)
+        outs = prog.run(inputs, backend=args.backend, progress=not args.quiet and sys.stderr.isatty())
     except (InputError, CompileError) as e:
         raise CliError(str(e)) from None
     out_dir = Path(args.output_dir)
@@ -141,7 +141,7 @@ def _cmd_run(args) -> int:
         raise CliError(f"{out_dir}: cannot write: {e.strerror or e}") from None
     lr = prog.last_run
     print(f"cycles: {lr['cycles']}")
-    for k in sorted(lr["counters"]):
+    for k in sorted(set(lr["counters"]) - {"cycles"}):
         print(f"  {k}: {lr['counters'][k]}")
     for name in outs:
         print(f"wrote {out_dir / (name + '.npy')}")

@@ -243,5 +243,5 @@ class CompiledProgram:
             else:
                 lines.append(f"  host {s['op']} ({s['node']})")
         if m.get("accuracy"):
-            lines += ["", "calibration: " + json.dumps(m["accuracy"])]
+            lines += ["", "int8 vs float on calibration batches: " + json.dumps(m["accuracy"])]
         return "\n".join(lines)
