@@ -268,6 +268,39 @@ def test_host_ops_and_cost_choice(rng):
     assert part["Relu_2"]["place"] == "host" and part["Relu_2"]["why"].startswith("cost")
 
 
+def test_cost_moves_small_subgraph_to_host(rng):
+    """A two-node accelerator subgraph (ReLU + max pool) between host ops runs on the host; a
+    large convolution in the same position stays on the accelerator."""
+
+    def model(big):
+        ini = {"w": rng.standard_normal((16 if big else 4, 4, 3, 3)) * 0.3}
+        mid = [
+            h.make_node("Conv", ["l", "w"], ["r"], pads=[1, 1, 1, 1])
+            if big
+            else h.make_node("Relu", ["l"], ["r"]),
+            h.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[1, 1]),
+        ]
+        nodes = [
+            h.make_node("LRN", ["x"], ["l"], size=3),
+            *mid,
+            h.make_node("Transpose", ["p"], ["y"], perm=[0, 2, 3, 1]),
+        ]
+        c = 16 if big else 4
+        n = 16 if big else 5
+        return make_model(nodes, [("x", [1, 4, n, n])], [("y", [1, n - 1, n - 1, c])], ini), n
+
+    m, n = model(False)
+    prog, _ = check_model(m, rng, (1, 4, n, n))
+    assert prog.manifest["n_programs"] == 0
+    assert (
+        _places(prog, "MaxPool") == ["host"]
+        and "subgraph of 2" in prog.manifest["partition"]["MaxPool_2"]["why"]
+    )
+    m, n = model(True)
+    prog, _ = check_model(m, rng, (1, 4, n, n))
+    assert _places(prog, "Conv") == ["acc"] and _places(prog, "MaxPool") == ["acc"]
+
+
 def test_save_load_cli(rng, tmp_path, capsys):
     m = conv_bn_relu(rng)
     mp = tmp_path / "m.onnx"

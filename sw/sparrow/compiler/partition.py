@@ -1,9 +1,10 @@
 """Hierarchical partitioning: every node goes to the accelerator, the host, or is rejected.
 
 :func:`classify` decides what the accelerator *can* run (with the reason when it cannot);
-:func:`partition` then applies the compute-based rule: an accelerator-capable node whose every
-neighbour (producers and consumers that are nodes) runs on the host goes to the host when the
-cost model says running it there is cheaper than starting a device program for it.
+:func:`partition` then applies the compute-based rule to every accelerator subgraph (a maximal
+run of accelerator nodes in topological order, i.e. one future program) that has node producers
+and consumers, all on the host: it goes to the host when the cost model says running it there is
+cheaper than starting a device program for it.
 
 Cost model (cycles at the accelerator clock; rough by design): accelerator
 ``macs / (rows*cols) + bytes moved / mem_bytes + 100`` per node plus ``LAUNCH`` per program
@@ -146,17 +147,34 @@ def partition(g: Graph, cfg) -> dict:
         place, why = classify(g, n, cfg)
         info[n.name] = {"place": place, "why": why, **estimate(g, n, cfg)}
     prod, cons = g.producer(), g.consumers()
+    # Subgraphs: maximal runs of accelerator nodes (topological order) = future programs.
+    runs, cur = [], []
     for n in g.nodes:
-        i = info[n.name]
-        if i["place"] != "acc":
-            continue
-        nb = [prod[x] for x in n.inputs if x in prod] + [c for o in n.outputs for c in cons.get(o, [])]
+        if info[n.name]["place"] == "acc":
+            cur.append(n)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    if cur:
+        runs.append(cur)
+    for run in runs:
+        names = {n.name for n in run}
+        ext_p = [prod[x] for n in run for x in n.inputs if x in prod and prod[x].name not in names]
+        ext_c = [c for n in run for o in n.outputs for c in cons.get(o, []) if c.name not in names]
+        host_total = sum(info[n.name]["host_cycles"] for n in run)
+        acc_total = sum(info[n.name]["acc_cycles"] for n in run)
         if (
-            nb
-            and all(info[m.name]["place"] == "host" for m in nb)
-            and i["host_cycles"] < i["acc_cycles"] + LAUNCH
+            ext_p
+            and ext_c
+            and all(info[m.name]["place"] == "host" for m in ext_p + ext_c)
+            and host_total < acc_total + LAUNCH
         ):
-            i["place"], i["why"] = "host", "cost: cheaper on the host between host ops"
+            for n in run:
+                info[n.name]["place"] = "host"
+                info[n.name]["why"] = (
+                    f"cost: subgraph of {len(run)} node(s) between host ops, host {host_total} < "
+                    f"accelerator {acc_total} + launch {LAUNCH} cycles"
+                )
     return info
 
 
