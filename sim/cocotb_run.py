@@ -61,7 +61,13 @@ def _locked(path: Path):
 def verilog_of(component, name: str) -> str:
     """Verilog text of an elaborated Amaranth ``wiring.Component`` with top module ``name``."""
     from amaranth.back import verilog
-    return verilog.convert(component, name=name, emit_src=False)
+    from amaranth.hdl import Const, Value
+    flat = [Value.cast(v) for _, _, v in component.signature.flatten(component)]
+    ports = [v for v in flat if not isinstance(v, Const)]
+    if len(ports) == len(flat):
+        return verilog.convert(component, name=name, emit_src=False)
+    # always-ready streams have constant members (e.g. ``rsp.ready``): they are not ports
+    return verilog.convert(component, name=name, emit_src=False, ports=ports)
 
 
 def build(make_component: Callable[[], object] | None, name: str, *, verilog_text: str | None = None,
