@@ -650,3 +650,45 @@ def test_verilator_backend_without_runtime(rng):
     prog = sparrow.compile(conv_bn_relu(rng), preset=PRESET, accuracy_batches=0)
     with pytest.raises(CompileError, match="backend 'verilator': needs sparrow.runtime.Device"):
         prog.run({"x": np.zeros((1, 3, 8, 8), np.float32)}, backend="verilator")
+
+
+def test_frontend_folds_shape_subgraph_and_removes_identity(rng):
+    """PyTorch-style flatten (Shape -> Gather -> Unsqueeze -> Concat -> Reshape) is constant-folded,
+    Identity/Dropout disappear (the graph output keeps its name), and the IR check runs."""
+    ini = {
+        "w": rng.standard_normal((4, 2, 3, 3)) * 0.4,
+        "fw": rng.standard_normal((6, 4 * 4 * 4)) * 0.3,
+        "fb": rng.standard_normal(6) * 0.1,
+        "idx": np.array(0),
+        "minus1": np.array([-1]),
+        "ax0": np.array([0]),
+    }
+    nodes = [
+        h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        h.make_node("Identity", ["c"], ["ci"]),
+        h.make_node("Shape", ["ci"], ["shp"]),
+        h.make_node("Gather", ["shp", "idx"], ["n"], axis=0),
+        h.make_node("Unsqueeze", ["n", "ax0"], ["n1"]),
+        h.make_node("Concat", ["n1", "minus1"], ["newshape"], axis=0),
+        h.make_node("Reshape", ["ci", "newshape"], ["f"]),
+        h.make_node("Gemm", ["f", "fw", "fb"], ["g"], transB=1),
+        h.make_node("Dropout", ["g"], ["y"]),
+    ]
+    m = make_model(nodes, [("x", [1, 2, 4, 4])], [("y", [1, 6])], ini)
+    for t in m.graph.initializer:  # shape arithmetic is int64
+        if t.name in ("idx", "minus1", "ax0"):
+            t.CopyFrom(nh.from_array(nh.to_array(t).astype(np.int64), t.name))
+    g = frontend(m)
+    assert [n.op for n in g.nodes] == ["Conv", "Reshape", "Gemm"]
+    assert g.outputs == ["y"] and g.nodes[-1].outputs == ["y"]
+    check_model(m, rng, (1, 2, 4, 4))
+
+
+def test_ir_check_reports_broken_graph(rng):
+    from sparrow.compiler.ir import check
+
+    g = frontend(conv_bn_relu(rng))
+    g.nodes[0].inputs[0] = "nowhere"
+    msg = r"node 'Conv_0' \(Conv\): input 'nowhere' is not defined before use \(after pass test\)"
+    with pytest.raises(CompileError, match=msg):
+        check(g, "test")

@@ -133,6 +133,11 @@ def import_model(m) -> Graph:
 def fold_constants(g: Graph) -> Graph:
     keep = []
     for n in g.nodes:
+        v = g.values.get(n.inputs[0]) if n.inputs else None
+        if n.op == "Shape" and v is not None and v.shape and all(isinstance(d, int) for d in v.shape):
+            a = np.array(v.shape, np.int64)[n.attrs.get("start", 0) : n.attrs.get("end", None)]
+            g.values[n.outputs[0]] = Value(n.outputs[0], a.shape, "int64", const=a)
+            continue
         ins = [g.const(i) if i else None for i in n.inputs]
         if (
             all(a is not None for i, a in zip(n.inputs, ins, strict=False) if i)
