@@ -692,3 +692,16 @@ def test_ir_check_reports_broken_graph(rng):
     msg = r"node 'Conv_0' \(Conv\): input 'nowhere' is not defined before use \(after pass test\)"
     with pytest.raises(CompileError, match=msg):
         check(g, "test")
+
+
+def test_host_output_also_feeds_accelerator(rng):
+    """A host step's result that is a graph output and also an accelerator input."""
+    ini = {"w": rng.standard_normal((4, 3, 3, 3)) * 0.3, "w2": rng.standard_normal((5, 4, 1, 1)) * 0.4}
+    nodes = [
+        h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        h.make_node("LRN", ["c"], ["l"], size=3),
+        h.make_node("Conv", ["l", "w2"], ["y"]),
+    ]
+    m = make_model(nodes, [("x", [1, 3, 5, 5])], [("l", [1, 4, 5, 5]), ("y", [1, 5, 5, 5])], ini)
+    prog, _ = check_model(m, rng, (1, 3, 5, 5))
+    assert [s["kind"] for s in prog.manifest["steps"]] == ["acc", "host", "acc"]
