@@ -74,6 +74,19 @@ def test_matmul_lane_scheduling():
     assert duration(m, make("matmul", k=k, m_inner=5, a_stride=2)) == K.matmul_start + 10
 
 
+def test_matmul_writeback_bound():
+    """Eight one-line rows of one non-zero each on 4 lanes: lanes need 2 cycles, write-back 8."""
+    m = Machine(CFG)
+    for r in range(8):
+        m.act[r] = [3, 0, 0, 0]
+    span = max(2, 8 * K.matmul_row_cycles)
+    assert duration(m, make("matmul", k=4, m_inner=8, a_stride=1)) == K.matmul_start + span
+    m2 = Machine(CFG, costs=Costs(matmul_row_cycles=0))
+    for r in range(8):
+        m2.act[r] = [3, 0, 0, 0]
+    assert duration(m2, make("matmul", k=4, m_inner=8, a_stride=1)) == m2.costs.matmul_start + 2
+
+
 def test_matmul_ignores_elements_beyond_k_for_cost():
     m = Machine(CFG)
     m.act[0] = [0, 0, 7, 7]              # k = 2: the two sevens are beyond k
