@@ -27,7 +27,7 @@ def test_random_traffic_matches_rules():
     checked = {"ok": 0, "overflow": 0}
 
     async def tb(ctx):
-        for _ in range(3000):
+        for _ in range(1500):
             acts = []
             for cl in dut.clients:
                 a = dict(wait_sem=rng.randrange(n), wait_count=rng.choice([0, 1, 2, 3, rng.randrange(16)]),
