@@ -21,10 +21,11 @@ Semantics are exactly ``docs/isa.md`` (STORE). A chain of decoupled stages, one 
 Start-time checks (in this order): the compressed slot-size rule (``ILLEGAL_FIELD``),
 ``SPAD_RANGE``, ``DRAM_RANGE`` (uncompressed last byte; compressed worst case). A write response
 with ``err`` gives ``DRAM_RANGE``. Errors are sticky; the engine then stops reading, issuing and
-writing, and accepts no instruction.
+writing (bursts already started on either channel are completed, the remaining beats with no byte
+enabled, so the bus is never left with a command without data or data without a command) and accepts no instruction.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -333,18 +334,26 @@ class StoreEngine(wiring.Component):
         b_seg_last = Signal()
         b_valid = Signal()
         pb = packer.beat.payload
-        m.d.comb += [
-            b_addr.eq(Mux(cmode, c_addr, pb.addr)),
-            b_data.eq(Mux(cmode, c_data, pb.data)),
-            b_strb.eq(Mux(cmode, c_strb, pb.strb)),
-            b_seg_last.eq(Mux(cmode, c_seg_last, pb.seg_last)),
-            b_valid.eq(Mux(cmode, 1, packer.beat.valid)),
-        ]
+        # after an error a burst being formed is closed with one beat without enabled bytes, so
+        # that data already sent for it gets its command (see the membus section)
+        closing = Signal()
+        m.d.comb += closing.eq(halted & (bcount != 0))
+        with m.If(closing):
+            m.d.comb += [b_addr.eq(bstart + (bcount << LMB)), b_data.eq(0), b_strb.eq(0),
+                         b_seg_last.eq(1), b_valid.eq(1)]
+        with m.Else():
+            m.d.comb += [
+                b_addr.eq(Mux(cmode, c_addr, pb.addr)),
+                b_data.eq(Mux(cmode, c_data, pb.data)),
+                b_strb.eq(Mux(cmode, c_strb, pb.strb)),
+                b_seg_last.eq(Mux(cmode, c_seg_last, pb.seg_last)),
+                b_valid.eq(Mux(cmode, 1, packer.beat.valid)),
+            ]
         last = Signal()
         m.d.comb += last.eq((bcount == cfg.max_burst - 1) | (b_addr[:12] == 4096 - MB) | b_seg_last)
         b_ready = Signal()
-        m.d.comb += b_ready.eq(bf.w_rdy & (cf.w_rdy | ~last) & ~halted)
-        m.d.comb += packer.beat.ready.eq(b_ready & ~cmode)
+        m.d.comb += b_ready.eq(bf.w_rdy & (cf.w_rdy | ~last) & (~halted | closing))
+        m.d.comb += packer.beat.ready.eq(b_ready & ~cmode & ~halted)
         beat_fire = Signal()
         m.d.comb += beat_fire.eq(b_valid & b_ready)
         bf_in = data.View(bf_layout, bf.w_data)
@@ -363,7 +372,7 @@ class StoreEngine(wiring.Component):
                 m.d.sync += bcount.eq(bcount + 1)
                 with m.If(bcount == 0):
                     m.d.sync += bstart.eq(b_addr)
-        with m.If(beat_fire & cmode):
+        with m.If(beat_fire & cmode & ~closing):
             with m.If(c_seg_last):
                 m.d.comb += nf.r_en.eq(1)
                 m.d.sync += [cb_active.eq(0), cb_idx.eq(0)]
@@ -372,19 +381,23 @@ class StoreEngine(wiring.Component):
 
         # ---- membus ---------------------------------------------------------------------------
         bus = self.bus
+        debt = Signal(signed(12))           # beats of accepted commands not yet sent (may be < 0)
         bf_out = data.View(bf_layout, bf.r_data)
         cf_out = data.View(cf_layout, cf.r_data)
         m.d.comb += [
-            bus.cmd.valid.eq(cf.r_rdy & ~halted),
+            # after an error, a command is still issued if some of its data already went out
+            bus.cmd.valid.eq(cf.r_rdy & (~halted | (debt < 0))),
             bus.cmd.payload.addr.eq(cf_out.addr),
             bus.cmd.payload.len.eq(cf_out.len),
             bus.cmd.payload.write.eq(1),
-            cf.r_en.eq(bus.cmd.ready & ~halted),
-            bus.wdata.valid.eq(bf.r_rdy & ~halted),
+            cf.r_en.eq(bus.cmd.ready & (~halted | (debt < 0))),
+            # after an error, only the data of already accepted commands goes out, with no
+            # byte enabled, so that the bus is never left waiting for write data
+            bus.wdata.valid.eq(bf.r_rdy & (~halted | (debt > 0))),
             bus.wdata.payload.data.eq(bf_out.data),
-            bus.wdata.payload.strb.eq(bf_out.strb),
+            bus.wdata.payload.strb.eq(Mux(halted, 0, bf_out.strb)),
             bus.wdata.payload.last.eq(bf_out.last),
-            bf.r_en.eq(bus.wdata.ready & ~halted),
+            bf.r_en.eq(bus.wdata.ready & (~halted | (debt > 0))),
             bus.wresp.ready.eq(1),
             bus.rdata.ready.eq(1),
         ]
@@ -394,7 +407,8 @@ class StoreEngine(wiring.Component):
         m.d.comb += [cmd_fire.eq(bus.cmd.valid & bus.cmd.ready), wd_fire.eq(bus.wdata.valid & bus.wdata.ready),
                      wr_fire.eq(bus.wresp.valid)]
         outw = Signal(16)
-        m.d.sync += outw.eq(outw + cmd_fire - wr_fire)
+        m.d.sync += [outw.eq(outw + cmd_fire - wr_fire),
+                     debt.eq(debt + Mux(cmd_fire, bus.cmd.payload.len + 1, 0) - wd_fire)]
         with m.If(wr_fire & bus.wresp.payload.err & ~halted):
             m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
 

@@ -641,6 +641,17 @@ async def range_errors(dut):
                                 dram_stride=0, cfg=cfg), ErrorCode.DRAM_RANGE, writes_ok=True)
     await expect("st", isa.make("store", spad="act", spad_addr=0, dram_addr=0x30000 - 8, rows=1, row_lines=4,
                                 dram_stride=0, cfg=cfg), ErrorCode.DRAM_RANGE, writes_ok=True)
+    # a long STORE whose first burst fails: the bursts already accepted still get their data
+    st = isa.make("store", spad="act", spad_addr=0, dram_addr=0x30000 - 8, rows=1, row_lines=64,
+                  dram_stride=0, cfg=cfg)
+    env.issue("st", st)
+    assert await env.wait("st", 1) == ErrorCode.DRAM_RANGE
+    for _ in range(300):
+        await FallingEdge(dut.clk)
+    assert not env.stmem.wcmds and not env.stmem.wbeats, "accepted write commands left without data"
+    assert all(0x30000 - 8 <= a < 0x30000 - 8 + 64 * C for a in env.stmem.written)
+    env.check_protocol()
+    await env.reset()
     # sticky: after an error the engine takes no instruction
     env.issue("ld", isa.make("load", spad="act", spad_addr=0, dram_addr=0x30000, rows=1, row_lines=1, cfg=cfg))
     assert await env.wait("ld", 1) == ErrorCode.DRAM_RANGE
