@@ -239,6 +239,7 @@ class Env:
         self.stmem = MemBusModel(dut, "st__bus", self.dram, cfg, random.Random(r.random()), poison=poison, **kw)
         self.src = {"ld": StreamSource(dut, "ld__instr"), "st": StreamSource(dut, "st__instr")}
         self.dones = {"ld": [], "st": []}
+        self.accepts = {"ld": [], "st": []}
         self.cycle = 0
         self._mon = cocotb.start_soon(self._monitor())
 
@@ -250,6 +251,8 @@ class Env:
             for e in ("ld", "st"):
                 if int(sig(self.dut, f"{e}__done").value):
                     self.dones[e].append(self.cycle)
+                if int(sig(self.dut, f"{e}__instr__valid").value) and int(sig(self.dut, f"{e}__instr__ready").value):
+                    self.accepts[e].append(self.cycle)
 
     async def start(self):
         start_clock(self.dut)
@@ -265,6 +268,7 @@ class Env:
         for p in self.rports.values():
             p.pending.clear()
         self.dones = {"ld": [], "st": []}
+        self.accepts = {"ld": [], "st": []}
         self.spad_writes.clear()
 
     def error(self, eng):
@@ -285,6 +289,15 @@ class Env:
                     await FallingEdge(self.dut.clk)
                 return self.error(eng)
         raise TimeoutError(f"{eng}: {len(self.dones[eng])}/{n_done} done within {timeout} cycles")
+
+    def check_busy(self, eng, busy0, stall0):
+        """One instruction ran since the counters were ``busy0``/``stall0``: busy_cycles counts
+        exactly the cycles from its acceptance to its done pulse; stalls are a part of them."""
+        busy = self.counter(eng, "busy_cycles") - busy0
+        stall = self.counter(eng, "stall_cycles") - stall0
+        assert len(self.accepts[eng]) == 1 and len(self.dones[eng]) == 1
+        assert busy == self.dones[eng][0] - self.accepts[eng][0], (busy, self.accepts[eng], self.dones[eng])
+        assert 0 <= stall < busy
 
     def check_protocol(self):
         errs = self.ldmem.errors + self.stmem.errors
@@ -397,8 +410,10 @@ async def compressed_roundtrip(dut):
                       dram_stride=stride, compressed=1, cfg=cfg)
         expect = env.expect_store(st)
         b0, r0 = env.counter("st", "bytes"), env.counter("st", "bytes_raw")
+        busy0, stall0 = env.counter("st", "busy_cycles"), env.counter("st", "stall_cycles")
         env.issue("st", st)
         assert await env.wait("st", 1) == ErrorCode.NONE
+        env.check_busy("st", busy0, stall0)
         assert env.dram == expect, f"compressed STORE bytes differ (sparsity {sparsity})"
         sizes = [codec.group_size(data[y]) for y in range(rows)]
         allowed = {addr + y * stride + j for y in range(rows) for j in range(sizes[y])}
@@ -415,8 +430,10 @@ async def compressed_roundtrip(dut):
         width = pads["pad_left"] + rl + pads["pad_right"]
         got_region = exp[dst_line:dst_line + width * (pads["pad_top"] + rows + pads["pad_bottom"])]
         b0, r0 = env.counter("ld", "bytes"), env.counter("ld", "bytes_raw")
+        busy0, stall0 = env.counter("ld", "busy_cycles"), env.counter("ld", "stall_cycles")
         env.issue("ld", ld)
         assert await env.wait("ld", 1) == ErrorCode.NONE
+        env.check_busy("ld", busy0, stall0)
         assert np.array_equal(env.spads[dst], exp), f"decompressed LOAD differs (sparsity {sparsity})"
         data_rows = got_region.reshape(-1, width, C)[pads["pad_top"]:pads["pad_top"] + rows,
                                                      pads["pad_left"]:pads["pad_left"] + rl]
