@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -48,9 +47,16 @@ def run() -> dict:
     cfg = preset(PRESET)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "dma.json"
-        run_cocotb(None, name=f"dma_pair_{PRESET}", test_module="tb_dma", testcase="bench_dma",
-                   verilog_text=tb_dma.dut_verilog(cfg), build_args=BUILD_ARGS, seed=1,
-                   extra_env={"SPARROW_PRESET": PRESET, "SPARROW_DMA_BENCH": str(out)})
+        run_cocotb(
+            None,
+            name=f"dma_pair_{PRESET}",
+            test_module="tb_dma",
+            testcase="bench_dma",
+            verilog_text=tb_dma.dut_verilog(cfg),
+            build_args=BUILD_ARGS,
+            seed=1,
+            extra_env={"SPARROW_PRESET": PRESET, "SPARROW_DMA_BENCH": str(out)},
+        )
         res = json.loads(out.read_text())
 
     mb = res["mem_bytes"]
@@ -61,17 +67,23 @@ def run() -> dict:
     metrics["throughput_long_burst"] = round(min(tl, ts), 4)
     metrics["throughput_long_load"] = round(tl, 4)
     metrics["throughput_long_store"] = round(ts, 4)
-    lines.append(f"long uncompressed burst ({res['long_load']['bytes']} B): load {res['long_load']['cycles']} cycles "
-                 f"({tl:.3f} of port), store {res['long_store']['cycles']} cycles ({ts:.3f} of port)")
+    lines.append(
+        f"long uncompressed burst ({res['long_load']['bytes']} B): load {res['long_load']['cycles']} cycles "
+        f"({tl:.3f} of port), store {res['long_store']['cycles']} cycles ({ts:.3f} of port)"
+    )
     lines.append("")
     worst = -1.0
     worst_short = -1.0
     for si, shape in enumerate(res["shapes"]):
         main = si == 0
-        lines.append(f"tensor {shape['rows']} rows x {shape['row_lines']} lines x {res['cols']} int8"
-                     + ("" if main else " (short rows, informational)"))
-        lines.append(f"{'sparsity':>8} {'raw B':>7} {'comp B':>7} {'ratio':>6} | {'ld raw':>7} {'ld comp':>7} "
-                     f"{'st raw':>7} {'st comp':>7} | {'limit':>6} {'ld ovh':>7} {'st ovh':>7}")
+        lines.append(
+            f"tensor {shape['rows']} rows x {shape['row_lines']} lines x {res['cols']} int8"
+            + ("" if main else " (short rows, informational)")
+        )
+        lines.append(
+            f"{'sparsity':>8} {'raw B':>7} {'comp B':>7} {'ratio':>6} | {'ld raw':>7} {'ld comp':>7} "
+            f"{'st raw':>7} {'st comp':>7} | {'limit':>6} {'ld ovh':>7} {'st ovh':>7}"
+        )
         for r in shape["sparsity"]:
             pct = int(round(100 * r["sparsity"]))
             raw_b = r["raw"]["load_bus_bytes"]
@@ -92,15 +104,26 @@ def run() -> dict:
                 worst_short = max(worst_short, ovh_ld, ovh_st)
             metrics[f"compressed_overhead_load_{sfx}"] = round(ovh_ld, 4)
             metrics[f"compressed_overhead_store_{sfx}"] = round(ovh_st, 4)
-            lines.append(f"{pct:>7}% {raw_b:>7} {comp_b:>7} {comp_b / raw_b:>6.3f} | {r['raw']['load_cycles']:>7} "
-                         f"{r['compressed']['load_cycles']:>7} {r['raw']['store_cycles']:>7} "
-                         f"{r['compressed']['store_cycles']:>7} | {limit:>6} {ovh_ld:>7.2%} {ovh_st:>7.2%}")
+            lines.append(
+                f"{pct:>7}% {raw_b:>7} {comp_b:>7} {comp_b / raw_b:>6.3f} | {r['raw']['load_cycles']:>7} "
+                f"{r['compressed']['load_cycles']:>7} {r['raw']['store_cycles']:>7} "
+                f"{r['compressed']['store_cycles']:>7} | {limit:>6} {ovh_ld:>7.2%} {ovh_st:>7.2%}"
+            )
         lines.append("")
     metrics["compressed_overhead_short_rows_sparse"] = round(worst_short, 4)
     metrics["compressed_overhead_vs_limit"] = round(worst, 4)
-    lines.append(f"compressed_overhead_vs_limit (worst) = {worst:.2%} (target <= 2 %); "
-                 f"throughput_long_burst = {metrics['throughput_long_burst']:.3f} (target >= 0.9)")
-    config = {"preset": PRESET, "mem_bytes": mb, "cols": res["cols"], "max_burst": cfg.max_burst,
-              "read_latency_cycles": res["read_latency"], "tensors": "16x256 and 32x32 (rows x row_lines) lines of cols int8, numpy seed 12345",
-              "long_burst_bytes": res["long_load"]["bytes"], "backpressure": "none"}
+    lines.append(
+        f"compressed_overhead_vs_limit (worst) = {worst:.2%} (target <= 2 %); "
+        f"throughput_long_burst = {metrics['throughput_long_burst']:.3f} (target >= 0.9)"
+    )
+    config = {
+        "preset": PRESET,
+        "mem_bytes": mb,
+        "cols": res["cols"],
+        "max_burst": cfg.max_burst,
+        "read_latency_cycles": res["read_latency"],
+        "tensors": "16x256 and 32x32 (rows x row_lines) lines of cols int8, numpy seed 12345",
+        "long_burst_bytes": res["long_load"]["bytes"],
+        "backpressure": "none",
+    }
     return {"metrics": metrics, "config": config, "table": "\n".join(lines)}

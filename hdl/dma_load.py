@@ -30,7 +30,7 @@ per row: count bytes, then count <= capacity, then the ``2 + N`` bytes). A read 
 instruction and drains read data.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -85,13 +85,15 @@ class ByteWindow(wiring.Component):
             raise ValueError(f"win_bytes must be a positive int, not {win_bytes!r}")
         self.in_bytes, self.win_bytes = in_bytes, win_bytes
         self.cap = in_bytes + win_bytes
-        super().__init__({
-            "push": In(stream.Signature(push_layout(in_bytes))),
-            "pop": In(range(win_bytes + 1)),
-            "window": Out(8 * win_bytes),
-            "level": Out(range(self.cap + 1)),
-            "clear": In(1),
-        })
+        super().__init__(
+            {
+                "push": In(stream.Signature(push_layout(in_bytes))),
+                "pop": In(range(win_bytes + 1)),
+                "window": Out(8 * win_bytes),
+                "level": Out(range(self.cap + 1)),
+                "clear": In(1),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -101,7 +103,7 @@ class ByteWindow(wiring.Component):
         buf_a = Signal(8 * cap)
         cnt_a = Signal(range(cap + 1))
         m.d.comb += [
-            self.window.eq(buf[:8 * self.win_bytes]),
+            self.window.eq(buf[: 8 * self.win_bytes]),
             self.level.eq(cnt),
             buf_a.eq(buf >> (self.pop * 8)),
             cnt_a.eq(cnt - self.pop),
@@ -151,17 +153,19 @@ class LoadEngine(wiring.Component):
             raise ValueError(f"cfg must be a sparrow.config.HwConfig, not {type(cfg).__name__}")
         self.cfg = cfg
         c = cfg.cols
-        super().__init__({
-            **engine_control_members(),
-            "bus": Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes)),
-            "act_wr": Out(WritePortSignature(cfg.act_addr_bits, act_line(c))),
-            "wgt_wr": Out(WritePortSignature(cfg.wgt_addr_bits, act_line(c))),
-            "acc_wr": Out(WritePortSignature(cfg.acc_addr_bits, acc_line(c))),
-            "bytes": Out(32),
-            "bytes_raw": Out(32),
-            "busy_cycles": Out(32),
-            "stall_cycles": Out(32),
-        })
+        super().__init__(
+            {
+                **engine_control_members(),
+                "bus": Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes)),
+                "act_wr": Out(WritePortSignature(cfg.act_addr_bits, act_line(c))),
+                "wgt_wr": Out(WritePortSignature(cfg.wgt_addr_bits, act_line(c))),
+                "acc_wr": Out(WritePortSignature(cfg.acc_addr_bits, acc_line(c))),
+                "bytes": Out(32),
+                "bytes_raw": Out(32),
+                "busy_cycles": Out(32),
+                "stall_cycles": Out(32),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -170,7 +174,7 @@ class LoadEngine(wiring.Component):
         LMB = _clog2(MB)
         MBK = mask_bytes(C)
         ACCW = 4 * C
-        WIN = max(ACCW, 2 + MBK + C + MB)   # largest pop: count + line + excess of the count beat
+        WIN = max(ACCW, 2 + MBK + C + MB)  # largest pop: count + line + excess of the count beat
         DRAM = cfg.dram_bytes
         AMASK = ~(MB - 1)
 
@@ -189,8 +193,8 @@ class LoadEngine(wiring.Component):
         # derived at CHECK
         row_bytes = Signal(20)
         cap = Signal(18)
-        prow_t = Signal(11)     # padded rows
-        pcol_t = Signal(11)     # padded lines per row
+        prow_t = Signal(11)  # padded rows
+        pcol_t = Signal(11)  # padded lines per row
         pt_rows = Signal(11)
         pl_rl = Signal(11)
 
@@ -259,7 +263,7 @@ class LoadEngine(wiring.Component):
 
         cw_next = [cw_y.eq(cw_y + 1), cw_base.eq(cw_base + stride), cw_st.eq(CW_ROW)]
 
-        cw_init = Signal()   # pulsed by the control FSM to start the walkers
+        cw_init = Signal()  # pulsed by the control FSM to start the walkers
 
         with m.If(cw_init):
             m.d.sync += [cw_st.eq(Mux(comp, CW_FIRST, CW_ROW)), cw_y.eq(0), cw_base.eq(dram_addr)]
@@ -306,15 +310,15 @@ class LoadEngine(wiring.Component):
         # ---- unpacker -------------------------------------------------------------------------
         UP_IDLE, UP_ROW, UP_DATA, UP_RECV, UP_STOP, UP_FIRST, UP_AHEAD, UP_DRAIN = range(8)
         up_st = Signal(range(8))
-        up_ret_drain = Signal()            # after RECV: DRAIN (else AHEAD)
+        up_ret_drain = Signal()  # after RECV: DRAIN (else AHEAD)
         up_y = Signal(10)
         up_base = Signal(ADDR_W)
         up_off = Signal(range(MB))
         up_rem = Signal(20)
-        rc_base = Signal(ADDR_W)           # slot whose count is being received
-        rc_second = Signal()               # waiting for the count's high byte in the next beat
+        rc_base = Signal(ADDR_W)  # slot whose count is being received
+        rc_second = Signal()  # waiting for the count's high byte in the next beat
         rc_nlow = Signal(8)
-        dr_left = Signal(2)                # stashed count beats of row up_y still to drain
+        dr_left = Signal(2)  # stashed count beats of row up_y still to drain
 
         stash_layout = data.StructLayout({"data": 8 * MB, "off": range(MB)})
         m.submodules.stash = stash = fifo.SyncFIFO(width=stash_layout.size, depth=4)
@@ -346,8 +350,9 @@ class LoadEngine(wiring.Component):
             st_in.off.eq(rc_off),
             stash.w_en.eq(rd.valid & (up_st == UP_RECV) & ~halted),
         ]
-        m.d.comb += rd.ready.eq(Mux(up_st == UP_DATA, win.push.ready,
-                                    Mux(up_st == UP_RECV, stash.w_rdy, 0)) | halted)
+        m.d.comb += rd.ready.eq(
+            Mux(up_st == UP_DATA, win.push.ready, Mux(up_st == UP_RECV, stash.w_rdy, 0)) | halted
+        )
         rd_fire = Signal()
         m.d.comb += rd_fire.eq(rd.valid & rd.ready)
         push_fire = Signal()
@@ -366,8 +371,11 @@ class LoadEngine(wiring.Component):
         m.d.comb += rc_ok.eq((cnt_val <= cap) & (rc_base + 2 + cnt_val <= DRAM))
         for q in (wq, uq):
             qin = data.View(nq_layout, q.w_data)
-            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(rc_ok),
-                         q.w_en.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done)]
+            m.d.comb += [
+                qin.n.eq(cnt_val),
+                qin.ok.eq(rc_ok),
+                q.w_en.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done),
+            ]
 
         up_ahead = Signal(ADDR_W)
         up_ahead2 = Signal(ADDR_W)
@@ -388,14 +396,24 @@ class LoadEngine(wiring.Component):
             with m.If(up_y + 1 == rows):
                 m.d.sync += up_st.eq(UP_IDLE)
             with m.Elif(~comp):
-                m.d.sync += [up_y.eq(up_y + 1), up_base.eq(up_ahead),
-                             up_off.eq(up_ahead[:LMB] if LMB else 0), up_rem.eq(row_bytes), up_st.eq(UP_DATA)]
+                m.d.sync += [
+                    up_y.eq(up_y + 1),
+                    up_base.eq(up_ahead),
+                    up_off.eq(up_ahead[:LMB] if LMB else 0),
+                    up_rem.eq(row_bytes),
+                    up_st.eq(UP_DATA),
+                ]
             with m.Elif(up_ahead + 2 > DRAM):
                 m.d.sync += up_st.eq(UP_STOP)
             with m.Else():
                 m.d.sync += [up_y.eq(up_y + 1), up_base.eq(up_ahead), dr_left.eq(drain_beats(up_ahead))]
                 with m.If((up_y + 2 < rows) & (up_ahead2 + 2 <= DRAM)):
-                    m.d.sync += [rc_base.eq(up_ahead2), rc_second.eq(0), up_ret_drain.eq(1), up_st.eq(UP_RECV)]
+                    m.d.sync += [
+                        rc_base.eq(up_ahead2),
+                        rc_second.eq(0),
+                        up_ret_drain.eq(1),
+                        up_st.eq(UP_RECV),
+                    ]
                 with m.Else():
                     m.d.sync += up_st.eq(UP_DRAIN)
 
@@ -445,7 +463,7 @@ class LoadEngine(wiring.Component):
         wy = Signal(11)
         wx = Signal(11)
         waddr = Signal(15)
-        cfirst = Signal()                  # next data line is the first of its row (count ahead)
+        cfirst = Signal()  # next data line is the first of its row (count ahead)
         crem = Signal(17)
         ce = Signal(range(MB + 1))
         cs = Signal(ADDR_W)
@@ -471,8 +489,8 @@ class LoadEngine(wiring.Component):
         s_hi = Signal(ADDR_W)
         s_cend = Signal(ADDR_W)
         m.d.comb += [s_hi.eq(cs + 2 + cnt_n), s_cend.eq(((cs + 1) & AMASK) + MB)]
-        head = Signal(range(3))            # count bytes in front of this line's mask
-        rem_eff = Signal(17)               # payload bytes left for this and later lines
+        head = Signal(range(3))  # count bytes in front of this line's mask
+        rem_eff = Signal(17)  # payload bytes left for this and later lines
         ce_eff = Signal(range(MB + 1))
         last_line = Signal()
         tail = Signal(range(MB + 1))
@@ -482,7 +500,7 @@ class LoadEngine(wiring.Component):
             ce_eff.eq(Mux(cfirst, Mux(s_hi < s_cend, s_cend - s_hi, 0), ce)),
             last_line.eq(wx == pl_rl - 1),
             tail.eq(Mux(last_line, ce_eff, 0)),
-            expand.data.eq(Mux(cfirst, win.window[16:16 + 8 * (MBK + C)], win.window[:8 * (MBK + C)])),
+            expand.data.eq(Mux(cfirst, win.window[16 : 16 + 8 * (MBK + C)], win.window[: 8 * (MBK + C)])),
         ]
 
         add_bytes = Signal(range(WIN + 2))
@@ -494,7 +512,10 @@ class LoadEngine(wiring.Component):
             with m.Elif(finished):
                 pass
             with m.Elif(in_data & ~comp):
-                m.d.comb += [wvalid.eq(win.level >= lb), wline.eq(take_bytes(win.window[:8 * ACCW], lb, ACCW))]
+                m.d.comb += [
+                    wvalid.eq(win.level >= lb),
+                    wline.eq(take_bytes(win.window[: 8 * ACCW], lb, ACCW)),
+                ]
                 with m.If(wfire):
                     m.d.comb += [pop.eq(lb), add_bytes.eq(lb), add_raw.eq(lb)]
             with m.Elif(in_data):
@@ -514,8 +535,11 @@ class LoadEngine(wiring.Component):
                     with m.Else():
                         m.d.comb += [wvalid.eq(win.level >= head + expand.n + tail), wline.eq(expand.line)]
                         with m.If(wfire):
-                            m.d.comb += [pop.eq(head + expand.n + tail), add_bytes.eq(head + expand.n),
-                                         add_raw.eq(C)]
+                            m.d.comb += [
+                                pop.eq(head + expand.n + tail),
+                                add_bytes.eq(head + expand.n),
+                                add_raw.eq(C),
+                            ]
                             m.d.sync += [crem.eq(rem_eff - expand.n), cfirst.eq(last_line)]
                             with m.If(cfirst):
                                 m.d.sync += ce.eq(ce_eff)
@@ -539,7 +563,7 @@ class LoadEngine(wiring.Component):
             m.d.comb += [
                 port.cmd.valid.eq(wvalid & sel),
                 port.cmd.payload.addr.eq(waddr),
-                port.cmd.payload.data.eq(wline[:8 * width]),
+                port.cmd.payload.data.eq(wline[: 8 * width]),
             ]
             with m.If(sel):
                 m.d.comb += w_ready.eq(port.cmd.ready)
@@ -551,7 +575,9 @@ class LoadEngine(wiring.Component):
         region = Signal(21)
         m.d.comb += region.eq((pt + rows + pb) * (pl + rl + pr))
         depth = Signal(15)
-        m.d.comb += depth.eq(Mux(spad == Spad.ACT, cfg.act_depth, Mux(spad == Spad.WGT, cfg.wgt_depth, cfg.acc_depth)))
+        m.d.comb += depth.eq(
+            Mux(spad == Spad.ACT, cfg.act_depth, Mux(spad == Spad.WGT, cfg.wgt_depth, cfg.acc_depth))
+        )
         last_byte_end = Signal(ADDR_W + 8)
         m.d.comb += last_byte_end.eq(dram_addr + (rows - 1) * stride + rl * lb)
         line_size = Mux(ins.spad == Spad.ACC, ACCW, C)
@@ -564,10 +590,17 @@ class LoadEngine(wiring.Component):
                 m.d.comb += self.instr.ready.eq(~halted)
                 with m.If(self.instr.valid & ~halted):
                     m.d.sync += [
-                        spad.eq(ins.spad), spad_addr.eq(ins.spad_addr), dram_addr.eq(ins.dram_addr),
-                        rows.eq(ins.rows), rl.eq(ins.row_lines), stride.eq(ins.dram_stride),
+                        spad.eq(ins.spad),
+                        spad_addr.eq(ins.spad_addr),
+                        dram_addr.eq(ins.dram_addr),
+                        rows.eq(ins.rows),
+                        rl.eq(ins.row_lines),
+                        stride.eq(ins.dram_stride),
                         lb.eq(Mux(ins.line_bytes == 0, line_size, ins.line_bytes)),
-                        pt.eq(ins.pad_top), pb.eq(ins.pad_bottom), pl.eq(ins.pad_left), pr.eq(ins.pad_right),
+                        pt.eq(ins.pad_top),
+                        pb.eq(ins.pad_bottom),
+                        pl.eq(ins.pad_left),
+                        pr.eq(ins.pad_right),
                         comp.eq(ins.compressed),
                     ]
                     m.next = "CHECK"
@@ -582,10 +615,18 @@ class LoadEngine(wiring.Component):
                 with m.Else():
                     m.d.comb += cw_init.eq(1)
                     m.d.sync += [
-                        row_bytes.eq(rl * lb), cap.eq(rl * (MBK + C)),
-                        prow_t.eq(pt + rows + pb), pcol_t.eq(pl + rl + pr),
-                        pt_rows.eq(pt + rows), pl_rl.eq(pl + rl),
-                        wy.eq(0), wx.eq(0), waddr.eq(spad_addr), cfirst.eq(1), trail_err.eq(0), cs.eq(dram_addr),
+                        row_bytes.eq(rl * lb),
+                        cap.eq(rl * (MBK + C)),
+                        prow_t.eq(pt + rows + pb),
+                        pcol_t.eq(pl + rl + pr),
+                        pt_rows.eq(pt + rows),
+                        pl_rl.eq(pl + rl),
+                        wy.eq(0),
+                        wx.eq(0),
+                        waddr.eq(spad_addr),
+                        cfirst.eq(1),
+                        trail_err.eq(0),
+                        cs.eq(dram_addr),
                     ]
                     m.next = "RUN"
             with m.State("RUN"):

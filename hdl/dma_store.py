@@ -22,7 +22,8 @@ Start-time checks (in this order): the compressed slot-size rule (``ILLEGAL_FIEL
 ``SPAD_RANGE``, ``DRAM_RANGE`` (uncompressed last byte; compressed worst case). A write response
 with ``err`` gives ``DRAM_RANGE``. Errors are sticky; the engine then stops reading, issuing and
 writing (bursts already started on either channel are completed, the remaining beats with no byte
-enabled, so the bus is never left with a command without data or data without a command) and accepts no instruction.
+enabled, so the bus is never left with a command without data or data without a command) and
+accepts no instruction.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
@@ -48,8 +49,9 @@ def _clog2(n):
 
 
 def item_layout(item_bytes: int, addr_width: int) -> data.StructLayout:
-    return data.StructLayout({"data": 8 * item_bytes, "n": range(item_bytes + 1), "start": 1, "end": 1,
-                              "addr": addr_width})
+    return data.StructLayout(
+        {"data": 8 * item_bytes, "n": range(item_bytes + 1), "start": 1, "end": 1, "addr": addr_width}
+    )
 
 
 def beat_layout(mem_bytes: int, addr_width: int) -> data.StructLayout:
@@ -90,11 +92,13 @@ class BytePacker(wiring.Component):
         if not isinstance(addr_width, int) or addr_width < 1:
             raise ValueError(f"addr_width must be a positive int, not {addr_width!r}")
         self.mem_bytes, self.item_bytes, self.addr_width = mem_bytes, item_bytes, addr_width
-        super().__init__({
-            "item": In(stream.Signature(item_layout(item_bytes, addr_width))),
-            "beat": Out(stream.Signature(beat_layout(mem_bytes, addr_width))),
-            "idle": Out(1),
-        })
+        super().__init__(
+            {
+                "item": In(stream.Signature(item_layout(item_bytes, addr_width))),
+                "beat": Out(stream.Signature(beat_layout(mem_bytes, addr_width))),
+                "idle": Out(1),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -110,7 +114,7 @@ class BytePacker(wiring.Component):
         bt = self.beat
         m.d.comb += [
             bt.valid.eq((cnt >= mb) | (ending & (cnt != 0))),
-            bt.payload.data.eq(buf[:8 * mb]),
+            bt.payload.data.eq(buf[: 8 * mb]),
             bt.payload.strb.eq(vb[:mb]),
             bt.payload.addr.eq(baddr),
             bt.payload.seg_last.eq(ending & (cnt <= mb)),
@@ -178,17 +182,19 @@ class StoreEngine(wiring.Component):
             raise ValueError(f"cfg must be a sparrow.config.HwConfig, not {type(cfg).__name__}")
         self.cfg = cfg
         c = cfg.cols
-        super().__init__({
-            **engine_control_members(),
-            "bus": Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes)),
-            "act_rd": Out(ReadPortSignature(cfg.act_addr_bits, act_line(c))),
-            "wgt_rd": Out(ReadPortSignature(cfg.wgt_addr_bits, act_line(c))),
-            "acc_rd": Out(ReadPortSignature(cfg.acc_addr_bits, acc_line(c))),
-            "bytes": Out(32),
-            "bytes_raw": Out(32),
-            "busy_cycles": Out(32),
-            "stall_cycles": Out(32),
-        })
+        super().__init__(
+            {
+                **engine_control_members(),
+                "bus": Out(MemBusSignature(cfg.dram_addr_bits, cfg.mem_bytes)),
+                "act_rd": Out(ReadPortSignature(cfg.act_addr_bits, act_line(c))),
+                "wgt_rd": Out(ReadPortSignature(cfg.wgt_addr_bits, act_line(c))),
+                "acc_rd": Out(ReadPortSignature(cfg.acc_addr_bits, acc_line(c))),
+                "bytes": Out(32),
+                "bytes_raw": Out(32),
+                "busy_cycles": Out(32),
+                "stall_cycles": Out(32),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -226,19 +232,22 @@ class StoreEngine(wiring.Component):
         rr_y = Signal(10)
         rr_x = Signal(10)
         rr_base = Signal(15)
-        credits = Signal(range(DEPTH + 1))     # lines issued and not yet taken from the FIFO
+        credits = Signal(range(DEPTH + 1))  # lines issued and not yet taken from the FIFO
         rcmd_valid = Signal()
         rcmd_ready = Signal()
         m.d.comb += rcmd_valid.eq(run & rr_act & (credits < DEPTH) & ~halted)
         rd_fire = Signal()
         m.d.comb += rd_fire.eq(rcmd_valid & rcmd_ready)
-        for name, sp, width in (("act_rd", Spad.ACT, C), ("wgt_rd", Spad.WGT, C), ("acc_rd", Spad.ACC, ACCW)):
+        for name, sp in (("act_rd", Spad.ACT), ("wgt_rd", Spad.WGT), ("acc_rd", Spad.ACC)):
             port = getattr(self, name)
             sel = spad == sp
             m.d.comb += [port.cmd.valid.eq(rcmd_valid & sel), port.cmd.payload.eq(rr_base + rr_x)]
             with m.If(sel):
-                m.d.comb += [rcmd_ready.eq(port.cmd.ready),
-                             lf.w_en.eq(port.rsp.valid), lf.w_data.eq(port.rsp.payload.as_value())]
+                m.d.comb += [
+                    rcmd_ready.eq(port.cmd.ready),
+                    lf.w_en.eq(port.rsp.valid),
+                    lf.w_data.eq(port.rsp.payload.as_value()),
+                ]
         with m.If(init):
             m.d.sync += [rr_act.eq(1), rr_y.eq(0), rr_x.eq(0), rr_base.eq(spad_addr)]
         with m.Elif(rd_fire):
@@ -255,7 +264,7 @@ class StoreEngine(wiring.Component):
         # ---- item former ----------------------------------------------------------------------
         m.submodules.compact = compact = ZeroCompact(C)
         m.submodules.packer = packer = BytePacker(MB, IB, ADDR_W)
-        m.d.comb += compact.line.eq(lf.r_data[:8 * C])
+        m.d.comb += compact.line.eq(lf.r_data[: 8 * C])
         # counts of finished compressed rows, written by the burst former between bursts
         nf_layout = data.StructLayout({"addr": ADDR_W, "n": 16})
         m.submodules.nf = nf = fifo.SyncFIFO(width=nf_layout.size, depth=4)
@@ -319,15 +328,19 @@ class StoreEngine(wiring.Component):
         c_strb = Signal(MB)
         c_seg_last = Signal()
         with m.If(cb_idx == 0):
-            m.d.comb += [c_addr.eq(nf_out.addr & ~(MB - 1)),
-                         c_data.eq(nf_out.n << (c_off * 8)),
-                         c_strb.eq(Const(3, 2) << c_off),
-                         c_seg_last.eq(~c_straddle)]
+            m.d.comb += [
+                c_addr.eq(nf_out.addr & ~(MB - 1)),
+                c_data.eq(nf_out.n << (c_off * 8)),
+                c_strb.eq(Const(3, 2) << c_off),
+                c_seg_last.eq(~c_straddle),
+            ]
         with m.Else():
-            m.d.comb += [c_addr.eq((nf_out.addr & ~(MB - 1)) + MB),
-                         c_data.eq(nf_out.n[8:]),
-                         c_strb.eq(1),
-                         c_seg_last.eq(1)]
+            m.d.comb += [
+                c_addr.eq((nf_out.addr & ~(MB - 1)) + MB),
+                c_data.eq(nf_out.n[8:]),
+                c_strb.eq(1),
+                c_seg_last.eq(1),
+            ]
         b_addr = Signal(ADDR_W)
         b_data = Signal(8 * MB)
         b_strb = Signal(MB)
@@ -339,8 +352,13 @@ class StoreEngine(wiring.Component):
         closing = Signal()
         m.d.comb += closing.eq(halted & (bcount != 0))
         with m.If(closing):
-            m.d.comb += [b_addr.eq(bstart + (bcount << LMB)), b_data.eq(0), b_strb.eq(0),
-                         b_seg_last.eq(1), b_valid.eq(1)]
+            m.d.comb += [
+                b_addr.eq(bstart + (bcount << LMB)),
+                b_data.eq(0),
+                b_strb.eq(0),
+                b_seg_last.eq(1),
+                b_valid.eq(1),
+            ]
         with m.Else():
             m.d.comb += [
                 b_addr.eq(Mux(cmode, c_addr, pb.addr)),
@@ -360,7 +378,9 @@ class StoreEngine(wiring.Component):
         cf_in = data.View(cf_layout, cf.w_data)
         m.d.comb += [
             bf.w_en.eq(beat_fire),
-            bf_in.data.eq(b_data), bf_in.strb.eq(b_strb), bf_in.last.eq(last),
+            bf_in.data.eq(b_data),
+            bf_in.strb.eq(b_strb),
+            bf_in.last.eq(last),
             cf.w_en.eq(beat_fire & last),
             cf_in.addr.eq(Mux(bcount == 0, b_addr, bstart)),
             cf_in.len.eq(bcount),
@@ -381,7 +401,7 @@ class StoreEngine(wiring.Component):
 
         # ---- membus ---------------------------------------------------------------------------
         bus = self.bus
-        debt = Signal(signed(12))           # beats of accepted commands not yet sent (may be < 0)
+        debt = Signal(signed(12))  # beats of accepted commands not yet sent (may be < 0)
         bf_out = data.View(bf_layout, bf.r_data)
         cf_out = data.View(cf_layout, cf.r_data)
         m.d.comb += [
@@ -404,11 +424,16 @@ class StoreEngine(wiring.Component):
         cmd_fire = Signal()
         wd_fire = Signal()
         wr_fire = Signal()
-        m.d.comb += [cmd_fire.eq(bus.cmd.valid & bus.cmd.ready), wd_fire.eq(bus.wdata.valid & bus.wdata.ready),
-                     wr_fire.eq(bus.wresp.valid)]
+        m.d.comb += [
+            cmd_fire.eq(bus.cmd.valid & bus.cmd.ready),
+            wd_fire.eq(bus.wdata.valid & bus.wdata.ready),
+            wr_fire.eq(bus.wresp.valid),
+        ]
         outw = Signal(16)
-        m.d.sync += [outw.eq(outw + cmd_fire - wr_fire),
-                     debt.eq(debt + Mux(cmd_fire, bus.cmd.payload.len + 1, 0) - wd_fire)]
+        m.d.sync += [
+            outw.eq(outw + cmd_fire - wr_fire),
+            debt.eq(debt + Mux(cmd_fire, bus.cmd.payload.len + 1, 0) - wd_fire),
+        ]
         with m.If(wr_fire & bus.wresp.payload.err & ~halted):
             m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
 
@@ -417,22 +442,36 @@ class StoreEngine(wiring.Component):
         worst = Signal(20)
         m.d.comb += worst.eq(2 + rl * (MBK + C))
         depth = Signal(15)
-        m.d.comb += depth.eq(Mux(spad == Spad.ACT, cfg.act_depth, Mux(spad == Spad.WGT, cfg.wgt_depth, cfg.acc_depth)))
+        m.d.comb += depth.eq(
+            Mux(spad == Spad.ACT, cfg.act_depth, Mux(spad == Spad.WGT, cfg.wgt_depth, cfg.acc_depth))
+        )
         spad_end = Signal(26)
         m.d.comb += spad_end.eq(spad_addr + (rows - 1) * sstride + rl)
         dram_end = Signal(ADDR_W + 8)
         m.d.comb += dram_end.eq(dram_addr + (rows - 1) * stride + Mux(comp, worst, rl * lb))
         all_idle = Signal()
-        m.d.comb += all_idle.eq(~if_act & ~rr_act & packer.idle & (nf.level == 0) & ~cb_active & (bf.level == 0) & (cf.level == 0)
-                                & (outw == 0))
+        m.d.comb += all_idle.eq(
+            ~if_act
+            & ~rr_act
+            & packer.idle
+            & (nf.level == 0)
+            & ~cb_active
+            & (bf.level == 0)
+            & (cf.level == 0)
+            & (outw == 0)
+        )
 
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.instr.ready.eq(~halted)
                 with m.If(self.instr.valid & ~halted):
                     m.d.sync += [
-                        spad.eq(ins.spad), spad_addr.eq(ins.spad_addr), dram_addr.eq(ins.dram_addr),
-                        rows.eq(ins.rows), rl.eq(ins.row_lines), stride.eq(ins.dram_stride),
+                        spad.eq(ins.spad),
+                        spad_addr.eq(ins.spad_addr),
+                        dram_addr.eq(ins.dram_addr),
+                        rows.eq(ins.rows),
+                        rl.eq(ins.row_lines),
+                        stride.eq(ins.dram_stride),
                         lb.eq(Mux(ins.line_bytes == 0, line_size, ins.line_bytes)),
                         sstride.eq(Mux(ins.spad_stride == 0, ins.row_lines, ins.spad_stride)),
                         comp.eq(ins.compressed),

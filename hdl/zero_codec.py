@@ -35,12 +35,12 @@ def popcount(bits):
 def shl_bytes(value, pos, out_bytes: int):
     """``value << 8*pos`` truncated to ``out_bytes`` bytes, for a variable ``pos`` <= out_bytes."""
     wide = Cat(Const(0, 8 * out_bytes), value)
-    return (wide >> ((out_bytes - pos) * 8).as_unsigned())[:8 * out_bytes]
+    return (wide >> ((out_bytes - pos) * 8).as_unsigned())[: 8 * out_bytes]
 
 
 def take_bytes(value, n, nbytes: int):
     """The low ``n`` bytes of ``value`` (``nbytes`` wide), bytes at and above ``n`` zeroed."""
-    return Cat(*[Mux(i < n, value[8 * i:8 * i + 8], 0) for i in range(nbytes)])
+    return Cat(*[Mux(i < n, value[8 * i : 8 * i + 8], 0) for i in range(nbytes)])
 
 
 class ZeroCompact(wiring.Component):
@@ -68,18 +68,20 @@ class ZeroCompact(wiring.Component):
             raise ValueError(f"cols must be a positive int, not {cols!r}")
         self.cols = cols
         self.mb = mask_bytes(cols)
-        super().__init__({
-            "line": In(8 * cols),
-            "data": Out(8 * (self.mb + cols)),
-            "n": Out(range(self.mb + cols + 1)),
-            "k": Out(range(cols + 1)),
-        })
+        super().__init__(
+            {
+                "line": In(8 * cols),
+                "data": Out(8 * (self.mb + cols)),
+                "n": Out(range(self.mb + cols + 1)),
+                "k": Out(range(cols + 1)),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
         cols, mb = self.cols, self.mb
         nz = Signal(cols)
-        m.d.comb += nz.eq(Cat(*[self.line[8 * i:8 * i + 8].any() for i in range(cols)]))
+        m.d.comb += nz.eq(Cat(*[self.line[8 * i : 8 * i + 8].any() for i in range(cols)]))
         # prefix[i] = non-zeros before element i = output slot of element i
         prefix = []
         acc = Const(0, 1)
@@ -93,7 +95,7 @@ class ZeroCompact(wiring.Component):
             byte = Const(0, 8)
             # only elements i >= j can land in slot j
             for i in range(j, cols):
-                byte = byte | Mux(nz[i] & (prefix[i] == j), self.line[8 * i:8 * i + 8], 0)
+                byte = byte | Mux(nz[i] & (prefix[i] == j), self.line[8 * i : 8 * i + 8], 0)
             packed.append(byte)
         m.d.comb += [
             self.k.eq(popcount(nz)),
@@ -129,25 +131,27 @@ class ZeroExpand(wiring.Component):
             raise ValueError(f"cols must be a positive int, not {cols!r}")
         self.cols = cols
         self.mb = mask_bytes(cols)
-        super().__init__({
-            "data": In(8 * (self.mb + cols)),
-            "line": Out(8 * cols),
-            "k": Out(range(cols + 1)),
-            "n": Out(range(self.mb + cols + 1)),
-        })
+        super().__init__(
+            {
+                "data": In(8 * (self.mb + cols)),
+                "line": Out(8 * cols),
+                "k": Out(range(cols + 1)),
+                "n": Out(range(self.mb + cols + 1)),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
         cols, mb = self.cols, self.mb
         mask = self.data[:cols]
-        payload = self.data[8 * mb:]
+        payload = self.data[8 * mb :]
         out = []
         acc = Const(0, 1)
         for i in range(cols):
             p = Signal(range(cols + 1), name=f"prefix{i}")
             m.d.comb += p.eq(acc)
             acc = p + mask[i]
-            out.append(Mux(mask[i], payload.word_select(p[:max(1, (cols - 1).bit_length())], 8), 0))
+            out.append(Mux(mask[i], payload.word_select(p[: max(1, (cols - 1).bit_length())], 8), 0))
         m.d.comb += [
             self.line.eq(Cat(*out)),
             self.k.eq(popcount(mask)),

@@ -35,6 +35,7 @@ from sparrow.hdl.spad_port import acc_line, act_line
 
 # -- DUT ---------------------------------------------------------------------------------------
 
+
 class DmaPair(wiring.Component):
     """Both DMA engines, unconnected to each other (ports ``ld__*`` and ``st__*``)."""
 
@@ -63,7 +64,9 @@ def dut_verilog(cfg, name=None) -> str:
         if isinstance(value, Const):
             continue
         ports["__".join(map(str, path))] = (
-            value, PortDirection.Input if member.flow == wiring.In else PortDirection.Output)
+            value,
+            PortDirection.Input if member.flow == wiring.In else PortDirection.Output,
+        )
     return verilog.convert(comp, name=name or f"dma_pair_{cfg.name}", ports=ports, emit_src=False)
 
 
@@ -73,8 +76,17 @@ try:
     import cocotb
     from cocotb.triggers import FallingEdge, ReadOnly
 
-    from sparrow.sim.tbutil import (ReadPortModel, StreamSource, WritePortModel, pack, reset, seeded, sig,
-                                    start_clock, unpack)
+    from sparrow.sim.tbutil import (
+        ReadPortModel,
+        StreamSource,
+        WritePortModel,
+        pack,
+        reset,
+        seeded,
+        sig,
+        start_clock,
+        unpack,
+    )
 except ImportError:  # pragma: no cover - only the DUT helpers are needed outside cocotb
     cocotb = None
 
@@ -86,23 +98,44 @@ class MemBusModel:
     ``last`` on exactly the last write beat. Records read beat addresses and written bytes.
     """
 
-    def __init__(self, dut, prefix, mem, cfg, rng, *, cmd_stall=0.3, rdata_stall=0.2, wdata_stall=0.3,
-                 latency=(1, 8), wresp_latency=(1, 4), poison=None):
+    def __init__(
+        self,
+        dut,
+        prefix,
+        mem,
+        cfg,
+        rng,
+        *,
+        cmd_stall=0.3,
+        rdata_stall=0.2,
+        wdata_stall=0.3,
+        latency=(1, 8),
+        wresp_latency=(1, 4),
+        poison=None,
+    ):
         self.dut, self.mem, self.cfg, self.rng = dut, mem, cfg, rng
         self.mb = cfg.mem_bytes
         p = prefix
-        self.cmd_valid, self.cmd_ready, self.cmd_payload = (sig(dut, f"{p}__cmd__{n}") for n in ("valid", "ready", "payload"))
-        self.rd_valid, self.rd_ready, self.rd_payload = (sig(dut, f"{p}__rdata__{n}") for n in ("valid", "ready", "payload"))
-        self.wd_valid, self.wd_ready, self.wd_payload = (sig(dut, f"{p}__wdata__{n}") for n in ("valid", "ready", "payload"))
-        self.wr_valid, self.wr_ready, self.wr_payload = (sig(dut, f"{p}__wresp__{n}") for n in ("valid", "ready", "payload"))
+        self.cmd_valid, self.cmd_ready, self.cmd_payload = (
+            sig(dut, f"{p}__cmd__{n}") for n in ("valid", "ready", "payload")
+        )
+        self.rd_valid, self.rd_ready, self.rd_payload = (
+            sig(dut, f"{p}__rdata__{n}") for n in ("valid", "ready", "payload")
+        )
+        self.wd_valid, self.wd_ready, self.wd_payload = (
+            sig(dut, f"{p}__wdata__{n}") for n in ("valid", "ready", "payload")
+        )
+        self.wr_valid, self.wr_ready, self.wr_payload = (
+            sig(dut, f"{p}__wresp__{n}") for n in ("valid", "ready", "payload")
+        )
         self.cmd_layout = mem_cmd_layout(cfg.dram_addr_bits)
         self.rd_layout = mem_rdata_layout(self.mb)
         self.wd_layout = mem_wdata_layout(self.mb)
         self.wr_layout = mem_wresp_layout()
         self.cmd_stall, self.rdata_stall, self.wdata_stall = cmd_stall, rdata_stall, wdata_stall
         self.latency, self.wresp_latency = latency, wresp_latency
-        self.poison = poison          # (lo, hi) byte range answering err
-        self.errors = []              # protocol violations seen
+        self.poison = poison  # (lo, hi) byte range answering err
+        self.errors = []  # protocol violations seen
         self.clear()
         self.cmd_ready.value = 0
         self.rd_valid.value = 0
@@ -112,10 +145,10 @@ class MemBusModel:
 
     def clear(self):
         self.cycle = getattr(self, "cycle", 0)
-        self.rq = deque()             # (due, data, last, err)
-        self.wcmds = deque()          # [addr, beats, index, err]
+        self.rq = deque()  # (due, data, last, err)
+        self.wcmds = deque()  # [addr, beats, index, err]
         self.wbeats = deque()
-        self.bq = deque()             # (due, err)
+        self.bq = deque()  # (due, err)
         self.rhold = False
         self.read_beats = []
         self.written = set()
@@ -141,7 +174,11 @@ class MemBusModel:
         while True:
             await FallingEdge(self.dut.clk)
             self.cycle += 1
-            if self.rq and self.rq[0][0] <= self.cycle and (self.rhold or self.rng.random() >= self.rdata_stall):
+            if (
+                self.rq
+                and self.rq[0][0] <= self.cycle
+                and (self.rhold or self.rng.random() >= self.rdata_stall)
+            ):
                 self.rhold = True
                 _, d, last, err = self.rq[0]
                 self.rd_valid.value = 1
@@ -180,7 +217,7 @@ class MemBusModel:
                         a = addr + i * mb
                         self.read_beats.append(a)
                         err = self._bad(a)
-                        d = 0 if err else int.from_bytes(self.mem[a:a + mb], "little")
+                        d = 0 if err else int.from_bytes(self.mem[a : a + mb], "little")
                         self.rq.append((due + i, d, int(i == ln), int(err)))
             if wrdy and int(self.wd_valid.value):
                 self.wbeats.append(unpack(self.wd_layout, int(self.wd_payload.value)))
@@ -225,18 +262,41 @@ class Env:
         r = self.rng
         s = 0.25 if stall else 0.0
         self.spad_writes = []
-        self.wports = {sp: WritePortModel(dut, f"ld__{sp.name.lower()}_wr", self.spads[sp], layouts[sp],
-                                          stall=s, rng=random.Random(r.random()),
-                                          on_write=lambda a, line, sp=sp: self.spad_writes.append((sp, a)))
-                       for sp in isa.Spad}
-        self.rports = {sp: ReadPortModel(dut, f"st__{sp.name.lower()}_rd", self.spads[sp], layouts[sp],
-                                         stall=s, latency=(1, 3) if stall else (1, 1),
-                                         rng=random.Random(r.random()))
-                       for sp in isa.Spad}
-        kw = {} if stall else dict(cmd_stall=0.0, rdata_stall=0.0, wdata_stall=0.0, latency=(8, 8),
-                                   wresp_latency=(4, 4))
-        self.ldmem = MemBusModel(dut, "ld__bus", self.dram, cfg, random.Random(r.random()), poison=poison, **kw)
-        self.stmem = MemBusModel(dut, "st__bus", self.dram, cfg, random.Random(r.random()), poison=poison, **kw)
+        self.wports = {
+            sp: WritePortModel(
+                dut,
+                f"ld__{sp.name.lower()}_wr",
+                self.spads[sp],
+                layouts[sp],
+                stall=s,
+                rng=random.Random(r.random()),
+                on_write=lambda a, line, sp=sp: self.spad_writes.append((sp, a)),
+            )
+            for sp in isa.Spad
+        }
+        self.rports = {
+            sp: ReadPortModel(
+                dut,
+                f"st__{sp.name.lower()}_rd",
+                self.spads[sp],
+                layouts[sp],
+                stall=s,
+                latency=(1, 3) if stall else (1, 1),
+                rng=random.Random(r.random()),
+            )
+            for sp in isa.Spad
+        }
+        kw = (
+            {}
+            if stall
+            else dict(cmd_stall=0.0, rdata_stall=0.0, wdata_stall=0.0, latency=(8, 8), wresp_latency=(4, 4))
+        )
+        self.ldmem = MemBusModel(
+            dut, "ld__bus", self.dram, cfg, random.Random(r.random()), poison=poison, **kw
+        )
+        self.stmem = MemBusModel(
+            dut, "st__bus", self.dram, cfg, random.Random(r.random()), poison=poison, **kw
+        )
         self.src = {"ld": StreamSource(dut, "ld__instr"), "st": StreamSource(dut, "st__instr")}
         self.dones = {"ld": [], "st": []}
         self.accepts = {"ld": [], "st": []}
@@ -251,7 +311,9 @@ class Env:
             for e in ("ld", "st"):
                 if int(sig(self.dut, f"{e}__done").value):
                     self.dones[e].append(self.cycle)
-                if int(sig(self.dut, f"{e}__instr__valid").value) and int(sig(self.dut, f"{e}__instr__ready").value):
+                if int(sig(self.dut, f"{e}__instr__valid").value) and int(
+                    sig(self.dut, f"{e}__instr__ready").value
+                ):
                     self.accepts[e].append(self.cycle)
 
     async def start(self):
@@ -321,19 +383,20 @@ class Env:
         lb = i.line_bytes or lsz
         width = i.pad_left + i.row_lines + i.pad_right
         height = i.pad_top + i.rows + i.pad_bottom
-        out[i.spad_addr:i.spad_addr + width * height] = 0
+        out[i.spad_addr : i.spad_addr + width * height] = 0
         for y in range(i.rows):
             if i.compressed:
                 s = i.dram_addr + y * i.dram_stride
-                lines, _ = codec.decompress_group(self.dram[s:s + 2 + codec.group_capacity(i.row_lines, C)],
-                                                  i.row_lines, C)
+                lines, _ = codec.decompress_group(
+                    self.dram[s : s + 2 + codec.group_capacity(i.row_lines, C)], i.row_lines, C
+                )
             for x in range(i.row_lines):
                 idx = i.spad_addr + (i.pad_top + y) * width + i.pad_left + x
                 if i.compressed:
                     out[idx] = lines[x]
                 else:
                     a = i.dram_addr + y * i.dram_stride + x * lb
-                    out[idx] = self.bytes_to_line(sp, bytes(self.dram[a:a + lb]) + bytes(lsz - lb))
+                    out[idx] = self.bytes_to_line(sp, bytes(self.dram[a : a + lb]) + bytes(lsz - lb))
         return out
 
     def expect_store(self, i: isa.Instruction):
@@ -345,14 +408,14 @@ class Env:
         S = i.spad_stride or i.row_lines
         for y in range(i.rows):
             base = i.spad_addr + y * S
-            lines = self.spads[sp][base:base + i.row_lines]
+            lines = self.spads[sp][base : base + i.row_lines]
             a = i.dram_addr + y * i.dram_stride
             if i.compressed:
                 g = codec.compress_group(lines)
-                out[a:a + len(g)] = g
+                out[a : a + len(g)] = g
             else:
                 for x in range(i.row_lines):
-                    out[a + x * lb:a + (x + 1) * lb] = self.line_bytes(sp, lines[x])[:lb]
+                    out[a + x * lb : a + (x + 1) * lb] = self.line_bytes(sp, lines[x])[:lb]
         return out
 
     def fill_dram(self, lo, hi):
@@ -382,12 +445,15 @@ def _bench_mode():
 
 def _test(**kw):
     """cocotb.test that is skipped in benchmark mode."""
+
     def deco(f):
         return cocotb.test(skip=_bench_mode(), **kw)(f) if cocotb else f
+
     return deco
 
 
 # -- tests -------------------------------------------------------------------------------------
+
 
 @_test()
 async def compressed_roundtrip(dut):
@@ -404,10 +470,19 @@ async def compressed_roundtrip(dut):
         addr = env.rng.randrange(0, 1 << 16) + (4096 - 5 if k == 1 else 0)
         src_line = env.rng.randrange(0, 64)
         data = env.random_lines(sp, rows * rl, sparsity).reshape(rows, rl, C)
-        env.spads[sp][src_line:src_line + rows * rl] = data.reshape(-1, C)
+        env.spads[sp][src_line : src_line + rows * rl] = data.reshape(-1, C)
         env.fill_dram(max(0, addr - 64), addr + rows * stride + 64)
-        st = isa.make("store", spad=sp, spad_addr=src_line, dram_addr=addr, rows=rows, row_lines=rl,
-                      dram_stride=stride, compressed=1, cfg=cfg)
+        st = isa.make(
+            "store",
+            spad=sp,
+            spad_addr=src_line,
+            dram_addr=addr,
+            rows=rows,
+            row_lines=rl,
+            dram_stride=stride,
+            compressed=1,
+            cfg=cfg,
+        )
         expect = env.expect_store(st)
         b0, r0 = env.counter("st", "bytes"), env.counter("st", "bytes_raw")
         busy0, stall0 = env.counter("st", "busy_cycles"), env.counter("st", "stall_cycles")
@@ -421,22 +496,37 @@ async def compressed_roundtrip(dut):
         assert env.counter("st", "bytes") - b0 == sum(sizes)
         assert env.counter("st", "bytes_raw") - r0 == rows * rl * C
         # LOAD it back (with padding) into the other scratchpad
-        pads = dict(pad_top=env.rng.randint(0, 2), pad_bottom=env.rng.randint(0, 1),
-                    pad_left=env.rng.randint(0, 2), pad_right=env.rng.randint(0, 1))
+        pads = dict(
+            pad_top=env.rng.randint(0, 2),
+            pad_bottom=env.rng.randint(0, 1),
+            pad_left=env.rng.randint(0, 2),
+            pad_right=env.rng.randint(0, 1),
+        )
         dst_line = env.rng.randrange(0, 64)
-        ld = isa.make("load", spad=dst, spad_addr=dst_line, dram_addr=addr, rows=rows, row_lines=rl,
-                      dram_stride=stride, compressed=1, cfg=cfg, **pads)
+        ld = isa.make(
+            "load",
+            spad=dst,
+            spad_addr=dst_line,
+            dram_addr=addr,
+            rows=rows,
+            row_lines=rl,
+            dram_stride=stride,
+            compressed=1,
+            cfg=cfg,
+            **pads,
+        )
         exp = env.expect_load(ld)
         width = pads["pad_left"] + rl + pads["pad_right"]
-        got_region = exp[dst_line:dst_line + width * (pads["pad_top"] + rows + pads["pad_bottom"])]
+        got_region = exp[dst_line : dst_line + width * (pads["pad_top"] + rows + pads["pad_bottom"])]
         b0, r0 = env.counter("ld", "bytes"), env.counter("ld", "bytes_raw")
         busy0, stall0 = env.counter("ld", "busy_cycles"), env.counter("ld", "stall_cycles")
         env.issue("ld", ld)
         assert await env.wait("ld", 1) == ErrorCode.NONE
         env.check_busy("ld", busy0, stall0)
         assert np.array_equal(env.spads[dst], exp), f"decompressed LOAD differs (sparsity {sparsity})"
-        data_rows = got_region.reshape(-1, width, C)[pads["pad_top"]:pads["pad_top"] + rows,
-                                                     pads["pad_left"]:pads["pad_left"] + rl]
+        data_rows = got_region.reshape(-1, width, C)[
+            pads["pad_top"] : pads["pad_top"] + rows, pads["pad_left"] : pads["pad_left"] + rl
+        ]
         assert np.array_equal(data_rows, data), "round trip differs from the original tensor"
         assert env.counter("ld", "bytes") - b0 == sum(sizes)
         assert env.counter("ld", "bytes_raw") - r0 == rows * rl * C
@@ -456,19 +546,35 @@ async def uncompressed_loads(dut):
         lb = env.rng.choice([0, 0, env.rng.randint(1, lsz)])
         eff = lb or lsz
         rows, rl = env.rng.randint(1, 5), env.rng.randint(1, 8 if sp == isa.Spad.ACC else 20)
-        stride = env.rng.choice([rl * eff, rl * eff + env.rng.randint(1, 40), env.rng.randint(0, 3 * rl * eff)])
+        stride = env.rng.choice(
+            [rl * eff, rl * eff + env.rng.randint(1, 40), env.rng.randint(0, 3 * rl * eff)]
+        )
         addr = env.rng.randrange(0, 1 << 16) + (4096 - env.rng.randint(1, 64) if k % 4 == 1 else 0)
-        pads = dict(pad_top=env.rng.randint(0, 2), pad_bottom=env.rng.randint(0, 2),
-                    pad_left=env.rng.randint(0, 2), pad_right=env.rng.randint(0, 2))
+        pads = dict(
+            pad_top=env.rng.randint(0, 2),
+            pad_bottom=env.rng.randint(0, 2),
+            pad_left=env.rng.randint(0, 2),
+            pad_right=env.rng.randint(0, 2),
+        )
         depth = cfg.spad_depth(sp)
         region = (pads["pad_top"] + rows + pads["pad_bottom"]) * (pads["pad_left"] + rl + pads["pad_right"])
         spad_addr = env.rng.randrange(0, depth - region + 1)
         if k % 5 == 0:
-            spad_addr = depth - region   # footprint ends exactly at the last line
+            spad_addr = depth - region  # footprint ends exactly at the last line
         env.fill_dram(addr, addr + rows * max(stride, rl * eff) + rl * eff + 64)
         env.spads[sp][:] = env.random_lines(sp, depth, 0.3)
-        ld = isa.make("load", spad=sp, spad_addr=spad_addr, dram_addr=addr, rows=rows, row_lines=rl,
-                      dram_stride=stride, line_bytes=lb, cfg=cfg, **pads)
+        ld = isa.make(
+            "load",
+            spad=sp,
+            spad_addr=spad_addr,
+            dram_addr=addr,
+            rows=rows,
+            row_lines=rl,
+            dram_stride=stride,
+            line_bytes=lb,
+            cfg=cfg,
+            **pads,
+        )
         exp = env.expect_load(ld)
         b0, r0 = env.counter("ld", "bytes"), env.counter("ld", "bytes_raw")
         env.issue("ld", ld)
@@ -495,17 +601,29 @@ async def uncompressed_stores(dut):
         lb = env.rng.choice([0, 0, env.rng.randint(1, lsz)])
         eff = lb or lsz
         rows, rl = env.rng.randint(1, 5), env.rng.randint(1, 8 if sp == isa.Spad.ACC else 20)
-        stride = env.rng.choice([rl * eff, rl * eff + env.rng.randint(1, 40), env.rng.randint(0, 3 * rl * eff)])
+        stride = env.rng.choice(
+            [rl * eff, rl * eff + env.rng.randint(1, 40), env.rng.randint(0, 3 * rl * eff)]
+        )
         addr = env.rng.randrange(0, 1 << 16) + (4096 - env.rng.randint(1, 64) if k % 4 == 1 else 0)
         sstride = env.rng.choice([0, env.rng.randint(0, 2 * rl)])
         foot = (rows - 1) * (sstride or rl) + rl
         spad_addr = env.rng.randrange(0, cfg.spad_depth(sp) - foot + 1)
         if k % 5 == 0:
-            spad_addr = cfg.spad_depth(sp) - foot   # footprint ends exactly at the last line
+            spad_addr = cfg.spad_depth(sp) - foot  # footprint ends exactly at the last line
         env.spads[sp][:] = env.random_lines(sp, cfg.spad_depth(sp), 0.3)
         env.fill_dram(max(0, addr - 64), addr + rows * max(stride, rl * eff) + rl * eff + 64)
-        st = isa.make("store", spad=sp, spad_addr=spad_addr, dram_addr=addr, rows=rows, row_lines=rl,
-                      dram_stride=stride, line_bytes=lb, spad_stride=sstride, cfg=cfg)
+        st = isa.make(
+            "store",
+            spad=sp,
+            spad_addr=spad_addr,
+            dram_addr=addr,
+            rows=rows,
+            row_lines=rl,
+            dram_stride=stride,
+            line_bytes=lb,
+            spad_stride=sstride,
+            cfg=cfg,
+        )
         exp = env.expect_store(st)
         b0 = env.counter("st", "bytes")
         env.issue("st", st)
@@ -533,12 +651,12 @@ def _corrupt_group(kind, lines, C, rng):
         # shorten the count so that the last line's bytes run past the end
         k = int(np.count_nonzero(lines[-1]))
         n = len(g) - 2 - max(1, k // 2) if k else len(g) - 2 - 1
-        return n.to_bytes(2, "little") + bytes(g[2:2 + n]), rl - 1
+        return n.to_bytes(2, "little") + bytes(g[2 : 2 + n]), rl - 1
     if kind == "mask_past_end":
         # the count stops inside line 1's mask
         first = mb + int(np.count_nonzero(lines[0]))
         n = first + rng.randint(0, mb - 1)
-        return n.to_bytes(2, "little") + bytes(g[2:2 + n]), 1
+        return n.to_bytes(2, "little") + bytes(g[2 : 2 + n]), 1
     raise ValueError(kind)
 
 
@@ -550,13 +668,13 @@ async def corrupt_streams(dut):
     await env.start()
     cfg, C, mb = env.cfg, env.cfg.cols, env.cfg.mem_bytes
     kinds = ["count_overflow", "trailing", "mask_overrun", "mask_past_end"]
-    for k, kind in enumerate(kinds * (1 if _quick() else 2)):
+    for kind in kinds * (1 if _quick() else 2):
         rows = env.rng.randint(2, 4)
         rl = env.rng.randint(2, 6)
         bad_row = env.rng.randrange(rows)
         data = env.random_lines(isa.Spad.ACT, rows * rl, 0.4).reshape(rows, rl, C)
-        data[:, :, 0] = 1        # at least one non-zero per line (mask_overrun needs a payload)
-        data[:, -1, -1] = 0      # N < capacity, so a few trailing bytes still fit the count
+        data[:, :, 0] = 1  # at least one non-zero per line (mask_overrun needs a payload)
+        data[:, -1, -1] = 0  # N < capacity, so a few trailing bytes still fit the count
         stride = _slot(cfg, rl) + 8
         addr = env.rng.randrange(0, 1 << 15)
         env.fill_dram(addr, addr + rows * stride + 64)
@@ -567,21 +685,31 @@ async def corrupt_streams(dut):
             else:
                 g = codec.compress_group(data[y])
             groups.append(g)
-            env.dram[addr + y * stride:addr + y * stride + len(g)] = g
+            env.dram[addr + y * stride : addr + y * stride + len(g)] = g
         spad_addr = env.rng.randrange(0, 100)
         env.spads[isa.Spad.ACT][:] = 7
-        ld = isa.make("load", spad="act", spad_addr=spad_addr, dram_addr=addr, rows=rows, row_lines=rl,
-                      dram_stride=stride, compressed=1, cfg=cfg)
+        ld = isa.make(
+            "load",
+            spad="act",
+            spad_addr=spad_addr,
+            dram_addr=addr,
+            rows=rows,
+            row_lines=rl,
+            dram_stride=stride,
+            compressed=1,
+            cfg=cfg,
+        )
         env.issue("ld", ld)
         code = await env.wait("ld", 1)
         assert code == ErrorCode.CORRUPT_DATA, (kind, code)
         assert not env.dones["ld"], "a corrupt LOAD must not complete"
         act = env.spads[isa.Spad.ACT]
         lines_ok = bad_row * rl + min(fault, rl)
-        assert np.array_equal(act[spad_addr:spad_addr + lines_ok], data.reshape(-1, C)[:lines_ok]), kind
+        assert np.array_equal(act[spad_addr : spad_addr + lines_ok], data.reshape(-1, C)[:lines_ok]), kind
         # nothing at or after the faulting line, nothing outside the region
-        assert np.all(act[:spad_addr] == 7) and np.all(act[spad_addr + lines_ok:] == 7), \
+        assert np.all(act[:spad_addr] == 7) and np.all(act[spad_addr + lines_ok :] == 7), (
             f"{kind}: wrote at/after the faulting line"
+        )
         cap = codec.group_capacity(rl, C)
         legit = []
         for y in range(rows):
@@ -589,7 +717,9 @@ async def corrupt_streams(dut):
             s = addr + y * stride
             legit.append((s, s + 2 + (n if n <= cap else 0)))
         for a in env.ldmem.read_beats:
-            assert any(a < hi and a + mb > lo for lo, hi in legit), f"{kind}: read beat {a:#x} outside the groups"
+            assert any(a < hi and a + mb > lo for lo, hi in legit), (
+                f"{kind}: read beat {a:#x} outside the groups"
+            )
         env.check_protocol()
         await env.reset()
 
@@ -618,49 +748,201 @@ async def range_errors(dut):
         await env.reset()
 
     # SPAD_RANGE: padded LOAD footprint one line too long; STORE with spad_stride
-    await expect("ld", isa.make("load", spad="act", spad_addr=A - 3 * 4 + 1, dram_addr=0, rows=2, row_lines=2,
-                                dram_stride=64, pad_top=1, pad_left=1, pad_right=1, cfg=cfg), ErrorCode.SPAD_RANGE)
-    await expect("st", isa.make("store", spad="act", spad_addr=A - 10, dram_addr=0, rows=3, row_lines=2,
-                                spad_stride=5, dram_stride=64, cfg=cfg), ErrorCode.SPAD_RANGE)
-    await expect("st", isa.make("store", spad="acc", spad_addr=cfg.acc_depth - 1, dram_addr=0, rows=1, row_lines=2,
-                                dram_stride=64, cfg=cfg), ErrorCode.SPAD_RANGE)
+    await expect(
+        "ld",
+        isa.make(
+            "load",
+            spad="act",
+            spad_addr=A - 3 * 4 + 1,
+            dram_addr=0,
+            rows=2,
+            row_lines=2,
+            dram_stride=64,
+            pad_top=1,
+            pad_left=1,
+            pad_right=1,
+            cfg=cfg,
+        ),
+        ErrorCode.SPAD_RANGE,
+    )
+    await expect(
+        "st",
+        isa.make(
+            "store",
+            spad="act",
+            spad_addr=A - 10,
+            dram_addr=0,
+            rows=3,
+            row_lines=2,
+            spad_stride=5,
+            dram_stride=64,
+            cfg=cfg,
+        ),
+        ErrorCode.SPAD_RANGE,
+    )
+    await expect(
+        "st",
+        isa.make(
+            "store",
+            spad="acc",
+            spad_addr=cfg.acc_depth - 1,
+            dram_addr=0,
+            rows=1,
+            row_lines=2,
+            dram_stride=64,
+            cfg=cfg,
+        ),
+        ErrorCode.SPAD_RANGE,
+    )
     # DRAM_RANGE at start: last byte one past the end
-    await expect("ld", isa.make("load", spad="act", spad_addr=0, dram_addr=D - 2 * C - 3, rows=2, row_lines=1,
-                                dram_stride=C + 4, cfg=cfg), ErrorCode.DRAM_RANGE)
-    await expect("st", isa.make("store", spad="acc", spad_addr=0, dram_addr=D - 4 * C + 1, rows=1, row_lines=1,
-                                dram_stride=0, cfg=cfg), ErrorCode.DRAM_RANGE)
+    await expect(
+        "ld",
+        isa.make(
+            "load",
+            spad="act",
+            spad_addr=0,
+            dram_addr=D - 2 * C - 3,
+            rows=2,
+            row_lines=1,
+            dram_stride=C + 4,
+            cfg=cfg,
+        ),
+        ErrorCode.DRAM_RANGE,
+    )
+    await expect(
+        "st",
+        isa.make(
+            "store",
+            spad="acc",
+            spad_addr=0,
+            dram_addr=D - 4 * C + 1,
+            rows=1,
+            row_lines=1,
+            dram_stride=0,
+            cfg=cfg,
+        ),
+        ErrorCode.DRAM_RANGE,
+    )
     rl = 3
-    await expect("st", isa.make("store", spad="act", spad_addr=0, dram_addr=D - _slot(cfg, rl) - 100 + 1, rows=2,
-                                row_lines=rl, dram_stride=100, compressed=1, cfg=cfg), ErrorCode.DRAM_RANGE)
+    await expect(
+        "st",
+        isa.make(
+            "store",
+            spad="act",
+            spad_addr=0,
+            dram_addr=D - _slot(cfg, rl) - 100 + 1,
+            rows=2,
+            row_lines=rl,
+            dram_stride=100,
+            compressed=1,
+            cfg=cfg,
+        ),
+        ErrorCode.DRAM_RANGE,
+    )
     # exactly at the end is fine
-    ok = isa.make("load", spad="act", spad_addr=0, dram_addr=D - 2 * C - 4, rows=2, row_lines=1,
-                  dram_stride=C + 4, cfg=cfg)
+    ok = isa.make(
+        "load",
+        spad="act",
+        spad_addr=0,
+        dram_addr=D - 2 * C - 4,
+        rows=2,
+        row_lines=1,
+        dram_stride=C + 4,
+        cfg=cfg,
+    )
     env.issue("ld", ok)
     assert await env.wait("ld", 1) == ErrorCode.NONE
     await env.reset()
     # ILLEGAL_FIELD: compressed STORE slot smaller than the worst case
-    await expect("st", isa.make("store", spad="act", spad_addr=0, dram_addr=0, rows=2, row_lines=rl,
-                                dram_stride=_slot(cfg, rl) - 1, compressed=1, cfg=cfg), ErrorCode.ILLEGAL_FIELD)
+    await expect(
+        "st",
+        isa.make(
+            "store",
+            spad="act",
+            spad_addr=0,
+            dram_addr=0,
+            rows=2,
+            row_lines=rl,
+            dram_stride=_slot(cfg, rl) - 1,
+            compressed=1,
+            cfg=cfg,
+        ),
+        ErrorCode.ILLEGAL_FIELD,
+    )
     # compressed LOAD, per row: row 1's count bytes out of memory (row 0 fine and written)
     g = codec.compress_group(np.ones((rl, C), np.int8))
     s0 = D - 600
-    env.dram[s0:s0 + len(g)] = g
-    await expect("ld", isa.make("load", spad="act", spad_addr=0, dram_addr=s0, rows=2, row_lines=rl,
-                                dram_stride=599, compressed=1, cfg=cfg), ErrorCode.DRAM_RANGE, writes_ok=True)
+    env.dram[s0 : s0 + len(g)] = g
+    await expect(
+        "ld",
+        isa.make(
+            "load",
+            spad="act",
+            spad_addr=0,
+            dram_addr=s0,
+            rows=2,
+            row_lines=rl,
+            dram_stride=599,
+            compressed=1,
+            cfg=cfg,
+        ),
+        ErrorCode.DRAM_RANGE,
+        writes_ok=True,
+    )
     # ... row 0's 2+N bytes out of memory
     s0 = D - 10
-    env.dram[s0:s0 + 2] = (12).to_bytes(2, "little")
-    await expect("ld", isa.make("load", spad="act", spad_addr=0, dram_addr=s0, rows=1, row_lines=rl,
-                                dram_stride=0, compressed=1, cfg=cfg), ErrorCode.DRAM_RANGE)
+    env.dram[s0 : s0 + 2] = (12).to_bytes(2, "little")
+    await expect(
+        "ld",
+        isa.make(
+            "load",
+            spad="act",
+            spad_addr=0,
+            dram_addr=s0,
+            rows=1,
+            row_lines=rl,
+            dram_stride=0,
+            compressed=1,
+            cfg=cfg,
+        ),
+        ErrorCode.DRAM_RANGE,
+    )
     assert not any(a + cfg.mem_bytes > D for a in env.ldmem.read_beats)
     # bus error (poisoned range) -> DRAM_RANGE, for a read and a write
-    await expect("ld", isa.make("load", spad="act", spad_addr=0, dram_addr=0x30000 - 16, rows=1, row_lines=8,
-                                dram_stride=0, cfg=cfg), ErrorCode.DRAM_RANGE, writes_ok=True)
-    await expect("st", isa.make("store", spad="act", spad_addr=0, dram_addr=0x30000 - 8, rows=1, row_lines=4,
-                                dram_stride=0, cfg=cfg), ErrorCode.DRAM_RANGE, writes_ok=True)
+    await expect(
+        "ld",
+        isa.make(
+            "load",
+            spad="act",
+            spad_addr=0,
+            dram_addr=0x30000 - 16,
+            rows=1,
+            row_lines=8,
+            dram_stride=0,
+            cfg=cfg,
+        ),
+        ErrorCode.DRAM_RANGE,
+        writes_ok=True,
+    )
+    await expect(
+        "st",
+        isa.make(
+            "store",
+            spad="act",
+            spad_addr=0,
+            dram_addr=0x30000 - 8,
+            rows=1,
+            row_lines=4,
+            dram_stride=0,
+            cfg=cfg,
+        ),
+        ErrorCode.DRAM_RANGE,
+        writes_ok=True,
+    )
     # a long STORE whose first burst fails: the bursts already accepted still get their data
-    st = isa.make("store", spad="act", spad_addr=0, dram_addr=0x30000 - 8, rows=1, row_lines=64,
-                  dram_stride=0, cfg=cfg)
+    st = isa.make(
+        "store", spad="act", spad_addr=0, dram_addr=0x30000 - 8, rows=1, row_lines=64, dram_stride=0, cfg=cfg
+    )
     env.issue("st", st)
     assert await env.wait("st", 1) == ErrorCode.DRAM_RANGE
     for _ in range(300):
@@ -670,7 +952,9 @@ async def range_errors(dut):
     env.check_protocol()
     await env.reset()
     # sticky: after an error the engine takes no instruction
-    env.issue("ld", isa.make("load", spad="act", spad_addr=0, dram_addr=0x30000, rows=1, row_lines=1, cfg=cfg))
+    env.issue(
+        "ld", isa.make("load", spad="act", spad_addr=0, dram_addr=0x30000, rows=1, row_lines=1, cfg=cfg)
+    )
     assert await env.wait("ld", 1) == ErrorCode.DRAM_RANGE
     env.issue("ld", ok)
     for _ in range(200):
@@ -684,7 +968,7 @@ async def back_to_back(dut):
     """Queued instructions on both engines: done pulses in order, each when its data has landed."""
     env = Env(dut)
     await env.start()
-    cfg, C = env.cfg, env.cfg.cols
+    cfg = env.cfg
     n = 4 if _quick() else 8
     loads, stores = [], []
     for k in range(n):
@@ -695,15 +979,37 @@ async def back_to_back(dut):
         src = 0x10000 + k * 0x800
         if comp:
             for y in range(2):
-                env.dram[src + y * stride:src + y * stride + stride] = bytes(stride)
+                env.dram[src + y * stride : src + y * stride + stride] = bytes(stride)
                 g = codec.compress_group(env.random_lines(sp, rl, 0.5))
-                env.dram[src + y * stride:src + y * stride + len(g)] = g
+                env.dram[src + y * stride : src + y * stride + len(g)] = g
         else:
             env.fill_dram(src, src + 2 * stride)
-        loads.append(isa.make("load", spad=sp, spad_addr=k * 12, dram_addr=src, rows=2, row_lines=rl,
-                              dram_stride=stride, compressed=int(comp), cfg=cfg))
-        stores.append(isa.make("store", spad=sp, spad_addr=100 + k * 12, dram_addr=0x40000 + k * 0x800, rows=2,
-                               row_lines=rl, dram_stride=stride, compressed=int(comp), cfg=cfg))
+        loads.append(
+            isa.make(
+                "load",
+                spad=sp,
+                spad_addr=k * 12,
+                dram_addr=src,
+                rows=2,
+                row_lines=rl,
+                dram_stride=stride,
+                compressed=int(comp),
+                cfg=cfg,
+            )
+        )
+        stores.append(
+            isa.make(
+                "store",
+                spad=sp,
+                spad_addr=100 + k * 12,
+                dram_addr=0x40000 + k * 0x800,
+                rows=2,
+                row_lines=rl,
+                dram_stride=stride,
+                compressed=int(comp),
+                cfg=cfg,
+            )
+        )
     for sp in isa.Spad:
         env.spads[sp][100:] = env.random_lines(sp, cfg.spad_depth(sp) - 100, 0.3)
     # references computed up front (regions are disjoint)
@@ -743,12 +1049,15 @@ async def back_to_back(dut):
     assert all(landed["ld"]), f"a LOAD done pulsed before its data landed: {landed['ld']}"
     assert all(landed["st"]), f"a STORE done pulsed before its data landed: {landed['st']}"
     for k, i in enumerate(loads):
-        assert np.array_equal(env.spads[i.spad][i.spad_addr:i.spad_addr + 2 * i.row_lines],
-                              exp_ld[k][i.spad_addr:i.spad_addr + 2 * i.row_lines])
+        assert np.array_equal(
+            env.spads[i.spad][i.spad_addr : i.spad_addr + 2 * i.row_lines],
+            exp_ld[k][i.spad_addr : i.spad_addr + 2 * i.row_lines],
+        )
     env.check_protocol()
 
 
 # -- benchmark ---------------------------------------------------------------------------------
+
 
 @cocotb.test(skip=not _bench_mode()) if cocotb else (lambda f: f)
 async def bench_dma(dut):
@@ -773,7 +1082,9 @@ async def bench_dma(dut):
     cyc = await timed("ld", ld)
     out["long_load"] = {"bytes": nbytes, "cycles": cyc}
     await env.reset()
-    st = isa.make("store", spad="act", spad_addr=0, dram_addr=0x100000, rows=1, row_lines=rl, dram_stride=0, cfg=cfg)
+    st = isa.make(
+        "store", spad="act", spad_addr=0, dram_addr=0x100000, rows=1, row_lines=rl, dram_stride=0, cfg=cfg
+    )
     cyc = await timed("st", st)
     out["long_store"] = {"bytes": nbytes, "cycles": cyc}
     await env.reset()
@@ -790,29 +1101,56 @@ async def bench_dma(dut):
             t = base.copy()
             t[u < sparsity] = 0
             slot = _slot(cfg, rl)
-            rec = {"sparsity": sparsity, "lines": rows * rl,
-                   "format_bytes": codec.compressed_size(t.reshape(rows, rl, C))}
+            rec = {
+                "sparsity": sparsity,
+                "lines": rows * rl,
+                "format_bytes": codec.compressed_size(t.reshape(rows, rl, C)),
+            }
             for comp in (0, 1):
-                env.spads[isa.Spad.ACT][:rows * rl] = t
+                env.spads[isa.Spad.ACT][: rows * rl] = t
                 stride = slot if comp else rl * C
-                st = isa.make("store", spad="act", spad_addr=0, dram_addr=0x200000, rows=rows, row_lines=rl,
-                              dram_stride=stride, compressed=comp, cfg=cfg)
+                st = isa.make(
+                    "store",
+                    spad="act",
+                    spad_addr=0,
+                    dram_addr=0x200000,
+                    rows=rows,
+                    row_lines=rl,
+                    dram_stride=stride,
+                    compressed=comp,
+                    cfg=cfg,
+                )
                 b0 = env.counter("st", "bytes")
                 c_st = await timed("st", st)
                 bb_st = env.counter("st", "bytes") - b0
                 wbeats = env.stmem.wd_beats
                 await env.reset()
-                env.spads[isa.Spad.ACT][:rows * rl] = 0
-                ld = isa.make("load", spad="act", spad_addr=0, dram_addr=0x200000, rows=rows,
-                              row_lines=rl, dram_stride=stride, compressed=comp, cfg=cfg)
+                env.spads[isa.Spad.ACT][: rows * rl] = 0
+                ld = isa.make(
+                    "load",
+                    spad="act",
+                    spad_addr=0,
+                    dram_addr=0x200000,
+                    rows=rows,
+                    row_lines=rl,
+                    dram_stride=stride,
+                    compressed=comp,
+                    cfg=cfg,
+                )
                 b0 = env.counter("ld", "bytes")
                 c_ld = await timed("ld", ld)
                 bb_ld = env.counter("ld", "bytes") - b0
                 rbeats = env.ldmem.rd_beats
                 key = "compressed" if comp else "raw"
-                rec[key] = {"store_cycles": c_st, "load_cycles": c_ld, "store_bus_bytes": bb_st,
-                            "load_bus_bytes": bb_ld, "store_beats": wbeats, "load_beats": rbeats}
-                assert np.array_equal(env.spads[isa.Spad.ACT][:rows * rl], t), "benchmark round trip differs"
+                rec[key] = {
+                    "store_cycles": c_st,
+                    "load_cycles": c_ld,
+                    "store_bus_bytes": bb_st,
+                    "load_bus_bytes": bb_ld,
+                    "store_beats": wbeats,
+                    "load_beats": rbeats,
+                }
+                assert np.array_equal(env.spads[isa.Spad.ACT][: rows * rl], t), "benchmark round trip differs"
                 await env.reset()
             recs.append(rec)
         out["shapes"].append({"rows": rows, "row_lines": rl, "sparsity": recs})

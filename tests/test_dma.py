@@ -43,6 +43,7 @@ def _run(dut, bench, clock=True):
 
 # -- codec units -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cols", [4, 8, 16, 12])
 def test_zero_compact_matches_codec(cols):
     print(f"SPARROW_SEED={SEED}")
@@ -106,6 +107,7 @@ def test_codec_units_reject_bad_parameters():
 
 # -- realigners --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mb,win", [(8, 16), (8, 9), (4, 32), (16, 12)])
 def test_byte_window_realigns(mb, win):
     """Random beats (offset, count) pushed, random pops: the popped bytes are the pushed stream."""
@@ -116,7 +118,7 @@ def test_byte_window_realigns(mb, win):
         off = rng.randrange(mb)
         n = rng.randrange(0, mb - off + 1)
         beats.append((bytes(rng.randrange(256) for _ in range(mb)), off, n))
-    expect = b"".join(d[o:o + n] for d, o, n in beats)
+    expect = b"".join(d[o : o + n] for d, o, n in beats)
 
     async def bench(ctx):
         got = bytearray()
@@ -126,7 +128,7 @@ def test_byte_window_realigns(mb, win):
                 break
             level = ctx.get(dut.level)
             window = ctx.get(dut.window).to_bytes(win, "little")
-            assert not any(window[min(level, win):]), "bytes above level must be zero"
+            assert not any(window[min(level, win) :]), "bytes above level must be zero"
             want = rng.randrange(0, min(level, win) + 1) if rng.random() < 0.7 else 0
             ctx.set(dut.pop, want)
             got += window[:want]
@@ -152,13 +154,23 @@ def test_byte_packer_packs_segments(mb, ib):
     items, segs = [], []
     for _ in range(40):
         addr = rng.randrange(0, 1 << 14)
-        chunks = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, ib + 1)))
-                  for _ in range(rng.randrange(1, 6))]
+        chunks = [
+            bytes(rng.randrange(256) for _ in range(rng.randrange(1, ib + 1)))
+            for _ in range(rng.randrange(1, 6))
+        ]
         segs.append((addr, b"".join(chunks)))
         for j, ch in enumerate(chunks):
-            items.append({"data": int.from_bytes(ch + bytes(rng.randrange(256) for _ in range(ib - len(ch))),
-                                                 "little"),
-                          "n": len(ch), "start": int(j == 0), "end": int(j == len(chunks) - 1), "addr": addr})
+            items.append(
+                {
+                    "data": int.from_bytes(
+                        ch + bytes(rng.randrange(256) for _ in range(ib - len(ch))), "little"
+                    ),
+                    "n": len(ch),
+                    "start": int(j == 0),
+                    "end": int(j == len(chunks) - 1),
+                    "addr": addr,
+                }
+            )
 
     async def bench(ctx):
         beats = []
@@ -176,8 +188,7 @@ def test_byte_packer_packs_segments(mb, ib):
                 i += 1
             if ctx.get(dut.beat.valid) and ctx.get(dut.beat.ready):
                 p = ctx.get(dut.beat.payload)
-                beats.append((int(p.addr), int(p.data), int(p.strb),
-                              int(p.seg_last)))
+                beats.append((int(p.addr), int(p.data), int(p.strb), int(p.seg_last)))
             await ctx.tick()
         # rebuild segments
         k = 0
@@ -212,6 +223,7 @@ def _tb():
     if str(TB_DIR) not in sys.path:
         sys.path.insert(0, str(TB_DIR))
     import tb_dma
+
     return tb_dma
 
 
@@ -219,13 +231,25 @@ def _tb():
 def test_dma_engines_small():
     tb = _tb()
     cfg = preset("small")
-    run_cocotb(None, name="dma_pair_small", test_module="tb_dma", verilog_text=tb.dut_verilog(cfg),
-               build_args=BUILD_ARGS, extra_env={"SPARROW_PRESET": "small"})
+    run_cocotb(
+        None,
+        name="dma_pair_small",
+        test_module="tb_dma",
+        verilog_text=tb.dut_verilog(cfg),
+        build_args=BUILD_ARGS,
+        extra_env={"SPARROW_PRESET": "small"},
+    )
 
 
 @pytest.mark.verilator
 def test_dma_engines_default():
     tb = _tb()
     cfg = preset("default")
-    run_cocotb(None, name="dma_pair_default", test_module="tb_dma", verilog_text=tb.dut_verilog(cfg),
-               build_args=BUILD_ARGS, extra_env={"SPARROW_PRESET": "default", "SPARROW_DMA_QUICK": "1"})
+    run_cocotb(
+        None,
+        name="dma_pair_default",
+        test_module="tb_dma",
+        verilog_text=tb.dut_verilog(cfg),
+        build_args=BUILD_ARGS,
+        extra_env={"SPARROW_PRESET": "default", "SPARROW_DMA_QUICK": "1"},
+    )
