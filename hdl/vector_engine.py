@@ -295,10 +295,13 @@ class VectorEngine(wiring.Component):
         # MASK: bitmap of the current group of 8 lines.
         bitmap = Mux(mgen.need_bitmap, fb.r_data, bm_reg)
         nmk = nx["mk"]
-        comb += [mgen.mode.as_value().eq(Mux(start, nmk.mode.as_value(), mk.mode.as_value())),
-                 mgen.param.eq(Mux(start, nmk.param, mk.param)),
-                 mgen.row_lines.eq(Mux(start, nmk.row_lines, mk.row_lines)),
-                 mgen.bitmap.eq(bitmap), mgen.start.eq(start), mgen.step.eq(is_mask & pop_a)]
+        # The mask generator restarts one cycle after the start, from the (then loaded) running
+        # instruction: no data line can be consumed before that (reads are issued from the first
+        # RUN cycle), and the start logic stays off the mask -> E0 path.
+        start_d = Signal()
+        sync += start_d.eq(start)
+        comb += [mgen.mode.eq(mk.mode), mgen.param.eq(mk.param), mgen.row_lines.eq(mk.row_lines),
+                 mgen.bitmap.eq(bitmap), mgen.start.eq(start_d), mgen.step.eq(is_mask & pop_a)]
         with m.If(pop_b & is_mask):
             sync += bm_reg.eq(fb.r_data)
 
