@@ -1,12 +1,12 @@
 """VECTOR engine: REQUANT, ADD, MAXPOOL, AVGPOOL and MASK over scratchpad lines.
 
-Structure (one instruction at a time)::
+Structure (one instruction executing at a time, the next one checked meanwhile)::
 
-    instr -> nxt register: CHECK (3 cycles: footprint, SPAD_RANGE), overlapping the running one
+    instr -> nxt register: CHECK (4 cycles: footprint, SPAD_RANGE), overlapping the running one
           -> ins register: RUN -> done
-                 read issue --cmd--> scratchpad --rsp--> response FIFO (per port)
+                 read issue --cmd--> scratchpad --rsp--> response FIFO (per port, fall-through)
                  consume (pop operands, pool window, mask select) -> E0 register
-                 -> RequantUnit (7 stages) -> write FIFO -> act_wr
+                 -> RequantUnit (8 stages) -> write FIFO -> act_wr
 
 * Every read port has a response FIFO of ``rd_depth`` lines and a credit counter (issued and
   not yet consumed); a read is only issued when its response is sure to fit, so responses are
