@@ -289,6 +289,8 @@ int sp_run(void *h, uint32_t status_addr, uint64_t max_cycles, uint64_t *ran) {
     uint64_t n = 0;
     int reason = SP_STOP_LIMIT;
     uint32_t halted0 = 0xFFFFFFFFu;
+    constexpr uint64_t ERR_DRAIN = 256;
+    uint64_t err_cycles = 0;
     while (n < max_cycles) {
         d->tick();
         ++n;
@@ -297,7 +299,9 @@ int sp_run(void *h, uint32_t status_addr, uint64_t max_cycles, uint64_t *ran) {
         if (halted0 == 0xFFFFFFFFu) halted0 = halted;  // mask when the run was entered
         bool busy = st & 1, done = (st >> 1) & 1;
         uint32_t err = (st >> 4) & 0xF;
-        if (!busy && err) { reason = SP_STOP_ERROR; break; }
+        // after an error, give draining engines up to ERR_DRAIN cycles to go idle (an engine
+        // that faulted may stay busy until the next start)
+        if (err && (!busy || ++err_cycles >= ERR_DRAIN)) { reason = SP_STOP_ERROR; break; }
         if (!busy && done) { reason = SP_STOP_DONE; break; }
         if (halted & ~halted0) { reason = SP_STOP_HALTED; break; }
         halted0 &= halted;  // engines released since entry may halt again

@@ -16,7 +16,7 @@ extern "C" {
 
 /* sp_run stop reasons */
 #define SP_STOP_DONE 0     /* STATUS.done, not busy */
-#define SP_STOP_ERROR 1    /* STATUS.error != 0, not busy */
+#define SP_STOP_ERROR 1    /* STATUS.error != 0 (and not busy, or 256 cycles later) */
 #define SP_STOP_HALTED 2   /* an engine newly halted (breakpoint / step / halt-all) */
 #define SP_STOP_LIMIT 3    /* cycle budget used up */
 

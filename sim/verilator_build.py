@@ -76,7 +76,8 @@ def harness_verilog(cfg) -> str:
 
 
 def _verilator_version() -> str:
-    return subprocess.run(["verilator", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    r = subprocess.run(["verilator", "--version"], capture_output=True, text=True, check=True)
+    return r.stdout.strip()
 
 
 def build_harness(cfg, *, trace: bool = False, jobs: int = 2) -> Path:
@@ -122,9 +123,10 @@ def build_harness(cfg, *, trace: bool = False, jobs: int = 2) -> Path:
             built = bdir / "obj" / "libsparrow_harness.so"
             shutil.copy(built, lib.with_suffix(".tmp"))
             lib.with_suffix(".tmp").replace(lib)
+            secs = round(time.perf_counter() - t0 - t_verilog, 2)
             (bdir / "build.json").write_text(json.dumps(
-                {"preset": cfg.name, "trace": trace, "seconds": round(time.perf_counter() - t0 - t_verilog, 2),
-                 "cxx_opt": CXX_OPT, "verilator_flags": vflags, "cflags": cflags}))
+                {"preset": cfg.name, "trace": trace, "seconds": secs, "cxx_opt": CXX_OPT,
+                 "verilator_flags": vflags, "cflags": cflags}))
     last_build_info.clear()
     last_build_info.update(path=str(lib), cached=cached, verilog_seconds=round(t_verilog, 2),
                            build_seconds=round(time.perf_counter() - t0 - t_verilog, 2))

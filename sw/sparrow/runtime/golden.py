@@ -55,8 +55,10 @@ class GoldenBackend:
         return bytes(self.m.read_dram(self.base, self.length * isa.WORD_BYTES))
 
     def _engine_at(self, i):
+        """Engine number (0..3) of instruction ``i``, None for HALT or an undecodable word."""
         ins = self.decoded[i]
-        return isa.engine_of(ins) if isinstance(ins, isa.Instruction) else None
+        e = isa.engine_of(ins) if isinstance(ins, isa.Instruction) else None
+        return None if e is None else e.value
 
     def _fail(self, res):
         self._status.update(busy=0, done=0, error=res.error.value,
@@ -105,10 +107,10 @@ class GoldenBackend:
             self._status.update(busy=0, done=1, halted=0)
             return RunInfo("done", res.cycles, (), dict(self._counters))
         e = self._engine_at(stop)
-        mask = 0xF if self.halt_all else (1 << e.value)
+        mask = 0xF if self.halt_all else (1 << e)
         self._status.update(halted=mask)
-        return RunInfo("breakpoint", res.cycles, tuple(n for i, n in enumerate(ENGINE_NAMES) if mask >> i & 1),
-                       dict(self._counters))
+        halted = tuple(n for i, n in enumerate(ENGINE_NAMES) if mask >> i & 1)
+        return RunInfo("breakpoint", res.cycles, halted, dict(self._counters))
 
     def _require_halted(self):
         if not self._status["busy"] or not self._status["halted"]:
@@ -122,8 +124,7 @@ class GoldenBackend:
 
     def step(self, e, max_cycles):
         self._require_halted()
-        nxt = [i for i in range(self.pos, self._halt) if self._engine_at(i) is not None
-               and self._engine_at(i).value == e]
+        nxt = [i for i in range(self.pos, self._halt) if self._engine_at(i) == e]
         if not nxt:
             return self.resume(0xF, max_cycles)
         self.passed = self.pos
@@ -143,8 +144,7 @@ class GoldenBackend:
     def pcs(self):
         out = {}
         for e, name in enumerate(ENGINE_NAMES):
-            nxt = [i for i in range(self.pos, self._halt or 0) if self._engine_at(i) is not None
-                   and self._engine_at(i).value == e]
+            nxt = [i for i in range(self.pos, self._halt or 0) if self._engine_at(i) == e]
             out[name] = nxt[0] if nxt else None
         out["fetch"] = self.pos
         return out
