@@ -642,14 +642,21 @@ def test_concurrent_mode_matches_program_mode(rng):
     assert 0 < prog.last_run["cycles"] < c0  # engines overlap
 
 
-def test_verilator_backend_without_runtime(rng):
+def test_runtime_backend(rng):
+    """Through sparrow.runtime.Device when the driver is present (its golden backend: concurrent
+    model, program loaded into DRAM at the artifact's address); else a clear error."""
     from sparrow import runtime
 
-    if hasattr(runtime, "Device"):
-        pytest.skip("sparrow.runtime.Device exists: the Verilator backend is tested with the runtime")
     prog = sparrow.compile(conv_bn_relu(rng), preset=PRESET, accuracy_batches=0)
-    with pytest.raises(CompileError, match="backend 'verilator': needs sparrow.runtime.Device"):
-        prog.run({"x": np.zeros((1, 3, 8, 8), np.float32)}, backend="verilator")
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    if not hasattr(runtime, "Device"):
+        with pytest.raises(CompileError, match="backend 'verilator': needs sparrow.runtime.Device"):
+            prog.run({"x": x}, backend="verilator")
+        return
+    y0 = prog.run({"x": x})["y"]
+    y1 = prog.run({"x": x}, device=runtime.Device(prog.cfg, backend="golden"))["y"]
+    np.testing.assert_array_equal(y0, y1)
+    assert prog.last_run["cycles"] > 0 and prog.last_run["counters"]
 
 
 def test_frontend_folds_shape_subgraph_and_removes_identity(rng):
@@ -705,3 +712,33 @@ def test_host_output_also_feeds_accelerator(rng):
     m = make_model(nodes, [("x", [1, 3, 5, 5])], [("l", [1, 4, 5, 5]), ("y", [1, 5, 5, 5])], ini)
     prog, _ = check_model(m, rng, (1, 3, 5, 5))
     assert [s["kind"] for s in prog.manifest["steps"]] == ["acc", "host", "acc"]
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_relu6_clip_and_opset(rng, opset):
+    """Clip(0, 6) fused into Conv and Gemm (min/max as attributes at opset 9, inputs at 13)."""
+    ini = {
+        "w": rng.standard_normal((6, 3, 3, 3)) * 1.5,
+        "fw": rng.standard_normal((4, 6 * 3 * 3)) * 0.5,
+        "fb": rng.standard_normal(4),
+    }
+
+    def clip(x, y):
+        if opset < 11:
+            return [h.make_node("Clip", [x], [y], min=0.0, max=6.0)], {}
+        return [h.make_node("Clip", [x, "lo", "hi"], [y])], {"lo": np.array(0.0), "hi": np.array(6.0)}
+
+    c1, i1 = clip("c", "r")
+    c2, i2 = clip("g", "y")
+    nodes = [
+        h.make_node("Conv", ["x", "w"], ["c"], strides=[2, 2]),
+        *c1,
+        h.make_node("Flatten", ["r"], ["f"]),
+        h.make_node("Gemm", ["f", "fw", "fb"], ["g"], transB=1),
+        *c2,
+    ]
+    m = make_model(nodes, [("x", [1, 3, 7, 7])], [("y", [1, 4])], {**ini, **i1, **i2}, opset=opset)
+    # 54-term dot products of ReLU6 outputs at scale 6/127: rounding error up to ~10% of the span
+    prog, _ = check_model(m, rng, (1, 3, 7, 7), tol=0.12)
+    assert [v["place"] for v in prog.manifest["partition"].values()] == ["acc"] * 3
+    assert "Conv+clip" in prog.manifest["partition_text"] and "Gemm+clip" in prog.manifest["partition_text"]

@@ -197,13 +197,17 @@ def lower(g: Graph, info: dict, cfg, progress=None) -> dict:
             prog = seg.b.finish()
         except ValueError as e:
             raise CompileError(f"accelerator program of nodes {[nn.name for nn in seg.nodes]}: {e}") from None
-        programs.append(
-            {"program": bytes(prog), "segments": list(seg.b.segments), "n_instructions": len(prog)}
-        )
+        image = bytes(prog)
+        try:  # where a driver puts the instruction image (after everything the program uses)
+            prog_addr = seg.b.alloc(len(image), align=64)
+        except ValueError as e:
+            raise CompileError(f"accelerator program of nodes {[nn.name for nn in seg.nodes]}: {e}") from None
+        programs.append({"program": image, "segments": list(seg.b.segments), "n_instructions": len(prog)})
         steps.append(
             {
                 "kind": "acc",
                 "program": len(programs) - 1,
+                "program_addr": prog_addr,
                 "nodes": [nn.name for nn in seg.nodes],
                 "inputs": [
                     {

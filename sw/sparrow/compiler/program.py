@@ -33,7 +33,7 @@ from .quantize import quantize
 
 __all__ = ["CompiledProgram", "InputError", "make_device", "FORMAT"]
 
-FORMAT = "sparrow-spw-1"
+FORMAT = "sparrow-spw-2"
 
 
 class InputError(ValueError):
@@ -41,7 +41,13 @@ class InputError(ValueError):
 
 
 def make_device(backend: str, cfg: HwConfig):
-    """An object with ``write_dram``, ``read_dram`` and ``run(program) -> result(.cycles, .counters)``."""
+    """A device for :meth:`CompiledProgram.run`.
+
+    ``"golden"``: the golden :class:`~sparrow.golden.Machine` (program-order mode; used directly
+    so the compiler does not depend on the driver). Other backends: ``sparrow.runtime.Device``
+    (``Device(cfg, backend=...)`` with ``write_dram``, ``read_dram``, ``load_program(image, addr)``,
+    ``run()`` and ``counters()``); a clear error when the runtime is not available.
+    """
     if backend == "golden":
         from ..golden import Machine
 
@@ -54,8 +60,22 @@ def make_device(backend: str, cfg: HwConfig):
                 f"backend {backend!r}: needs sparrow.runtime.Device, which this checkout "
                 f"does not have yet; use backend 'golden'"
             ) from None
-        return Device(backend=backend, cfg=cfg)
+        try:
+            return Device(cfg, backend=backend)
+        except (ValueError, OSError, RuntimeError) as e:
+            raise CompileError(f"backend {backend!r}: cannot start the device: {e}") from None
     raise CompileError(f"backend must be 'golden' or 'verilator', not {backend!r}")
+
+
+def _run_on(dev, image: bytes, addr: int):
+    """``(cycles, counters)`` of one program on a Machine-like or a runtime Device."""
+    if hasattr(dev, "load_program"):  # sparrow.runtime.Device
+        dev.load_program(image, addr)
+        info = dev.run()
+        counters = dict(getattr(info, "counters", None) or dev.counters())
+        return int(info.cycles), counters
+    res = dev.run(image)
+    return int(res.cycles), dict(res.counters)
 
 
 class _Bar:
@@ -83,6 +103,7 @@ class CompiledProgram:
         self.consts = consts
         self.cfg = HwConfig.from_dict(manifest["cfg"])
         self.last_run = None
+        self._devices = {}
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -159,7 +180,12 @@ class CompiledProgram:
         feeds = self._check_inputs(inputs)
         m = self.manifest
         scales = m["scales"]
-        dev = device if device is not None else make_device(backend, self.cfg)
+        if device is not None:
+            dev = device
+        else:  # one device per backend, reused across runs (every byte read is written first)
+            dev = self._devices.get(backend)
+            if dev is None:
+                dev = self._devices[backend] = make_device(backend, self.cfg)
         ints, floats = {}, {}
         for name, a in feeds.items():
             ints[name] = quantize(a, scales[name])
@@ -181,11 +207,11 @@ class CompiledProgram:
                 for d in st["inputs"]:
                     a = to_dram(ints[d["name"]], d["layout"], d["meta"])
                     dev.write_dram(d["addr"], a.astype(np.int8))
-                res = dev.run(p["program"])
-                cycles += int(res.cycles)
-                for k, v in res.counters.items():
+                c, cnt = _run_on(dev, p["program"], st["program_addr"])
+                cycles += c
+                for k, v in cnt.items():
                     counters[k] = counters.get(k, 0) + int(v)
-                per_step.append({"step": f"acc{st['program']}", "cycles": int(res.cycles)})
+                per_step.append({"step": f"acc{st['program']}", "cycles": c})
                 for d in st["outputs"]:
                     n = int(np.prod(d["shape"]))
                     raw = np.asarray(dev.read_dram(d["addr"], n), np.uint8).view(np.int8).reshape(d["shape"])
