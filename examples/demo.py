@@ -5,7 +5,8 @@ Usage::
     python examples/demo.py [--backend golden|verilator] [--preset default] [--limit N]
 
 Trains the models first if ``examples/models`` does not have them. Prints, per model, the float
-accuracy (onnxruntime), the int8 accuracy on the chosen backend, and the cycles per inference.
+accuracy (onnxruntime), the int8 accuracy on the golden model and (``--backend verilator``) on the
+simulated RTL, whether the RTL outputs equal the golden model's, and the cycles per inference.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ sys.path.insert(0, str(HERE))
 
 
 def evaluate(model_path, data, backend="golden", preset="default", limit=None, calib=64, progress=True):
-    """``{"float_acc", "int8_acc", "cycles_per_inference", "n"}`` of one ONNX model."""
+    """Float accuracy (onnxruntime), int8 accuracy on the golden model and, with
+    ``backend="verilator"``, on the simulated RTL too (plus how many RTL outputs equal golden's).
+
+    Returns ``{"n", "float_acc", "int8_acc", "cycles_per_inference", "partition"}`` (int8 figures
+    of ``backend``) and, for an RTL backend, ``"golden_acc"``, ``"golden_cycles"``, ``"identical"``.
+    """
     import onnxruntime as ort
 
     import sparrow
@@ -32,24 +38,35 @@ def evaluate(model_path, data, backend="golden", preset="default", limit=None, c
         xte, yte = xte[:limit], yte[:limit]
     prog = sparrow.compile(str(model_path), calibration={"x": xtr[:calib]}, preset=preset, accuracy_batches=0)
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    f_pred, q_pred, cycles = [], [], 0
+    backends = ["golden"] if backend == "golden" else ["golden", backend]
+    pred = {b: [] for b in backends}
+    cycles = dict.fromkeys(backends, 0)
+    f_pred, identical = [], 0
     for k in range(len(yte)):
         x = xte[k : k + 1]
         f_pred.append(int(np.argmax(sess.run(None, {"x": x})[0])))
-        q_pred.append(int(np.argmax(prog.run({"x": x}, backend=backend)["logits"])))
-        cycles += prog.last_run["cycles"]
+        outs = {}
+        for b in backends:
+            outs[b] = prog.run({"x": x}, backend=b)["logits"]
+            pred[b].append(int(np.argmax(outs[b])))
+            cycles[b] += prog.last_run["cycles"]
+        identical += int(np.array_equal(outs["golden"], outs[backends[-1]]))
         if progress:
             n = 30 * (k + 1) // len(yte)
             sys.stderr.write(f"\r{Path(model_path).stem} [{'#' * n}{'.' * (30 - n)}] {k + 1}/{len(yte)}")
     if progress:
         sys.stderr.write("\n")
-    return {
+    acc = {b: float(np.mean(np.array(pred[b]) == yte)) for b in backends}
+    r = {
         "n": len(yte),
         "float_acc": float(np.mean(np.array(f_pred) == yte)),
-        "int8_acc": float(np.mean(np.array(q_pred) == yte)),
-        "cycles_per_inference": cycles / len(yte),
+        "int8_acc": acc[backend],
+        "cycles_per_inference": cycles[backend] / len(yte),
         "partition": prog.manifest["partition_text"],
     }
+    if backend != "golden":
+        r.update(golden_acc=acc["golden"], golden_cycles=cycles["golden"] / len(yte), identical=identical)
+    return r
 
 
 def main(argv=None):
@@ -70,9 +87,17 @@ def main(argv=None):
         r = evaluate(mdir / f"digits_{name}.onnx", data, args.backend, args.preset, args.limit)
         print(f"\n== digits {name} ({args.backend}, preset {args.preset}) ==")
         print(r["partition"])
-        print(f"float accuracy  {100 * r['float_acc']:.2f}%  ({r['n']} test images)")
-        print(f"int8 accuracy   {100 * r['int8_acc']:.2f}%  ({args.backend})")
-        print(f"cycles/image    {r['cycles_per_inference']:.0f}   (wall {time.time() - t0:.1f}s)")
+        print(f"float accuracy        {100 * r['float_acc']:.2f}%  ({r['n']} images, onnxruntime)")
+        if args.backend != "golden":
+            g, c = 100 * r["golden_acc"], r["golden_cycles"]
+            print(f"int8 accuracy golden  {g:.2f}%  ({c:.0f} cycles/image, model)")
+            g, c = 100 * r["int8_acc"], r["cycles_per_inference"]
+            print(f"int8 accuracy RTL     {g:.2f}%  ({c:.0f} cycles/image)")
+            print(f"RTL output identical to golden: {r['identical']}/{r['n']} images")
+        else:
+            g, c = 100 * r["int8_acc"], r["cycles_per_inference"]
+            print(f"int8 accuracy golden  {g:.2f}%  ({c:.0f} cycles/image)")
+        print(f"wall time {time.time() - t0:.1f}s")
     return 0
 
 

@@ -26,6 +26,7 @@ import sparrow
 from sparrow.cli import main
 from sparrow.compiler import CompileError, CompiledProgram, InputError
 from sparrow.compiler.frontend import frontend
+from sparrow.compiler.program import GoldenDevice
 from sparrow.compiler.quantize import calibrate, weight_scales
 
 PRESET = "small"
@@ -607,19 +608,6 @@ def test_import_ort_qoperator_model(rng, tmp_path):
     assert ones <= total // 4
 
 
-class _ConcurrentMachine:
-    """Golden model in concurrent mode (race checker on): a device for CompiledProgram.run."""
-
-    def __init__(self, cfg):
-        from sparrow.golden import Machine
-
-        self.m = Machine(cfg)
-        self.write_dram, self.read_dram = self.m.write_dram, self.m.read_dram
-
-    def run(self, program):
-        return self.m.run(program, mode="concurrent")
-
-
 def test_concurrent_mode_matches_program_mode(rng):
     """The chained kernels of one compiled program are race-free and deadlock-free: the
     concurrent golden model (race checker on) gives the same outputs as program order."""
@@ -635,9 +623,9 @@ def test_concurrent_mode_matches_program_mode(rng):
     cal = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
     prog = sparrow.compile(m, calibration={"x": cal}, preset=PRESET, accuracy_batches=0)
     x = cal[:1]
-    y0 = prog.run({"x": x})["y"]
+    y0 = prog.run({"x": x}, device=GoldenDevice(prog.cfg, mode="program"))["y"]
     c0 = prog.last_run["cycles"]
-    y1 = prog.run({"x": x}, device=_ConcurrentMachine(prog.cfg))["y"]
+    y1 = prog.run({"x": x}, device=GoldenDevice(prog.cfg, check_races=True))["y"]
     np.testing.assert_array_equal(y0, y1)
     assert 0 < prog.last_run["cycles"] < c0  # engines overlap
 

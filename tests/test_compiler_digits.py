@@ -32,3 +32,18 @@ def test_digits_int8_accuracy(models, name):
     assert r["float_acc"] > 0.9
     assert abs(r["int8_acc"] - r["float_acc"]) <= 0.01
     assert r["cycles_per_inference"] > 0
+
+
+@pytest.mark.verilator
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_digits_rtl_identical_to_golden(models, name):
+    """On the Verilator-simulated RTL (sparrow.runtime), every output equals the golden model's."""
+    from sparrow import runtime
+
+    if not hasattr(runtime, "Device"):
+        pytest.skip("sparrow.runtime.Device is not available in this checkout")
+    out, data = models
+    r = demo.evaluate(out / f"digits_{name}.onnx", data, "verilator", "small", limit=40, progress=False)
+    print(name, {k: v for k, v in r.items() if k != "partition"})
+    assert r["identical"] == r["n"] == 40
+    assert r["int8_acc"] == r["golden_acc"]

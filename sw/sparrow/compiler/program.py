@@ -31,7 +31,7 @@ from .ir import CompileError
 from .lower import from_dram, to_dram
 from .quantize import quantize
 
-__all__ = ["CompiledProgram", "InputError", "make_device", "FORMAT"]
+__all__ = ["CompiledProgram", "InputError", "GoldenDevice", "make_device", "FORMAT"]
 
 FORMAT = "sparrow-spw-2"
 
@@ -43,15 +43,13 @@ class InputError(ValueError):
 def make_device(backend: str, cfg: HwConfig):
     """A device for :meth:`CompiledProgram.run`.
 
-    ``"golden"``: the golden :class:`~sparrow.golden.Machine` (program-order mode; used directly
-    so the compiler does not depend on the driver). Other backends: ``sparrow.runtime.Device``
+    ``"golden"``: :class:`GoldenDevice`, the golden model used directly (so the compiler does
+    not depend on the driver). Other backends: ``sparrow.runtime.Device``
     (``Device(cfg, backend=...)`` with ``write_dram``, ``read_dram``, ``load_program(image, addr)``,
     ``run()`` and ``counters()``); a clear error when the runtime is not available.
     """
     if backend == "golden":
-        from ..golden import Machine
-
-        return Machine(cfg)
+        return GoldenDevice(cfg)
     if backend in ("verilator", "cocotb"):
         try:
             from ..runtime import Device
@@ -65,6 +63,24 @@ def make_device(backend: str, cfg: HwConfig):
         except (ValueError, OSError, RuntimeError) as e:
             raise CompileError(f"backend {backend!r}: cannot start the device: {e}") from None
     raise CompileError(f"backend must be 'golden' or 'verilator', not {backend!r}")
+
+
+class GoldenDevice:
+    """The golden :class:`~sparrow.golden.Machine` as a run device: concurrent mode, so cycles
+    include engine overlap (``mode="program"`` for the sequential schedule; ``check_races=True``
+    to run the race checker)."""
+
+    def __init__(self, cfg: HwConfig, mode: str = "concurrent", check_races: bool = False):
+        from ..golden import Machine
+
+        self.machine = Machine(cfg)
+        self.mode, self.check_races = mode, check_races
+        self.write_dram, self.read_dram = self.machine.write_dram, self.machine.read_dram
+
+    def run(self, image):
+        if self.mode == "program":
+            return self.machine.run(image)
+        return self.machine.run(image, mode=self.mode, check_races=self.check_races)
 
 
 def _run_on(dev, image: bytes, addr: int):
