@@ -10,6 +10,7 @@ at the right operation.
 
 import json
 import os
+import time
 from pathlib import Path
 
 import cocotb
@@ -90,10 +91,13 @@ class AsyncDevice:
         elif kind == "clear_bp":
             await c.write("BP_ENABLE", 0)
         elif kind == "run":
+            t0 = time.perf_counter()
             await c.write("CTRL", 1)
             for _ in range(4):
                 await FallingEdge(self.dut.clk)
-            return await self._wait(op[1], 4)
+            res = await self._wait(op[1], 4)
+            res["wall_seconds"] = time.perf_counter() - t0
+            return res
         elif kind == "resume":
             await c.write("RESUME", op[1])
             return await self._wait(op[2])

@@ -106,8 +106,9 @@ class Device:
     backend : {"golden", "verilator", "cocotb"}
     **options
         Backend options: verilator ``read_latency`` (cycles, default 2), ``waves`` (FST path;
-        builds the ``--trace-fst`` variant) and ``wave_window`` (``(start, end)`` harness
-        cycles, default everything); cocotb ``work_dir``.
+        builds the ``--trace-fst`` variant), ``wave_window`` (``(start, end)`` harness
+        cycles, default everything) and ``mem_bytes`` (memory-model size, default
+        ``cfg.dram_bytes``; accesses beyond it answer ``err``); cocotb ``work_dir``.
     """
 
     def __init__(self, cfg: HwConfig, backend: str = "golden", **options):
