@@ -6,7 +6,9 @@ Presets: ``SPARROW_FPGA_PRESETS`` (space-separated, default ``small``; the defau
 presets take much longer to place and route). Metrics per preset: ``<preset>.fmax_mhz``,
 ``.lut4``, ``.carry_ccu2c``, ``.ff``, ``.dsp_mult18``, ``.bram_dp16kd``, ``.lutram_dpr16x4``,
 ``.pnr_comb`` (placed LUT+carry slices' combinational cells), ``.meets_target`` (Fmax >= 150 MHz).
-The config records the device, which presets were measured and each critical path.
+The config records the device, which presets were measured and each critical path. A preset
+whose Verilog is unchanged since the last ``make fpga`` (``build/fpga/<preset>/result.json``,
+keyed by the Verilog's SHA-256) is not run again.
 """
 
 import os
