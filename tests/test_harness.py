@@ -66,3 +66,17 @@ def test_bus_err_becomes_dram_range():
         with pytest.raises(DeviceError) as ei:
             dev.run(max_cycles=100_000)
         assert (ei.value.code, ei.value.engine, ei.value.index) == (ErrorCode.DRAM_RANGE, Engine.LOAD, 1)
+
+
+@pytest.mark.slow
+def test_waves_fst_window(tmp_path):
+    """WAVES: the --trace-fst build dumps the requested window and still computes the result."""
+    case = build_case("gemm", SMALL)
+    expected, _ = case.golden()
+    path = tmp_path / "gemm.fst"
+    with Device(SMALL, "verilator", waves=path, wave_window=(0, 400)) as dev:
+        dev.write_dram(0, case.image)
+        dev.load_program(case.program, case.prog_base)
+        assert dev.run(max_cycles=100_000).stop == "done"
+        assert np.array_equal(dev.read_dram(0, len(case.image)), expected)
+    assert path.stat().st_size > 1000
