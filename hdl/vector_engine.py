@@ -350,8 +350,11 @@ class VectorEngine(wiring.Component):
         nxt_valid = Signal()
         chk = Signal(3)          # check stage of nxt: 0..3 computing, 4: result in nxt_fail
         nxt_fail = Signal()
-        act_max, act_max_r = Signal(W), Signal(W)
-        acc_max, acc_max_r = Signal(W), Signal(W)
+        # Footprint terms (one add each, registered); the footprint is out of range iff a term
+        # is: max(a, b) >= depth <=> a >= depth or b >= depth. t1 is always ACT; t2/t3 are ACC
+        # for REQUANT, ACT otherwise.
+        t1, t2, t3 = (Signal(W, name=f"fp_t{k}") for k in (1, 2, 3))
+        t1_r, t2_r, t3_r = (Signal(W, name=f"fp_t{k}_r") for k in (1, 2, 3))
         nrq, nva, npl = nx["rq"], nx["va"], nx["pl"]
         comb += self.instr.ready.eq(~nxt_valid & (state != ERR))
         with m.If(self.instr.valid & self.instr.ready):
@@ -372,27 +375,22 @@ class VectorEngine(wiring.Component):
             sync += [chk.eq(2), pin.eq(ph * npl.row_stride + pw * npl.lpp + npl.lpp - 1),
                      npool.eq(ohw * npl.lpp)]
         with m.Elif(nxt_valid & (chk == 2)):
-            sync += [chk.eq(3), act_max_r.eq(act_max), acc_max_r.eq(acc_max)]
+            sync += [chk.eq(3), t1_r.eq(t1), t2_r.eq(t2), t3_r.eq(t3)]
         with m.Elif(nxt_valid & (chk == 3)):
             sync += [chk.eq(4), nxt_fail.eq(fail)]
 
         with m.If(nx["is_rq"]):
-            comb += [act_max.eq(nrq.dst + rq_span),
-                     acc_max.eq(Mux(nrq.src + nrq.rows - 1 > nrq.param + 2, nrq.src + nrq.rows - 1,
-                                    nrq.param + 2))]
+            comb += [t1.eq(nrq.dst + rq_span), t2.eq(nrq.src + nrq.rows - 1), t3.eq(nrq.param + 2)]
         with m.Elif(nx["is_add"]):
-            mx = Mux(nva.src_a > nva.src_b, nva.src_a, nva.src_b)
-            mx = Mux(mx > nva.dst, mx, nva.dst)
-            comb += act_max.eq(mx + nva.lines - 1)
+            comb += [t1.eq(nva.src_a + nva.lines - 1), t2.eq(nva.src_b + nva.lines - 1),
+                     t3.eq(nva.dst + nva.lines - 1)]
         with m.Elif(nx["is_pool"]):
-            imax = npl.src + pin
-            omax = npl.dst + npool - 1
-            comb += act_max.eq(Mux(imax > omax, imax, omax))
+            comb += [t1.eq(npl.src + pin), t2.eq(npl.dst + npool - 1), t3.eq(0)]
         with m.Else():
-            dmax = Mux(nmk.src > nmk.dst, nmk.src, nmk.dst) + mn - 1
-            bmax = nmk.mask_addr + ((mn - 1) >> 3)
-            comb += act_max.eq(Mux(nx["loaded"] & (bmax > dmax), bmax, dmax))
-        comb += fail.eq((act_max_r >= cfg.act_depth) | (nx["is_rq"] & (acc_max_r >= cfg.acc_depth)))
+            comb += [t1.eq(nmk.src + mn - 1), t2.eq(nmk.dst + mn - 1),
+                     t3.eq(Mux(nx["loaded"], nmk.mask_addr + ((mn - 1) >> 3), 0))]
+        d23 = Mux(nx["is_rq"], cfg.acc_depth, cfg.act_depth)
+        comb += fail.eq((t1_r >= cfg.act_depth) | (t2_r >= d23) | (t3_r >= d23))
 
         # nxt starts when checked and legal, as soon as the running instruction's last write is
         # accepted (its reads then see every write of the previous one). An illegal nxt faults
