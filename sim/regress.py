@@ -100,12 +100,13 @@ def _junit_rows(xml: str) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--presets", default=os.environ.get("PRESETS", "small default large").replace(" ", ","))
+    ap.add_argument("--presets", default=os.environ.get("PRESETS", "small default large"),
+                    help="comma- or space-separated preset names")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     ap.add_argument("--waves", action="store_true", default=os.environ.get("WAVES", "0") not in ("", "0"))
     ap.add_argument("--no-cocotb", action="store_true", help="skip the pytest -m verilator part")
     a = ap.parse_args(argv)
-    presets = [p for p in a.presets.split(",") if p]
+    presets = [p for p in a.presets.replace(",", " ").split() if p]
     if a.jobs < 1:
         raise SystemExit("--jobs must be >= 1")
     t0 = time.perf_counter()
