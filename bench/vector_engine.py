@@ -24,7 +24,6 @@ def run():
         out = os.path.join(tmp, "throughput.json")
         run_cocotb(None, name=name, verilog_text=vector_engine_verilog(cfg, name),
                    test_module="tb_vector_engine", testcase=["throughput"], seed=SEED,
-                   build_args=["-Wno-LITENDIAN"],
                    extra_env={"SPARROW_PRESET": PRESET, "SPARROW_VE_THROUGHPUT": out})
         with open(out) as fh:
             res = json.load(fh)

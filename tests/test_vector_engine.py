@@ -244,9 +244,7 @@ def test_vector_engine_cocotb(preset_name):
     cfg = preset(preset_name)
     name = f"vector_engine_{preset_name}"
     testcase = None if preset_name == "small" else ["random_program", "spad_range_errors"]
-    # -Wno-LITENDIAN: the zero-width `halt` body of isa.instruction_layout() (contract)
     run_cocotb(None, name=name, verilog_text=vector_engine_verilog(cfg, name), test_module="tb_vector_engine",
-               build_args=["-Wno-LITENDIAN"],
                testcase=testcase, seed=SEED, extra_env={"SPARROW_PRESET": preset_name})
 
 
