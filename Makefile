@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 PRESETS ?= small default large
 JOBS ?= 2
 B ?=
+FPGA_PRESETS ?= small
+comma := ,
+space := $(empty) $(empty)
 
 .PHONY: install test lint sim verilog bench fpga demo formal fuzz coverage clean help
 
@@ -14,7 +17,9 @@ help:
 	@echo "make lint      ruff"
 	@echo "make bench     every benchmark in bench/ (B=NAME for one); results in bench/results/"
 	@echo "make verilog   build/sparrow_<preset>.v + .json (parameters, register map), lint-checked"
-	@echo "make sim / fpga / demo / formal / fuzz / coverage: see README"
+	@echo "make sim       long regression: system programs on every preset + every cocotb bench (WAVES=1 keeps FSTs)"
+	@echo "make demo      digits MLP/CNN: ONNX -> compiler -> simulated RTL, accuracy and cycles (LIMIT=N images)"
+	@echo "make fpga      yowasp synth + nextpnr-ecp5 per preset (FPGA_PRESETS=...), LUT/FF/DSP/BRAM/Fmax"
 
 $(VENV)/.installed: pyproject.toml
 	@command -v verilator >/dev/null || { echo "installing verilator (apt)"; apt-get update -qq && apt-get install -y -qq verilator g++ make; }
@@ -37,7 +42,16 @@ bench: install
 verilog: install
 	$(PY) -m sparrow.hdl.export $(PRESETS)
 
-sim fpga demo formal fuzz coverage:
+sim: install
+	$(PY) -m sparrow.sim.regress --presets $(subst $(space),$(comma),$(PRESETS)) --jobs $(JOBS) $(if $(WAVES),--waves,)
+
+demo: install
+	$(PY) examples/demo.py --backend verilator --preset small $(if $(LIMIT),--limit $(LIMIT),)
+
+fpga: install
+	$(PY) -m sparrow.fpga $(FPGA_PRESETS)
+
+formal fuzz coverage:
 	@echo "make $@: not implemented yet — see the open issues (issues list)"; exit 2
 
 clean:
