@@ -49,7 +49,7 @@ demo: install
 	$(PY) examples/demo.py --backend verilator --preset small $(if $(LIMIT),--limit $(LIMIT),)
 
 fpga: install
-	$(PY) -m sparrow.fpga $(FPGA_PRESETS)
+	SPARROW_FPGA_PRESETS="$(FPGA_PRESETS)" $(PY) -m sparrow.bench fpga
 
 formal fuzz coverage:
 	@echo "make $@: not implemented yet — see the open issues (issues list)"; exit 2
