@@ -155,8 +155,13 @@ class Sparrow(wiring.Component):
                     m.d.comb += theirs.eq(ours)
 
         # -- CSR read values -------------------------------------------------------------------------
+        # Busy while running, or while a finished run still has work in flight; after an error
+        # the run is over even if a faulted engine holds its busy flag (it is reset by the next
+        # start), so the host can wait for "not busy" and then read the error.
         any_busy = Signal()
-        m.d.comb += any_busy.eq(seq.running | fetch_c.busy | load_c.busy | mx_c.busy | vec_c.busy | store_c.busy)
+        has_error = seq.error != ErrorCode.NONE
+        m.d.comb += any_busy.eq(seq.running | (~has_error & (fetch_c.busy | load_c.busy | mx_c.busy
+                                                               | vec_c.busy | store_c.busy)))
         status = {
             "busy": any_busy, "done": seq.done, "error": seq.error.as_value(), "error_engine": seq.error_engine,
             "halted": seq.halted, "stuck": seq.stuck, "fetch_done": ~fetch_c.busy,
