@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-__all__ = ["REPO", "BUILD_ROOT", "TB_DIR", "VERILATOR_WAIVERS", "verilog_of", "build", "run_cocotb"]
+__all__ = ["REPO", "BUILD_ROOT", "TB_DIR", "VERILATOR_WAIVERS", "default_seed", "verilog_of", "build",
+           "run_cocotb"]
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_ROOT = Path(os.environ.get("SPARROW_BUILD", REPO / "build"))
@@ -45,6 +46,18 @@ VERILATOR_WAIVERS = {
     # an incomplete case never implies a latch.
     "-Wno-CASEINCOMPLETE": "yosys emits per-signal case statements without empty defaults (no latches)",
 }
+
+
+def default_seed(label: str) -> int:
+    """Seed for a randomised test: ``SPARROW_SEED`` if set; a fresh random one with
+    ``SPARROW_RANDOM_SEEDS=1`` (for long regressions); otherwise a fixed seed derived from
+    ``label``, so ``make test`` is reproducible run to run. Callers print it."""
+    import zlib
+    if "SPARROW_SEED" in os.environ:
+        return int(os.environ["SPARROW_SEED"])
+    if os.environ.get("SPARROW_RANDOM_SEEDS") == "1":
+        return random.randrange(1 << 31)
+    return zlib.crc32(label.encode()) & 0x7FFFFFFF
 
 
 @contextmanager
@@ -120,9 +133,10 @@ def run_cocotb(make_component: Callable[[], object] | None, *, name: str, test_m
     """
     from cocotb.runner import get_runner
 
-    build_dir, top = build(make_component, name, verilog_text=verilog_text, build_args=build_args, trace=waves)
+    build_dir, top = build(make_component, name, verilog_text=verilog_text, build_args=build_args,
+                           trace=waves)
     if seed is None:
-        seed = int(os.environ.get("SPARROW_SEED", random.randrange(1 << 31)))
+        seed = default_seed(f"{name}:{test_module}")
     print(f"[sparrow] cocotb {test_module} on {name}: SPARROW_SEED={seed}")
     runner = get_runner("verilator")
 

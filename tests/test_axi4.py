@@ -5,7 +5,6 @@ References are independent: a Python byte-dict memory and the per-master command
 Seeded by ``SPARROW_SEED``.
 """
 
-import os
 import random
 from collections import deque
 
@@ -15,13 +14,14 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 from amaranth.sim import Simulator
 
+from sparrow.sim.cocotb_run import default_seed
 from sparrow.config import preset
 from sparrow.hdl.axi4 import Axi4Master
 from sparrow.hdl.membus import MemBusSignature
 from sparrow.hdl.membus_arbiter import MembusArbiter
 from sparrow.sim.cocotb_run import run_cocotb
 
-SEED = int(os.environ.get("SPARROW_SEED", random.randrange(1 << 31)))
+SEED = default_seed("test_axi4")
 
 
 def _rng(salt):

@@ -11,8 +11,6 @@ Two references, both computed by onnxruntime (never by the code under test):
 Models are built with onnx.helper here. Seeded: SPARROW_SEED.
 """
 
-import os
-import random
 
 import numpy as np
 import onnx
@@ -23,6 +21,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import sparrow
+from sparrow.sim.cocotb_run import default_seed
 from sparrow.cli import main
 from sparrow.compiler import CompileError, CompiledProgram, InputError
 from sparrow.compiler.frontend import frontend
@@ -34,7 +33,7 @@ PRESET = "small"
 
 @pytest.fixture
 def rng(request):
-    seed = int(os.environ.get("SPARROW_SEED", random.randrange(1 << 31)))
+    seed = default_seed(f"test_compiler:{request.node.name}")
     print(f"SPARROW_SEED={seed} ({request.node.name})")
     return np.random.default_rng(seed)
 
@@ -159,8 +158,13 @@ def check_model(model, rng, in_shape, n_cal=16, in_name="x", tol=0.08):
             assert d.max() <= 1
             assert n1 <= max(2, d.size // 10)
             stats.append(n1)
-        else:  # float output of a host step (softmax)
-            assert np.max(np.abs(y - rq)) <= 0.05, np.max(np.abs(y - rq))
+        else:  # float output of a host step (softmax, transpose): its int8 input may differ from
+            # onnxruntime's by the 1 LSB allowed above, and the reference re-quantizes the host
+            # output with its own scale (half an LSB more): 1.5 LSB of the coarsest scale
+            scales = [float(np.max(v.scale)) for v in g.values.values() if getattr(v, "scale", None) is not None]
+            lsb = max(scales, default=0.0)
+            tol_host = max(0.05, 1.5 * 1.001 * lsb)
+            assert np.max(np.abs(y - rq)) <= tol_host, (np.max(np.abs(y - rq)), tol_host)
     return prog, stats
 
 

@@ -5,14 +5,13 @@ NumPy plus the datapath's rounding functions from ``sparrow.golden.numerics`` (t
 Seeded: set SPARROW_SEED to reproduce a printed seed.
 """
 
-import os
-import random
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sparrow.sim.cocotb_run import default_seed
 from sparrow.config import preset
 from sparrow.errors import DeviceError, ErrorCode
 from sparrow.golden import Machine, RaceError
@@ -28,7 +27,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 @pytest.fixture
 def rng(request):
-    seed = int(os.environ.get("SPARROW_SEED", random.randrange(1 << 31)))
+    seed = default_seed(f"test_kernels:{request.node.name}")
     print(f"SPARROW_SEED={seed} ({request.node.name})")
     return np.random.default_rng(seed)
 

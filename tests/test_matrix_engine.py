@@ -1,12 +1,12 @@
 """MatrixEngine: amaranth.sim unit tests (fast) and cocotb on Verilator (tb/tb_matrix_engine.py)."""
 
-import os
 import random
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from sparrow.sim.cocotb_run import default_seed
 from sparrow import isa
 from sparrow.config import HwConfig, preset
 from sparrow.errors import ErrorCode
@@ -16,7 +16,7 @@ from sparrow.sim.cocotb_run import run_cocotb
 
 TINY = HwConfig(rows=2, cols=4, act_depth=64, wgt_depth=32, acc_depth=32, act_banks=1, acc_banks=1,
                 name="tiny")
-SEED = int(os.environ.get("SPARROW_SEED", random.randrange(1 << 31)))
+SEED = default_seed("test_matrix_engine")
 
 
 def _ceil_div(a, b):

@@ -5,7 +5,6 @@ Every read result is compared with a flat Python list model of the memory (reads
 cycle see the writes accepted in earlier cycles only). Seeded by ``SPARROW_SEED``.
 """
 
-import os
 import random
 from collections import deque
 
@@ -16,6 +15,7 @@ from amaranth.hdl._ir import PortDirection
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
+from sparrow.sim.cocotb_run import default_seed
 from sparrow.config import preset
 from sparrow.hdl.round_robin import RoundRobin
 from sparrow.hdl.scratchpad import (BankedScratchpad, ReplicatedScratchpad, acc_scratchpad,
@@ -23,7 +23,7 @@ from sparrow.hdl.scratchpad import (BankedScratchpad, ReplicatedScratchpad, acc_
 from sparrow.hdl.spad_port import act_line
 from sparrow.sim.cocotb_run import run_cocotb
 
-SEED = int(os.environ.get("SPARROW_SEED", random.randrange(1 << 31)))
+SEED = default_seed("test_scratchpad")
 
 
 def _rng(salt):

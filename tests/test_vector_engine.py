@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from sparrow.sim.cocotb_run import default_seed
 from sparrow.config import preset
 from sparrow.golden import numerics
 from sparrow.hdl.mask_unit import MaskUnit
@@ -20,7 +21,7 @@ from sparrow.errors import ErrorCode
 from sparrow.isa import MaskMode
 from sparrow.sim.cocotb_run import run_cocotb
 
-SEED = int(os.environ.get("SPARROW_SEED", random.randrange(1 << 31)))
+SEED = default_seed("test_vector_engine")
 
 
 def _rng(salt):
