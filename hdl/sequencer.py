@@ -161,7 +161,8 @@ class Sequencer(wiring.Component):
         for e in range(N_ENGINES):
             m.d.comb += [queues[e].w_data.eq(Cat(word, index)),
                          queues[e].w_en.eq(fire & (dec.engine.as_value() == e))]
-            stalled = self.fetched.valid & accepting & dec.legal & ~dec.is_halt & (dec.engine.as_value() == e) & ~queues[e].w_rdy
+            to_e = dec.engine.as_value() == e
+            stalled = self.fetched.valid & accepting & dec.legal & ~dec.is_halt & to_e & ~queues[e].w_rdy
             with m.If(running & stalled):
                 m.d.sync += self.count_stall[e].eq(self.count_stall[e] + 1)
         with m.If(fire):

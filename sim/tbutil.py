@@ -76,7 +76,7 @@ def pack(layout, value) -> int:
             values = list(value)
             if len(values) != layout.length:
                 raise ValueError(f"expected {layout.length} elements, got {len(values)}")
-            for (i, shape, off), v in zip(items, values):
+            for (_, shape, off), v in zip(items, values):
                 word |= pack(shape, v) << off
             return word
         for name, f in layout:

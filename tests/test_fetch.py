@@ -5,7 +5,6 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from sparrow import isa
 from sparrow.config import preset
 from sparrow.hdl.fetch import FetchUnit
 from sparrow.sim.amsim import MembusModel

@@ -70,7 +70,6 @@ class MockEngine:
 
 def run_program(program, *, seed=1, delays=None, watchdog=2000, max_cycles=20000, bp=None, fail=None,
                 control=None):
-    rng = random.Random(seed)
     dut = Sequencer(CFG)
     words = [isa.encode(i) if isinstance(i, isa.Instruction) else i for i in program]
     log = []
@@ -151,7 +150,7 @@ def random_program(rng, n):
 def check_semantics(program, log):
     """Every issue respects its wait given the signals completed before it; per-engine order holds."""
     events = {}
-    for kind, e, tag, cycle in log:
+    for kind, _, tag, cycle in log:
         events[(kind, tag)] = cycle
     # signals by engine instructions happen at their done cycle; NOP/DELAY are not visible to the
     # mock engines, so only check waits whose signals all come from engine instructions.
