@@ -539,21 +539,6 @@ class MatrixEngine(wiring.Component):
 
 
 def verilog_text(component, name: str) -> str:
-    """Verilog of ``component`` with top module ``name``, skipping constant signature members.
-
-    Workaround: Amaranth 0.5.10's ``verilog.convert`` rejects the ``Const(1)`` ``rsp.ready`` of
-    an ``always_ready`` stream (every :class:`ReadPortSignature`) as a port, so
-    ``sparrow.sim.cocotb_run.verilog_of`` cannot convert engines with read ports. Port names are
-    the ones ``convert`` would give (``act_rd__0__cmd__valid`` ...).
-    """
-    from amaranth.back import verilog
-    from amaranth.hdl import Signal as _Signal
-    from amaranth.hdl._ir import PortDirection
-    ports = {}
-    for path, member, value in component.signature.flatten(component):
-        if hasattr(value, "as_value"):
-            value = value.as_value()
-        if isinstance(value, _Signal):
-            ports["__".join(map(str, path))] = (
-                value, PortDirection.Input if member.flow == wiring.In else PortDirection.Output)
-    return verilog.convert(component, name=name, ports=ports, emit_src=False)
+    """Verilog of ``component`` with top module ``name`` (see ``sparrow.sim.cocotb_run.verilog_of``)."""
+    from sparrow.sim.cocotb_run import verilog_of
+    return verilog_of(component, name)

@@ -461,21 +461,6 @@ class VectorEngine(wiring.Component):
 
 
 def vector_engine_verilog(cfg: HwConfig, name: str, **kwargs) -> str:
-    """Verilog of a :class:`VectorEngine` with top module ``name`` (``kwargs`` go to the engine).
-
-    The read ports' ``rsp`` streams are ``always_ready``: their ``ready`` members are ``Const``s,
-    which ``amaranth.back.verilog.convert`` refuses as ports, so they are left out here.
-    """
-    from amaranth.back import verilog
-    from amaranth.hdl import Const, ValueCastable, _ir
-
-    comp = VectorEngine(cfg, **kwargs)
-    ports = {}
-    for path, member, value in comp.signature.flatten(comp):
-        if isinstance(value, ValueCastable):
-            value = value.as_value()
-        if isinstance(value, Const):
-            continue
-        direction = _ir.PortDirection.Input if member.flow == wiring.In else _ir.PortDirection.Output
-        ports["__".join(map(str, path))] = (value, direction)
-    return verilog.convert(comp, name=name, ports=ports, emit_src=False)
+    """Verilog of ``VectorEngine(cfg, **kwargs)`` with top module ``name``."""
+    from sparrow.sim.cocotb_run import verilog_of
+    return verilog_of(VectorEngine(cfg, **kwargs), name)

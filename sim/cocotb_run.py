@@ -72,15 +72,28 @@ def _locked(path: Path):
 
 
 def verilog_of(component, name: str) -> str:
-    """Verilog text of an elaborated Amaranth ``wiring.Component`` with top module ``name``."""
+    """Verilog text of an elaborated Amaranth ``wiring.Component`` with top module ``name``.
+
+    Ports are the component's signature members, named as Amaranth flattens them
+    (``act_rd__0__cmd__valid``). Constant members (the ``ready`` of an ``always_ready`` stream,
+    e.g. a scratchpad read response) are not ports: ``verilog.convert`` refuses them.
+    """
     from amaranth.back import verilog
     from amaranth.hdl import Const, Value
-    flat = [Value.cast(v) for _, _, v in component.signature.flatten(component)]
-    ports = [v for v in flat if not isinstance(v, Const)]
-    if len(ports) == len(flat):
+    from amaranth.hdl._ir import PortDirection
+    from amaranth.lib import wiring
+
+    ports, has_const = {}, False
+    for path, member, value in component.signature.flatten(component):
+        value = Value.cast(value)
+        if isinstance(value, Const):
+            has_const = True
+            continue
+        ports["__".join(map(str, path))] = (
+            value, PortDirection.Input if member.flow == wiring.In else PortDirection.Output)
+    if not has_const:
         return verilog.convert(component, name=name, emit_src=False)
-    # always-ready streams have constant members (e.g. ``rsp.ready``): they are not ports
-    return verilog.convert(component, name=name, emit_src=False, ports=ports)
+    return verilog.convert(component, name=name, ports=ports, emit_src=False)
 
 
 def build(make_component: Callable[[], object] | None, name: str, *, verilog_text: str | None = None,

@@ -18,9 +18,7 @@ import random
 from collections import deque
 
 import numpy as np
-from amaranth.back import verilog
-from amaranth.hdl import Const, Module, ValueCastable
-from amaranth.hdl._ir import PortDirection
+from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
@@ -54,20 +52,9 @@ class DmaPair(wiring.Component):
 
 
 def dut_verilog(cfg, name=None) -> str:
-    """Verilog of :class:`DmaPair`; constant members (``always_ready`` stream ``ready``s) are left
-    out because ``amaranth.back.verilog.convert`` 0.5.10 refuses them as top-level ports."""
-    comp = DmaPair(cfg)
-    ports = {}
-    for path, member, value in comp.signature.flatten(comp):
-        if isinstance(value, ValueCastable):
-            value = value.as_value()
-        if isinstance(value, Const):
-            continue
-        ports["__".join(map(str, path))] = (
-            value,
-            PortDirection.Input if member.flow == wiring.In else PortDirection.Output,
-        )
-    return verilog.convert(comp, name=name or f"dma_pair_{cfg.name}", ports=ports, emit_src=False)
+    """Verilog of :class:`DmaPair`."""
+    from sparrow.sim.cocotb_run import verilog_of
+    return verilog_of(DmaPair(cfg), name or f"dma_pair_{cfg.name}")
 
 
 # -- everything below runs inside the simulator ------------------------------------------------

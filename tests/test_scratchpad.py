@@ -9,10 +9,7 @@ import random
 from collections import deque
 
 import pytest
-from amaranth.back import verilog
-from amaranth.hdl import Const, Fragment, Shape, ValueCastable
-from amaranth.hdl._ir import PortDirection
-from amaranth.lib import wiring
+from amaranth.hdl import Fragment, Shape
 from amaranth.sim import Simulator
 
 from sparrow.sim.cocotb_run import default_seed
@@ -32,24 +29,8 @@ def _rng(salt):
 
 
 def verilog_skipping_consts(component, name):
-    """Verilog of ``component``, leaving out members that are constants.
-
-    ``amaranth.back.verilog.convert`` (0.5.10) refuses a top-level component with a
-    ``Const`` member, and every ``always_ready`` stream (the scratchpad ``rsp``) has one (its
-    ``ready``). Workaround until ``sparrow.sim.cocotb_run.verilog_of`` skips them itself.
-    """
-    ports = {}
-    for path, member, value in component.signature.flatten(component):
-        if isinstance(value, ValueCastable):
-            value = value.as_value()
-        if isinstance(value, Const):
-            continue
-        ports["__".join(map(str, path))] = (
-            value, PortDirection.Input if member.flow == wiring.In else PortDirection.Output)
-    return verilog.convert(component, name=name, ports=ports, emit_src=False)
-
-
-# -- a cycle-level driver/checker shared by the unit tests ---------------------------------------
+    from sparrow.sim.cocotb_run import verilog_of
+    return verilog_of(component, name)
 
 class SpadHarness:
     """Drive the read/write ports of a scratchpad each cycle and check every response.
