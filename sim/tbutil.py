@@ -313,6 +313,25 @@ class CsrMaster:
         await ReadOnly()
         return int(self.r_data.value)
 
+    async def program(self, prog_base, n_instructions, watchdog=20000):
+        """Point fetch at a program and set the watchdog (start it with ``CTRL = 1``)."""
+        await self.write("PROG_BASE", prog_base)
+        await self.write("PROG_LEN", n_instructions)
+        await self.write("WATCHDOG", watchdog)
+
+    async def wait_idle(self, max_polls, poll_cycles=64) -> dict:
+        """Poll STATUS every ``poll_cycles`` until not busy; returns the decoded STATUS fields."""
+        from cocotb.triggers import ClockCycles
+
+        from sparrow import regmap
+        status = {}
+        for _ in range(max_polls):
+            await ClockCycles(self.dut.clk, poll_cycles)
+            status = regmap.status_fields(await self.read("STATUS"))
+            if not status["busy"]:
+                break
+        return status
+
     async def read64(self, name) -> int:
         lo = await self.read(f"{name.upper()}_LO")
         hi = await self.read(f"{name.upper()}_HI")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ClockCycles
 from cocotbext.axi import AxiBus, AxiRam
 
 from sparrow import regmap
@@ -48,16 +47,9 @@ async def system_programs(dut):
         data = np.load(cases_dir / f"{name}.npz")
         image, expected = data["image"], data["expected"]
         ram.write(0, image.tobytes())
-        await csr.write("PROG_BASE", case["prog_base"])
-        await csr.write("PROG_LEN", case["n_instructions"])
-        await csr.write("WATCHDOG", 20000)
+        await csr.program(case["prog_base"], case["n_instructions"])
         await csr.write("CTRL", 1)
-        status = {}
-        for _ in range(case["max_polls"]):
-            await ClockCycles(dut.clk, 64)
-            status = regmap.status_fields(await csr.read("STATUS"))
-            if not status["busy"]:
-                break
+        status = await csr.wait_idle(case["max_polls"], poll_cycles=64)
         got = np.frombuffer(ram.read(0, len(image)), dtype=np.uint8)
         counters = {c: await csr.read64(c) for c in regmap.COUNTERS}
         results[name] = {"status": status, "counters": counters,

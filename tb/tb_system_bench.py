@@ -82,17 +82,10 @@ async def system_bench(dut):
         data = np.load(cases_dir / f"{name}.npz")
         image, expected = data["image"], data["expected"]
         ram.write(0, image.tobytes())
-        await csr.write("PROG_BASE", case["prog_base"])
-        await csr.write("PROG_LEN", case["n_instructions"])
-        await csr.write("WATCHDOG", 20000)
+        await csr.program(case["prog_base"], case["n_instructions"])
         mon.start()
         await csr.write("CTRL", 1)
-        status = {}
-        for _ in range(case["max_polls"]):
-            await ClockCycles(dut.clk, 16)
-            status = regmap.status_fields(await csr.read("STATUS"))
-            if not status["busy"]:
-                break
+        status = await csr.wait_idle(case["max_polls"], poll_cycles=16)
         await ClockCycles(dut.clk, 2)
         runs = mon.stop()
         got = np.frombuffer(ram.read(0, len(image)), dtype=np.uint8)
