@@ -46,6 +46,8 @@ def compile(
     debug: bool = True,
     log=None,  # noqa: A001
     accuracy_batches: int = 4,
+    options: dict | None = None,
+    save=None,
 ) -> CompiledProgram:
     """Compile an ONNX float model for a Sparrow preset.
 
@@ -59,13 +61,21 @@ def compile(
         Run the IR check between passes.
     accuracy_batches : int
         Calibration batches run through the compiled program (golden) to report int8 vs float error.
+    options : dict, optional
+        Back-end options passed to :func:`.lower.lower` (JSON-able).
+    save : None, "all" or list of value names
+        Saved intermediates: these values (``"all"``: every accelerator node's output) are kept
+        in external memory and returned by ``run`` like outputs (``options["keep"]``).
     """
     cfg = preset if isinstance(preset, HwConfig) else _preset(preset)
     g = frontend(model, debug=debug, log=log)
     info = partition(g, cfg)  # rejects unsupported nodes before the (slower) calibration
     cal = _calibration(calibration, g)
     calibrate(g, cal)
-    plan = lower(g, info, cfg)
+    options = dict(options or {})
+    if save is not None:
+        options["keep"] = sorted(set(options.get("keep") or ()) | _save_names(g, info, save))
+    plan = lower(g, info, cfg, options=options)
     consts = {}
     for st in plan["steps"]:
         if st["kind"] == "host":
@@ -85,11 +95,27 @@ def compile(
         "n_programs": len(plan["programs"]),
         "partition": {k: {kk: vv for kk, vv in v.items()} for k, v in info.items()},
         "partition_text": format_partition(g, info),
+        "options": options,
     }
     prog = CompiledProgram(manifest, plan["programs"], consts)
     if accuracy_batches:
         manifest["accuracy"] = _accuracy(prog, g, cal, accuracy_batches)
     return prog
+
+
+def _save_names(g, info, save) -> set:
+    acc_outputs = [o for n in g.nodes if info[n.name]["place"] != "host" for o in n.outputs]
+    if save == "all":
+        return set(acc_outputs)
+    names = [save] if isinstance(save, str) else list(save)
+    by_node = {n.name: n.outputs[0] for n in g.nodes}
+    out = set()
+    for nm in names:
+        v = by_node.get(nm, nm)
+        if v not in g.values:
+            raise CompileError(f"save: {nm!r} is neither a node nor a value of the graph")
+        out.add(v)
+    return out
 
 
 def _accuracy(prog, g, cal, nb):

@@ -165,8 +165,16 @@ def _concat(b, parts):
     return out
 
 
-def lower(g: Graph, info: dict, cfg, progress=None) -> dict:
-    """Plan of steps, programs and segment images (see :mod:`.program` for the format)."""
+def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None) -> dict:
+    """Plan of steps, programs and segment images (see :mod:`.program` for the format).
+
+    ``options`` (a JSON-able dict, part of the compile cache key) may hold ``keep``: value names
+    that must be materialised in external memory, stay intact until the program ends and be
+    listed in their step's ``outputs`` with ``"debug": True`` (saved intermediates). Each
+    ``acc`` step carries ``tags``: the graph node of every instruction (``None`` for HALT).
+    """
+    options = dict(options or {})
+    keep = set(options.get("keep") or ())
     steps, programs = [], []
     seg = None
     cons = g.consumers()
@@ -183,7 +191,7 @@ def lower(g: Graph, info: dict, cfg, progress=None) -> dict:
             if name in [i[0] for i in seg.inputs]:
                 continue
             later = any(order[c.name] > last for c in cons.get(name, []) if c.name not in done)
-            if later or name in g.outputs:
+            if later or name in g.outputs or name in keep:
                 outs.append(
                     {
                         "name": name,
@@ -193,6 +201,8 @@ def lower(g: Graph, info: dict, cfg, progress=None) -> dict:
                         "meta": list(meta) if meta else None,
                     }
                 )
+                if not (later or name in g.outputs):
+                    outs[-1]["debug"] = True
         try:
             prog = seg.b.finish()
         except ValueError as e:
@@ -202,13 +212,20 @@ def lower(g: Graph, info: dict, cfg, progress=None) -> dict:
             prog_addr = seg.b.alloc(len(image), align=64)
         except ValueError as e:
             raise CompileError(f"accelerator program of nodes {[nn.name for nn in seg.nodes]}: {e}") from None
-        programs.append({"program": image, "segments": list(seg.b.segments), "n_instructions": len(prog)})
+        programs.append(
+            {
+                "program": image,
+                "segments": list(seg.b.segments),
+                "n_instructions": len(prog),
+            }
+        )
         steps.append(
             {
                 "kind": "acc",
                 "program": len(programs) - 1,
                 "program_addr": prog_addr,
                 "nodes": [nn.name for nn in seg.nodes],
+                "tags": list(seg.b.tags),
                 "inputs": [
                     {
                         "name": nm,
@@ -256,6 +273,7 @@ def lower(g: Graph, info: dict, cfg, progress=None) -> dict:
                 seg.inputs.append((name, t, lay, None))
             return seg.place[name]
 
+        seg.b.tag = n.name
         try:
             seg.place[n.outputs[0]] = _lower_node(seg, g, n, place_of)
         except CompileError:

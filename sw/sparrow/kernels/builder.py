@@ -124,10 +124,11 @@ class Ring:
 
 
 class _Record:
-    __slots__ = ("mnemonic", "fields", "engine", "id", "waits", "signals", "vc", "acc")
+    __slots__ = ("mnemonic", "fields", "engine", "id", "waits", "signals", "vc", "acc", "tag")
 
-    def __init__(self, mnemonic, fields, engine, id_, acc):
+    def __init__(self, mnemonic, fields, engine, id_, acc, tag=None):
         self.mnemonic, self.fields, self.engine, self.id, self.acc = mnemonic, fields, engine, id_, acc
+        self.tag = tag
         self.waits = []       # producer record ids
         self.signals = []     # consumer engines
         self.vc = None
@@ -205,6 +206,10 @@ class ProgramBuilder:
     segments : list of (addr, bytes)
         Constant data (weights, requant parameters, zero lines) the host writes before a run.
     tensors : dict name -> Tensor
+    tag : str or None
+        Label given to every instruction emitted while it is set (the compiler sets it to the
+        graph node being lowered). After :meth:`finish`, :attr:`tags` holds one label per
+        program instruction (inserted NOPs carry their instruction's label, HALT ``None``).
     """
 
     def __init__(self, cfg: HwConfig, dram_base: int = 0, dram_limit: int | None = None):
@@ -224,6 +229,8 @@ class ProgramBuilder:
         self._zero = None
         self._spad_free = {s: 0 for s in ("ACT", "WGT", "ACC")}
         self._finished = None
+        self.tag = None
+        self.tags: list = []
 
     # -- external memory ---------------------------------------------------------------------
     def alloc(self, nbytes: int, align: int = 16) -> int:
@@ -326,7 +333,7 @@ class ProgramBuilder:
             raise ValueError("mnemonic: the builder appends HALT itself (finish())")
         e = _E[ins.engine_queue]
         acc = footprint(ins, self.cfg)
-        rec = _Record(mnemonic, ins.values, e, len(self._records), acc)
+        rec = _Record(mnemonic, ins.values, e, len(self._records), acc, self.tag)
         prev = self._last[e]
         vc = list(prev.vc) if prev is not None else [-1, -1, -1, -1]
         if prev is not None:
@@ -376,11 +383,13 @@ class ProgramBuilder:
                              f"{cfg.n_semaphores}")
         self._check_overflow(chans)
         prog = Program()
+        tags = []
         for r in recs:
             eng = ENGINES[r.engine]
             waits = [(chans[(recs[j].engine, r.engine)]) for j in r.waits]
             for sem in waits[:-1]:
                 prog.append(make("nop", engine=eng, wait_sem=sem, wait_count=1, wait_consume=1, cfg=cfg))
+                tags.append(r.tag)
             hdr = {}
             if waits:
                 hdr.update(wait_sem=waits[-1], wait_count=1, wait_consume=1)
@@ -388,9 +397,13 @@ class ProgramBuilder:
             if sigs:
                 hdr.update(signal_sem=sigs[0], signal_en=1)
             prog.append(make(r.mnemonic, cfg=cfg, **{**r.fields, **hdr}))
+            tags.append(r.tag)
             for sem in sigs[1:]:
                 prog.append(make("nop", engine=eng, signal_sem=sem, signal_en=1, cfg=cfg))
+                tags.append(r.tag)
         prog.append(make("halt"))
+        tags.append(None)
+        self.tags = tags
         self._finished = prog
         self.channels = {(ENGINES[p].name, ENGINES[c].name): s for (p, c), s in chans.items()}
         return prog
