@@ -46,6 +46,7 @@ __all__ = ["ProgramBuilder", "Tensor", "Ring", "ENGINES", "footprint"]
 
 ENGINES = (Engine.LOAD, Engine.MATMUL, Engine.VECTOR, Engine.STORE)
 _E = {e: i for i, e in enumerate(ENGINES)}
+_HEADER = ("wait_sem", "wait_count", "wait_consume", "signal_sem", "signal_en")
 _DTYPES = {"int8": np.int8, "int32": np.int32, "uint8": np.uint8}
 
 
@@ -408,6 +409,17 @@ class ProgramBuilder:
         self.channels = {(ENGINES[p].name, ENGINES[c].name): s for (p, c), s in chans.items()}
         return prog
 
+    def check_sync(self) -> None:
+        """Raise ``ValueError`` if :meth:`finish` would (too many semaphores, count overflow)."""
+        chans = {}
+        for r in self._records:
+            for c in r.signals:
+                chans.setdefault((r.engine, c), len(chans))
+        if len(chans) > self.cfg.n_semaphores:
+            raise ValueError(f"cfg: the program needs {len(chans)} semaphores, the hardware has "
+                             f"{self.cfg.n_semaphores}")
+        self._check_overflow(chans)
+
     def _check_overflow(self, chans):
         """Upper-bound each semaphore's count: signals not provably consumed before a new one."""
         cfg = self.cfg
@@ -432,6 +444,40 @@ class ProgramBuilder:
     @property
     def n_instructions(self) -> int:
         return len(self._records)
+
+    @property
+    def records(self) -> list:
+        """The emitted instructions as ``(mnemonic, fields, engine index, footprint, tag)`` in
+        program order (engine index into :data:`ENGINES`; footprint as :func:`footprint`)."""
+        return [(r.mnemonic, r.fields, r.engine, r.acc, r.tag) for r in self._records]
+
+    def sync_edges(self) -> int:
+        """Number of cross-engine waits the builder kept (after vector-clock pruning)."""
+        return sum(len(r.waits) for r in self._records)
+
+    def reorder(self, order) -> None:
+        """Re-emit the instructions in ``order`` (a permutation of instruction indices) and
+        recompute all synchronisation from their footprints.
+
+        The caller guarantees that ``order`` keeps the relative order of every pair of
+        instructions whose footprints conflict (one writes what the other accesses); the
+        hazard tracking then derives the waits of the new order exactly as for a fresh program.
+        """
+        if self._finished is not None:
+            raise ValueError("builder already finished")
+        old = self._records
+        order = list(order)
+        if sorted(order) != list(range(len(old))):
+            raise ValueError("order: must be a permutation of the instruction indices")
+        self._records = []
+        self._last = [None] * 4
+        self._hist = [[] for _ in range(4)]
+        saved_tag = self.tag
+        for i in order:
+            r = old[i]
+            self.tag = r.tag
+            self.emit(r.mnemonic, **{k: v for k, v in r.fields.items() if k not in _HEADER})
+        self.tag = saved_tag
 
 
 def _conflict(a, b):

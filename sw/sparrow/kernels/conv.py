@@ -122,7 +122,7 @@ def _dense_tiles(w, C, Cout, groups, cols):
 
 
 def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1, padding=0, groups=1,
-           out: Tensor | None = None) -> Tensor:
+           out: Tensor | None = None, residual=None, pool=None, batch_group: bool = True) -> Tensor:
     """Emit an int8 NHWC convolution: ``out = requant(conv(x, weights))``.
 
     Parameters
@@ -134,7 +134,21 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
     stride : int or (sh, sw), each 1..7 (limited by the MATMUL ``a_stride`` field otherwise)
     padding : int, (ph, pw) or (top, left, bottom, right); zero padding
     groups : int; ``groups == C == Cout`` is depthwise
-    out : Tensor int8 [N, OH, OW, Cout], optional
+    out : Tensor int8 [N, OH, OW, Cout] (or the pooled shape with ``pool``), optional
+    residual : (Tensor, scale_conv, scale_res, relu), optional
+        Fused residual add: ``add(conv_out, residual, scale_conv, scale_res, relu=relu)`` exactly
+        as :func:`~.vector.add` computes it (VECTOR ADD on the tile still in the scratchpad;
+        ``residual`` is an int8 ``[N, OH, OW, Cout]`` tensor).
+    pool : (kh, kw), optional
+        Fused max pool with ``kernel == stride`` and no padding, applied after the (residual)
+        add on the tile in the scratchpad; ``out`` is ``[N, OH // kh, OW // kw, Cout]`` (floor).
+    batch_group : bool
+        When the weights do not stay resident in the weight scratchpad, run several images of
+        the batch under each loaded weight chunk (weights loaded once per row tile serve the
+        whole group) instead of reloading them per image.
+
+    Every intermediate of a fused kernel (accumulators, the requantised tile, the add result)
+    stays in the scratchpad; only ``out`` is written to external memory.
     """
     cols = b.cfg.cols
     if not isinstance(x, Tensor) or len(x.shape) != 4 or x.dtype != "int8":
@@ -159,10 +173,28 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
     OH, OW = conv_out_size(H, KH, sh, pt, pb), conv_out_size(W, KW, sw, pl, pr)
     if OH < 1 or OW < 1:
         raise ValueError(f"weights: kernel {KH}x{KW} larger than the padded input {H}x{W}")
+    res = None
+    if residual is not None:
+        rt, s_conv, s_res, res_relu = residual
+        if not isinstance(rt, Tensor) or rt.dtype != "int8" or tuple(rt.shape) != (Nb, OH, OW, Cout):
+            raise ValueError(f"residual: expected an int8 Tensor {(Nb, OH, OW, Cout)}")
+        from .quant import add_multipliers
+        res = (rt, *add_multipliers(s_conv, s_res), int(bool(res_relu)))
+    if pool is not None:
+        PKH, PKW = _pair(pool, "pool")
+        if not (1 <= PKH <= min(15, OH) and 1 <= PKW <= min(15, OW)):
+            raise ValueError(f"pool: {PKH}x{PKW} outside 1..15 or larger than the conv output {OH}x{OW}")
+        if PKH > 7 or PKW > 7:
+            raise ValueError(f"pool: stride {PKH}x{PKW} outside 1..7 (the stride fields)")
+        OHo, OWo = OH // PKH, OW // PKW
+        OHc = OHo * PKH           # conv rows the pool reads (floor mode)
+    else:
+        PKH = PKW = 1
+        OHo, OWo, OHc = OH, OW, OH
     if out is None:
-        out = b.tensor((Nb, OH, OW, Cout), "int8")
-    if tuple(out.shape) != (Nb, OH, OW, Cout) or out.dtype != "int8":
-        raise ValueError(f"out: expected int8 {(Nb, OH, OW, Cout)}, got {out.dtype} {out.shape}")
+        out = b.tensor((Nb, OHo, OWo, Cout), "int8")
+    if tuple(out.shape) != (Nb, OHo, OWo, Cout) or out.dtype != "int8":
+        raise ValueError(f"out: expected int8 {(Nb, OHo, OWo, Cout)}, got {out.dtype} {out.shape}")
     check_stride(Cout, "out")
     lpp = cdiv(C, cols)
     Wp = W + pl + pr
@@ -208,32 +240,56 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
             w_ring = Ring(b.spad_alloc("WGT", 2 * budget), budget, 2)
         act_av = b.spad_available("ACT")
         acc_av = b.spad_available("ACC") - 6
-        th = 0
-        for cand in range(min(OH, 255), 0, -1):
+
+        def fits(cand, g):
             rows_in = (cand - 1) * sh + KH
-            if (2 * rows_in * RS + 2 * cand * OW <= act_av and 2 * cand * OW <= acc_av
-                    and cand * OW <= 4095):
+            need_act = 2 * g * rows_in * RS + 2 * cand * OW
+            if res is not None:
+                need_act += 2 * cand * OW
+            if pool is not None:
+                need_act += 2 * (cand // PKH) * OWo
+            return (need_act <= act_av and 2 * g * cand * OW <= acc_av and cand * OW <= 4095
+                    and (pool is None or cand % PKH == 0))
+
+        G = 1
+        if batch_group and not resident and Nb > 1:
+            # the largest group of images that still allows a reasonable row tile
+            for g in range(Nb, 1, -1):
+                cand = min(OHc, 255)
+                while cand > 0 and not fits(cand, g):
+                    cand -= 1
+                if cand >= min(OHc, max(PKH, 4)):
+                    G = g
+                    break
+        th = 0
+        for cand in range(min(OHc, 255), 0, -1):
+            if fits(cand, G):
                 th = cand
                 break
         if th == 0:
             raise ValueError(f"x: one output row ({OW} pixels, {KH} input rows of {RS} lines) does not "
                              f"fit the scratchpads; tile the width before calling conv2d")
         rows_max = (th - 1) * sh + KH
-        in_ring = Ring(b.spad_alloc("ACT", 2 * rows_max * RS), rows_max * RS, 2)
+        in_ring = Ring(b.spad_alloc("ACT", 2 * G * rows_max * RS), G * rows_max * RS, 2)
         o_ring = Ring(b.spad_alloc("ACT", 2 * th * OW), th * OW, 2)
-        acc_ring = Ring(b.spad_alloc("ACC", 2 * th * OW), th * OW, 2)
+        r_ring = Ring(b.spad_alloc("ACT", 2 * th * OW), th * OW, 2) if res is not None else None
+        q_ring = (Ring(b.spad_alloc("ACT", 2 * (th // PKH) * OWo), (th // PKH) * OWo, 2)
+                  if pool is not None else None)
+        acc_ring = Ring(b.spad_alloc("ACC", 2 * G * th * OW), G * th * OW, 2)
         p_ring = Ring(b.spad_alloc("ACC", 6), 3, 2)
 
-        for n in range(Nb):
-            for oy0 in range(0, OH, th):
-                tr = min(th, OH - oy0)
+        for n0 in range(0, Nb, G):
+            imgs = range(n0, min(Nb, n0 + G))
+            for oy0 in range(0, OHc, th):
+                tr = min(th, OHc - oy0)
                 r0 = oy0 * sh
                 r1 = r0 + (tr - 1) * sh + KH
                 base = in_ring.next()
-                load_padded_rows(b, x, n, base, r0, r1, pads, lpp)
+                for gi, n in enumerate(imgs):
+                    load_padded_rows(b, x, n, base + gi * rows_max * RS, r0, r1, pads, lpp)
                 for t, (c_start, Kt, _) in enumerate(tiles):
-                    n0 = t * cols
-                    nw = min(cols, Cout - n0)
+                    c0 = t * cols
+                    nw = min(cols, Cout - c0)
                     p_line = p_ring.next()
                     load_params(b, params.addr + t * 3 * 4 * cols, p_line)
                     acc = acc_ring.next()
@@ -250,17 +306,34 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
                         else:
                             w_addr = w_ring.next()
                             move_lines(b, "load", "wgt", w_addr, w_src, crows, cols, cols)
-                        for tap, j0, j1, roff in pieces:
-                            ky, kx = divmod(tap, KW)
-                            a0 = base + ky * RS + kx * lpp + (c_start + j0) // cols
-                            _conv_matmuls(b, a0, w_addr + roff, acc, j1 - j0, tr, OW, sw * lpp, sh * RS,
-                                          first)
-                            first = False
-                    o = o_ring.next()
-                    b.emit("requant", src=acc, dst=o, rows=tr * OW, dst_stride=1, param=p_line,
-                           lo=requant.lo, hi=requant.hi, zp=requant.zp)
-                    dst = out.addr + ((n * OH + oy0) * OW) * Cout + n0
-                    move_lines(b, "store", "act", o, dst, tr * OW, nw, Cout)
+                        for gi, _n in enumerate(imgs):
+                            for pi, (tap, j0, j1, roff) in enumerate(pieces):
+                                ky, kx = divmod(tap, KW)
+                                a0 = base + gi * rows_max * RS + ky * RS + kx * lpp + (c_start + j0) // cols
+                                _conv_matmuls(b, a0, w_addr + roff, acc + gi * th * OW, j1 - j0, tr, OW,
+                                              sw * lpp, sh * RS, first and pi == 0)
+                        first = False
+                    for gi, n in enumerate(imgs):
+                        o = o_ring.next()
+                        b.emit("requant", src=acc + gi * th * OW, dst=o, rows=tr * OW, dst_stride=1,
+                               param=p_line, lo=requant.lo, hi=requant.hi, zp=requant.zp)
+                        if res is not None:
+                            rt, ma, mb, shift, rrelu = res
+                            ra = r_ring.next()
+                            move_lines(b, "load", "act", ra, rt.addr + ((n * OH + oy0) * OW) * Cout + c0,
+                                       tr * OW, nw, Cout)
+                            b.emit("vadd", src_a=o, src_b=ra, dst=o, lines=tr * OW, mult_a=ma, mult_b=mb,
+                                   shift=shift, relu=rrelu)
+                        if pool is not None:
+                            q = q_ring.next()
+                            ph = tr // PKH
+                            b.emit("maxpool", src=o, dst=q, lpp=1, row_stride=OW, out_h=ph, out_w=OWo,
+                                   kh=PKH, kw=PKW, stride_h=PKH, stride_w=PKW, mult=0, shift=0)
+                            dst = out.addr + ((n * OHo + oy0 // PKH) * OWo) * Cout + c0
+                            move_lines(b, "store", "act", q, dst, ph * OWo, nw, Cout)
+                        else:
+                            dst = out.addr + ((n * OH + oy0) * OW) * Cout + c0
+                            move_lines(b, "store", "act", o, dst, tr * OW, nw, Cout)
     return out
 
 
