@@ -6,6 +6,7 @@ Subcommands::
     sparrow disasm FILE.bin [--preset NAME] [--numbered] binary image -> assembly (re-assembles)
     sparrow presets [--json]                            the hardware presets and their fields
     sparrow compile MODEL.onnx -o OUT.spw [--calibration CALIB.npz] [--preset NAME]
+                    [--option KEY=VALUE ...] [--cache-stats] [--no-cache] [--cache-dir DIR]
     sparrow run OUT.spw --backend golden|verilator --input NAME=FILE.npy ... --output-dir DIR
     sparrow inspect OUT.spw                              partition, steps and estimates
 
@@ -95,11 +96,27 @@ def _cmd_presets(args) -> int:
     return 0
 
 
+def _compile_options(items) -> dict:
+    """``--option KEY=VALUE`` pairs -> back-end options (VALUE parsed as JSON, else a string)."""
+    opts = {}
+    for item in items or []:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            opts[key] = json.loads(val)
+        except ValueError:
+            opts[key] = val
+    return opts
+
+
 def _cmd_compile(args) -> int:
     from .compiler import CompileError, compile as _compile
+    options = _compile_options(args.option)
     try:
         prog = _compile(args.model, calibration=args.calibration, preset=args.preset,
-                        log=None if args.quiet else (lambda s: print(s, file=sys.stderr)))
+                        log=None if args.quiet else (lambda s: print(s, file=sys.stderr)),
+                        options=options, cache=not args.no_cache, cache_dir=args.cache_dir)
         prog.save(args.output)
     except CompileError as e:
         raise CliError(f"{args.model}: {e}") from None
@@ -108,6 +125,8 @@ def _cmd_compile(args) -> int:
     if not args.quiet:
         print(prog.summary())
         print(f"wrote {args.output}")
+    if args.cache_stats:
+        print(prog.cache_stats.format())
     return 0
 
 
@@ -190,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.spw", required=True)
     p.add_argument("--calibration", metavar="CALIB.npz", help="calibration inputs {input name: array}")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="back-end option (VALUE is JSON, else a string); repeatable")
+    p.add_argument("--cache-stats", action="store_true",
+                   help="print the compile cache's hits and misses per stage")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the compile cache")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="compile cache directory (default: $SPARROW_CACHE_DIR, else ~/.cache/sparrow)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_compile)
 

@@ -4,21 +4,31 @@
 (:mod:`.frontend`), calibration (:mod:`.quantize`), partitioning (:mod:`.partition`), lowering
 through the kernel builders (:mod:`.lower`), packaged as a :class:`~.program.CompiledProgram`
 (``.save/.load/.run``; the ``.spw`` format is described in :mod:`.program`).
+
+Each stage's output is kept in an on-disk cache (:mod:`.cache`: keys, location, corruption
+handling); a recompile resumes from the deepest stage whose inputs, options and code are
+unchanged, and ``prog.cache_stats`` reports hits and misses per stage.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import numbers
+import pickle
+
 import numpy as np
 
 from ..config import HwConfig, preset as _preset
+from .cache import CacheStats, CompileCache, code_version, digest, salt
 from .frontend import frontend
-from .ir import CompileError
+from .ir import CompileError, check
 from .lower import lower
 from .partition import format_partition, partition
 from .program import FORMAT, CompiledProgram, InputError
 from .quantize import calibrate, float_run
 
-__all__ = ["compile", "CompiledProgram", "CompileError", "InputError", "load"]
+__all__ = ["compile", "CompiledProgram", "CompileError", "InputError", "load", "CacheStats"]
 
 
 def _calibration(calibration, g):
@@ -48,6 +58,8 @@ def compile(
     accuracy_batches: int = 4,
     options: dict | None = None,
     save=None,
+    cache: bool = True,
+    cache_dir=None,
 ) -> CompiledProgram:
     """Compile an ONNX float model for a Sparrow preset.
 
@@ -58,7 +70,7 @@ def compile(
         Calibration inputs; ``None`` uses 8 batches of standard-normal noise.
     preset : str or HwConfig
     debug : bool
-        Run the IR check between passes.
+        Run the IR check between passes (and on a graph read from the cache).
     accuracy_batches : int
         Calibration batches run through the compiled program (golden) to report int8 vs float error.
     options : dict, optional
@@ -66,16 +78,176 @@ def compile(
     save : None, "all" or list of value names
         Saved intermediates: these values (``"all"``: every accelerator node's output) are kept
         in external memory and returned by ``run`` like outputs (``options["keep"]``).
+    cache : bool
+        Use the on-disk compile cache (:mod:`.cache`): every stage's output is stored under a
+        key of its inputs, options and code; a compile resumes from the deepest valid stage.
+    cache_dir : path, optional
+        Cache root (default: ``SPARROW_CACHE_DIR``, else ``~/.cache/sparrow``).
+
+    Returns
+    -------
+    CompiledProgram
+        With ``cache_stats`` (:class:`.cache.CacheStats`: per stage hit/miss/unused/off,
+        seconds, bytes, key; not saved in the ``.spw``).
     """
     cfg = preset if isinstance(preset, HwConfig) else _preset(preset)
-    g = frontend(model, debug=debug, log=log)
-    info = partition(g, cfg)  # rejects unsupported nodes before the (slower) calibration
-    cal = _calibration(calibration, g)
-    calibrate(g, cal)
     options = dict(options or {})
-    if save is not None:
-        options["keep"] = sorted(set(options.get("keep") or ()) | _save_names(g, info, save))
-    plan = lower(g, info, cfg, options=options)
+    try:
+        options_json = json.dumps(options, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise CompileError(f"options must be JSON-able: {e}") from None
+    if not isinstance(accuracy_batches, numbers.Integral) or accuracy_batches < 0:
+        raise CompileError(f"accuracy_batches must be an int >= 0, not {accuracy_batches!r}")
+    accuracy_batches = int(accuracy_batches)
+    store = CompileCache(cache_dir, enabled=cache, log=log)
+    src, keys = model, {}
+    if store.enabled:
+        src, model_bytes = _model_source(model)
+        if model_bytes is not None:
+            keys = _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batches)
+            for name, k in keys.items():
+                store.stats.stages[name].key = k
+    memo = {}
+
+    def graph():  # the frontend graph; after quantize() it carries the activation scales
+        if "g" not in memo:
+            memo["g"] = store.stage(
+                "frontend",
+                keys.get("frontend"),
+                lambda: frontend(src, debug=debug, log=log),
+                _pickle,
+                pickle.loads,
+            )
+            if debug and store.stats.stages["frontend"].status == "hit":
+                check(memo["g"], "cache read")
+        return memo["g"]
+
+    def info():
+        if "info" not in memo:
+            memo["info"] = store.stage(
+                "partition", keys.get("partition"), lambda: partition(graph(), cfg), _pickle, pickle.loads
+            )
+        return memo["info"]
+
+    def cal():
+        if "cal" not in memo:
+            memo["cal"] = _calibration(calibration, graph())
+        return memo["cal"]
+
+    def quantized():
+        if "scales" not in memo:
+
+            def build():
+                info()  # rejects unsupported nodes before the (slower) calibration
+                g = graph()
+                calibrate(g, cal())
+                return {k: v.scale for k, v in g.values.items()}
+
+            scales = store.stage("quantize", keys.get("quantize"), build, _pickle, pickle.loads)
+            g = graph()
+            for k, s in scales.items():
+                g.values[k].scale = s
+            memo["scales"] = scales
+        return graph()
+
+    def final_options():
+        if "options" not in memo:
+            opts = dict(options)
+            if save is not None:
+                opts["keep"] = sorted(set(opts.get("keep") or ()) | _save_names(graph(), info(), save))
+            memo["options"] = opts
+        return memo["options"]
+
+    def plan():
+        return store.stage(
+            "lower",
+            keys.get("lower"),
+            lambda: lower(quantized(), info(), cfg, options=final_options()),
+            _pickle,
+            pickle.loads,
+        )
+
+    def program():
+        g, inf, pl = quantized(), info(), plan()
+        prog = _package(g, inf, pl, cfg, final_options())
+        if accuracy_batches:
+            prog.manifest["accuracy"] = _accuracy(prog, g, cal(), accuracy_batches)
+        return prog
+
+    prog = store.stage("program", keys.get("program"), program, _spw_bytes, _spw_load)
+    prog.cache_stats = store.stats
+    return prog
+
+
+def _pickle(obj) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _spw_bytes(prog) -> bytes:
+    buf = io.BytesIO()
+    prog.save(buf)
+    return buf.getvalue()
+
+
+def _spw_load(payload: bytes):
+    return CompiledProgram.load(io.BytesIO(payload))
+
+
+def _model_source(model):
+    """``(what frontend reads, serialized model bytes for the key or None)``.
+
+    A path is loaded once here (external data included, so its bytes are part of the key) and the
+    ModelProto handed to the frontend; an unreadable model returns ``None`` bytes and the frontend
+    reports the error.
+    """
+    try:
+        import onnx
+
+        if isinstance(model, onnx.ModelProto):
+            return model, model.SerializeToString(deterministic=True)
+        if isinstance(model, (bytes, bytearray)):
+            return model, bytes(model)
+        m = onnx.load(str(model))
+        return m, m.SerializeToString(deterministic=True)
+    except Exception:  # noqa: BLE001 - the frontend produces the user-facing error
+        return model, None
+
+
+def _calibration_key(calibration):
+    if calibration is None:
+        return None
+    if isinstance(calibration, (str, bytes)) or hasattr(calibration, "__fspath__"):
+        try:
+            with open(calibration, "rb") as f:
+                return ("npz", f.read())
+        except OSError:
+            return ("unreadable", str(calibration))  # _calibration reports it
+    if isinstance(calibration, np.ndarray):
+        return ("array", calibration)
+    if isinstance(calibration, dict):
+        return ("dict", {str(k): np.asarray(v) for k, v in calibration.items()})
+    return ("other", repr(type(calibration)))  # rejected by _calibration
+
+
+def _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batches) -> dict:
+    import onnx
+
+    base = salt()
+    k = {}
+    k["frontend"] = digest(base, "frontend", code_version("frontend"), onnx.__version__, model_bytes)
+    k["partition"] = digest(base, "partition", code_version("partition"), k["frontend"], cfg.to_dict())
+    k["quantize"] = digest(
+        base, "quantize", code_version("quantize"), k["frontend"], _calibration_key(calibration)
+    )
+    save_key = None if save is None else (save if isinstance(save, str) else [str(x) for x in save])
+    k["lower"] = digest(
+        base, "lower", code_version("lower"), k["partition"], k["quantize"], options_json, save_key
+    )
+    k["program"] = digest(base, "program", code_version("program"), k["lower"], accuracy_batches)
+    return k
+
+
+def _package(g, info, plan, cfg, options) -> CompiledProgram:
     consts = {}
     for st in plan["steps"]:
         if st["kind"] == "host":
@@ -97,10 +269,7 @@ def compile(
         "partition_text": format_partition(g, info),
         "options": options,
     }
-    prog = CompiledProgram(manifest, plan["programs"], consts)
-    if accuracy_batches:
-        manifest["accuracy"] = _accuracy(prog, g, cal, accuracy_batches)
-    return prog
+    return CompiledProgram(manifest, plan["programs"], consts)
 
 
 def _save_names(g, info, save) -> set:

@@ -1,0 +1,410 @@
+"""Multi-level on-disk compile cache.
+
+:func:`sparrow.compiler.compile` runs five stages; each stage's output is stored on disk under a
+key that hashes everything the output depends on, so a later compile resumes from the deepest
+stage whose key is unchanged::
+
+    frontend ──┬── partition ──┐
+               └── quantize  ──┴── lower ── program
+
+========== =============================== ==================================================
+stage      stored output                   key = hash of
+========== =============================== ==================================================
+frontend   imported + simplified IR graph  ONNX model bytes (external data loaded), onnx
+           (pickle)                        version, code of the frontend modules
+partition  ``{node: placement/estimates}`` frontend key, hardware config (preset: every
+           (pickle)                        HwConfig field), code of the partitioner
+quantize   activation scales ``{value:     frontend key, calibration data (array bytes,
+           scale}`` (pickle; applied to    shapes, dtypes and names; or the .npz file
+           the frontend graph)             bytes; ``None`` = the built-in noise), quantizer
+                                           code
+lower      the lowered plan: steps,        partition key, quantize key, back-end ``options``
+           programs, segment images        (canonical JSON), the ``save=`` request, code of
+           (pickle)                        the back end (every ``compiler/*.py`` module
+                                           except program.py, ``kernels/``, isa, config,
+                                           codec, errors)
+program    the final :class:`CompiledProgram` lower key, ``accuracy_batches``, code of
+           incl. the accuracy report (the      program.py and ``golden/`` (the accuracy runs)
+           ``.spw`` bytes)
+========== =============================== ==================================================
+
+Every key also hashes :data:`CACHE_VERSION`, the Python and NumPy versions, and the source of
+``compiler/__init__.py`` and this module (the pipeline glue). "Code of" means the SHA-256 of the
+listed source files: an edited compiler never serves entries made by the old code. The preset
+therefore reaches partition (and through its key lower and program), calibration reaches quantize
+(and lower, program) but not partition, and a back-end ``options`` key reaches only lower and
+program. ``debug`` (the IR check between passes) and ``log`` are not part of any key: they do not
+change outputs (with ``debug`` the IR check is re-run on a graph read from the cache).
+
+Stages run on demand from the last one: a hit on ``program`` reads nothing else (the other stages
+are reported ``unused``); a miss needs its inputs, which are read from the cache or rebuilt.
+
+Location: ``cache_dir=`` argument, else the ``SPARROW_CACHE_DIR`` environment variable, else
+``~/.cache/sparrow``; ``cache=False`` disables it (stages still timed, reported ``off``). Entries
+live at ``DIR/v{CACHE_VERSION}/STAGE/KEY.entry``, written to a temporary file in the same
+directory and renamed into place (atomic: a reader never sees half an entry; concurrent writers of
+one key both write the same bytes). An entry is::
+
+    b"SPARROW-CACHE\\n" + header JSON line {"stage", "key", "length", "sha256"} + b"\\n" + payload
+
+A read checks the magic, the header's stage and key, the payload length and its SHA-256; an entry
+that fails (truncated, bit-flipped, unreadable, or whose payload does not decode) is reported
+through ``log`` and the ``sparrow.cache`` logger, deleted and rebuilt -- never used. Payloads are
+pickles (and the ``.spw`` zip for ``program``): the checksum detects corruption, not tampering, so
+the cache directory must be as trusted as the code (it is the user's own cache). There is no
+eviction: delete the directory (or :meth:`CompileCache.clear`) to reclaim space.
+
+Statistics: the returned program's ``cache_stats`` attribute (a :class:`CacheStats`; not saved in
+the ``.spw``), per stage ``status`` (``hit``, ``miss``, ``unused``, ``off``), ``seconds`` (build
+time on a miss, read + decode time on a hit), ``bytes`` of the entry, ``key``, and ``corrupt``
+(the reason, when a bad entry was found and rebuilt). ``sparrow compile --cache-stats`` prints it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CACHE_VERSION",
+    "STAGES",
+    "CacheStats",
+    "CompileCache",
+    "StageStat",
+    "code_version",
+    "default_cache_dir",
+    "digest",
+]
+
+CACHE_VERSION = 1
+STAGES = ("frontend", "partition", "quantize", "lower", "program")
+MAGIC = b"SPARROW-CACHE\n"
+
+_log = logging.getLogger("sparrow.cache")
+_PKG = Path(__file__).resolve().parents[1]  # sw/sparrow
+
+# Source files (relative to the sparrow package; a trailing "/" is every .py below that folder)
+# whose contents are each stage's code version. "compiler/*" is every compiler module not named
+# in _FRONT_END_ONLY (new back-end modules are covered without editing this table).
+_COMMON = ("compiler/__init__.py", "compiler/cache.py")
+_FRONT_END_ONLY = {"frontend.py", "partition.py", "program.py"}
+STAGE_CODE = {
+    "frontend": ("compiler/frontend.py", "compiler/ir.py", "compiler/hostops.py"),
+    "partition": ("compiler/partition.py", "compiler/ir.py", "compiler/hostops.py", "config.py"),
+    "quantize": ("compiler/quantize.py", "compiler/ir.py", "compiler/hostops.py"),
+    "lower": ("compiler/*", "kernels/", "isa.py", "config.py", "codec.py", "errors.py"),
+    "program": (
+        "compiler/program.py",
+        "compiler/lower.py",
+        "compiler/quantize.py",
+        "compiler/hostops.py",
+        "golden/",
+        "isa.py",
+        "config.py",
+        "codec.py",
+        "errors.py",
+    ),
+}
+
+_file_hashes: dict = {}
+
+
+def _files(spec: str) -> list:
+    if spec == "compiler/*":
+        return sorted(p for p in (_PKG / "compiler").glob("*.py") if p.name not in _FRONT_END_ONLY)
+    if spec.endswith("/"):
+        return sorted((_PKG / spec).rglob("*.py"))
+    return [_PKG / spec]
+
+
+def _file_hash(p: Path) -> str:
+    try:
+        st = p.stat()
+    except OSError:
+        return "missing"
+    memo = (st.st_mtime_ns, st.st_size)
+    got = _file_hashes.get(p)
+    if got is None or got[0] != memo:
+        got = _file_hashes[p] = (memo, hashlib.sha256(p.read_bytes()).hexdigest())
+    return got[1]
+
+
+def code_version(stage: str) -> str:
+    """SHA-256 over the source files of ``stage`` (and the pipeline glue), names included."""
+    if stage not in STAGE_CODE:
+        raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
+    h = hashlib.sha256()
+    for spec in _COMMON + STAGE_CODE[stage]:
+        for p in _files(spec):
+            if p.name == "__pycache__":
+                continue
+            h.update(str(p.relative_to(_PKG)).encode() + b"\0" + _file_hash(p).encode() + b"\0")
+    return h.hexdigest()
+
+
+def _update(h, obj) -> None:
+    """Feed a canonical, type-tagged encoding of ``obj`` to hash ``h``."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        h.update(b"j" + json.dumps(obj).encode() + b"\0")
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        b = bytes(obj)
+        h.update(b"b%d\0" % len(b) + b)
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(b"a" + f"{a.dtype.str}{a.shape}".encode() + b"\0")
+        h.update(a.tobytes())
+    elif isinstance(obj, (np.integer, np.floating)):
+        _update(h, obj.item())
+    elif isinstance(obj, dict):
+        h.update(b"d%d\0" % len(obj))
+        for k in sorted(obj, key=repr):
+            _update(h, k)
+            _update(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"l%d\0" % len(obj))
+        for x in obj:
+            _update(h, x)
+    else:
+        raise TypeError(f"cannot hash a {type(obj).__name__} into a cache key")
+
+
+def digest(*parts) -> str:
+    """Hex SHA-256 of a canonical encoding of ``parts`` (None/bool/int/float/str/bytes/arrays,
+    and dicts/lists/tuples of them; dict keys sorted)."""
+    h = hashlib.sha256()
+    _update(h, list(parts))
+    return h.hexdigest()
+
+
+def salt() -> str:
+    """What every key shares: cache format, interpreter and NumPy versions."""
+    return digest("sparrow-cache", CACHE_VERSION, platform.python_version(), np.__version__)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SPARROW_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.cache/sparrow").expanduser()
+
+
+@dataclass
+class StageStat:
+    status: str = "unused"  # hit | miss | unused | off
+    key: str | None = None
+    seconds: float = 0.0
+    bytes: int = 0
+    corrupt: str | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "status": self.status,
+            "key": self.key,
+            "seconds": self.seconds,
+            "bytes": self.bytes,
+            "corrupt": self.corrupt,
+        }
+
+
+@dataclass
+class CacheStats:
+    """Per-stage outcome of one compile (``prog.cache_stats``)."""
+
+    directory: str | None
+    enabled: bool
+    stages: dict = field(default_factory=lambda: {s: StageStat() for s in STAGES})
+
+    @property
+    def hits(self) -> int:
+        return sum(s.status == "hit" for s in self.stages.values())
+
+    @property
+    def misses(self) -> int:
+        return sum(s.status == "miss" for s in self.stages.values())
+
+    def status(self) -> dict:
+        """``{stage: status}``."""
+        return {k: v.status for k, v in self.stages.items()}
+
+    def as_dict(self) -> dict:
+        return {
+            "directory": self.directory,
+            "enabled": self.enabled,
+            "hits": self.hits,
+            "misses": self.misses,
+            "stages": {k: v.as_dict() for k, v in self.stages.items()},
+        }
+
+    def format(self) -> str:
+        head = f"compile cache: {self.directory}" if self.enabled else "compile cache: off"
+        rows = [head, f"  {'stage':10} {'result':7} {'seconds':>8} {'bytes':>10}  key"]
+        for name, s in self.stages.items():
+            rows.append(
+                f"  {name:10} {s.status:7} {s.seconds:8.3f} {s.bytes:10d}  {(s.key or '-')[:16]}"
+                + (f"  (corrupt entry rebuilt: {s.corrupt})" if s.corrupt else "")
+            )
+        rows.append(f"  hits {self.hits}, misses {self.misses}")
+        return "\n".join(rows)
+
+
+class CompileCache:
+    """Entries ``DIR/v{CACHE_VERSION}/STAGE/KEY.entry`` with checksummed headers.
+
+    Parameters
+    ----------
+    directory : path or None
+        Cache root; ``None``: :func:`default_cache_dir`.
+    enabled : bool
+        ``False``: :meth:`stage` always builds and nothing is read or written.
+    log : callable or None
+        Receives one line per hit, miss and rejected entry.
+    """
+
+    def __init__(self, directory=None, enabled: bool = True, log=None):
+        if not isinstance(enabled, bool):
+            raise ValueError(f"cache must be True or False, not {enabled!r}")
+        self.root = Path(directory).expanduser() if directory is not None else default_cache_dir()
+        self.enabled = enabled
+        self.log = log
+        self.stats = CacheStats(str(self.root) if enabled else None, enabled)
+        self._nested = []  # time spent in stages built on demand inside the current one
+        if not enabled:
+            for s in self.stats.stages.values():
+                s.status = "off"
+
+    # -- files ------------------------------------------------------------------------------
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / f"v{CACHE_VERSION}" / stage / f"{key}.entry"
+
+    def _say(self, msg: str, warn: bool = False) -> None:
+        (_log.warning if warn else _log.info)(msg)
+        if self.log is not None:
+            self.log(msg)
+
+    def read(self, stage: str, key: str):
+        """The payload bytes of a valid entry, or ``None`` (absent; a bad entry is deleted)."""
+        p = self.path(stage, key)
+        try:
+            blob = p.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self._reject(stage, p, f"unreadable ({e.strerror or e})")
+            return None
+        reason = None
+        if not blob.startswith(MAGIC):
+            reason = "bad magic"
+        else:
+            nl = blob.find(b"\n", len(MAGIC))
+            try:
+                if nl < 0:
+                    raise ValueError("no header line")
+                head = json.loads(blob[len(MAGIC) : nl])
+                payload = blob[nl + 1 :]
+                if head.get("stage") != stage or head.get("key") != key:
+                    reason = "header names another entry"
+                elif len(payload) != head.get("length"):
+                    reason = f"length {len(payload)} != {head.get('length')} (truncated?)"
+                elif hashlib.sha256(payload).hexdigest() != head.get("sha256"):
+                    reason = "checksum mismatch"
+            except (ValueError, AttributeError, UnicodeDecodeError) as e:
+                reason = f"bad header ({e})"
+        if reason:
+            self._reject(stage, p, reason)
+            return None
+        self.stats.stages[stage].bytes = len(blob)
+        return payload
+
+    def _reject(self, stage: str, p: Path, reason: str) -> None:
+        self.stats.stages[stage].corrupt = reason
+        self._say(f"cache: {stage} entry {p} is corrupt: {reason}; deleted, rebuilding", warn=True)
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+    def write(self, stage: str, key: str, payload: bytes) -> int:
+        """Write an entry atomically; returns its size (0 if the directory is not writable)."""
+        p = self.path(stage, key)
+        head = json.dumps(
+            {"stage": stage, "key": key, "length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
+            sort_keys=True,
+        ).encode()
+        blob = MAGIC + head + b"\n" + payload
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{key[:16]}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(blob)
+                os.replace(tmp, p)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        except OSError as e:
+            self._say(f"cache: cannot write {p}: {e.strerror or e} (continuing without it)", warn=True)
+            return 0
+        return len(blob)
+
+    def clear(self) -> None:
+        """Delete every entry of this cache format version."""
+        import shutil
+
+        shutil.rmtree(self.root / f"v{CACHE_VERSION}", ignore_errors=True)
+
+    # -- stages -----------------------------------------------------------------------------
+    def stage(self, stage: str, key: str | None, build, dump, load):
+        """``load(payload)`` of a valid entry (hit), else ``build()`` and store ``dump(result)``.
+
+        ``key=None`` (or a disabled cache) always builds. A payload that fails to ``load``
+        counts as a corrupt entry: deleted and rebuilt. ``seconds`` is exclusive: the time of
+        stages that ``build`` pulls in on demand is counted for them, not for this stage.
+        """
+        st = self.stats.stages[stage]
+        st.key = key
+        self._nested.append(0.0)
+        t0 = time.perf_counter()
+        try:
+            obj = self._stage(st, stage, key, build, dump, load)
+        finally:
+            total = time.perf_counter() - t0
+            inner = self._nested.pop()
+            st.seconds = total - inner
+            if self._nested:
+                self._nested[-1] += total
+        if st.status == "hit":
+            self._say(f"cache: {stage} hit {key[:16]} ({st.seconds:.3f} s)")
+        elif st.status == "miss":
+            self._say(f"cache: {stage} miss {key[:16]} (built in {st.seconds:.3f} s)")
+        return obj
+
+    def _stage(self, st, stage, key, build, dump, load):
+        if self.enabled and key is not None:
+            payload = self.read(stage, key)
+            if payload is not None:
+                try:
+                    obj = load(payload)
+                except Exception as e:  # noqa: BLE001 - any decode failure means a bad entry
+                    self._reject(stage, self.path(stage, key), f"payload does not decode ({type(e).__name__}: {e})")
+                else:
+                    st.status = "hit"
+                    return obj
+        obj = build()
+        if self.enabled and key is not None:
+            st.status = "miss"
+            st.bytes = self.write(stage, key, dump(obj))
+        else:
+            st.status = "off"
+        return obj
