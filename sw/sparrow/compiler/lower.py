@@ -16,7 +16,8 @@ import numpy as np
 from ..kernels import ProgramBuilder, Requant, Ring, add, conv2d, gemm, maxpool
 from ..kernels.vector import _pool
 from ..kernels.common import MAX_ROWS, cdiv, check_stride, line_bytes_field, load, store
-from . import hostops
+from ..kernels.conv import conv_out_size, normalize_pads
+from . import alloc, fuse, hostops, schedule
 from .ir import CompileError, Graph
 from .quantize import weight_scales
 
@@ -59,28 +60,59 @@ class _Seg:
         self.b = ProgramBuilder(cfg)
         self.place = {}  # name -> (Tensor, layout, meta)
         self.inputs = []
-        self.nodes = []
+        self.lowered = []      # node names (fused members included), in order
+        self.heads = []        # first nodes of fused groups
+        self.root = {}         # value -> value whose DRAM it uses (views share their source's)
+        self.freed = set()
+        self.comp_names = []
 
 
-def _lower_node(seg: _Seg, g: Graph, n, place_of):
+def _conv_args(g, n, x):
+    sc = lambda name: g.values[name].scale  # noqa: E731
+    y = n.outputs[0]
+    w = g.const(n.inputs[1]).astype(np.float64)
+    M = w.shape[0]
+    bias = g.const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else np.zeros(M)
+    sw = weight_scales(w, 0)
+    wq = np.clip(np.rint(w / sw[:, None, None, None]), -127, 127).astype(np.int8)
+    rq = _requant(sc(n.inputs[0]), sw, sc(y), bias, n.attrs.get("act"), M)
+    KH, KW = w.shape[2:]
+    st = tuple(n.attrs.get("strides", [1, 1]))
+    pads = hostops.conv_pads(n.attrs, x.shape[1:3], (KH, KW), st)
+    return wq.transpose(2, 3, 1, 0), rq, st, pads, int(n.attrs.get("group", 1))
+
+
+def _lower_node(seg: _Seg, g: Graph, n, place_of, new_out, opts, group=None):
+    """Emit node ``n`` (or the fused ``group`` headed by it); returns (Tensor, layout, meta).
+
+    ``new_out(shape)`` allocates the output tensor (DRAM reuse when enabled)."""
     b = seg.b
     sc = lambda name: g.values[name].scale  # noqa: E731
     x, lay, meta = place_of(n.inputs[0])
     y = n.outputs[0]
     act = n.attrs.get("act")
     if n.op == "Conv":
-        w = g.const(n.inputs[1]).astype(np.float64)
-        M = w.shape[0]
-        bias = g.const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else np.zeros(M)
-        sw = weight_scales(w, 0)
-        wq = np.clip(np.rint(w / sw[:, None, None, None]), -127, 127).astype(np.int8)
-        rq = _requant(sc(n.inputs[0]), sw, sc(y), bias, act, M)
-        KH, KW = w.shape[2:]
-        st = tuple(n.attrs.get("strides", [1, 1]))
-        pads = hostops.conv_pads(n.attrs, x.shape[1:3], (KH, KW), st)
-        t = conv2d(
-            b, x, wq.transpose(2, 3, 1, 0), rq, stride=st, padding=pads, groups=int(n.attrs.get("group", 1))
-        )
+        wq, rq, st, pads, groups = _conv_args(g, n, x)
+        residual = pool = None
+        if group is not None:
+            if group["add"] is not None:
+                a = group["add"]
+                r, rlay, _ = place_of(group["residual"])
+                if rlay != "nhwc":
+                    raise CompileError(f"{a.desc()}: residual input is not an NHWC tensor")
+                s = sc(a.outputs[0])
+                residual = (r, sc(y) / s, sc(group["residual"]) / s, bool(a.attrs.get("act")))
+            if group["pool"] is not None:
+                pool = _pool_k(g, group["pool"])
+        N_, H, W_, _ = x.shape
+        KH, KW, _, M = wq.shape
+        OH = (H + pads[0] + pads[2] - KH) // st[0] + 1
+        OW = (W_ + pads[1] + pads[3] - KW) // st[1] + 1
+        if pool is not None:
+            OH, OW = OH // pool[0], OW // pool[1]
+        out = new_out((N_, OH, OW, M))
+        t = conv2d(b, x, wq, rq, stride=st, padding=pads, groups=groups, out=out, residual=residual, pool=pool,
+                   batch_group=opts["batch"])
         return t, "nhwc", None
     if n.op == "Gemm":
         w = g.const(n.inputs[1]).astype(np.float64)
@@ -91,23 +123,27 @@ def _lower_node(seg: _Seg, g: Graph, n, place_of):
         sw = weight_scales(w, 1)
         wq = np.clip(np.rint(w / sw[None, :]), -127, 127).astype(np.int8)
         rq = _requant(sc(n.inputs[0]), sw, sc(y), g.const(n.inputs[2]), act, N)
-        return gemm(b, x, wq, requant=rq), "plain", None
+        return gemm(b, x, wq, requant=rq, out=new_out((x.shape[0], N))), "plain", None
     if n.op in ("Add", "Relu"):
         if n.op == "Relu":
-            return add(b, x, x, 0.5, 0.5, relu=True), lay, meta
+            return add(b, x, x, 0.5, 0.5, relu=True, out=new_out(x.shape)), lay, meta
         x2, lay2, meta2 = place_of(n.inputs[1])
         if (lay2, meta2) != (lay, meta):
             raise CompileError(f"{n.desc()}: inputs have different memory layouts ({lay} vs {lay2})")
         s = sc(y)
-        return add(b, x, x2, sc(n.inputs[0]) / s, sc(n.inputs[1]) / s, relu=bool(act)), lay, meta
+        return (add(b, x, x2, sc(n.inputs[0]) / s, sc(n.inputs[1]) / s, relu=bool(act), out=new_out(x.shape)),
+                lay, meta)
     if n.op in ("MaxPool", "AveragePool"):
         k, st, pads = hostops.pool_geometry(n.attrs, g.values[n.inputs[0]].shape)
+        N_, H, W_, C = x.shape
+        pp = normalize_pads(pads)
+        oshape = (N_, conv_out_size(H, k[0], st[0], pp[0], pp[2]), conv_out_size(W_, k[1], st[1], pp[1], pp[3]), C)
         if n.op == "MaxPool":
-            return maxpool(b, x, k, st, pads, nonnegative=True), "nhwc", None
-        return _avgpool(b, x, k, st, pads, sc(n.inputs[0]) / sc(y)), "nhwc", None
+            return maxpool(b, x, k, st, pads, nonnegative=True, out=new_out(oshape)), "nhwc", None
+        return _avgpool(b, x, k, st, pads, sc(n.inputs[0]) / sc(y), new_out(oshape)), "nhwc", None
     if n.op == "GlobalAveragePool":
-        _, H, W, _ = x.shape
-        return _avgpool(b, x, (H, W), (1, 1), 0, sc(n.inputs[0]) / sc(y)), "nhwc", None
+        N_, H, W, C = x.shape
+        return _avgpool(b, x, (H, W), (1, 1), 0, sc(n.inputs[0]) / sc(y), new_out((N_, 1, 1, C))), "nhwc", None
     if n.op in ("Flatten", "Reshape"):
         shp = g.values[y].shape
         if lay == "nhwc":
@@ -120,11 +156,18 @@ def _lower_node(seg: _Seg, g: Graph, n, place_of):
         parts = [place_of(i) for i in n.inputs]
         if any(lay_i not in ("nhwc", "plain") for _, lay_i, _ in parts):
             raise CompileError(f"{n.desc()}: an input is a flatten view; concat needs nhwc/plain tensors")
-        return _concat(b, [t for t, _, _ in parts]), parts[0][1], None
+        lead = parts[0][0].shape[:-1]
+        out = new_out(tuple(lead) + (sum(t.shape[-1] for t, _, _ in parts),))
+        return _concat(b, [t for t, _, _ in parts], out), parts[0][1], None
     raise CompileError(f"{n.desc()}: no lowering")  # pragma: no cover - classify() prevents this
 
 
-def _avgpool(b, x, k, st, pads, ratio):
+def _pool_k(g, n):
+    k, _, _ = hostops.pool_geometry(n.attrs, g.values[n.inputs[0]].shape)
+    return (int(k[0]), int(k[1]))
+
+
+def _avgpool(b, x, k, st, pads, ratio, out=None):
     """Average pool that also rescales (input scale / output scale): ``mult / 2**shift`` is
     ``ratio / (kh*kw)`` with the 16-bit multiplier of the AVGPOOL instruction."""
     r = ratio / (k[0] * k[1])
@@ -133,15 +176,14 @@ def _avgpool(b, x, k, st, pads, ratio):
     shift = 0
     while shift < 63 and round(r * 2.0 ** (shift + 1)) <= 0xFFFF:
         shift += 1
-    return _pool(b, x, "avgpool", k, st, pads, None, (int(round(r * 2.0**shift)), shift))
+    return _pool(b, x, "avgpool", k, st, pads, out, (int(round(r * 2.0**shift)), shift))
 
 
-def _concat(b, parts):
+def _concat(b, parts, out):
     """Channel concat by DMA: each input's pixels go through ACT into its channel slice."""
     cols = b.cfg.cols
     lead = parts[0].shape[:-1]
     ctot = sum(t.shape[-1] for t in parts)
-    out = b.tensor(tuple(lead) + (ctot,), "int8")
     P = int(np.prod(lead))
     check_stride(ctot, "out")
     off = 0
@@ -165,28 +207,102 @@ def _concat(b, parts):
     return out
 
 
+#: Back-end options and their defaults (every optimisation on). Documented in :func:`lower`.
+DEFAULT_OPTIONS = {
+    "fuse": True,
+    "schedule": True,
+    "reuse_dram": True,
+    "compress": True,
+    "batch": True,
+    "keep": [],
+    "sparsity": None,
+    "timeline": True,
+}
+
+
+def resolve_options(options: dict | None) -> dict:
+    """``options`` merged over :data:`DEFAULT_OPTIONS`, validated (errors name the option)."""
+    opts = dict(DEFAULT_OPTIONS)
+    for k, v in dict(options or {}).items():
+        if k not in DEFAULT_OPTIONS:
+            raise CompileError(f"options: unknown back-end option {k!r} (known: {sorted(DEFAULT_OPTIONS)})")
+        opts[k] = v
+    for k in ("fuse", "schedule", "reuse_dram", "compress", "batch", "timeline"):
+        if not isinstance(opts[k], bool):
+            raise CompileError(f"options: {k!r} must be true or false, not {opts[k]!r}")
+    if opts["sparsity"] is not None and not isinstance(opts["sparsity"], dict):
+        raise CompileError("options: 'sparsity' must be a dict {value name: zero fraction} or null")
+    opts["keep"] = sorted(set(opts["keep"] or ()))
+    return opts
+
+
 def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None) -> dict:
     """Plan of steps, programs and segment images (see :mod:`.program` for the format).
 
-    ``options`` (a JSON-able dict, part of the compile cache key) may hold ``keep``: value names
-    that must be materialised in external memory, stay intact until the program ends and be
-    listed in their step's ``outputs`` with ``"debug": True`` (saved intermediates). Each
-    ``acc`` step carries ``tags``: the graph node of every instruction (``None`` for HALT).
+    ``options`` is a JSON-able dict (part of the compile cache key); missing keys take the
+    defaults of :data:`DEFAULT_OPTIONS`, all optimisations on:
+
+    ``keep`` (list, default ``[]``)
+        Value names that must be materialised in external memory, stay intact until the program
+        ends and be listed in their step's ``outputs`` with ``"debug": True`` (saved
+        intermediates). Never fused away, never compressed, never reused.
+    ``fuse`` (bool, default ``True``)
+        Conv + bias + requant + ReLU (+ residual Add, + MaxPool) as one kernel whose
+        intermediates stay in the scratchpad (:mod:`.fuse`).
+    ``schedule`` (bool, default ``True``)
+        List-schedule each program's instructions on the four engines (:mod:`.schedule`).
+    ``reuse_dram`` (bool, default ``True``)
+        Intermediate tensors whose lifetimes do not overlap share external memory (liveness
+        within a program; inputs, outputs and kept values are never reused before their last
+        read / the end).
+    ``compress`` (bool, default ``True``)
+        Store an activation zero-mask compressed when its expected compressed size is smaller
+        than raw (and its producer and consumers support it); consumers load it compressed.
+    ``sparsity`` (dict or ``None``, default ``None``)
+        ``{value name: fraction of zero int8 elements}`` (e.g. measured on calibration data);
+        values not listed are measured on one batch of seeded noise through the float graph.
+    ``batch`` (bool, default ``True``)
+        Batch > 1: convolutions whose weights stream through the weight scratchpad run a group
+        of images under each loaded weight chunk (weights loaded once serve the group).
+    ``timeline`` (bool, default ``True``)
+        Include the estimated per-node, per-engine timeline in the step's ``schedule`` report.
+
+    Each ``acc`` step carries ``tags`` (the graph node of every instruction, ``None`` for HALT;
+    a fused group's instructions carry its first node) and the reports ``fusion`` (groups with
+    ``dram_bytes_saved``), ``schedule`` (estimated cycles before/after, timeline), ``sync``
+    (``edges_before``: cross-engine hazard edges; ``edges_after``: semaphore waits kept),
+    ``dram`` (bytes allocated, with and without reuse) and ``compression`` (per tensor: raw and
+    expected compressed bytes, sparsity, decision and reason).
     """
-    options = dict(options or {})
-    keep = set(options.get("keep") or ())
+    opts = resolve_options(options)
+    keep = set(opts["keep"])
     steps, programs = [], []
     seg = None
     cons = g.consumers()
     order = {n.name: k for k, n in enumerate(g.nodes)}
+    prod_of = g.producer()
+    groups = fuse.plan(g, info, keep) if opts["fuse"] else {}
+    member_of = {m: head for head, grp in groups.items() for m in grp["nodes"]}
+    # index of the first host node at or after each position (segment boundary)
+    next_host = [len(g.nodes)] * (len(g.nodes) + 1)
+    for k in range(len(g.nodes) - 1, -1, -1):
+        next_host[k] = k if info[g.nodes[k].name]["place"] == "host" else next_host[k + 1]
+    comp = alloc.compression_plan(g, info, cfg, opts, groups, next_host) if opts["compress"] else {}
+
+    def internal(name, k_prod):
+        """Value produced at node index ``k_prod`` used only inside its segment (may be freed)."""
+        if name in g.outputs or name in keep:
+            return False
+        return all(order[c.name] < next_host[k_prod] and info[c.name]["place"] != "host"
+                   for c in cons.get(name, []))
 
     def close():
         nonlocal seg
         if seg is None:
             return
         outs = []
-        done = {nn.name for nn in seg.nodes}
-        last = max(order[nn.name] for nn in seg.nodes)
+        done = set(seg.lowered)
+        last = max(order[nm] for nm in seg.lowered)
         for name, (t, lay, meta) in seg.place.items():
             if name in [i[0] for i in seg.inputs]:
                 continue
@@ -203,15 +319,17 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
                 )
                 if not (later or name in g.outputs):
                     outs[-1]["debug"] = True
+        nodes = list(seg.lowered)
         try:
+            sched = schedule.schedule(seg.b, enabled=opts["schedule"], timeline=opts["timeline"])
             prog = seg.b.finish()
         except ValueError as e:
-            raise CompileError(f"accelerator program of nodes {[nn.name for nn in seg.nodes]}: {e}") from None
+            raise CompileError(f"accelerator program of nodes {nodes}: {e}") from None
         image = bytes(prog)
         try:  # where a driver puts the instruction image (after everything the program uses)
             prog_addr = seg.b.alloc(len(image), align=64)
         except ValueError as e:
-            raise CompileError(f"accelerator program of nodes {[nn.name for nn in seg.nodes]}: {e}") from None
+            raise CompileError(f"accelerator program of nodes {nodes}: {e}") from None
         programs.append(
             {
                 "program": image,
@@ -219,12 +337,16 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
                 "n_instructions": len(prog),
             }
         )
+        fused = [
+            {k: (v if k not in ("add", "pool") else (v.name if v is not None else None)) for k, v in groups[h].items()}
+            for h in seg.heads
+        ]
         steps.append(
             {
                 "kind": "acc",
                 "program": len(programs) - 1,
                 "program_addr": prog_addr,
-                "nodes": [nn.name for nn in seg.nodes],
+                "nodes": nodes,
                 "tags": list(seg.b.tags),
                 "inputs": [
                     {
@@ -237,6 +359,12 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
                     for nm, t, lay, meta in seg.inputs
                 ],
                 "outputs": outs,
+                "fusion": {"groups": fused, "dram_bytes_saved": sum(f["dram_bytes_saved"] for f in fused)},
+                "schedule": sched,
+                "sync": {"edges_before": sched["sync_edges_before"], "edges_after": seg.b.sync_edges()},
+                "dram": {"bytes": seg.b.dram_used, "bytes_without_reuse": seg.b.dram_used + seg.b.reused_bytes,
+                         "reuse": opts["reuse_dram"]},
+                "compression": {nm: comp[nm] for nm in seg.comp_names},
             }
         )
         seg = None
@@ -257,8 +385,12 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
                 }
             )
             continue
+        head = member_of.get(n.name)
+        if head is not None and head != n.name:
+            continue  # lowered with its group's first node
         if seg is None:
             seg = _Seg(cfg)
+        grp = groups.get(n.name)
 
         def place_of(name, seg=seg):
             if name not in seg.place:
@@ -271,18 +403,63 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
                     raise CompileError(f"tensor {name!r} {shp}: {e}") from None
                 seg.place[name] = (t, lay, None)
                 seg.inputs.append((name, t, lay, None))
+                seg.root[name] = name
             return seg.place[name]
+
+        out_name = grp["out"] if grp else n.outputs[0]
+        reuse = opts["reuse_dram"] and internal(out_name, order[(grp["nodes"][-1] if grp else n.name)])
+
+        def new_out(shape, seg=seg, out_name=out_name, reuse=reuse, comp_info=comp.get(out_name)):
+            try:
+                t = seg.b.tensor(shape, "int8", name=out_name, reuse=reuse,
+                                 compressed=bool(comp_info and comp_info["compressed"]))
+            except ValueError as e:
+                raise CompileError(f"tensor {out_name!r} {list(shape)} does not fit external memory: {e}") from None
+            return t
 
         seg.b.tag = n.name
         try:
-            seg.place[n.outputs[0]] = _lower_node(seg, g, n, place_of)
+            placed = _lower_node(seg, g, n, place_of, new_out, opts, grp)
         except CompileError:
             raise
         except ValueError as e:
-            raise CompileError(f"{n.desc()}: cannot be lowered for preset {cfg.name!r}: {e}") from None
-        seg.nodes.append(n)
+            raise CompileError(f"{n.desc()}: cannot be lowered for preset {cfg.name!r} "
+                               f"(output tensor {out_name!r}): {e}") from None
+        seg.place[out_name] = placed
+        members = grp["nodes"] if grp else [n.name]
+        if grp:
+            seg.heads.append(n.name)
+        seg.lowered.extend(members)
+        if n.op in ("Flatten", "Reshape"):
+            seg.root[out_name] = seg.root.get(n.inputs[0], n.inputs[0])
+        else:
+            seg.root[out_name] = out_name
+        if out_name in comp:
+            seg.comp_names.append(out_name)
+        if opts["reuse_dram"]:
+            _release(seg, prod_of, cons, internal, order)
     close()
     return {"steps": steps, "programs": programs}
+
+
+def _release(seg, prod_of, cons, internal, order):
+    """Free the external memory of values whose every reader (and alias reader) is lowered."""
+    done = set(seg.lowered)
+    roots = {}
+    for name, r in seg.root.items():
+        roots.setdefault(r, []).append(name)
+    for r, names in roots.items():
+        if r in seg.freed or r not in seg.place:
+            continue
+        prod = prod_of.get(r)
+        if prod is None:
+            continue  # a segment input written by the host: keep (never handed to another tensor)
+        k_prod = order[prod.name]
+        if not all(internal(nm, order[prod_of[nm].name] if nm in prod_of else k_prod) for nm in names):
+            continue
+        if all(c.name in done for nm in names for c in cons.get(nm, [])):
+            seg.b.free(seg.place[r][0])
+            seg.freed.add(r)
 
 
 def _jsonable(v):

@@ -65,6 +65,19 @@ class Tensor:
     shape: tuple
     dtype: str = "int8"
     name: str = ""
+    #: 0: dense. > 0: zero-mask compressed int8 activation: every scratchpad line of every
+    #: pixel/row (``ceil(C/cols)`` lines of the last axis) is one group in its own slot of
+    #: ``slot`` bytes, slot ``row*ceil(C/cols) + line`` (:mod:`sparrow.codec`).
+    slot: int = 0
+    #: lines per row of a compressed tensor (``ceil(C/cols)``); 0 when dense
+    lpp: int = 0
+
+    @property
+    def dram_nbytes(self) -> int:
+        """Bytes the tensor occupies in external memory (dense or slotted)."""
+        if not self.slot:
+            return self.nbytes
+        return self.size // self.shape[-1] * self.lpp * self.slot
 
     @property
     def itemsize(self) -> int:
@@ -91,10 +104,14 @@ class Tensor:
         shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         if int(np.prod(shape, dtype=np.int64)) != self.size:
             raise ValueError(f"shape: cannot view {self.shape} as {shape}")
-        return Tensor(self.addr, tuple(int(d) for d in shape), self.dtype, self.name)
+        if self.slot and tuple(shape)[-1] != self.shape[-1]:
+            raise ValueError(f"shape: a compressed tensor keeps its last axis ({self.shape} -> {shape})")
+        return Tensor(self.addr, tuple(int(d) for d in shape), self.dtype, self.name, self.slot, self.lpp)
 
     def read(self, machine) -> np.ndarray:
         """The tensor's contents from a device with ``read_dram`` (golden model / driver)."""
+        if self.slot:
+            raise ValueError(f"tensor {self.name!r}: compressed in external memory, not readable as an array")
         raw = machine.read_dram(self.addr, self.nbytes)
         return np.asarray(raw, dtype=np.uint8).view(_DTYPES[self.dtype]).reshape(self.shape).copy()
 
@@ -221,6 +238,8 @@ class ProgramBuilder:
             raise ValueError(f"dram_base/dram_limit: need 0 <= dram_base < dram_limit <= {cfg.dram_bytes}")
         self.cfg = cfg
         self._dram_next, self._dram_limit = dram_base, limit
+        self._free: list = []               # (addr, bytes) released by free(), sorted
+        self.reused_bytes = 0               # bytes of allocations served from freed space
         self.slack = 4 * cfg.cols
         self.segments: list = []
         self.tensors: dict = {}
@@ -246,15 +265,61 @@ class ProgramBuilder:
         self._dram_next = end
         return addr
 
-    def tensor(self, shape, dtype: str = "int8", name: str = "") -> Tensor:
-        """Allocate an uninitialised DRAM tensor (an input the host writes, or an output)."""
+    def free(self, t: Tensor) -> None:
+        """Return a tensor's external memory (allocated with ``reuse=True``) to the free list.
+
+        Safe at any point of emission: a later writer of the space is ordered after every
+        earlier reader by the hazard tracking (the footprints include DRAM bytes).
+        """
+        size = _cdiv(t.dram_nbytes + self.slack, 16) * 16
+        self._free.append((t.addr, size))
+        self._free.sort()
+        merged = []
+        for a, n in self._free:
+            if merged and merged[-1][0] + merged[-1][1] >= a:
+                la, ln = merged[-1]
+                merged[-1] = (la, max(ln, a + n - la))
+            else:
+                merged.append((a, n))
+        self._free = merged
+
+    def _reuse_alloc(self, nbytes: int):
+        size = _cdiv(nbytes + self.slack, 16) * 16
+        best = None
+        for k, (a, n) in enumerate(self._free):   # best fit
+            if n >= size and (best is None or n < self._free[best][1]):
+                best = k
+        if best is None:
+            return None
+        a, n = self._free[best]
+        self.reused_bytes += size
+        if n == size:
+            del self._free[best]
+        else:
+            self._free[best] = (a + size, n - size)
+        return a
+
+    def tensor(self, shape, dtype: str = "int8", name: str = "", reuse: bool = False,
+               compressed: bool = False) -> Tensor:
+        """Allocate an uninitialised DRAM tensor (an input the host writes, or an output).
+
+        ``reuse=True``: the tensor is written by the program before it is read (an
+        intermediate), so it may take space released by :meth:`free`. ``compressed=True``: an
+        int8 activation stored zero-mask compressed (see :attr:`Tensor.slot`), written and read
+        only by the program.
+        """
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
         shape = tuple(int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,)))
         if any(d < 1 for d in shape):
             raise ValueError(f"shape: every dimension must be >= 1, got {shape}")
-        t = Tensor(0, shape, dtype, name)
-        t = Tensor(self.alloc(t.nbytes), shape, dtype, name)
+        if compressed and dtype != "int8":
+            raise ValueError("compressed: only int8 tensors can be stored compressed")
+        slot = 2 + (self.cfg.cols + 7) // 8 + self.cfg.cols if compressed else 0
+        lpp = _cdiv(shape[-1], self.cfg.cols) if compressed else 0
+        t = Tensor(0, shape, dtype, name, slot, lpp)
+        addr = self._reuse_alloc(t.dram_nbytes) if reuse else None
+        t = Tensor(self.alloc(t.dram_nbytes) if addr is None else addr, shape, dtype, name, slot, lpp)
         if name:
             self.tensors[name] = t
         return t
@@ -440,6 +505,11 @@ class ProgramBuilder:
                 if outstanding > cfg.sem_max:
                     raise ValueError(f"cfg: semaphore {ENGINES[p].name}->{ENGINES[c].name} could exceed "
                                      f"sem_max {cfg.sem_max} at instruction {j}")
+
+    @property
+    def dram_used(self) -> int:
+        """Bytes of external memory allocated so far (the bump pointer)."""
+        return self._dram_next
 
     @property
     def n_instructions(self) -> int:

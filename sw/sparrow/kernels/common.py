@@ -86,3 +86,29 @@ def load_params(b: ProgramBuilder, params_addr: int, acc_line: int):
     """LOAD the 3 requant parameter lines (bias, mult, shift) of one column tile into ACC."""
     b.emit("load", spad="acc", spad_addr=acc_line, dram_addr=params_addr, rows=1, row_lines=3,
            dram_stride=0)
+
+
+def store_rows(b: ProgramBuilder, o: int, out, row0: int, nrows: int, line: int, nbytes: int):
+    """STORE ACT lines ``o .. o+nrows-1``: line ``i`` is line ``line`` (column tile of ``cols``
+    channels, ``nbytes`` of them valid) of row ``row0 + i`` of the int8 tensor ``out`` (last axis
+    = channels). Dense tensors get the ``nbytes`` at ``row*C + line*cols``; compressed ones
+    (``out.slot``) one zero-mask group per line in slot ``row*lpp + line``."""
+    C = out.shape[-1]
+    cols = b.cfg.cols
+    if not out.slot:
+        move_lines(b, "store", "act", o, out.addr + row0 * C + line * cols, nrows, nbytes, C)
+        return
+    lpp = cdiv(C, cols)
+    for r0 in range(0, nrows, MAX_ROWS):
+        n = min(MAX_ROWS, nrows - r0)
+        b.emit("store", spad="act", spad_addr=o + r0, dram_addr=out.addr + ((row0 + r0) * lpp + line) * out.slot,
+               rows=n, row_lines=1, dram_stride=lpp * out.slot, compressed=1)
+
+
+def load_compressed_lines(b: ProgramBuilder, spad_addr: int, x, line0: int, nlines: int):
+    """LOAD ``nlines`` consecutive lines (pixel-major, ``ceil(C/cols)`` per pixel) of the
+    compressed tensor ``x`` starting at its line ``line0`` into ACT lines ``spad_addr ..``."""
+    for i0 in range(0, nlines, MAX_ROWS):
+        n = min(MAX_ROWS, nlines - i0)
+        b.emit("load", spad="act", spad_addr=spad_addr + i0, dram_addr=x.addr + (line0 + i0) * x.slot,
+               rows=n, row_lines=1, dram_stride=x.slot, compressed=1)

@@ -28,7 +28,8 @@ import numpy as np
 
 from .builder import ProgramBuilder, Ring, Tensor
 from .common import (MAX_A_STRIDE, MAX_K, MAX_M_INNER, MAX_ROW_LINES, MAX_ROWS, cdiv, check_stride,
-                     line_bytes_field, load, load_params, move_lines, zero_fill)
+                     line_bytes_field, load, load_compressed_lines, load_params, move_lines, store_rows,
+                     zero_fill)
 from .gemm import pack_requant_params
 from .quant import Requant
 
@@ -79,6 +80,16 @@ def load_padded_rows(b: ProgramBuilder, x: Tensor, n: int, base: int, r0: int, r
         zero_fill(b, "act", base, total)
         return
     y0 = r0 + ztop - pt
+    if x.slot:   # compressed: one group per line, pixel-major
+        if ztop or zbot or pl or pr:
+            zero_fill(b, "act", base, total)
+        if pl == 0 and pr == 0:
+            load_compressed_lines(b, base + ztop * RS, x, (n * H + y0) * W * lpp, nrows * W * lpp)
+        else:
+            for i in range(nrows):
+                load_compressed_lines(b, base + (ztop + i) * RS + pl * lpp, x, ((n * H + y0 + i) * W) * lpp,
+                                      W * lpp)
+        return
     src = x.addr + ((n * H + y0) * W) * C
     contiguous = (lpp == 1) or (C % cols == 0)
     lb = min(C, cols) if lpp == 1 else cols
@@ -329,11 +340,9 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
                             ph = tr // PKH
                             b.emit("maxpool", src=o, dst=q, lpp=1, row_stride=OW, out_h=ph, out_w=OWo,
                                    kh=PKH, kw=PKW, stride_h=PKH, stride_w=PKW, mult=0, shift=0)
-                            dst = out.addr + ((n * OHo + oy0 // PKH) * OWo) * Cout + c0
-                            move_lines(b, "store", "act", q, dst, ph * OWo, nw, Cout)
+                            store_rows(b, q, out, (n * OHo + oy0 // PKH) * OWo, ph * OWo, t, nw)
                         else:
-                            dst = out.addr + ((n * OH + oy0) * OW) * Cout + c0
-                            move_lines(b, "store", "act", o, dst, tr * OW, nw, Cout)
+                            store_rows(b, o, out, (n * OH + oy0) * OW, tr * OW, t, nw)
     return out
 
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from .builder import ProgramBuilder, Ring, Tensor
-from .common import (MAX_A_STRIDE, MAX_K, MAX_M_INNER, MAX_ROWS, cdiv, check_stride, load, load_params,
-                     move_lines)
+from .common import (MAX_A_STRIDE, MAX_K, MAX_M_INNER, MAX_ROWS, cdiv, check_stride, load,
+                     load_compressed_lines, load_params, move_lines, store_rows)
 from .quant import Requant
 
 __all__ = ["gemm", "pack_requant_params"]
@@ -41,6 +41,18 @@ def pack_requant_params(b: ProgramBuilder, requant: Requant, n: int) -> Tensor:
         w = min(cols, n - t * cols)
         out[t, :, :w] = p[:, t * cols:t * cols + w]
     return b.const(out, "int32")
+
+
+def k_chunk(cfg, K: int, N: int) -> int:
+    """The K chunk :func:`gemm` uses for ``[M, K] @ [K, N]`` on an otherwise empty builder
+    (``K`` itself when A is read in one piece)."""
+    cols = cfg.cols
+    kmax = min(MAX_K // cols, MAX_A_STRIDE) * cols
+    wavail = cfg.spad_depth("WGT")
+    if K <= kmax and cdiv(N, cols) * K <= wavail:
+        return K
+    Kc = min(K, kmax, (wavail // 2) // cols * cols)
+    return Kc // cols * cols if Kc < K else Kc
 
 
 def _as_tensor(b, x, name, ndim):
@@ -124,6 +136,8 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
             if Kc < 1:
                 raise ValueError("cfg: weight scratchpad too small for a K chunk")
         nk = cdiv(K, Kc)
+        if A.slot and nk > 1:
+            raise ValueError("A: a compressed input needs all of K in one chunk (see k_chunk)")
         kl = cdiv(Kc, cols)
         # M tile from the ACT (2 A buffers + 2 output buffers) and ACC (2 tiles + 2 param sets) budgets
         act_av = b.spad_available("ACT")
@@ -147,7 +161,10 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
             a_full = None
             if nk == 1:
                 a_full = a_ring.next()
-                load(b, "act", a_full, A.addr + m0 * K, mt, kl, K)
+                if A.slot:
+                    load_compressed_lines(b, a_full, A, m0 * kl, mt * kl)
+                else:
+                    load(b, "act", a_full, A.addr + m0 * K, mt, kl, K)
             for t in range(NT):
                 n0 = t * cols
                 nw = min(cols, N - n0)
@@ -182,5 +199,5 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
                     o = o_ring.next()
                     b.emit("requant", src=acc, dst=o, rows=mt, dst_stride=1, param=p_line,
                            lo=requant.lo, hi=requant.hi, zp=requant.zp)
-                    move_lines(b, "store", "act", o, out.addr + m0 * N + n0, mt, nw, N)
+                    store_rows(b, o, out, m0, mt, t, nw)
     return out
