@@ -94,9 +94,9 @@ _PKG = Path(__file__).resolve().parents[1]  # sw/sparrow
 
 # Source files (relative to the sparrow package; a trailing "/" is every .py below that folder)
 # whose contents are each stage's code version. "compiler/*" is every compiler module not named
-# in _FRONT_END_ONLY (new back-end modules are covered without editing this table).
+# in _NOT_LOWER (new back-end modules are covered without editing this table).
 _COMMON = ("compiler/__init__.py", "compiler/cache.py")
-_FRONT_END_ONLY = {"frontend.py", "partition.py", "program.py"}
+_NOT_LOWER = {"frontend.py", "partition.py", "program.py"}
 STAGE_CODE = {
     "frontend": ("compiler/frontend.py", "compiler/ir.py", "compiler/hostops.py"),
     "partition": ("compiler/partition.py", "compiler/ir.py", "compiler/hostops.py", "config.py"),
@@ -120,7 +120,7 @@ _file_hashes: dict = {}
 
 def _files(spec: str) -> list:
     if spec == "compiler/*":
-        return sorted(p for p in (_PKG / "compiler").glob("*.py") if p.name not in _FRONT_END_ONLY)
+        return sorted(p for p in (_PKG / "compiler").glob("*.py") if p.name not in _NOT_LOWER)
     if spec.endswith("/"):
         return sorted((_PKG / spec).rglob("*.py"))
     return [_PKG / spec]
