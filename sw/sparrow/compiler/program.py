@@ -110,6 +110,111 @@ class _Bar:
             sys.stderr.flush()
 
 
+def _decode(cfg, image: bytes) -> list:
+    from .. import isa
+
+    out = []
+    for i in range(len(image) // isa.WORD_BYTES):
+        word = int.from_bytes(image[i * isa.WORD_BYTES : (i + 1) * isa.WORD_BYTES], "little")
+        try:
+            out.append(isa.decode(word, index=i, cfg=cfg))
+        except isa.IsaError:
+            out.append(None)
+    return out
+
+
+def _placed(st, value) -> bool:
+    return any(d["name"] == value for d in st["outputs"])
+
+
+def _producers(cfg, image, st) -> dict:
+    """``{value: node}`` for an acc step's outputs: the last node (in the step's order) whose
+    STORE instructions write into the value's external-memory range."""
+    from ..kernels.builder import footprint
+
+    decoded = _decode(cfg, image)
+    order = {n: k for k, n in enumerate(st["nodes"])}
+    writes = []  # (lo, hi, node)
+    for ins, tag in zip(decoded, st["tags"], strict=False):
+        if ins is None or tag is None or ins.mnemonic != "store":
+            continue
+        for space, write, lo, hi in footprint(ins, cfg):
+            if space == "DRAM" and write:
+                writes.append((lo, hi, tag))
+    out, groups = {}, {}
+    for d in st["outputs"]:
+        lo, hi = d["addr"], d["addr"] + int(np.prod(d["shape"])) - 1
+        tags = {t for a, b, t in writes if a <= hi and b >= lo}
+        if tags:
+            out[d["name"]] = max(tags, key=lambda t: order.get(t, -1))
+            groups.setdefault((lo, hi, out[d["name"]]), []).append(d)
+    # views (Flatten/Reshape emit no instructions) share their input's memory: hand the extra
+    # values of a range to the instruction-less nodes that follow its producer
+    tagged = set(st["tags"])
+    for (_, _, node), ds in groups.items():
+        if len(ds) < 2:
+            continue
+        chain = [node]
+        for n in st["nodes"][order[node] + 1 :]:
+            if n in tagged:
+                break
+            chain.append(n)
+        if len(chain) != len(ds):
+            continue
+        ds = sorted(ds, key=lambda d: (d["layout"] != "nhwc", -len(d["shape"])))
+        for d, n in zip(ds, chain, strict=True):
+            out[d["name"]] = n
+    return out
+
+
+class BreakState:
+    """The device halted after a node (``CompiledProgram.run(break_at=...)``).
+
+    Attributes
+    ----------
+    node, step, cut : the node, its step index and the program index the engines halted at
+        (``None`` for a host node: the state after the host step).
+    device : the halted device (``read_dram``, ``pcs``, ``counters``, ``status``...) or ``None``.
+    pcs : each engine's next instruction index at the halt; ``halted``: engines at a breakpoint.
+    outputs : the node's output value names; ``tensor`` / ``tensor_int8``: its first output.
+    int8 : every value complete at the halt (graph inputs, earlier steps, this program's values
+        of the node and the nodes before it), int8; :meth:`value` dequantizes one.
+    """
+
+    def __init__(self, node, step, cut, device, pcs, cycles, outputs, int8, scales, halted=(), stop="breakpoint"):
+        self.node, self.step, self.cut, self.device, self.pcs = node, step, cut, device, pcs
+        self.cycles, self.outputs, self.int8, self.scales = cycles, list(outputs), int8, scales
+        self.halted, self.stop = tuple(halted), stop
+        self.resume_cycles = 0
+        self.resumed = False
+        self.places = {}
+        self._read_out = None
+
+    def value(self, name) -> np.ndarray:
+        """Value ``name`` as float32 (dequantized)."""
+        if name not in self.int8:
+            raise KeyError(f"value {name!r} is not complete at the break after {self.node!r}; have {sorted(self.int8)}")
+        return (self.int8[name].astype(np.float64) * self.scales[name]).astype(np.float32)
+
+    @property
+    def tensors(self) -> dict:
+        return {n: self.value(n) for n in self.int8}
+
+    @property
+    def tensor(self) -> np.ndarray:
+        return self.value(self.outputs[0])
+
+    @property
+    def tensor_int8(self) -> np.ndarray:
+        return self.int8[self.outputs[0]]
+
+    def read(self, name) -> np.ndarray:
+        """Re-read value ``name`` (int8) from the halted device's external memory."""
+        if self.device is None or self.resumed or name not in self.places:
+            raise ValueError(f"read: {name!r} is not in the halted device's memory")
+        return self._read_out(self.device, self.places[name])
+
+
 class CompiledProgram:
     """A compiled model: ``run(inputs) -> outputs``, ``save(path)``, ``CompiledProgram.load(path)``."""
 
@@ -191,22 +296,128 @@ class CompiledProgram:
             out[name] = a.astype(np.float64)
         return out
 
-    def run(self, inputs: dict, backend: str = "golden", progress: bool = False, device=None) -> dict:
-        """Run on ``backend`` ("golden" or "verilator"); returns ``{output name: float32 array}``."""
+    def _device(self, backend, device, debug=False):
+        if device is not None:
+            return device
+        key = backend + ("-debug" if debug else "")
+        dev = self._devices.get(key)  # one device per backend, reused (every byte read is written first)
+        if dev is None:
+            if debug and backend == "golden":  # breakpoints need the runtime Device API
+                from ..runtime import Device
+
+                dev = Device(self.cfg, backend="golden")
+            else:
+                dev = make_device(backend, self.cfg)
+            self._devices[key] = dev
+        return dev
+
+    def node_step(self, node: str) -> int:
+        """Index in ``manifest["steps"]`` of the step that runs graph node ``node``."""
+        for k, st in enumerate(self.manifest["steps"]):
+            if (st["kind"] == "acc" and node in st["nodes"]) or (st["kind"] == "host" and st["node"] == node):
+                return k
+        raise ValueError(f"break_at: {node!r} is not a node of this program; nodes: {self.nodes}")
+
+    @property
+    def nodes(self) -> list:
+        """Graph nodes in execution order."""
+        out = []
+        for st in self.manifest["steps"]:
+            out += st["nodes"] if st["kind"] == "acc" else [st["node"]]
+        return out
+
+    def node_outputs(self, node: str) -> list:
+        """Value names produced by ``node`` (from the steps' placements; host steps list theirs)."""
+        st = self.manifest["steps"][self.node_step(node)]
+        if st["kind"] == "host":
+            return [o for o in st["outputs"] if o]
+        return list(self.manifest.get("node_outputs", {}).get(node, [])) or [
+            d["name"] for d in st["outputs"] if self._producer(st, d["name"]) == node
+        ]
+
+    def _producer(self, st, value):
+        """The node of acc step ``st`` whose instructions produce ``value`` (by the tags of the
+        STOREs writing its address range; a view of another value maps to that value's node)."""
+        cache = self.__dict__.setdefault("_producers", {})
+        key = st["program"]
+        if key not in cache:
+            cache[key] = _producers(self.cfg, self.programs[st["program"]]["program"], st)
+        return cache[key].get(value)
+
+    def break_cut(self, node: str) -> tuple:
+        """``(step index, cut)``: the program index at which every engine halts so that ``node``
+        and every node before it in its program have completed (``len`` of the program's
+        instructions up to HALT if the cut reaches the end). See :func:`sparrow.runtime.device.closed_cut`."""
+        from ..runtime.device import closed_cut
+
+        k = self.node_step(node)
+        st = self.manifest["steps"][k]
+        if st["kind"] == "host":
+            return k, None
+        upto = set(st["nodes"][: st["nodes"].index(node) + 1])
+        tags = st["tags"]
+        idx = [i for i, t in enumerate(tags) if t in upto]
+        cut = max(idx) + 1 if idx else 0
+        decoded = _decode(self.cfg, self.programs[st["program"]]["program"])
+        return k, closed_cut(decoded, cut, self.cfg.n_semaphores)
+
+    def run(
+        self,
+        inputs: dict,
+        backend: str = "golden",
+        progress: bool = False,
+        device=None,
+        *,
+        break_at: str | None = None,
+        on_break=None,
+        before_step=None,
+        timeline=False,
+    ) -> dict:
+        """Run on ``backend`` ("golden" or "verilator"); returns ``{output name: float32 array}``.
+
+        ``last_run`` afterwards holds ``int8`` (outputs), ``values`` (every int8 tensor the run
+        produced or read, by value name), ``saved`` / ``saved_int8`` (the saved intermediates,
+        ``compile(save=...)``, dequantized / int8), ``cycles``, ``counters`` and ``steps``.
+
+        Debugging (see README "Debugging"):
+
+        break_at : str, optional
+            Graph node: the engines of its program halt at the cut after it (breakpoints, see
+            :meth:`break_cut`), ``on_break(state)`` is called with a :class:`BreakState` (device,
+            the node's tensor, every tensor complete at that point), then the run resumes to the
+            end. ``last_run["break"]`` keeps the state. Its output must be in external memory
+            (compile with ``save=[node]`` or ``"all"``) unless it is an output of the program.
+        before_step : callable(device, step: dict), optional
+            Called after an accelerator step's inputs and constants are written, before it runs
+            (fault injection, inspection).
+        timeline : bool
+            Record each engine's activity (:class:`sparrow.timeline.Timeline`) in
+            ``last_run["timeline"]``; golden: the concurrent model's events, verilator: sampled.
+        """
         feeds = self._check_inputs(inputs)
         m = self.manifest
         scales = m["scales"]
-        if device is not None:
-            dev = device
-        else:  # one device per backend, reused across runs (every byte read is written first)
-            dev = self._devices.get(backend)
-            if dev is None:
-                dev = self._devices[backend] = make_device(backend, self.cfg)
+        brk_step, cut = (None, None) if break_at is None else self.break_cut(break_at)
+        if break_at is not None and timeline:
+            raise ValueError("timeline: cannot be recorded in a run with break_at")
+        if brk_step is not None and m["steps"][brk_step]["kind"] == "acc":
+            missing = [v for v in self.node_outputs(break_at) if not _placed(m["steps"][brk_step], v)]
+            if not self.node_outputs(break_at) or missing:
+                raise ValueError(
+                    f"break_at: the output of node {break_at!r} is not kept in external memory; "
+                    f"compile with save=[{break_at!r}] (or save='all')"
+                )
         ints, floats = {}, {}
         for name, a in feeds.items():
             ints[name] = quantize(a, scales[name])
         cycles, counters, per_step = 0, {}, []
         bar = _Bar(len(m["steps"]), "run", progress)
+        tl = None
+        if timeline:
+            from ..timeline import Timeline
+
+            tl = Timeline()
+        brk = None
 
         def fval(name):
             if name in floats:
@@ -215,23 +426,39 @@ class CompiledProgram:
                 return self.consts[name].astype(np.float64)
             return ints[name].astype(np.float64) * scales[name]
 
-        for st in m["steps"]:
+        def read_out(dev, d):
+            n = int(np.prod(d["shape"]))
+            raw = np.asarray(dev.read_dram(d["addr"], n), np.uint8).view(np.int8).reshape(d["shape"])
+            return from_dram(raw, d["layout"], d["meta"]).reshape(m["shapes"][d["name"]])
+
+        for k, st in enumerate(m["steps"]):
             if st["kind"] == "acc":
                 p = self.programs[st["program"]]
+                dev = self._device(backend, device, debug=k == brk_step)
                 for addr, data in p["segments"]:
                     dev.write_dram(addr, data)
                 for d in st["inputs"]:
                     a = to_dram(ints[d["name"]], d["layout"], d["meta"])
                     dev.write_dram(d["addr"], a.astype(np.int8))
-                c, cnt = _run_on(dev, p["program"], st["program_addr"])
+                if before_step is not None:
+                    before_step(dev, st)
+                if k == brk_step:
+                    brk = self._run_break(dev, st, break_at, cut, ints, scales, read_out, on_break)
+                    c = brk.cycles + brk.resume_cycles
+                    cnt = dict(dev.counters())
+                elif tl is not None:
+                    from ..timeline import trace_program
+
+                    c, cnt, t = trace_program(dev, p["program"], st["program_addr"], st.get("tags"))
+                    tl.append(t, offset=cycles, step=k)
+                else:
+                    c, cnt = _run_on(dev, p["program"], st["program_addr"])
                 cycles += c
-                for k, v in cnt.items():
-                    counters[k] = counters.get(k, 0) + int(v)
+                for kk, v in cnt.items():
+                    counters[kk] = counters.get(kk, 0) + int(v)
                 per_step.append({"step": f"acc{st['program']}", "cycles": c})
                 for d in st["outputs"]:
-                    n = int(np.prod(d["shape"]))
-                    raw = np.asarray(dev.read_dram(d["addr"], n), np.uint8).view(np.int8).reshape(d["shape"])
-                    ints[d["name"]] = from_dram(raw, d["layout"], d["meta"]).reshape(m["shapes"][d["name"]])
+                    ints[d["name"]] = read_out(dev, d)
                 bar.step(f"acc{st['program']}")
             else:
                 ins = [fval(i) if i else None for i in st["inputs"]]
@@ -243,19 +470,60 @@ class CompiledProgram:
                     if o in m["outputs"]:  # returned (and read by later host steps) unrounded
                         floats[o] = np.asarray(a, np.float64)
                 per_step.append({"step": f"host {st['op']}", "cycles": 0})
+                if k == brk_step:
+                    brk = BreakState(
+                        node=break_at, step=k, cut=None, device=None, pcs={}, cycles=0,
+                        outputs=[o for o in st["outputs"] if o], int8=dict(ints), scales=scales,
+                    )
+                    if on_break is not None:
+                        on_break(brk)
                 bar.step(st["op"])
         result = {}
         for o in m["outputs"]:
             result[o] = (floats[o] if o in floats else ints[o].astype(np.float64) * scales[o]).astype(
                 np.float32
             )
+        debug_names = [d["name"] for st in m["steps"] if st["kind"] == "acc" for d in st["outputs"] if d.get("debug")]
         self.last_run = {
             "int8": {o: ints[o] for o in m["outputs"] if o not in floats},
+            "values": dict(ints),
+            "saved_int8": {n: ints[n] for n in debug_names},
+            "saved": {n: (ints[n].astype(np.float64) * scales[n]).astype(np.float32) for n in debug_names},
             "cycles": cycles,
             "counters": counters,
             "steps": per_step,
         }
+        if brk is not None:
+            self.last_run["break"] = brk
+        if tl is not None:
+            self.last_run["timeline"] = tl
         return result
+
+    def _run_break(self, dev, st, node, cut, ints, scales, read_out, on_break):
+        if not hasattr(dev, "run_to"):
+            raise ValueError("break_at: the device has no breakpoint API (use a sparrow.runtime.Device)")
+        dev.load_program(self.programs[st["program"]]["program"], st["program_addr"])
+        info = dev.run_to(cut)
+        upto = set(st["nodes"][: st["nodes"].index(node) + 1])
+        vals = dict(ints)
+        for d in st["outputs"]:
+            if self._producer(st, d["name"]) in upto:
+                vals[d["name"]] = read_out(dev, d)
+        brk = BreakState(
+            node=node, step=self.manifest["steps"].index(st), cut=cut, device=dev, pcs=dev.pcs(),
+            cycles=int(info.cycles), outputs=self.node_outputs(node), int8=vals, scales=scales,
+            halted=info.halted, stop=info.stop,
+        )
+        brk.places = {d["name"]: d for d in st["inputs"] + st["outputs"]}
+        brk._read_out = read_out
+        if on_break is not None:
+            on_break(brk)
+        if info.stop == "breakpoint":
+            dev.clear_breakpoints()
+            r = dev.resume()
+            brk.resume_cycles = int(r.cycles)
+        brk.resumed = True
+        return brk
 
     # -- reporting ----------------------------------------------------------------------------
     def summary(self) -> str:

@@ -140,7 +140,15 @@ def _overlap(lo_a, hi_a, lo_b, hi_b):
     return int(max(lo_a[i], lo_b[jj[i]]))
 
 
-def run_concurrent(m, decoded, *, max_cycles=None, check_races=True) -> RunResult:
+def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None) -> RunResult:
+    """Run ``decoded`` on machine ``m`` (see the module docstring).
+
+    ``events``: optional list that receives the idle intervals the counters charge, as
+    ``("wait", engine, index, sem, start, end)`` (the head instruction ``index`` of an idle
+    engine waiting on semaphore ``sem``) and ``("stall", engine, index, None, start, end)``
+    (fetch blocked on that engine's full queue with instruction ``index``); ``engine`` is an
+    :class:`~sparrow.isa.Engine`. Busy intervals are :attr:`RunResult.timeline`.
+    """
     cfg, costs = m.cfg, m.costs
     fetch_cost = perf.fetch_cycles(cfg, costs)
     depth = cfg.queue_depth
@@ -171,8 +179,13 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True) -> RunResul
         for e in range(n_eng):          # close open wait / stall intervals at the stop time
             if wait_since[e] is not None:
                 counters[f"{names[e]}_wait"] += now - wait_since[e]
+                if events is not None:
+                    idx = queues[e][0][0]
+                    events.append(("wait", ENGINES[e], idx, hdr[idx][1], wait_since[e], now))
         if stall_since is not None:
             counters[f"{names[stall_eng]}_stall"] += now - stall_since
+            if events is not None:
+                events.append(("stall", ENGINES[stall_eng], pc, None, stall_since, now))
         return RunResult(now, counters, code, index, engine, detail, timeline)
 
     while True:
@@ -206,6 +219,8 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True) -> RunResul
                     continue
                 if wait_since[e] is not None:
                     counters[f"{names[e]}_wait"] += now - wait_since[e]
+                    if events is not None:
+                        events.append(("wait", ENGINES[e], idx, wsem, wait_since[e], now))
                     wait_since[e] = None
                 queues[e].popleft()
                 clock = races.start(e, wsem, wcount, wconsume) if races is not None else None
@@ -238,6 +253,8 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True) -> RunResul
                     if len(queues[e]) < depth:
                         if stall_since is not None:
                             counters[f"{names[stall_eng]}_stall"] += now - stall_since
+                            if events is not None:
+                                events.append(("stall", ENGINES[stall_eng], pc, None, stall_since, now))
                             stall_since = stall_eng = None
                         queues[e].append((pc, item))
                         pc += 1

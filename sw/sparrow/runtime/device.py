@@ -12,7 +12,10 @@
 
 Breakpoints: ``dev.set_breakpoint(engine, index, halt_all=False)`` then ``run()`` returns with
 ``info.stop == "breakpoint"``; ``dev.pcs()``, ``dev.read_dram`` inspect the state; ``dev.resume()``
-(or ``dev.step(engine)``) continues. Errors raise :class:`sparrow.errors.DeviceError` naming the
+(or ``dev.step(engine)``) continues. ``dev.run_to(cut)`` runs until every instruction before
+program index ``cut`` has completed and none at or after it has issued (one breakpoint per
+engine at its first instruction at or after ``cut``; the cut must be dependency-closed, see
+:func:`closed_cut`), then ``clear_breakpoints()`` + ``resume()`` finish the program. Errors raise :class:`sparrow.errors.DeviceError` naming the
 code, the engine (``sparrow.isa.Engine`` or ``None`` for fetch/decode/watchdog-less faults) and
 the instruction index; a cycle limit raises ``DeviceError(ErrorCode.TIMEOUT)`` (and aborts the
 run on RTL backends, so the device is usable again).
@@ -43,7 +46,7 @@ from .. import isa, regmap
 from ..config import HwConfig
 from ..errors import DeviceError, ErrorCode
 
-__all__ = ["Device", "RunInfo", "BACKENDS", "ENGINE_NAMES", "as_bytes"]
+__all__ = ["Device", "RunInfo", "BACKENDS", "ENGINE_NAMES", "as_bytes", "closed_cut", "CutError"]
 
 BACKENDS = ("golden", "verilator", "cocotb")
 ENGINE_NAMES = regmap.ENGINES  # load, matmul, vector, store (= sparrow.isa.Engine values)
@@ -95,6 +98,83 @@ def engine_mask(engines) -> int:
     for e in engines:
         m |= 1 << engine_index(e)
     return m
+
+
+class CutError(ValueError):
+    """A program cut that cannot be reached by halting the engines (see :func:`closed_cut`)."""
+
+
+def _headers(decoded):
+    """Per instruction: (engine 0..3 or -1 for HALT, wait_sem, wait_count, wait_consume, signal_sem,
+    signal_en); ``None`` for an undecodable word."""
+    out = []
+    for ins in decoded:
+        if not isinstance(ins, isa.Instruction):
+            out.append(None)
+            continue
+        e = isa.engine_of(ins)
+        out.append((-1 if e is None else e.value, ins.wait_sem, ins.wait_count, ins.wait_consume,
+                    ins.signal_sem, ins.signal_en))
+    return out
+
+
+def _halt_index(hdr) -> int:
+    for i, h in enumerate(hdr):
+        if h is not None and h[0] < 0:
+            return i
+    return len(hdr)
+
+
+def _prefix_blocked(hdr, cut: int, n_sem: int):
+    """``None`` if instructions ``[0, cut)`` complete on their own (each engine runs its part in
+    order, a wait satisfied only by signals of that prefix), else ``(index, sem)`` of the first
+    blocked instruction."""
+    from collections import deque
+
+    queues = [deque() for _ in range(4)]
+    for i in range(cut):
+        h = hdr[i]
+        if h is None:
+            raise CutError(f"cut: instruction {i} before the cut does not decode")
+        if h[0] >= 0:
+            queues[h[0]].append(i)
+    sems = [0] * n_sem
+    moved = True
+    while moved:
+        moved = False
+        for q in queues:
+            while q:
+                _, ws, wc, wcons, ss, sen = hdr[q[0]]
+                if wc and sems[ws] < wc:
+                    break
+                if wc and wcons:
+                    sems[ws] -= wc
+                if sen:
+                    sems[ss] += 1
+                q.popleft()
+                moved = True
+    blocked = [q[0] for q in queues if q]
+    if not blocked:
+        return None
+    i = min(blocked)
+    return i, hdr[i][1]
+
+
+def closed_cut(decoded, cut: int, n_semaphores: int) -> int:
+    """The smallest cut ``>= cut`` whose prefix completes without any instruction after it.
+
+    Halting every engine at its first instruction at or after ``cut`` only stops at a consistent
+    state if no instruction before the cut waits on a signal of one after it (the compiler's
+    scheduler may interleave nodes). Returns the program's HALT index when no earlier cut works.
+    """
+    hdr = _headers(decoded)
+    end = _halt_index(hdr)
+    if not isinstance(cut, (int, np.integer)) or cut < 0:
+        raise ValueError(f"cut must be a non-negative int, not {cut!r}")
+    c = min(int(cut), end)
+    while c < end and _prefix_blocked(hdr, c, n_semaphores) is not None:
+        c += 1
+    return c
 
 
 class Device:
@@ -198,6 +278,93 @@ class Device:
         """Release halted ``engines`` (default all) past their breakpoint and continue."""
         self._check_cycles(max_cycles)
         return self._b.resume(engine_mask(engines), max_cycles)
+
+    def decoded_program(self) -> list:
+        """The loaded program's instructions (an undecodable word becomes ``None``)."""
+        if self.prog_len == 0:
+            raise ValueError("no program: call load_program first")
+        raw = bytes(self.read_dram(self.prog_base, self.prog_len * isa.WORD_BYTES))
+        out = []
+        for i in range(self.prog_len):
+            word = int.from_bytes(raw[i * isa.WORD_BYTES:(i + 1) * isa.WORD_BYTES], "little")
+            try:
+                out.append(isa.decode(word, index=i, cfg=self.cfg))
+            except isa.IsaError:
+                out.append(None)
+        return out
+
+    def run_to(self, cut: int, max_cycles: int = DEFAULT_MAX_CYCLES) -> RunInfo:
+        """Start the loaded program and stop once instructions ``[0, cut)`` have completed and
+        nothing at or after ``cut`` has issued: a breakpoint on each engine at its first
+        instruction at or after ``cut``. Returns ``RunInfo("breakpoint", ...)`` (``halted``: the
+        engines holding a breakpoint), or ``"done"`` when ``cut`` is at or past the HALT. Then
+        ``clear_breakpoints()`` and ``resume()`` run the rest.
+
+        Raises :class:`CutError` when the prefix cannot complete on its own (an instruction
+        before ``cut`` waits on a signal from one after it; :func:`closed_cut` finds a cut that
+        works), :class:`~sparrow.errors.DeviceError` on a fault or the cycle limit.
+        """
+        self._check_cycles(max_cycles)
+        decoded = self.decoded_program()
+        hdr = _headers(decoded)
+        end = _halt_index(hdr)
+        if not isinstance(cut, (int, np.integer)) or cut < 0:
+            raise ValueError(f"cut must be a non-negative int, not {cut!r}")
+        if cut >= end:
+            self.clear_breakpoints()
+            return self.run(max_cycles)
+        blocked = _prefix_blocked(hdr, int(cut), self.cfg.n_semaphores)
+        if blocked is not None:
+            raise CutError(f"cut: instruction {blocked[0]} (before the cut at {cut}) waits on semaphore "
+                           f"{blocked[1]}, which only an instruction at or after the cut signals; "
+                           f"use closed_cut() for a reachable cut")
+        bps, last = {}, [-1] * 4
+        for i in range(end):
+            e = hdr[i][0]
+            if e < 0:
+                continue
+            if i < cut:
+                last[e] = i
+            elif e not in bps:
+                bps[e] = i
+        self.clear_breakpoints()
+        for e, i in bps.items():
+            self.set_breakpoint(e, i, halt_all=False)
+        if hasattr(self._b, "run_to"):
+            return self._b.run_to(int(cut), bps, max_cycles)
+        if self.backend_name != "verilator":
+            raise ValueError(f"run_to: not available on the {self.backend_name} backend")
+        return self._rtl_run_to(bps, last, max_cycles)
+
+    def _rtl_run_to(self, bps, last, max_cycles, chunk: int = 64) -> RunInfo:
+        """Harness backend: start, then poll PCs and busy counters until every engine has issued
+        its part of the prefix and none was busy over a whole polling chunk."""
+        from .verilator import START_CYCLES
+        b = self._b
+        hw = b.hw
+        t0 = hw.cycles
+        hw.csr_write("CTRL", 1)
+        hw.step(START_CYCLES)
+        prev = None
+        while True:
+            st = b.status()
+            if st["error"]:
+                raise error_from_status(st, hw.csr_read("ERR_INDEX"))
+            if st["done"] and not st["busy"]:
+                return RunInfo("done", hw.cycles - t0, (), b.counters())
+            pcs = [hw.csr_read(f"PC_{n.upper()}") for n in ENGINE_NAMES]
+            busy = [hw.csr_read(f"{n.upper()}_BUSY_LO") for n in ENGINE_NAMES]
+            if busy == prev and all(pcs[e] > last[e] for e in range(4)):
+                halted = tuple(ENGINE_NAMES[e] for e in sorted(bps))
+                return RunInfo("breakpoint", hw.cycles - t0, halted, b.counters())
+            prev = busy
+            if hw.cycles - t0 > max_cycles:
+                pcs_d = self.pcs()
+                hw.csr_write("CTRL", 2)
+                hw.step(START_CYCLES)
+                raise DeviceError(ErrorCode.TIMEOUT, None, None,
+                                  f"cycle limit {max_cycles} reached before the cut; status {st}, pcs {pcs_d}")
+            hw.step(chunk)
 
     def step(self, engine, max_cycles: int = DEFAULT_MAX_CYCLES) -> RunInfo:
         """Let ``engine`` issue one instruction, then halt it again."""

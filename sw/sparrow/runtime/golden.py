@@ -87,6 +87,29 @@ class GoldenBackend:
         self.pos, self.passed = 0, None
         return self._segment(self._next_stop(), max_cycles)
 
+    def run_to(self, cut, bps, max_cycles):
+        """Program order: run ``[0, cut)`` and halt the engines holding a breakpoint (``bps``:
+        engine -> index, set by :meth:`Device.run_to`)."""
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._status.update(busy=1, done=0, error=0, error_engine=7, halted=0)
+        self.decoded = self.m.decode_program(self._image())
+        halts = [i for i, ins in enumerate(self.decoded)
+                 if isinstance(ins, isa.Instruction) and ins.opcode == isa.Opcode.HALT]
+        self._halt = halts[0] if halts else len(self.decoded)
+        self.pos, self.passed = 0, None
+        words = self._image()[:cut * isa.WORD_BYTES]
+        res = self.m.run(words, mode="program", raise_on_error=False, max_cycles=max_cycles)
+        self._add(res.counters)
+        if not res.ok:
+            self._fail(res)
+        self.pos = cut
+        mask = 0
+        for e in bps:
+            mask |= 1 << e
+        self._status.update(halted=mask)
+        halted = tuple(n for i, n in enumerate(ENGINE_NAMES) if mask >> i & 1)
+        return RunInfo("breakpoint", res.cycles, halted, dict(self._counters))
+
     def _next_stop(self):
         stops = [idx for e, idx in self.bps.items()
                  if self.pos <= idx < self._halt and self._engine_at(idx) == e and idx != self.passed]
