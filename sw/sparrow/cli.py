@@ -8,6 +8,9 @@ Subcommands::
     sparrow compile MODEL.onnx -o OUT.spw [--calibration CALIB.npz] [--preset NAME]
                     [--option KEY=VALUE ...] [--cache-stats] [--no-cache] [--cache-dir DIR]
     sparrow run OUT.spw --backend golden|verilator --input NAME=FILE.npy ... --output-dir DIR
+                [--break-at LAYER] [--save all|NODE,... --save-dir DIR] [--timeline OUT.json|OUT.png]
+                [--waves OUT.fst --window A:B]
+    sparrow debug MODEL.onnx [--backend verilator] [--input X.npy] [--dump-dir DIR]  bisection
     sparrow inspect OUT.spw                              partition, steps and estimates
 
 Errors (unreadable file, bad assembly, bad instruction word) print one line naming the file,
@@ -130,41 +133,172 @@ def _cmd_compile(args) -> int:
     return 0
 
 
-def _cmd_run(args) -> int:
+def _read_inputs(items, prog_inputs) -> dict:
     import numpy as np
 
-    from .compiler import CompileError, InputError, load
-    try:
-        prog = load(args.program)
-    except CompileError as e:
-        raise CliError(str(e)) from None
     inputs = {}
-    for item in args.input or []:
+    for item in items or []:
         name, sep, path = item.partition("=")
-        if not sep:
-            raise CliError(f"--input {item!r}: expected NAME=FILE.npy")
+        if not sep:  # a bare FILE.npy names the only input
+            if len(prog_inputs) != 1:
+                raise CliError(f"--input {item!r}: expected NAME=FILE.npy (inputs: {', '.join(prog_inputs)})")
+            name, path = next(iter(prog_inputs)), item
         try:
             inputs[name] = np.load(path)
         except (OSError, ValueError) as e:
             raise CliError(f"--input {name}: cannot read {path}: {e}") from None
+    return inputs
+
+
+def _parse_window(text):
+    if text is None:
+        return None
+    lo, sep, hi = text.partition(":")
     try:
-        outs = prog.run(inputs, backend=args.backend, progress=not args.quiet and sys.stderr.isatty())
-    except (InputError, CompileError) as e:
+        lo, hi = int(lo or 0), int(hi) if hi else (1 << 64) - 1
+    except ValueError:
+        raise CliError(f"--window {text!r}: expected START:END cycles") from None
+    if not sep or lo < 0 or hi <= lo:
+        raise CliError(f"--window {text!r}: expected START:END cycles with START < END")
+    return lo, hi
+
+
+def _load_program(args):
+    """A .spw, or an .onnx compiled here (``--save`` then keeps those intermediates)."""
+    from .compiler import CompileError, load
+    try:
+        if str(args.program).lower().endswith(".onnx"):
+            from .debug import compile_debug
+            from .compiler import compile as _compile
+
+            if args.save == "all":
+                return compile_debug(args.program, preset=args.preset)
+            save = args.save.split(",") if args.save else None
+            if args.break_at:
+                save = sorted(set(save or []) | {args.break_at})
+            return _compile(args.program, preset=args.preset, save=save)
+        return load(args.program)
+    except CompileError as e:
         raise CliError(str(e)) from None
+
+
+def _cmd_run(args) -> int:
+    import numpy as np
+
+    from .compiler import CompileError, InputError
+    from .errors import DeviceError
+    prog = _load_program(args)
+    inputs = _read_inputs(args.input, prog.inputs)
+    window = _parse_window(args.window)
+    if (args.waves or window) and args.backend != "verilator":
+        raise CliError("--waves/--window: need --backend verilator")
+    if window and not args.waves:
+        raise CliError("--window: give --waves OUT.fst too")
+    if args.timeline and args.break_at:
+        raise CliError("--timeline and --break-at: use one at a time")
+    device = None
+    if args.waves:
+        from .runtime import Device
+        try:
+            device = Device(prog.cfg, backend="verilator", waves=args.waves, wave_window=window)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise CliError(f"--waves {args.waves}: {e}") from None
     out_dir = Path(args.output_dir)
+    brk = {}
+
+    def on_break(state):
+        brk["state"] = state
+        print(f"break after {state.node} (step {state.step}, {state.stop} at instruction {state.cut}): "
+              f"engines halted {', '.join(state.halted) or '-'}, pcs {state.pcs}")
+        for v in state.outputs:
+            a = state.value(v)
+            print(f"  {v}: shape {list(a.shape)}, min {a.min():.4g}, max {a.max():.4g}, "
+                  f"nonzero {np.count_nonzero(a)}/{a.size}")
+        if state.device is not None and state.stop == "breakpoint":
+            for v in state.outputs:  # what the device memory holds right now
+                if v in state.places:
+                    same = np.array_equal(state.read(v), state.int8[v])
+                    print(f"  {v} re-read from device memory: {'same' if same else 'DIFFERENT'}")
+    try:
+        outs = prog.run(inputs, backend=args.backend, device=device,
+                        progress=not args.quiet and sys.stderr.isatty(),
+                        break_at=args.break_at, on_break=on_break if args.break_at else None,
+                        timeline=bool(args.timeline))
+    except (InputError, CompileError, ValueError) as e:
+        raise CliError(str(e)) from None
+    except DeviceError as e:
+        raise CliError(f"device error: {e}") from None
+    finally:
+        if device is not None:
+            device.close()
+    lr = prog.last_run
+    written = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, a in outs.items():
             np.save(out_dir / f"{name}.npy", a)
+            written.append(out_dir / f"{name}.npy")
+        if "state" in brk:
+            st = brk["state"]
+            for v in st.outputs:
+                f = out_dir / f"break_{st.node}_{v}.npy"
+                np.save(f, st.value(v))
+                written.append(f)
+        if args.save:
+            save_dir = Path(args.save_dir or out_dir)
+            save_dir.mkdir(parents=True, exist_ok=True)
+            want = None if args.save == "all" else args.save.split(",")
+            saved = dict(lr["saved"])
+            if want is not None:
+                names = {}
+                for w in want:  # a node name or a value name
+                    vals = (prog.manifest.get("node_outputs", {}).get(w)
+                            or ([prog.node_outputs(w)[0]] if w in prog.nodes and prog.node_outputs(w) else [w]))
+                    for v in vals:
+                        names[v] = w
+                missing = [v for v in names if v not in lr["values"]]
+                if missing:
+                    raise CliError(f"--save: {', '.join(missing)} not kept by this program; compile the model "
+                                   f"with save (or pass the .onnx to run)")
+                saved = {v: (lr["values"][v].astype(np.float64) * prog.scales[v]).astype(np.float32) for v in names}
+            for v, a in saved.items():
+                f = save_dir / f"{v}.npy"
+                np.save(f, a)
+                written.append(f)
+        if args.timeline:
+            tl = lr["timeline"]
+            for path in args.timeline:
+                tl.save(path)
+                written.append(Path(path))
     except OSError as e:
-        raise CliError(f"{out_dir}: cannot write: {e.strerror or e}") from None
-    lr = prog.last_run
+        raise CliError(f"cannot write: {e.strerror or e} ({e.filename})") from None
     print(f"cycles: {lr['cycles']}")
     for k in sorted(set(lr["counters"]) - {"cycles"}):
         print(f"  {k}: {lr['counters'][k]}")
-    for name in outs:
-        print(f"wrote {out_dir / (name + '.npy')}")
+    if args.timeline:
+        print("utilization per node (busy cycles / node span):")
+        print(lr["timeline"].format_utilization())
+    if args.waves:
+        written.append(Path(args.waves))
+    for f in written:
+        print(f"wrote {f}")
     return 0
+
+
+def _cmd_debug(args) -> int:
+    from . import debug
+    from .compiler import CompileError, InputError
+    try:
+        prog = debug.compile_debug(args.model, preset=args.preset, calibration=args.calibration)
+        inputs = _read_inputs(args.input, prog.inputs) or None
+        hook = debug.corrupt_constants(prog, args.inject_fault, seed=args.seed) if args.inject_fault else None
+        rep = debug.bisect(args.model, inputs=inputs, backend=args.backend, prog=prog, before_step=hook,
+                           dump_dir=args.dump_dir, seed=args.seed,
+                           log=None if args.quiet else (lambda s: print(s, file=sys.stderr)))
+    except (CompileError, InputError, ValueError) as e:
+        raise CliError(str(e)) from None
+    print(rep.format())
+    return 0 if rep.ok else 1
 
 
 def _cmd_inspect(args) -> int:
@@ -219,13 +353,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_compile)
 
-    p = sub.add_parser("run", help="run a compiled .spw program")
-    p.add_argument("program", metavar="OUT.spw")
+    p = sub.add_parser("run", help="run a compiled .spw program (or compile and run an .onnx)")
+    p.add_argument("program", metavar="OUT.spw", help="a .spw, or a MODEL.onnx compiled first (--preset, --save)")
     p.add_argument("--backend", default="golden", choices=["golden", "verilator"])
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
     p.add_argument("--output-dir", required=True, metavar="DIR")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="preset when compiling an .onnx")
+    p.add_argument("--break-at", metavar="LAYER",
+                   help="halt every engine after graph node LAYER, report and write its tensor, resume")
+    p.add_argument("--save", metavar="all|NODE,...",
+                   help="write saved intermediates (node or value names) as .npy")
+    p.add_argument("--save-dir", metavar="DIR", help="directory for --save (default: --output-dir)")
+    p.add_argument("--timeline", action="append", metavar="OUT.json|OUT.png",
+                   help="engine activity: Chrome-trace JSON (Perfetto) or PNG; repeatable")
+    p.add_argument("--waves", metavar="OUT.fst", help="FST waveform of the run (verilator)")
+    p.add_argument("--window", metavar="A:B", help="harness cycles [A, B) dumped to --waves")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("debug", help="find the first node whose output differs on a backend (bisection)")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--backend", default="verilator", choices=["golden", "verilator"])
+    p.add_argument("--input", action="append", metavar="[NAME=]FILE.npy", help="default: seeded noise")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--calibration", metavar="CALIB.npz")
+    p.add_argument("--dump-dir", metavar="DIR", help="write the diverging node's tensors here")
+    p.add_argument("--inject-fault", metavar="NODE",
+                   help="corrupt NODE's weights in the device image first (to see bisection work)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_debug)
 
     p = sub.add_parser("inspect", help="show a .spw program's partition, steps and estimates")
     p.add_argument("program", metavar="OUT.spw")

@@ -145,11 +145,10 @@ class Timeline:
         for row, eng in enumerate(ENGINES):
             for kind in KINDS:
                 bars = [(e.start, e.dur) for e in self.events if e.engine == eng and e.kind == kind and e.dur > 0]
-                if bars:
-                    h = 0.8 if kind == "busy" else 0.4
-                    ax.broken_barh(bars, (len(ENGINES) - 1 - row - h / 2, h), facecolors=_COLORS[kind],
-                                   label=kind if row == 0 or not ax.get_legend_handles_labels()[1].count(kind)
-                                   else None)
+                if bars:  # busy full height, wait (idle) half, stall (fetch blocked) a strip on top
+                    y0, h = {"busy": (-0.35, 0.7), "wait": (-0.2, 0.4), "stall": (0.37, 0.12)}[kind]
+                    label = "stall (fetch blocked on a full queue)" if kind == "stall" else kind
+                    ax.broken_barh(bars, (len(ENGINES) - 1 - row + y0, h), facecolors=_COLORS[kind], label=label)
         util = self.utilization()
         for k, (n, d) in enumerate(util.items()):  # node spans as shaded bands
             if k % 2:
