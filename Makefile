@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 PRESETS ?= small default large
 JOBS ?= 2
 B ?=
+N ?= 1000
+SEED ?= 1
+FUZZ_PRESET ?= small
 FPGA_PRESETS ?= small
 comma := ,
 space := $(empty) $(empty)
@@ -20,6 +23,8 @@ help:
 	@echo "make sim       long regression: system programs on every preset + every cocotb bench (WAVES=1 keeps FSTs)"
 	@echo "make demo      digits MLP/CNN: ONNX -> compiler -> simulated RTL, accuracy and cycles (LIMIT=N images)"
 	@echo "make fpga      yowasp synth + nextpnr-ecp5 per preset (FPGA_PRESETS=...), LUT/FF/DSP/BRAM/Fmax"
+	@echo "make fuzz      N random programs (default 1000, SEED=1) golden model vs Verilator; mismatches -> tests/fuzz_cases/"
+	@echo "make coverage  Verilator line/toggle coverage per hdl block + ISA feature coverage -> build/coverage/"
 
 $(VENV)/.installed: pyproject.toml
 	@command -v verilator >/dev/null || { echo "installing verilator (apt)"; apt-get update -qq && apt-get install -y -qq verilator g++ make; }
@@ -51,8 +56,14 @@ demo: install
 fpga: install
 	SPARROW_FPGA_PRESETS="$(FPGA_PRESETS)" $(PY) -m sparrow.bench fpga
 
-formal fuzz coverage:
+formal:
 	@echo "make $@: not implemented yet — see the open issues (issues list)"; exit 2
+
+fuzz: install
+	$(PY) -m sparrow.fuzz -n $(N) --seed $(SEED) --preset $(FUZZ_PRESET)
+
+coverage: install
+	$(PY) -m sparrow.sim.coverage --preset $(FUZZ_PRESET)
 
 clean:
 	rm -rf build .pytest_cache
