@@ -1157,7 +1157,7 @@ class BatchResult:
 
 def run_batch(cfg: HwConfig, n: int, seed: int, start: int = 0, backend: str = "verilator", runner=None,
               save_dir=CASES_DIR, do_shrink: bool = True, time_budget: float | None = None,
-              log=print, kinds=None) -> BatchResult:
+              log=print, kinds=None, progress_every: int = 0) -> BatchResult:
     """Generate and run cases ``(seed, start .. start+n-1)``; shrink and save mismatches.
 
     ``backend``: ``"verilator"`` (compare with the harness) or ``"golden"`` (generate, check race
@@ -1179,6 +1179,9 @@ def run_batch(cfg: HwConfig, n: int, seed: int, start: int = 0, backend: str = "
             if time_budget is not None and time.perf_counter() - t0 > time_budget:
                 break
             kind = kinds[(i - start) % len(kinds)] if kinds else None
+            if progress_every and res.programs and res.programs % progress_every == 0:
+                log(f"... {res.programs} programs, {len(res.mismatches)} mismatches, "
+                    f"{time.perf_counter() - t0:.0f} s")
             case = generate(cfg, seed, i, kind)
             res.by_kind[case.kind] = res.by_kind.get(case.kind, 0) + 1
             res.programs += 1
@@ -1201,8 +1204,9 @@ def run_batch(cfg: HwConfig, n: int, seed: int, start: int = 0, backend: str = "
             path = None
             small = case
             if do_shrink:
-                small = shrink(case, cfg, lambda c: _still_fails(c, cfg, runner), log=log)
-                diffs = _still_fails(small, cfg, runner) or diffs
+                like = (ref.code, diffs[0].split(":")[0])
+                small = shrink(case, cfg, lambda c: _still_fails(c, cfg, runner, like=like), log=log)
+                diffs = _still_fails(small, cfg, runner, like=like) or diffs
             if save_dir is not None:
                 path = save_case(small, cfg, diffs, save_dir)
                 log(f"  saved {path}\n" + small.asm(cfg))
@@ -1214,13 +1218,20 @@ def run_batch(cfg: HwConfig, n: int, seed: int, start: int = 0, backend: str = "
     return res
 
 
-def _still_fails(case, cfg, runner, machine_cls=None):
+def _still_fails(case, cfg, runner, machine_cls=None, like=None):
+    """Diffs of ``case`` (empty when it agrees or is racy). With ``like = (golden code, diff kind)``
+    only a mismatch of the same kind counts, so that shrinking does not wander to another bug."""
     from .golden import RaceError
     try:
         ref = run_golden(case, cfg, machine_cls)
     except RaceError:
         return []
-    return compare(case, cfg, ref, runner.run(case))
+    if like is not None and ref.code != like[0]:
+        return []
+    diffs = compare(case, cfg, ref, runner.run(case))
+    if like is not None and not any(d.startswith(like[1]) for d in diffs):
+        return []
+    return diffs
 
 
 def main(argv=None) -> int:
