@@ -734,13 +734,19 @@ def _bad_instruction(cfg, g, kind):
             r = g.load() if g.p(0.5) else g.store()
         m, f = r
         f = dict(f)
-        if f.get("compressed") and m == "load":
-            # a compressed row whose count (or payload) lies beyond the end of memory
-            f["dram_addr"] = cfg.dram_bytes - g.ri(1, 6)
-            f["dram_stride"] = 0 if f["rows"] == 1 else f["dram_stride"]
+        if g.p(0.2):
+            f["dram_addr"] = g.ri(cfg.dram_bytes, (1 << 28) - 1)
+        elif f.get("compressed") and m == "load":
+            # the first row's count bytes lie (partly) beyond the end of memory
+            f["dram_addr"] = cfg.dram_bytes - g.ri(0, 1)
         else:
-            over = g.ri(1, 40)
-            f["dram_addr"] = max(0, cfg.dram_bytes - over) if g.p(0.8) else g.ri(cfg.dram_bytes, (1 << 28) - 1)
+            # the last byte of the footprint is beyond the end of memory
+            lb = f.get("line_bytes") or cfg.spad_line_bytes(f["spad"])
+            if f.get("compressed"):
+                span = (f["rows"] - 1) * f["dram_stride"] + 2 + codec.group_capacity(f["row_lines"], cols)
+            else:
+                span = (f["rows"] - 1) * f["dram_stride"] + f["row_lines"] * lb
+            f["dram_addr"] = cfg.dram_bytes - g.ri(0, span - 1)
         return m, f
     if kind == "corrupt":
         spad = g.spad(compressible=True)
