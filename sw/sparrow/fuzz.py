@@ -947,6 +947,17 @@ def shrink(case: Case, cfg: HwConfig, fails, budget: int = 400, log=None) -> Cas
         return bool(fails(case.replace_words(words)))
 
     words = list(case.words)
+    while True:
+        before = list(words)
+        words = _shrink_pass(words, cfg, ok)
+        if words == before or tries[0] >= budget:
+            break
+    if log:
+        log(f"shrunk {len(case.words)} -> {len(words)} instructions in {tries[0]} runs")
+    return case.replace_words(words)
+
+
+def _shrink_pass(words, cfg, ok):
     chunk = max(1, len(words) // 2)
     while chunk >= 1:
         i = 0
@@ -989,9 +1000,7 @@ def shrink(case: Case, cfg: HwConfig, fails, budget: int = 400, log=None) -> Cas
                 if ok(cand):
                     words, ins = cand, cand_ins
                     break
-    if log:
-        log(f"shrunk {len(case.words)} -> {len(words)} instructions in {tries[0]} runs")
-    return case.replace_words(words)
+    return words
 
 
 def save_case(case: Case, cfg: HwConfig, diffs, directory=CASES_DIR, xfail: str | None = None) -> Path:
