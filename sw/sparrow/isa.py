@@ -337,6 +337,22 @@ def _coerce(field: Field, value, *, index=None):
     return value
 
 
+def _make_plan(kind: "Kind") -> tuple:
+    """Per-kind tuple of ``(name, field, lo, hi, enum class or None, default)`` (cached)."""
+    plan = []
+    for f in kind.all_fields:
+        if f.name in ("opcode", "vop"):
+            continue
+        if f.is_enum:
+            plan.append((f.name, f, None, None, f.kind, f.kind(0)))
+        else:
+            plan.append((f.name, f, f.lo, f.hi, None, f.min or 0))
+    return tuple(plan)
+
+
+_PLANS: dict = {}
+
+
 def make(mnemonic: str, *, index=None, cfg=None, **values) -> Instruction:
     """Build an instruction. Unnamed fields are 0 (``min`` for fields that must be >= 1).
 
@@ -346,17 +362,24 @@ def make(mnemonic: str, *, index=None, cfg=None, **values) -> Instruction:
     kind = KINDS.get(mnemonic)
     if kind is None:
         raise IsaError(f"unknown instruction {mnemonic!r}", index=index)
-    values = dict(values)
+    plan = _PLANS.get(kind)
+    if plan is None:
+        plan = _PLANS[kind] = _make_plan(kind)
     values.pop("opcode", None)
     values.pop("vop", None)
     out = {}
-    for f in kind.all_fields:
-        if f.name in ("opcode", "vop"):
-            continue
-        if f.name in values:
-            out[f.name] = _coerce(f, values.pop(f.name), index=index)
+    for name, f, lo, hi, enum, default in plan:
+        if name in values:
+            v = values.pop(name)
+            # fast path: a plain in-range int (the common case for compiler-built programs)
+            if enum is None and type(v) is int and lo <= v <= hi:
+                out[name] = v
+            elif enum is not None and type(v) is enum:
+                out[name] = v
+            else:
+                out[name] = _coerce(f, v, index=index)
         else:
-            out[f.name] = _coerce(f, f.kind(0) if f.is_enum else (f.min or 0), index=index)
+            out[name] = default
     if values:
         raise IsaError(f"{mnemonic} has no field(s) {', '.join(sorted(values))}", index=index,
                        field=sorted(values)[0])
@@ -405,18 +428,32 @@ def _fields_with_offsets(kind: Kind):
         pos += f.width
 
 
+_ENC: dict = {}
+
+
+def _encode_plan(kind: "Kind") -> tuple:
+    """``(constant bits, ((field name, is enum, bit offset, mask), ...))`` of a kind."""
+    const, fields = 0, []
+    for f, pos in _fields_with_offsets(kind):
+        if f.name == "opcode":
+            const |= kind.opcode.value << pos
+        elif f.name == "vop":
+            const |= kind.vop.value << pos
+        else:
+            fields.append((f.name, f.is_enum, pos, (1 << f.width) - 1))
+    return const, tuple(fields)
+
+
 def encode(instr: Instruction) -> int:
     """Encode to a 128-bit integer."""
-    word = 0
-    for f, pos in _fields_with_offsets(instr.kind):
-        if f.name == "opcode":
-            raw = instr.kind.opcode.value
-        elif f.name == "vop":
-            raw = instr.kind.vop.value
-        else:
-            val = instr.values[f.name]
-            raw = val.value if f.is_enum else val
-        word |= (raw & ((1 << f.width) - 1)) << pos
+    plan = _ENC.get(instr.kind)
+    if plan is None:
+        plan = _ENC[instr.kind] = _encode_plan(instr.kind)
+    word, fields = plan
+    v = instr.values
+    for name, is_enum, pos, mask in fields:
+        raw = v[name]
+        word |= ((raw.value if is_enum else raw) & mask) << pos
     return word
 
 
