@@ -100,11 +100,11 @@ def test_each_option_bit_identical(rng):
             assert st["dram"]["bytes"] < st["dram"]["bytes_without_reuse"]
         else:
             assert st["dram"]["bytes"] == st["dram"]["bytes_without_reuse"]
-        if v.get("batch", True) and v.get("fuse", True):
-            # conv 16->16 streams its weights (2304 B > the 1 KiB WGT of small): with batch
-            # grouping both images share each weight load, so fewer bytes are loaded
-            nob, _ = compile_run(m, cal, x, "small", {**v, "batch": False})
-            assert prog.last_run["counters"]["load_bytes"] < nob.last_run["counters"]["load_bytes"]
+        ks = st["batch"]["kernels"]
+        flags = [k["batch"] > 1 and (k["weights_resident"] or k["batch_group"] >= k["batch"]) for k in ks]
+        assert [f for c in st["batch"]["clusters"] for f in [c["batched"]] * len(c["nodes"])] == flags
+        if not v.get("batch", True):
+            assert all(k["batch_group"] == 1 for k in ks if k["kernel"] == "conv2d")
     assert base_counters["cycles"] > 0
 
 
@@ -123,6 +123,29 @@ def test_default_preset_all_on_vs_off_with_compression(rng):
     assert c["store_bytes"] < c["store_bytes_raw"] and c["load_bytes"] < c["load_bytes_raw"]
     c0 = off.last_run["counters"]
     assert c0["store_bytes"] == c0["store_bytes_raw"]
+
+
+def test_batch_weights_loaded_once(rng):
+    """1x1 conv 64->64 on 2x2 maps, batch 4 (small preset): 4 KiB of weights stream through the
+    1 KiB weight scratchpad and dominate; with batch grouping all four images run under each
+    loaded chunk: one weight pass instead of four, fewer bus bytes and cycles, same outputs."""
+    ini = {"w": rng.standard_normal((64, 64, 1, 1)) / 8, "b": rng.standard_normal(64) * 0.1}
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["c"]), h.make_node("Relu", ["c"], ["y"])],
+                   [("x", [4, 64, 2, 2])], [("y", [4, 64, 2, 2])], ini)
+    cal = rng.standard_normal((8, 64, 2, 2)).astype(np.float32)
+    x = cal[:4]
+    off, _ = compile_run(m, cal, x, "small", {"batch": False})
+    on, _ = compile_run(m, cal, x, "small", {})
+    np.testing.assert_array_equal(on.last_run["int8"]["y"], off.last_run["int8"]["y"])
+    (k_on,) = acc_steps(on)[0]["batch"]["kernels"]
+    (k_off,) = acc_steps(off)[0]["batch"]["kernels"]
+    assert (k_on["batch_group"], k_on["weight_loads"]) == (4, 1)
+    assert (k_off["batch_group"], k_off["weight_loads"]) == (1, 4)
+    assert acc_steps(on)[0]["batch"]["clusters"] == [{"batched": True, "nodes": ["Conv_0"]}]
+    weights = 64 * 64  # int8 bytes, loaded once instead of four times
+    c_on, c_off = on.last_run["counters"], off.last_run["counters"]
+    assert c_off["load_bytes"] - c_on["load_bytes"] >= 3 * weights
+    assert c_on["cycles"] < c_off["cycles"]
 
 
 # -- compression decisions -------------------------------------------------------------------

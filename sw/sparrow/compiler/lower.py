@@ -271,8 +271,10 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
     a fused group's instructions carry its first node) and the reports ``fusion`` (groups with
     ``dram_bytes_saved``), ``schedule`` (estimated cycles before/after, timeline), ``sync``
     (``edges_before``: cross-engine hazard edges; ``edges_after``: semaphore waits kept),
-    ``dram`` (bytes allocated, with and without reuse) and ``compression`` (per tensor: raw and
-    expected compressed bytes, sparsity, decision and reason).
+    ``dram`` (bytes allocated, with and without reuse), ``compression`` (per tensor: raw and
+    expected compressed bytes, sparsity, decision and reason) and ``batch`` (per conv/gemm kernel
+    its tiling, batch group and weight loads; consecutive kernels clustered into batched — each
+    weight load serves the whole batch — and non-batched).
     """
     opts = resolve_options(options)
     keep = set(opts["keep"])
@@ -365,6 +367,7 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
                 "dram": {"bytes": seg.b.dram_used, "bytes_without_reuse": seg.b.dram_used + seg.b.reused_bytes,
                          "reuse": opts["reuse_dram"]},
                 "compression": {nm: comp[nm] for nm in seg.comp_names},
+                "batch": _batch_report(seg.b.notes),
             }
         )
         seg = None
@@ -440,6 +443,19 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
             _release(seg, prod_of, cons, internal, order)
     close()
     return {"steps": steps, "programs": programs}
+
+
+def _batch_report(notes) -> dict:
+    """Weight-bearing kernels grouped into clusters: ``batched`` when every weight load serves
+    the whole batch (weights resident, or the whole batch runs under each loaded chunk)."""
+    clusters = []
+    for nt in notes:
+        batched = nt["batch"] > 1 and (nt["weights_resident"] or nt["batch_group"] >= nt["batch"])
+        if clusters and clusters[-1]["batched"] == batched:
+            clusters[-1]["nodes"].append(nt["tag"])
+        else:
+            clusters.append({"batched": batched, "nodes": [nt["tag"]]})
+    return {"clusters": clusters, "kernels": [dict(nt) for nt in notes]}
 
 
 def _release(seg, prod_of, cons, internal, order):

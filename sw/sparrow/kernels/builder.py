@@ -251,6 +251,8 @@ class ProgramBuilder:
         self._finished = None
         self.tag = None
         self.tags: list = []
+        #: one dict per kernel call that reports its tiling (kernel, tag, ...): see conv2d/gemm
+        self.notes: list = []
 
     # -- external memory ---------------------------------------------------------------------
     def alloc(self, nbytes: int, align: int = 16) -> int:

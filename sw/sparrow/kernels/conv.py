@@ -32,6 +32,7 @@ from .common import (MAX_A_STRIDE, MAX_K, MAX_M_INNER, MAX_ROW_LINES, MAX_ROWS, 
                      zero_fill)
 from .gemm import pack_requant_params
 from .quant import Requant
+from ..golden.perf import DEFAULT_COSTS as _COSTS
 
 __all__ = ["conv2d", "conv_out_size", "normalize_pads", "load_padded_rows"]
 
@@ -63,10 +64,15 @@ def conv_out_size(size, k, stride, pad_a, pad_b):
     return (size + pad_a + pad_b - k) // stride + 1
 
 
-def load_padded_rows(b: ProgramBuilder, x: Tensor, n: int, base: int, r0: int, r1: int, pads, lpp: int):
+def load_padded_rows(b: ProgramBuilder, x: Tensor, n: int, base: int, r0: int, r1: int, pads, lpp: int,
+                     fresh_lines: int | None = None):
     """Fill ACT lines ``base ..`` with padded input rows ``r0 .. r1-1`` (padded coordinates) of image n.
 
     Row ``r`` of the tile at ``base + (r - r0)*RS``, ``RS = (W + pl + pr)*lpp``; zero padding.
+    A compressed ``x`` is loaded line by line (groups) and its padding zero-filled: the whole
+    region of ``fresh_lines`` lines when given (the buffer's first use), afterwards only the
+    top/bottom padding rows (the left/right padding columns of a buffer stay zero: data loads
+    never write them). ``fresh_lines=None`` means the region was never zeroed (fill all).
     """
     _, H, W, C = x.shape
     cols = b.cfg.cols
@@ -81,8 +87,17 @@ def load_padded_rows(b: ProgramBuilder, x: Tensor, n: int, base: int, r0: int, r
         return
     y0 = r0 + ztop - pt
     if x.slot:   # compressed: one group per line, pixel-major
-        if ztop or zbot or pl or pr:
-            zero_fill(b, "act", base, total)
+        if fresh_lines is None:
+            if ztop or zbot or pl or pr:
+                zero_fill(b, "act", base, total)
+        elif fresh_lines:
+            if pl or pr or ztop or zbot:
+                zero_fill(b, "act", base, max(fresh_lines, total))
+        else:
+            if ztop:
+                zero_fill(b, "act", base, ztop * RS)
+            if zbot:
+                zero_fill(b, "act", base + (ztop + nrows) * RS, zbot * RS)
         if pl == 0 and pr == 0:
             load_compressed_lines(b, base + ztop * RS, x, (n * H + y0) * W * lpp, nrows * W * lpp)
         else:
@@ -262,25 +277,44 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
             return (need_act <= act_av and 2 * g * cand * OW <= acc_av and cand * OW <= 4095
                     and (pool is None or cand % PKH == 0))
 
-        G = 1
-        if batch_group and not resident and Nb > 1:
-            # the largest group of images that still allows a reasonable row tile
-            for g in range(Nb, 1, -1):
-                cand = min(OHc, 255)
-                while cand > 0 and not fits(cand, g):
-                    cand -= 1
-                if cand >= min(OHc, max(PKH, 4)):
-                    G = g
-                    break
-        th = 0
-        for cand in range(min(OHc, 255), 0, -1):
-            if fits(cand, G):
-                th = cand
+        # (batch group G, row tile th) with the lowest estimated time: per row tile the MATMULs
+        # (start cost + k * ceil(rows/lanes), write-back bound) against the weight and input
+        # LOADs (lines), the engines overlapping tile by tile (golden cycle model constants)
+        ks = [j1 - j0 for tl in chunks for pieces in tl for _, j0, j1, _ in pieces]
+        n_chunks = sum(len(tl) for tl in chunks)
+        lanes = b.cfg.rows
+
+        def est(g, t):
+            def tile(tr):
+                n = tr * OW
+                mm = g * sum(_COSTS.matmul_start + max(k * cdiv(n, lanes), n) for k in ks)
+                ld = g * ((tr - 1) * sh + KH) * RS
+                if not resident:
+                    ld += total_w + n_chunks * _COSTS.dma_start
+                return max(mm, ld)
+            full, last = divmod(OHc, t)
+            return cdiv(Nb, g) * (full * tile(t) + (tile(last) if last else 0))
+
+        choices = []
+        for g in (range(1, Nb + 1) if (batch_group and not resident and Nb > 1) else (1,)):
+            fit = [c for c in range(1, min(OHc, 255) + 1) if fits(c, g)]
+            if not fit:
                 break
+            for c in fit:
+                choices.append((est(g, c), -c, g, c))
+        th, G = 0, 1
+        if choices:
+            # within 1 % of the fastest: the fewest weight loads (DRAM traffic), then larger tiles
+            best = min(c[0] for c in choices)
+            near = [c for c in choices if c[0] <= best * 1.01]
+            _, _, G, th = min(near, key=lambda c: (cdiv(Nb, c[2]) * cdiv(OHc, c[3]), c[1], c[2]))
         if th == 0:
             raise ValueError(f"x: one output row ({OW} pixels, {KH} input rows of {RS} lines) does not "
                              f"fit the scratchpads; tile the width before calling conv2d")
         rows_max = (th - 1) * sh + KH
+        b.notes.append({"kernel": "conv2d", "tag": b.tag, "batch": Nb, "batch_group": G,
+                        "weights_resident": bool(resident), "row_tile": th,
+                        "weight_loads": (1 if resident else cdiv(Nb, G) * cdiv(OHc, th))})
         in_ring = Ring(b.spad_alloc("ACT", 2 * G * rows_max * RS), G * rows_max * RS, 2)
         o_ring = Ring(b.spad_alloc("ACT", 2 * th * OW), th * OW, 2)
         r_ring = Ring(b.spad_alloc("ACT", 2 * th * OW), th * OW, 2) if res is not None else None
@@ -289,6 +323,7 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
         acc_ring = Ring(b.spad_alloc("ACC", 2 * G * th * OW), G * th * OW, 2)
         p_ring = Ring(b.spad_alloc("ACC", 6), 3, 2)
 
+        zeroed = set()   # input regions whose padding columns are zero (compressed x)
         for n0 in range(0, Nb, G):
             imgs = range(n0, min(Nb, n0 + G))
             for oy0 in range(0, OHc, th):
@@ -297,7 +332,10 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
                 r1 = r0 + (tr - 1) * sh + KH
                 base = in_ring.next()
                 for gi, n in enumerate(imgs):
-                    load_padded_rows(b, x, n, base + gi * rows_max * RS, r0, r1, pads, lpp)
+                    reg = base + gi * rows_max * RS
+                    load_padded_rows(b, x, n, reg, r0, r1, pads, lpp,
+                                     fresh_lines=0 if reg in zeroed else rows_max * RS)
+                    zeroed.add(reg)
                 for t, (c_start, Kt, _) in enumerate(tiles):
                     c0 = t * cols
                     nw = min(cols, Cout - c0)

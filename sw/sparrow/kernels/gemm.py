@@ -146,6 +146,9 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
         Mt = min(M, MAX_ROWS, act_av // per_row_act, acc_av // 2)
         if Mt < 1:
             raise ValueError("cfg: scratchpads too small for one GEMM row")
+        b.notes.append({"kernel": "gemm", "tag": b.tag, "batch": M, "batch_group": Mt,
+                        "weights_resident": bool(resident), "row_tile": Mt,
+                        "weight_loads": 1 if resident else cdiv(M, Mt)})
         a_ring = Ring(b.spad_alloc("ACT", 2 * Mt * kl), Mt * kl, 2)
         o_ring = None if raw else Ring(b.spad_alloc("ACT", 2 * Mt), Mt, 2)
         acc_ring = Ring(b.spad_alloc("ACC", 2 * Mt), Mt, 2)
