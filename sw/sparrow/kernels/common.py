@@ -77,9 +77,26 @@ def move_lines(b: ProgramBuilder, op: str, spad: str, spad_addr: int, dram_addr:
 
 
 def zero_fill(b: ProgramBuilder, spad: str, spad_addr: int, lines: int):
-    """Zero ``lines`` scratchpad lines by loading the builder's zero block repeatedly."""
+    """Zero ``lines`` scratchpad lines.
+
+    Each LOAD reads one zero line of the builder's zero block and writes the rest as padding
+    (``(pad_top + 1 + pad_bottom) x (pad_left + 1 + pad_right)`` lines, up to 31 x 31), so the
+    bus moves one line per 961 zeroed lines instead of every line.
+    """
     z = b.zero_line_addr()
-    load(b, spad, spad_addr, z, lines, 1, 0)
+    a, left = spad_addr, lines
+    while left > 0:
+        if left >= 31:
+            h = min(31, left // 31)
+            w = 31
+        else:
+            h, w = 1, left
+        pt, pb = (h - 1) // 2, (h - 1) - (h - 1) // 2
+        pl, pr = (w - 1) // 2, (w - 1) - (w - 1) // 2
+        b.emit("load", spad=spad, spad_addr=a, dram_addr=z, rows=1, row_lines=1, dram_stride=0,
+               pad_top=pt, pad_bottom=pb, pad_left=pl, pad_right=pr)
+        a += h * w
+        left -= h * w
 
 
 def load_params(b: ProgramBuilder, params_addr: int, acc_line: int):
