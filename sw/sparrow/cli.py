@@ -169,14 +169,11 @@ def _load_program(args):
     try:
         if str(args.program).lower().endswith(".onnx"):
             from .debug import compile_debug
-            from .compiler import compile as _compile
 
-            if args.save == "all":
-                return compile_debug(args.program, preset=args.preset)
-            save = args.save.split(",") if args.save else None
-            if args.break_at:
+            save = args.save if args.save == "all" else args.save.split(",") if args.save else None
+            if args.break_at and save != "all":
                 save = sorted(set(save or []) | {args.break_at})
-            return _compile(args.program, preset=args.preset, save=save)
+            return compile_debug(args.program, preset=args.preset, save=save)
         return load(args.program)
     except CompileError as e:
         raise CliError(str(e)) from None

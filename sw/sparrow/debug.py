@@ -37,15 +37,21 @@ from .compiler import compile as _compile
 from .compiler.program import CompiledProgram, _decode
 from .errors import DeviceError
 
-__all__ = ["bisect", "BisectReport", "compile_debug", "corrupt_constants", "node_segments", "float_reference"]
+__all__ = ["bisect", "BisectReport", "compile_debug", "annotate", "corrupt_constants", "node_segments", "float_reference"]
 
 
-def compile_debug(model, preset="small", calibration=None, **kw) -> CompiledProgram:
-    """``compile(model, save="all")`` plus ``manifest["node_outputs"]`` (node -> value names)
-    ``manifest["node_inputs"]`` and ``manifest["node_ops"]`` from the frontend graph."""
+def compile_debug(model, preset="small", calibration=None, save="all", **kw) -> CompiledProgram:
+    """``compile(model, save=save)`` (default every node's output kept), annotated by
+    :func:`annotate`."""
+    prog = _compile(model, calibration=calibration, preset=preset, save=save, **kw)
+    return annotate(prog, model)
+
+
+def annotate(prog: CompiledProgram, model) -> CompiledProgram:
+    """Record ``manifest["node_outputs"]`` / ``["node_inputs"]`` (non-constant) / ``["node_ops"]``
+    from the model's frontend graph (exact node -> value names for breakpoints and bisection)."""
     from .compiler.frontend import frontend
 
-    prog = _compile(model, calibration=calibration, preset=preset, save="all", **kw)
     g = frontend(model)
     prog.manifest["node_outputs"] = {n.name: [o for o in n.outputs if o] for n in g.nodes}
     prog.manifest["node_inputs"] = {n.name: [i for i in n.inputs if i and not g.values[i].is_const]

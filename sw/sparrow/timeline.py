@@ -280,6 +280,8 @@ def trace_device(dev, tags=None, resolution: int = 64, max_cycles: int = 50_000_
                     tl.events.append(Event(ENGINES[e], kind, t, t + d, idx, tag, sem, 0, lab))
                 t += d
 
+    # counters restart at the start command: account for the cycles before the first sample
+    account((0, prev[1], [0] * 4, [[0, 0, 0] for _ in range(4)]), prev)
     while True:
         if prev[1]["error"]:
             raise error_from_status(prev[1], hw.csr_read("ERR_INDEX"))
