@@ -23,6 +23,7 @@ help:
 	@echo "make sim       long regression: system programs on every preset + every cocotb bench (WAVES=1 keeps FSTs)"
 	@echo "make demo      digits MLP/CNN: ONNX -> compiler -> simulated RTL, accuracy and cycles (LIMIT=N images)"
 	@echo "make fpga      yowasp synth + nextpnr-ecp5 per preset (FPGA_PRESETS=...), LUT/FF/DSP/BRAM/Fmax"
+	@echo "make formal    formal properties (BMC / induction / cover, yosys-smtbmc + z3); DEPTH=N overrides depths"
 	@echo "make fuzz      N random programs (default 1000, SEED=1) golden model vs Verilator; mismatches -> tests/fuzz_cases/"
 	@echo "make coverage  Verilator line/toggle coverage per hdl block + ISA feature coverage -> build/coverage/"
 
@@ -56,8 +57,8 @@ demo: install
 fpga: install
 	SPARROW_FPGA_PRESETS="$(FPGA_PRESETS)" $(PY) -m sparrow.bench fpga
 
-formal:
-	@echo "make $@: not implemented yet — see the open issues (issues list)"; exit 2
+formal: install
+	$(PY) -m sparrow.sim.formal $(if $(DEPTH),--depth $(DEPTH),)
 
 fuzz: install
 	$(PY) -m sparrow.fuzz -n $(N) --seed $(SEED) --preset $(FUZZ_PRESET)
