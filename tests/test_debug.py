@@ -371,3 +371,45 @@ def test_cli_waves_window(cnn, tmp_path):
     assert len(data) > 1000
     prog.run(inputs, device=GoldenDevice(prog.cfg))
     np.testing.assert_array_equal(np.load(tmp_path / "o" / "prob.npy"), prog.run(inputs)["prob"])
+
+
+def test_concurrent_events_recorder_is_passive(cnn):
+    """run_concurrent(events=...) records idle intervals without changing the run: same cycles,
+    counters, busy timeline and memory as without it; the recorded wait/stall sums equal the
+    counters."""
+    from sparrow.golden import Machine
+    from sparrow.golden.concurrent import run_concurrent
+
+    model, prog, inputs = cnn
+    st = next(s for s in prog.manifest["steps"] if s["kind"] == "acc")
+    p = prog.programs[st["program"]]
+    results = []
+    for events in (None, []):
+        m = Machine(prog.cfg)
+        for addr, data in p["segments"]:
+            m.write_dram(addr, data)
+        res = run_concurrent(m, m.decode_program(p["program"]), check_races=False, events=events)
+        results.append((res, events, m.read_dram(0, prog.cfg.dram_bytes)))
+    (r0, _, mem0), (r1, ev, mem1) = results
+    assert r0.ok and (r0.cycles, r0.counters, r0.timeline) == (r1.cycles, r1.counters, r1.timeline)
+    np.testing.assert_array_equal(mem0, mem1)
+    for kind in ("wait", "stall"):
+        for e in ("load", "matmul", "vector", "store"):
+            total = sum(t1 - t0 for k, eng, _, _, t0, t1 in ev if k == kind and eng.name.lower() == e)
+            assert total == r1.counters[f"{e}_{kind}"]
+    assert all(sem is not None for k, _, _, sem, _, _ in ev if k == "wait")
+
+
+def test_break_state_scratchpads(cnn):
+    """While halted on the golden backend the scratchpads can be read; not on other devices."""
+    model, prog, inputs = cnn
+    got = {}
+
+    def on_break(s):
+        got["acc"] = s.spad("acc")
+        got["act"] = s.spad("act")
+        with pytest.raises(ValueError, match="'act', 'wgt' or 'acc'"):
+            s.spad("dram")
+    prog.run(inputs, break_at="conv1", on_break=on_break)
+    assert got["acc"].shape == (prog.cfg.acc_depth, prog.cfg.cols) and got["acc"].dtype == np.int32
+    assert np.any(got["acc"] != 0) and np.any(got["act"] != 0)  # conv1 accumulated and requantized

@@ -37,7 +37,8 @@ from .compiler import compile as _compile
 from .compiler.program import CompiledProgram, _decode
 from .errors import DeviceError
 
-__all__ = ["bisect", "BisectReport", "compile_debug", "annotate", "corrupt_constants", "node_segments", "float_reference"]
+__all__ = ["bisect", "BisectReport", "compile_debug", "annotate", "corrupt_constants", "node_segments",
+           "float_reference"]
 
 
 def compile_debug(model, preset="small", calibration=None, save="all", **kw) -> CompiledProgram:

@@ -208,6 +208,16 @@ class BreakState:
     def tensor_int8(self) -> np.ndarray:
         return self.int8[self.outputs[0]]
 
+    def spad(self, name: str) -> np.ndarray:
+        """Copy of scratchpad ``name`` ("act", "wgt" or "acc"; lines x columns) at the halt.
+        Golden backend only: the RTL scratchpads have no host read port."""
+        if name not in ("act", "wgt", "acc"):
+            raise ValueError(f"name must be 'act', 'wgt' or 'acc', not {name!r}")
+        machine = getattr(getattr(self.device, "_b", None), "m", None)
+        if machine is None or self.resumed or self.device.backend_name != "golden":
+            raise ValueError("spad: scratchpads are readable while halted on the golden backend only")
+        return np.array(getattr(machine, name))
+
     def read(self, name) -> np.ndarray:
         """Re-read value ``name`` (int8) from the halted device's external memory."""
         if self.device is None or self.resumed or name not in self.places:

@@ -15,9 +15,10 @@ Breakpoints: ``dev.set_breakpoint(engine, index, halt_all=False)`` then ``run()`
 (or ``dev.step(engine)``) continues. ``dev.run_to(cut)`` runs until every instruction before
 program index ``cut`` has completed and none at or after it has issued (one breakpoint per
 engine at its first instruction at or after ``cut``; the cut must be dependency-closed, see
-:func:`closed_cut`), then ``clear_breakpoints()`` + ``resume()`` finish the program. Errors raise :class:`sparrow.errors.DeviceError` naming the
-code, the engine (``sparrow.isa.Engine`` or ``None`` for fetch/decode/watchdog-less faults) and
-the instruction index; a cycle limit raises ``DeviceError(ErrorCode.TIMEOUT)`` (and aborts the
+:func:`closed_cut`), then ``clear_breakpoints()`` + ``resume()`` finish the program.
+Errors raise :class:`sparrow.errors.DeviceError` naming the code, the engine
+(``sparrow.isa.Engine`` or ``None`` for fetch/decode/watchdog-less faults) and the instruction
+index; a cycle limit raises ``DeviceError(ErrorCode.TIMEOUT)`` (and aborts the
 run on RTL backends, so the device is usable again).
 
 Backends
