@@ -263,14 +263,14 @@ def test_bisection_clean_model_and_cli(cnn, tmp_path, capsys):
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     np.save(tmp_path / "x.npy", inputs["x"])
-    rc = main(["debug", str(path), "--backend", "golden", "--input", str(tmp_path / "x.npy"),
+    rc = main(["debug", str(path), "--backend", "golden", "--preset", PRESET, "--input", str(tmp_path / "x.npy"),
                "--inject-fault", "conv3", "--dump-dir", str(tmp_path / "dump"), "-q"])
     out = capsys.readouterr().out
     assert rc == 1 and "first diverging node: conv3" in out
     got = np.load(tmp_path / "dump" / "conv3" / "got_r3.npy")
     exp = np.load(tmp_path / "dump" / "conv3" / "expected_r3.npy")
     assert got.shape == exp.shape and np.any(got != exp)
-    assert main(["debug", str(path), "--backend", "golden", "-q"]) == 0
+    assert main(["debug", str(path), "--backend", "golden", "--preset", PRESET, "-q"]) == 0
 
 
 # -- timeline -------------------------------------------------------------------------------------
@@ -348,7 +348,7 @@ def test_cli_run_break_and_save(cnn, tmp_path, capsys):
     onnx_path = tmp_path / "m.onnx"
     onnx.save(model, onnx_path)
     rc = main(["run", str(onnx_path), "--input", str(tmp_path / "x.npy"), "--output-dir", str(tmp_path / "o2"),
-               "--save", "pool1,add", "-q"])
+               "--preset", PRESET, "--save", "pool1,add", "-q"])
     assert rc == 0 and {p.name for p in (tmp_path / "o2").iterdir()} >= {"p1.npy", "a.npy", "prob.npy"}
     assert main(["run", str(spw), "--output-dir", str(tmp_path / "o3"), "--input", str(tmp_path / "x.npy"),
                  "--waves", str(tmp_path / "w.fst")]) == 2

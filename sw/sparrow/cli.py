@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="golden", choices=["golden", "verilator"])
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
     p.add_argument("--output-dir", required=True, metavar="DIR")
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="preset when compiling an .onnx")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="preset when compiling an .onnx")
     p.add_argument("--break-at", metavar="LAYER",
                    help="halt every engine after graph node LAYER, report and write its tensor, resume")
     p.add_argument("--save", metavar="all|NODE,...",
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("--backend", default="verilator", choices=["golden", "verilator"])
     p.add_argument("--input", action="append", metavar="[NAME=]FILE.npy", help="default: seeded noise")
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
     p.add_argument("--calibration", metavar="CALIB.npz")
     p.add_argument("--dump-dir", metavar="DIR", help="write the diverging node's tensors here")
     p.add_argument("--inject-fault", metavar="NODE",
