@@ -222,7 +222,8 @@ def _cmd_run(args) -> int:
                         break_at=args.break_at, on_break=on_break if args.break_at else None,
                         timeline=bool(args.timeline))
     except (InputError, CompileError, ValueError) as e:
-        raise CliError(str(e)) from None
+        hint = " (or pass MODEL.onnx to `sparrow run`, which compiles it so)" if "not kept" in str(e) else ""
+        raise CliError(f"{e}{hint}") from None
     except DeviceError as e:
         raise CliError(f"device error: {e}") from None
     finally:
