@@ -1,0 +1,161 @@
+"""Formal properties of :class:`sparrow.hdl.semaphores.SemaphoreUnit`.
+
+The wrapper drives every client port with free inputs (``AnySeq``) under the sequencer's
+contract (semaphore ids are legal — the decoder guarantees it — and ``take`` only while
+``wait_ok``), keeps a *shadow* of the semaphore values computed from the port events alone
+(the ISA rule: ``+1`` per signal, ``-count`` per granted consuming wait, saturate and flag
+overflow above ``2**sem_bits - 1``, zero on ``clear``), and asserts:
+
+* ``values`` equals the shadow every cycle (so no lost/duplicated signal or consume);
+* no underflow: the consumes granted on a semaphore in one cycle never exceed its value, and at
+  most one consuming wait (count != 0) per semaphore is granted per cycle;
+* a wait is released exactly when its count is reached: ``wait_ok`` implies
+  ``sem[wait_sem] >= wait_count``, and ``sem >= count`` implies ``wait_ok`` unless a
+  lower-indexed client takes a consuming wait on the same semaphore in that cycle;
+* ``overflow`` pulses exactly when a result would exceed the maximum (the counter saturates) and
+  ``overflow_client`` is a client signalling such a semaphore.
+
+Because the shadow pins down the whole state, the properties are inductive: ``prove`` mode.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Assert, Assume, Const, Cover, Signal, unsigned
+from amaranth.hdl._ast import AnySeq
+
+from sparrow.config import HwConfig
+from sparrow.hdl.semaphores import SemaphoreUnit
+
+from .formal import FormalCheck, FormalWrapper, register
+
+#: Small unit: 4 semaphores of 3 bits (overflow reachable in 7 signals), 4 clients (as the sequencer).
+CFG = HwConfig(rows=2, cols=2, act_depth=16, wgt_depth=16, acc_depth=16, act_banks=1, acc_banks=1,
+               n_semaphores=4, sem_bits=3, name="formal-sem")
+N_CLIENTS = 4
+
+MUTANTS = {
+    "early_release": "client 2's wait_ok is also raised one count early (sem == count - 1)",
+    "lost_signal": "client 3's signal is dropped when client 0 signals the same semaphore in the same cycle",
+    "double_consume": "client 1 ignores the lower-client priority on consuming waits (two consumes per cycle)",
+    "wide_counter": "the unit is built with sem_bits + 1, so it does not saturate/flag at the ISA maximum",
+}
+
+
+class SemaphoreProps(FormalWrapper):
+    def __init__(self, mutant=None, cfg: HwConfig = CFG, n_clients: int = N_CLIENTS, covers=False):
+        super().__init__(mutant)
+        self.cfg, self.n, self.covers = cfg, n_clients, covers
+
+    def build(self, m):
+        cfg, n, mut = self.cfg, self.n, self.mutant
+        dut_cfg = cfg.replace(sem_bits=cfg.sem_bits + 1) if mut == "wide_counter" else cfg
+        m.submodules.dut = dut = SemaphoreUnit(dut_cfg, n_clients=n)
+        nsem, smax = cfg.n_semaphores, cfg.sem_max
+
+        # -- environment: free inputs (what the checker sees) -----------------------------------
+        clear = AnySeq(1)
+        env = []
+        for c in range(n):
+            e = {k: AnySeq(w) for k, w in (("wait_sem", 4), ("wait_count", 8), ("wait_consume", 1),
+                                             ("take", 1), ("signal", 1), ("signal_sem", 4))}
+            e["wait_ok"] = Signal(name=f"ok{c}")       # as presented to the client
+            env.append(e)
+            m.d.comb += [Assume(e["wait_sem"] < nsem), Assume(e["signal_sem"] < nsem)]
+        m.d.comb += dut.clear.eq(clear)
+        values = [Signal(cfg.sem_bits + 1, name=f"value{i}") for i in range(nsem)]
+        for i in range(nsem):
+            m.d.comb += values[i].eq(dut.values[i])
+
+        def cur(sem):
+            v = Signal(cfg.sem_bits + 1)
+            for i in range(nsem):
+                with m.If(sem == i):
+                    m.d.comb += v.eq(values[i])
+            return v
+
+        for c, (e, cl) in enumerate(zip(env, dut.clients)):
+            sig = e["signal"]
+            if mut == "lost_signal" and c == 3:
+                sig = e["signal"] & ~(env[0]["signal"] & (env[0]["signal_sem"] == e["signal_sem"]))
+            m.d.comb += [cl.wait_sem.eq(e["wait_sem"]), cl.wait_count.eq(e["wait_count"]),
+                         cl.wait_consume.eq(e["wait_consume"]), cl.take.eq(e["take"]),
+                         cl.signal.eq(sig), cl.signal_sem.eq(e["signal_sem"])]
+            ok = cl.wait_ok
+            if mut == "early_release" and c == 2:
+                ok = ok | ((cur(e["wait_sem"]) + 1) == e["wait_count"])
+            if mut == "double_consume" and c == 1:
+                ok = cur(e["wait_sem"]) >= e["wait_count"]
+            m.d.comb += e["wait_ok"].eq(ok)
+            # the sequencer raises take only while wait_ok (take = issue, gated by wait_ok)
+            m.d.comb += Assume(~e["take"] | e["wait_ok"])
+
+        # -- shadow model from port events ---------------------------------------------------------
+        width = cfg.sem_bits + 6
+        shadow = [Signal(cfg.sem_bits, name=f"shadow{i}") for i in range(nsem)]
+        ovf_any = Signal()
+        ovf_clients = Signal(n)
+        for i in range(nsem):
+            inc = sum(((e["signal"] & (e["signal_sem"] == i)) for e in env), Const(0, 4))
+            granted = [e["take"] & e["wait_ok"] & e["wait_consume"] & (e["wait_sem"] == i) & (e["wait_count"] != 0)
+                       for e in env]
+            dec = Signal(unsigned(11), name=f"dec{i}")
+            m.d.comb += dec.eq(sum((g.replicate(8) & e["wait_count"] for g, e in zip(granted, env)), Const(0, 11)))
+            n_granted = sum(granted, Const(0, 3))
+            nxt = Signal(unsigned(width), name=f"shadow_next{i}")
+            m.d.comb += nxt.eq(shadow[i] + inc - dec)
+            ovf = Signal(name=f"shadow_ovf{i}")
+            m.d.comb += ovf.eq(~clear & (nxt > smax))
+            # no underflow: granted consumes never exceed the value, at most one consumer
+            m.d.comb += [Assert(dec <= values[i], f"underflow on semaphore {i}"),
+                         Assert(n_granted <= 1, f"two consuming waits granted on semaphore {i}")]
+            with m.If(clear):
+                m.d.sync += shadow[i].eq(0)
+            with m.Elif(ovf):
+                m.d.sync += shadow[i].eq(smax)
+            with m.Else():
+                m.d.sync += shadow[i].eq(nxt)
+            with m.If(ovf):
+                m.d.comb += ovf_any.eq(1)
+                for c, e in enumerate(env):
+                    with m.If(e["signal"] & (e["signal_sem"] == i)):
+                        m.d.comb += ovf_clients[c].eq(1)
+            m.d.comb += Assert(values[i] == shadow[i], f"semaphore {i} differs from the ISA model")
+
+        # -- release exactly when the count is reached ---------------------------------------------
+        for c, e in enumerate(env):
+            reached = cur(e["wait_sem"]) >= e["wait_count"]
+            consuming = e["wait_consume"] & (e["wait_count"] != 0)
+            blocked = Const(0, 1)
+            for p in range(c):
+                ep = env[p]
+                blocked = blocked | (ep["take"] & ep["wait_ok"] & ep["wait_consume"] & (ep["wait_count"] != 0)
+                                     & (ep["wait_sem"] == e["wait_sem"]))
+            m.d.comb += [Assert(~e["wait_ok"] | reached, f"client {c} released before its count"),
+                         Assert(~(reached & ~(consuming & blocked)) | e["wait_ok"],
+                                f"client {c} not released although its count is reached")]
+
+        m.d.comb += Assert(dut.overflow == ovf_any, "overflow flag differs from the ISA model")
+        with m.If(ovf_any):
+            m.d.comb += Assert(ovf_clients.bit_select(dut.overflow_client, 1), "overflow_client not an overflowing signaller")
+
+        if self.covers:
+            # non-vacuity: a counted consuming wait is released; an overflow; a blocked waiter
+            e0, e1 = env[0], env[1]
+            m.d.comb += [
+                Cover(e1["take"] & e1["wait_ok"] & e1["wait_consume"] & (e1["wait_count"] == 2) & (values[1] == 2)),
+                Cover(dut.overflow),
+                Cover(e0["take"] & e0["wait_ok"] & e0["wait_consume"] & (e0["wait_count"] == 1)
+                      & (e1["wait_sem"] == e0["wait_sem"]) & e1["wait_consume"] & (e1["wait_count"] == 1)
+                      & ~e1["wait_ok"]),
+            ]
+
+
+register(FormalCheck(
+    "semaphores.isa_model", lambda mutant: SemaphoreProps(mutant), "prove", 3,
+    "SemaphoreUnit (4 sems x 3 bits, 4 clients): values follow the ISA model, no underflow, one consume "
+    "per semaphore per cycle, wait released exactly when sem >= count, overflow saturates and flags",
+    mutants=MUTANTS, mutant_depth=10))
+
+register(FormalCheck(
+    "semaphores.cover", lambda mutant: SemaphoreProps(mutant, covers=True), "cover", 10,
+    "reachability: a count-2 consuming wait released, an overflow, a consume blocked by a lower client"))
