@@ -308,8 +308,10 @@ class _State(enum.Enum, shape=3):
     IDLE = 0
     CHECK1 = 1
     CHECK2 = 2
-    RUN = 3
-    HALTED = 4
+    CHECK3 = 3
+    CHECK4 = 4
+    RUN = 5
+    HALTED = 6
 
 
 class MatrixEngine(wiring.Component):
@@ -396,17 +398,26 @@ class MatrixEngine(wiring.Component):
         with m.If(self.instr.valid & self.instr.ready):
             m.d.sync += [ins.eq(self.instr.payload.body.matmul), state.eq(_State.CHECK1)]
 
+        # Footprint check in four registered steps (one multiply or one add per term and cycle,
+        # so no multiply-add chain sits in front of a compare):
+        #   CHECK1  products, n_lines, last_mask, last weight line
+        #   CHECK2  a_addr + (m_outer-1)*a_outer_stride, (m_inner-1)*a_stride + n_lines - 1,
+        #           last accumulator line, weight range flag
+        #   CHECK3  last activation line, accumulator range flag
+        #   CHECK4  SPAD_RANGE or start (compares against power-of-two depths are high-bit ORs)
         n_lines = Signal(_lines_bits(cfg))
         last_mask = Signal(cols)
-        p_outer = Signal(24)
-        p_inner = Signal(24)
+        p_outer = Signal(22)
+        p_inner = Signal(16)
         n_rows = Signal(17)
-        act_max = Signal(26)
-        wgt_max = Signal(16)
+        act_s1 = Signal(23)
+        act_s2 = Signal(17)
+        act_max = Signal(24)
+        wgt_max = Signal(15)
         acc_max = Signal(18)
-        m.d.comb += [act_max.eq(ins.a_addr + p_outer + p_inner + n_lines - 1),
-                     wgt_max.eq(ins.w_addr + ins.k - 1),
-                     acc_max.eq(ins.acc_addr + n_rows - 1)]
+        wgt_bad = Signal()
+        acc_bad = Signal()
+        mi_last = Signal(8)        # m_inner - 1
         kl = Signal(range(cols))
         m.d.comb += kl.eq((ins.k - 1)[:lshift] if lshift else 0)
 
@@ -416,8 +427,9 @@ class MatrixEngine(wiring.Component):
         d_outer = Signal(16)
         d_mi = Signal(8)
         d_acc = Signal(16)
-        written = Signal(17)
         consumed = Signal(17)
+        w_left = Signal(17)        # accumulator lines still to write
+        w_last = Signal()          # registered w_left == 1
 
         with m.If(state == _State.CHECK1):
             m.d.sync += [
@@ -426,15 +438,24 @@ class MatrixEngine(wiring.Component):
                 n_rows.eq(ins.m_outer * ins.m_inner),
                 n_lines.eq((ins.k + cols - 1) >> lshift),
                 last_mask.eq(Cat(Const(1, 1), *[Const(e, range(cols)) <= kl for e in range(1, cols)])),
+                wgt_max.eq(ins.w_addr + ins.k - 1),
+                mi_last.eq(ins.m_inner - 1),
                 state.eq(_State.CHECK2),
             ]
         with m.If(state == _State.CHECK2):
-            with m.If((act_max >= cfg.act_depth) | (wgt_max >= cfg.wgt_depth) | (acc_max >= cfg.acc_depth)):
+            m.d.sync += [act_s1.eq(ins.a_addr + p_outer), act_s2.eq(p_inner + n_lines - 1),
+                         acc_max.eq(ins.acc_addr + n_rows - 1), wgt_bad.eq(wgt_max >= cfg.wgt_depth),
+                         state.eq(_State.CHECK3)]
+        with m.If(state == _State.CHECK3):
+            m.d.sync += [act_max.eq(act_s1 + act_s2), acc_bad.eq(acc_max >= cfg.acc_depth),
+                         state.eq(_State.CHECK4)]
+        with m.If(state == _State.CHECK4):
+            with m.If((act_max >= cfg.act_depth) | wgt_bad | acc_bad):
                 m.d.sync += [err.eq(ErrorCode.SPAD_RANGE), state.eq(_State.HALTED)]
             with m.Else():
                 m.d.sync += [d_left.eq(n_rows), d_a.eq(ins.a_addr), d_outer.eq(ins.a_addr), d_mi.eq(0),
-                             d_acc.eq(ins.acc_addr), written.eq(0), consumed.eq(0),
-                             state.eq(_State.RUN)]
+                             d_acc.eq(ins.acc_addr), consumed.eq(0), w_left.eq(n_rows),
+                             w_last.eq(n_rows == 1), state.eq(_State.RUN)]
 
         # -- row dispenser (fixed priority among requesting lanes) -------------------------------
         have_row = Signal()
@@ -447,7 +468,7 @@ class MatrixEngine(wiring.Component):
             taken = taken | lane.row_req
         with m.If(have_row & taken):
             m.d.sync += [d_left.eq(d_left - 1), d_acc.eq(d_acc + 1)]
-            with m.If(d_mi == ins.m_inner - 1):
+            with m.If(d_mi == mi_last):
                 m.d.sync += [d_mi.eq(0), d_outer.eq(d_outer + ins.a_outer_stride),
                              d_a.eq(d_outer + ins.a_outer_stride)]
             with m.Else():
@@ -514,8 +535,8 @@ class MatrixEngine(wiring.Component):
         wfire = Signal()
         m.d.comb += wfire.eq(self.acc_wr.cmd.valid & self.acc_wr.cmd.ready)
         with m.If(wfire):
-            m.d.sync += written.eq(written + 1)
-            with m.If((state == _State.RUN) & (written + 1 == n_rows)):
+            m.d.sync += [w_left.eq(w_left - 1), w_last.eq(w_left == 2)]
+            with m.If((state == _State.RUN) & w_last):
                 m.d.comb += self.done.eq(1)
                 m.d.sync += state.eq(_State.IDLE)
 

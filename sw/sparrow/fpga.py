@@ -35,7 +35,7 @@ from pathlib import Path
 
 __all__ = ["DEVICES", "HEADROOM", "TARGET_MHZ", "Device", "verilog_ports", "io_wrapper", "parse_yosys_stat",
            "parse_nextpnr_report", "critical_path_summary", "pick_device", "synthesize", "place_route",
-           "run_preset", "table", "main"]
+           "BLOCKS", "export_block", "run_preset", "table", "main"]
 
 TARGET_MHZ = 150.0
 #: Use at most this fraction of a device's LUTs/FFs when picking it: the small preset at 81 % of an
@@ -271,14 +271,60 @@ def export_verilog(preset_name: str, work: Path) -> tuple[Path, str]:
     return vfile, wrap
 
 
+#: Blocks that :func:`run_block` synthesizes on their own (``python -m sparrow.fpga --block NAME``):
+#: ``name -> (module, class)``; each takes the ``HwConfig``.
+BLOCKS = {
+    "load": ("sparrow.hdl.dma_load", "LoadEngine"),
+    "store": ("sparrow.hdl.dma_store", "StoreEngine"),
+    "matmul": ("sparrow.hdl.matrix_engine", "MatrixEngine"),
+    "vector": ("sparrow.hdl.vector_engine", "VectorEngine"),
+    "seq": ("sparrow.hdl.sequencer", "Sequencer"),
+    "fetch": ("sparrow.hdl.fetch", "FetchUnit"),
+}
+
+
+def _ports_of(component) -> dict:
+    """Verilog ports of a component by flattened member name, without constant members (as
+    ``sparrow.sim.cocotb_run.verilog_of``, but keeping source locations)."""
+    from amaranth.hdl import Const, Value
+    from amaranth.hdl._ir import PortDirection
+    from amaranth.lib import wiring
+    ports = {}
+    for path, member, value in component.signature.flatten(component):
+        value = Value.cast(value)
+        if not isinstance(value, Const):
+            ports["__".join(map(str, path))] = (
+                value, PortDirection.Input if member.flow == wiring.In else PortDirection.Output)
+    return ports
+
+
+def export_block(block: str, preset_name: str, work: Path) -> tuple[Path, str]:
+    """Verilog of one block of ``BLOCKS`` (for ``preset_name``) behind the I/O wrapper."""
+    import importlib
+
+    from amaranth.back import verilog
+
+    from sparrow.config import preset
+    if block not in BLOCKS:
+        raise ValueError(f"block: unknown {block!r}; choose one of {sorted(BLOCKS)}")
+    mod, cls = BLOCKS[block]
+    comp = getattr(importlib.import_module(mod), cls)(preset(preset_name))
+    top, wrap = f"{block}_{preset_name}", f"{block}_{preset_name}_fpga"
+    text = verilog.convert(comp, name=top, ports=_ports_of(comp), emit_src=True)
+    work.mkdir(parents=True, exist_ok=True)
+    vfile = work / f"{wrap}.v"
+    vfile.write_text(text + "\n" + io_wrapper(text, top, wrap))
+    return vfile, wrap
+
+
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
-               nice: int = 10, reuse: bool = True, log=print) -> dict:
+               nice: int = 10, reuse: bool = True, log=print, block: str | None = None) -> dict:
     """Full flow for one preset; returns a flat result record.
 
     The record is also written to ``work/result.json`` with the SHA-256 of the synthesized
     Verilog; with ``reuse`` a later call whose Verilog, frequency and device request are the same
     returns that record instead of running the tools again (``make fpga`` then ``make bench``)."""
-    vfile, wrap = export_verilog(preset_name, work)
+    vfile, wrap = export_block(block, preset_name, work) if block else export_verilog(preset_name, work)
     sha = hashlib.sha256(vfile.read_bytes()).hexdigest()
     key = {"verilog_sha256": sha, "target_mhz": freq, "device_request": device}
     cached = work / "result.json"
@@ -304,7 +350,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
         return util.get(bel, (0, 0))[0]
 
     record = {
-        "preset": preset_name, "device": dev.name, "package": PACKAGE, "target_mhz": freq,
+        "preset": preset_name if not block else f"{block}/{preset_name}", "device": dev.name, "package": PACKAGE, "target_mhz": freq,
         "fmax_mhz": round(pnr["fmax_mhz"], 2), "meets_target": pnr["fmax_mhz"] >= freq,
         "lut4": cells.get("LUT4", 0), "carry_ccu2c": cells.get("CCU2C", 0), "ff": cells.get("TRELLIS_FF", 0),
         "dsp_mult18": cells.get("MULT18X18D", 0), "bram_dp16kd": cells.get("DP16KD", 0),
@@ -348,8 +394,10 @@ def main(argv=None):
     ap.add_argument("--device", default=None, help="force a device (--25k/--45k/--85k)")
     ap.add_argument("--nice", type=int, default=int(os.environ.get("SPARROW_NICE", "10")))
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--block", default=None, choices=sorted(BLOCKS), help="one block on its own")
     args = ap.parse_args(argv)
-    results = [run_preset(p, args.out / p, freq=args.freq, device=args.device, nice=args.nice)
+    results = [run_preset(p, args.out / (f"{args.block}_{p}" if args.block else p), freq=args.freq,
+                          device=args.device, nice=args.nice, block=args.block)
                for p in args.presets]
     print(table(results))
     if args.json:
