@@ -413,3 +413,25 @@ def test_break_state_scratchpads(cnn):
     prog.run(inputs, break_at="conv1", on_break=on_break)
     assert got["acc"].shape == (prog.cfg.acc_depth, prog.cfg.cols) and got["acc"].dtype == np.int32
     assert np.any(got["acc"] != 0) and np.any(got["act"] != 0)  # conv1 accumulated and requantized
+
+
+def test_cli_compile_save_then_break_on_spw(cnn, tmp_path, capsys):
+    """`sparrow compile --save all` keeps every intermediate, so --break-at works on the .spw alone,
+    and the manifest names each node's output value (no frontend re-import needed)."""
+    model, prog, inputs = cnn
+    onnx_path = tmp_path / "m.onnx"
+    onnx.save(model, onnx_path)
+    spw = tmp_path / "m.spw"
+    assert main(["compile", str(onnx_path), "-o", str(spw), "--preset", PRESET, "--save", "all", "-q"]) == 0
+    from sparrow.compiler import load
+
+    saved = load(spw)
+    assert saved.manifest["node_outputs"]["conv2"] == ["r2"]
+    np.save(tmp_path / "x.npy", inputs["x"])
+    saved.run(inputs, device=GoldenDevice(saved.cfg))  # uninterrupted run of the same program
+    ref = dict(saved.last_run["values"])
+    rc = main(["run", str(spw), "--input", str(tmp_path / "x.npy"), "--output-dir", str(tmp_path / "o"),
+               "--break-at", "conv2", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    b = np.load(tmp_path / "o" / "break_conv2_r2.npy")
+    np.testing.assert_array_equal(b, (ref["r2"] * np.float64(saved.scales["r2"])).astype(np.float32))

@@ -119,7 +119,8 @@ def _cmd_compile(args) -> int:
     try:
         prog = _compile(args.model, calibration=args.calibration, preset=args.preset,
                         log=None if args.quiet else (lambda s: print(s, file=sys.stderr)),
-                        options=options, cache=not args.no_cache, cache_dir=args.cache_dir)
+                        options=options, cache=not args.no_cache, cache_dir=args.cache_dir,
+                        save=_save_arg(args.save))
         prog.save(args.output)
     except CompileError as e:
         raise CliError(f"{args.model}: {e}") from None
@@ -131,6 +132,13 @@ def _cmd_compile(args) -> int:
     if args.cache_stats:
         print(prog.cache_stats.format())
     return 0
+
+
+def _save_arg(text):
+    """``--save all|NODE,...`` -> the ``save=`` argument of ``compile``."""
+    if not text:
+        return None
+    return "all" if text == "all" else [t for t in text.split(",") if t]
 
 
 def _read_inputs(items, prog_inputs) -> dict:
@@ -348,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the compile cache")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="compile cache directory (default: $SPARROW_CACHE_DIR, else ~/.cache/sparrow)")
+    p.add_argument("--save", metavar="all|NODE,...",
+                   help="keep these intermediates in memory (for run --save / --break-at)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_compile)
 

@@ -268,6 +268,12 @@ def _package(g, info, plan, cfg, options) -> CompiledProgram:
         "partition": {k: {kk: vv for kk, vv in v.items()} for k, v in info.items()},
         "partition_text": format_partition(g, info),
         "options": options,
+        # exact node -> value names, for breakpoints at layers and bisection (sparrow.debug)
+        "node_outputs": {n.name: [o for o in n.outputs if o] for n in g.nodes},
+        "node_inputs": {n.name: [i for i in n.inputs if i and not g.values[i].is_const] for n in g.nodes},
+        "node_ops": {
+            n.name: n.op + ("+" + n.attrs["act"][0] if n.attrs.get("act") else "") for n in g.nodes
+        },
     }
     return CompiledProgram(manifest, plan["programs"], consts)
 
