@@ -111,7 +111,7 @@ def test_second_compile_hits_and_is_identical(rng, tmp_path):
     assert warm.manifest["accuracy"] == cold.manifest["accuracy"]
     # a change of the last stage's own input (accuracy batches) reads every earlier stage
     acc2 = compile_(m, d, calibration=cal, accuracy_batches=2)
-    assert status(acc2) == {**{s: "hit" for s in STAGES[:-1]}, "program": "miss"}
+    assert status(acc2) == {**{s: "hit" for s in STAGES[:-2]}, "accuracy": "miss", "program": "miss"}
     assert acc2.manifest["accuracy"]["batches"] == 2
     assert members(compile_(m, d, calibration=cal, accuracy_batches=2)) == members(acc2)
     # the same keys from the model as a file and as bytes
@@ -127,8 +127,9 @@ def test_backend_option_reuses_front_end(rng, tmp_path):
     base = compile_(m, d, calibration=cal)
     opts = {"keep": ["p"]}  # a back-end option: materialise the pool output in DRAM
     changed = compile_(m, d, calibration=cal, options=opts)
+    # the accuracy report is not re-run: back-end options keep outputs bit-identical
     assert status(changed) == {"frontend": "hit", "partition": "hit", "quantize": "hit",
-                               "lower": "miss", "program": "miss"}
+                               "lower": "miss", "accuracy": "hit", "program": "miss"}
     ref = sparrow.compile(m, calibration=cal, preset=PRESET, accuracy_batches=1, options=opts, cache=False)
     assert members(changed) == members(ref)
     assert members(changed) != members(base)  # the option did change the program
@@ -139,7 +140,7 @@ def test_backend_option_reuses_front_end(rng, tmp_path):
     # a preset change: partition and everything after it; frontend and quantize reused
     other = compile_(m, d, calibration=cal, preset="default")
     assert status(other) == {"frontend": "hit", "partition": "miss", "quantize": "hit",
-                             "lower": "miss", "program": "miss"}
+                             "lower": "miss", "accuracy": "miss", "program": "miss"}
     assert members(other) == members(
         sparrow.compile(m, calibration=cal, preset="default", accuracy_batches=1, cache=False))
 
@@ -151,7 +152,7 @@ def test_calibration_change_invalidates_quantize(rng, tmp_path):
     cal2 = {"x": cal["x"] * 3.0}
     b = compile_(m, d, calibration=cal2)
     assert status(b) == {"frontend": "hit", "partition": "hit", "quantize": "miss",
-                         "lower": "miss", "program": "miss"}
+                         "lower": "miss", "accuracy": "miss", "program": "miss"}
     assert b.scales["x"] == pytest.approx(3 * a.scales["x"])
     ref = sparrow.compile(m, calibration=cal2, preset=PRESET, accuracy_batches=1, cache=False)
     assert members(b) == members(ref)
@@ -216,13 +217,13 @@ def test_corrupt_entries_in_several_stages(rng, tmp_path):
     again = compile_(m, d, calibration=cal)
     s = again.cache_stats.stages
     assert status(again) == {"frontend": "miss", "partition": "hit", "quantize": "miss",
-                             "lower": "miss", "program": "miss"}
+                             "lower": "miss", "accuracy": "hit", "program": "miss"}
     assert "length" in s["frontend"].corrupt
     assert "checksum" in s["lower"].corrupt
     assert "decode" in s["quantize"].corrupt
     assert members(again) == ref
     assert status(compile_(m, d, calibration=cal, accuracy_batches=3)) == {
-        **{k: "hit" for k in STAGES[:-1]}, "program": "miss"}
+        **{k: "hit" for k in STAGES[:-2]}, "accuracy": "miss", "program": "miss"}
 
 
 def test_edited_back_end_code_misses_back_end_stages(rng, tmp_path, monkeypatch):
@@ -238,10 +239,11 @@ def test_edited_back_end_code_misses_back_end_stages(rng, tmp_path, monkeypatch)
     with open(pkg / "compiler" / "lower.py", "a") as f:
         f.write("\n# edited\n")
     after = {s: code_version(s) for s in STAGES}
-    assert [s for s in STAGES if before[s] != after[s]] == ["lower", "program"]  # program.py imports it
+    # program.py imports lower; the accuracy runs execute back-end code
+    assert [s for s in STAGES if before[s] != after[s]] == ["lower", "accuracy", "program"]
     again = compile_(m, d, calibration=cal)
     assert status(again) == {"frontend": "hit", "partition": "hit", "quantize": "hit",
-                             "lower": "miss", "program": "miss"}
+                             "lower": "miss", "accuracy": "miss", "program": "miss"}
     with open(pkg / "compiler" / "frontend.py", "a") as f:
         f.write("\n# edited\n")
     assert status(compile_(m, d, calibration=cal)) == {s: "miss" for s in STAGES}
@@ -256,7 +258,7 @@ def test_cache_off_location_and_errors(rng, tmp_path, monkeypatch):
     # SPARROW_CACHE_DIR is the default location, ~/.cache/sparrow without it
     p = sparrow.compile(m, preset=PRESET, accuracy_batches=0)
     assert p.cache_stats.directory == str(tmp_path / "env-cache")
-    assert len(list((tmp_path / "env-cache").rglob("*.entry"))) == len(STAGES)
+    assert len(list((tmp_path / "env-cache").rglob("*.entry"))) == len(STAGES) - 1  # no accuracy runs
     assert not list((tmp_path / "env-cache").rglob("*.tmp"))
     monkeypatch.delenv("SPARROW_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -295,12 +297,12 @@ def test_cli_cache_stats(rng, tmp_path, capsys):
     assert main(["compile", *args]) == 0
     out = capsys.readouterr().out
     assert _stat_rows(out) == {s: "miss" for s in STAGES}
-    assert f"compile cache: {d}" in out and "hits 0, misses 5" in out
+    assert f"compile cache: {d}" in out and "hits 0, misses 6" in out
     assert main(["compile", *args]) == 0
     assert _stat_rows(capsys.readouterr().out)["program"] == "hit"
     assert main(["compile", *args, "--option", 'keep=["p"]']) == 0
     assert _stat_rows(capsys.readouterr().out) == {"frontend": "hit", "partition": "hit", "quantize": "hit",
-                                                   "lower": "miss", "program": "miss"}
+                                                   "lower": "miss", "accuracy": "hit", "program": "miss"}
     n = len(list(d.rglob("*.entry")))
     assert main(["compile", *args, "--no-cache", "--option", "keep=[\"r\"]"]) == 0
     out = capsys.readouterr().out

@@ -171,7 +171,14 @@ def compile(
         g, inf, pl = quantized(), info(), plan()
         prog = _package(g, inf, pl, cfg, final_options())
         if accuracy_batches:
-            prog.manifest["accuracy"] = _accuracy(prog, g, cal(), accuracy_batches)
+            # independent of back-end options (they keep outputs bit-identical): see .cache
+            prog.manifest["accuracy"] = store.stage(
+                "accuracy",
+                keys.get("accuracy"),
+                lambda: _accuracy(prog, g, cal(), accuracy_batches),
+                _pickle,
+                pickle.loads,
+            )
         return prog
 
     prog = store.stage("program", keys.get("program"), program, _spw_bytes, _spw_load)
@@ -243,7 +250,10 @@ def _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batc
     k["lower"] = digest(
         base, "lower", code_version("lower"), k["partition"], k["quantize"], options_json, save_key
     )
-    k["program"] = digest(base, "program", code_version("program"), k["lower"], accuracy_batches)
+    k["accuracy"] = digest(
+        base, "accuracy", code_version("accuracy"), k["partition"], k["quantize"], accuracy_batches
+    )
+    k["program"] = digest(base, "program", code_version("program"), k["lower"], k["accuracy"])
     return k
 
 

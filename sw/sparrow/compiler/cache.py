@@ -5,7 +5,8 @@ key that hashes everything the output depends on, so a later compile resumes fro
 stage whose key is unchanged::
 
     frontend ──┬── partition ──┐
-               └── quantize  ──┴── lower ── program
+               └── quantize  ──┴── lower ──────┬── program
+                                  └── accuracy ─┘
 
 ========== =============================== ==================================================
 stage      stored output                   key = hash of
@@ -23,10 +24,19 @@ lower      the lowered plan: steps,        partition key, quantize key, back-end
            (pickle)                        the back end (every ``compiler/*.py`` module
                                            except program.py, ``kernels/``, isa, config,
                                            codec, errors)
-program    the final :class:`CompiledProgram` lower key, ``accuracy_batches``, code of
-           incl. the accuracy report (the      program.py and ``golden/`` (the accuracy runs)
+accuracy   the int8-vs-float accuracy report partition key, quantize key, ``accuracy_batches``,
+           (golden runs on calibration     code of the back end, program.py and ``golden/``
+           batches; pickle)                -- *not* the back-end ``options`` or ``save=``
+program    the final :class:`CompiledProgram` lower key, accuracy key, code of program.py and
+           incl. the accuracy report (the  ``golden/``
            ``.spw`` bytes)
 ========== =============================== ==================================================
+
+Why ``accuracy`` ignores back-end options: every back-end option (fusion, scheduling, DRAM
+reuse, compression, batching, saved intermediates) must leave the program's outputs bit-identical
+(``tests/test_compiler_opt.py`` checks each one on and off), so the report -- which compares those
+outputs with the float model -- is a function of the quantized graph, the partition and the code.
+A back-end change therefore re-lowers but does not re-run the accuracy batches.
 
 Every key also hashes :data:`CACHE_VERSION`, the Python and NumPy versions, and the source of
 ``compiler/__init__.py`` and this module (the pipeline glue). "Code of" means the SHA-256 of the
@@ -86,7 +96,7 @@ __all__ = [
 ]
 
 CACHE_VERSION = 1
-STAGES = ("frontend", "partition", "quantize", "lower", "program")
+STAGES = ("frontend", "partition", "quantize", "lower", "accuracy", "program")
 MAGIC = b"SPARROW-CACHE\n"
 
 _log = logging.getLogger("sparrow.cache")
@@ -102,6 +112,17 @@ STAGE_CODE = {
     "partition": ("compiler/partition.py", "compiler/ir.py", "compiler/hostops.py", "config.py"),
     "quantize": ("compiler/quantize.py", "compiler/ir.py", "compiler/hostops.py"),
     "lower": ("compiler/*", "kernels/", "isa.py", "config.py", "codec.py", "errors.py"),
+    # the accuracy report: the golden model runs the program on calibration batches
+    "accuracy": (
+        "compiler/*",
+        "compiler/program.py",
+        "kernels/",
+        "golden/",
+        "isa.py",
+        "config.py",
+        "codec.py",
+        "errors.py",
+    ),
     "program": (
         "compiler/program.py",
         "compiler/lower.py",
