@@ -330,7 +330,7 @@ def test_scheduler_prefetches_independent_work():
             a.write(mm, np.full(a.shape, 3))
         res = mm.run(prog, mode="concurrent", check_races=True)
         outs[enabled] = (res.cycles, [y.read(mm) for _, y in ts], rep)
-    (c0, y0, r0), (c1, y1, r1) = outs[False], outs[True]
+    (c0, y0, _), (c1, y1, r1) = outs[False], outs[True]
     for u, v in zip(y0, y1, strict=True):
         np.testing.assert_array_equal(u, v)
     assert r1["reordered"] and r1["est_cycles"] < r1["est_cycles_before"]

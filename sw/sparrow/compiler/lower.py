@@ -411,11 +411,11 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
 
         out_name = grp["out"] if grp else n.outputs[0]
         reuse = opts["reuse_dram"] and internal(out_name, order[(grp["nodes"][-1] if grp else n.name)])
+        compressed = bool(comp.get(out_name, {}).get("compressed"))
 
-        def new_out(shape, seg=seg, out_name=out_name, reuse=reuse, comp_info=comp.get(out_name)):
+        def new_out(shape, seg=seg, out_name=out_name, reuse=reuse, compressed=compressed):
             try:
-                t = seg.b.tensor(shape, "int8", name=out_name, reuse=reuse,
-                                 compressed=bool(comp_info and comp_info["compressed"]))
+                t = seg.b.tensor(shape, "int8", name=out_name, reuse=reuse, compressed=compressed)
             except ValueError as e:
                 raise CompileError(f"tensor {out_name!r} {list(shape)} does not fit external memory: {e}") from None
             return t

@@ -288,7 +288,7 @@ class ProgramBuilder:
     def _reuse_alloc(self, nbytes: int):
         size = _cdiv(nbytes + self.slack, 16) * 16
         best = None
-        for k, (a, n) in enumerate(self._free):   # best fit
+        for k, (_, n) in enumerate(self._free):   # best fit
             if n >= size and (best is None or n < self._free[best][1]):
                 best = k
         if best is None:
