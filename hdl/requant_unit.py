@@ -62,7 +62,7 @@ class RequantUnit(wiring.Component):
         The int8 result.
     """
 
-    LATENCY = 8
+    LATENCY = 9
 
     def __init__(self, cols: int):
         if not isinstance(cols, int) or isinstance(cols, bool) or not 1 <= cols <= 64 or cols & (cols - 1):
@@ -147,11 +147,13 @@ class RequantUnit(wiring.Component):
             sync += [qs.eq(Mux(q > 32767, 32767, Mux(q < -32768, -32768, q))),
                      up.eq(rbit6 & (sticky6 | q[0]))]
 
-            # S8: + zp, then min(max(y, lo), hi).
-            y = Signal(signed(18), name=f"s8_y_{c}")
-            m.d.comb += y.eq(qs + up + self.zp)
+            # S8: + zp (registered, so the adds do not chain into the clamp compares).
+            y = reg(signed(18), 8, "y")
+            sync += y.eq(qs + up + self.zp)
+
+            # S9: min(max(y, lo), hi).
             ylo = Mux(y < self.lo, self.lo, y)
-            out = reg(signed(8), 8, "out")
+            out = reg(signed(8), 9, "out")
             sync += out.eq(Mux(ylo > self.hi, self.hi, ylo))
             m.d.comb += self.o_y[c].eq(out)
         return m

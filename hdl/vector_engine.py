@@ -2,11 +2,11 @@
 
 Structure (one instruction executing at a time, the next one checked meanwhile)::
 
-    instr -> nxt register: CHECK (4 cycles: footprint, SPAD_RANGE), overlapping the running one
+    instr -> nxt register: CHECK (8 cycles: footprint, SPAD_RANGE), overlapping the running one
           -> ins register: RUN -> done
                  read issue --cmd--> scratchpad --rsp--> response FIFO (per port, fall-through)
                  consume (pop operands, pool window, mask select) -> E0 register
-                 -> RequantUnit (8 stages) -> write FIFO -> act_wr
+                 -> RequantUnit (9 stages) -> write FIFO -> act_wr
 
 * Every read port has a response FIFO of ``rd_depth`` lines and a credit counter (issued and
   not yet consumed); a read is only issued when its response is sure to fit, so responses are
@@ -348,7 +348,7 @@ class VectorEngine(wiring.Component):
         IDLE, RUN, ERR = range(3)
         state = Signal(range(3))
         nxt_valid = Signal()
-        chk = Signal(3)          # check stage of nxt: 0..3 computing, 4: result in nxt_fail
+        chk = Signal(4)          # check stage of nxt: 0..7 computing, 8: result in nxt_fail
         nxt_fail = Signal()
         # Footprint terms (one add each, registered); the footprint is out of range iff a term
         # is: max(a, b) >= depth <=> a >= depth or b >= depth. t1 is always ACT; t2/t3 are ACC
@@ -359,43 +359,64 @@ class VectorEngine(wiring.Component):
         comb += self.instr.ready.eq(~nxt_valid & (state != ERR))
         with m.If(self.instr.valid & self.instr.ready):
             sync += [nxt.eq(self.instr.payload), nxt_valid.eq(1), chk.eq(0)]
+        # Footprint in eight registered steps, each one multiply or one two-operand add per term
+        # (no multiplier feeds an adder or a compare in the same cycle):
+        #   0: field - 1 terms; the products of raw fields   1: products of the "- 1" terms
+        #   2: "+ k - 1" sums   3: ph*row_stride, pw*lpp   4, 5: pool input span
+        #   6: the three footprint ends t1..t3   7: their range compare (nxt_fail)
+        ohm1, owm1 = Signal(8), Signal(8)
+        khm1, kwm1, lppm1 = Signal(4), Signal(4), Signal(6)
+        rqm1, lnm1 = Signal(12), Signal(12)
+        ph_p, pw_p = Signal(11), Signal(11)
+        win = Signal(8)
+        mn_m1 = Signal(18)
+        npool_m1 = Signal(22)
+        pa, pb = Signal(26), Signal(18)
+        pin_a = Signal(27)
         with m.Elif(nxt_valid & (chk == 0)):
             sync += [
                 chk.eq(1),
-                rq_span.eq((nrq.rows - 1) * nrq.dst_stride),
-                ph.eq((npl.out_h - 1) * npl.stride_h + npl.kh - 1),
-                pw.eq((npl.out_w - 1) * npl.stride_w + npl.kw - 1),
+                ohm1.eq(npl.out_h - 1), owm1.eq(npl.out_w - 1), khm1.eq(npl.kh - 1), kwm1.eq(npl.kw - 1),
+                lppm1.eq(npl.lpp - 1), rqm1.eq(nrq.rows - 1), lnm1.eq(nva.lines - 1),
                 ohw.eq(npl.out_h * npl.out_w),
                 sh_rs.eq(npl.stride_h * npl.row_stride),
                 sw_lpp.eq(npl.stride_w * npl.lpp),
-                win_m1.eq(npl.kh * npl.kw - 1),
+                win.eq(npl.kh * npl.kw),
                 mn.eq(nmk.rows * nmk.row_lines),
             ]
         with m.Elif(nxt_valid & (chk == 1)):
-            sync += [chk.eq(2), pin.eq(ph * npl.row_stride + pw * npl.lpp + npl.lpp - 1),
-                     npool.eq(ohw * npl.lpp)]
+            sync += [chk.eq(2), ph_p.eq(ohm1 * npl.stride_h), pw_p.eq(owm1 * npl.stride_w),
+                     rq_span.eq(rqm1 * nrq.dst_stride), npool.eq(ohw * npl.lpp), win_m1.eq(win - 1)]
         with m.Elif(nxt_valid & (chk == 2)):
-            sync += [chk.eq(3), t1_r.eq(t1), t2_r.eq(t2), t3_r.eq(t3)]
+            sync += [chk.eq(3), ph.eq(ph_p + khm1), pw.eq(pw_p + kwm1), mn_m1.eq(mn - 1),
+                     npool_m1.eq(npool - 1)]
         with m.Elif(nxt_valid & (chk == 3)):
-            sync += [chk.eq(4), nxt_fail.eq(fail)]
+            sync += [chk.eq(4), pa.eq(ph * npl.row_stride), pb.eq(pw * npl.lpp)]
+        with m.Elif(nxt_valid & (chk == 4)):
+            sync += [chk.eq(5), pin_a.eq(pa + lppm1)]
+        with m.Elif(nxt_valid & (chk == 5)):
+            sync += [chk.eq(6), pin.eq(pin_a + pb)]
+        with m.Elif(nxt_valid & (chk == 6)):
+            sync += [chk.eq(7), t1_r.eq(t1), t2_r.eq(t2), t3_r.eq(t3)]
+        with m.Elif(nxt_valid & (chk == 7)):
+            sync += [chk.eq(8), nxt_fail.eq(fail)]
 
         with m.If(nx["is_rq"]):
-            comb += [t1.eq(nrq.dst + rq_span), t2.eq(nrq.src + nrq.rows - 1), t3.eq(nrq.param + 2)]
+            comb += [t1.eq(nrq.dst + rq_span), t2.eq(nrq.src + rqm1), t3.eq(nrq.param + 2)]
         with m.Elif(nx["is_add"]):
-            comb += [t1.eq(nva.src_a + nva.lines - 1), t2.eq(nva.src_b + nva.lines - 1),
-                     t3.eq(nva.dst + nva.lines - 1)]
+            comb += [t1.eq(nva.src_a + lnm1), t2.eq(nva.src_b + lnm1), t3.eq(nva.dst + lnm1)]
         with m.Elif(nx["is_pool"]):
-            comb += [t1.eq(npl.src + pin), t2.eq(npl.dst + npool - 1), t3.eq(0)]
+            comb += [t1.eq(npl.src + pin), t2.eq(npl.dst + npool_m1), t3.eq(0)]
         with m.Else():
-            comb += [t1.eq(nmk.src + mn - 1), t2.eq(nmk.dst + mn - 1),
-                     t3.eq(Mux(nx["loaded"], nmk.mask_addr + ((mn - 1) >> 3), 0))]
+            comb += [t1.eq(nmk.src + mn_m1), t2.eq(nmk.dst + mn_m1),
+                     t3.eq(Mux(nx["loaded"], nmk.mask_addr + (mn_m1 >> 3), 0))]
         d23 = Mux(nx["is_rq"], cfg.acc_depth, cfg.act_depth)
         comb += fail.eq((t1_r >= cfg.act_depth) | (t2_r >= d23) | (t3_r >= d23))
 
         # nxt starts when checked and legal, as soon as the running instruction's last write is
         # accepted (its reads then see every write of the previous one). An illegal nxt faults
         # only from IDLE, i.e. after the previous instruction's done pulse.
-        checked = nxt_valid & (chk == 4)
+        checked = nxt_valid & (chk == 8)
         n_fail = nxt_fail
         go = Signal()
         bad = Signal()
