@@ -45,7 +45,7 @@ def test_load_uncompressed(line_bytes):
 def test_store_acc_is_beat_bound():
     m = Machine(CFG)
     ins = make("store", spad="acc", rows=2, row_lines=3, dram_stride=64)
-    exp = K.dma_start + 2 * (K.dma_row_setup + max(ceil(3 * 16, CFG.mem_bytes), 3))
+    exp = K.store_start + 2 * (K.store_row_setup + max(ceil(3 * 16, CFG.mem_bytes), 3))
     assert duration(m, ins) == exp
 
 
@@ -56,22 +56,41 @@ def test_compressed_counts_group_bytes():
     worst = 2 + 2 * (1 + 4)
     st = make("store", rows=2, row_lines=2, dram_stride=worst, compressed=1)
     sizes = [len(codec.compress_group(r)) for r in data]           # 5 and 12 bytes
-    exp = K.dma_start + sum(K.dma_row_setup + max(ceil(n, CFG.mem_bytes), 2) for n in sizes)
-    assert duration(m, st) == exp
+    beats = [max(ceil(n, CFG.mem_bytes), 2) for n in sizes]
+    assert duration(m, st) == K.store_start + sum(K.store_row_setup + b for b in beats)
     ld = make("load", spad_addr=100, rows=2, row_lines=2, dram_stride=worst, compressed=1)
-    assert duration(m, ld) == exp
+    assert duration(m, ld) == K.dma_start + sum(K.dma_row_setup + b for b in beats)
+
+
+def test_load_and_store_fixed_costs_are_separate():
+    costs = Costs(dma_start=3, dma_row_setup=2, store_start=11, store_row_setup=0)
+    m = Machine(CFG, costs=costs)
+    ld = make("load", rows=2, row_lines=1, dram_stride=64)            # 4 bytes a row: 1 beat, 1 line
+    st = make("store", rows=2, row_lines=1, dram_stride=64)
+    assert duration(m, ld) == 3 + 2 * (2 + 1)
+    assert duration(m, st) == 11 + 2 * (0 + 1)
 
 
 def test_matmul_lane_scheduling():
-    """Rows cost [5, 2, 2, 2, 8] on 4 lanes: row 4 goes to lane 1 (earliest free, at 2), makespan 10."""
+    """Rows cost [5, 1, 1, 1, 8] on 4 lanes: row 4 goes to lane 1 (earliest free, at 1), makespan 9."""
     m = Machine(CFG)
     k = 8                                                          # two lines per row
     lines = {0: ([1, 2, 3, 4], [0, 0, 0, 0]), 1: ([0] * 4, [0] * 4), 2: ([0] * 4, [0] * 4),
              3: ([0] * 4, [0] * 4), 4: ([1, 1, 1, 1], [2, 2, 2, 2])}
     for r, (l0, l1) in lines.items():
         m.act[2 * r], m.act[2 * r + 1] = l0, l1
-    # row costs: 4 + 1, 1 + 1, 1 + 1, 1 + 1, 4 + 4  -> [5, 2, 2, 2, 8]; row 4 to lane 1 at 2 -> 10
-    assert duration(m, make("matmul", k=k, m_inner=5, a_stride=2)) == K.matmul_start + 10
+    # row costs: 4 + 1 (last line all zero: one cycle), 0 + 1 (first line all zero: dropped), ...,
+    # 4 + 4 -> [5, 1, 1, 1, 8]; lanes 0-3 take rows 0-3, row 4 goes to lane 1 at 1 -> ends at 9
+    assert duration(m, make("matmul", k=k, m_inner=5, a_stride=2)) == K.matmul_start + 9
+
+
+def test_matmul_zero_lines_cost_nothing_but_a_rows_end():
+    """One row of four lines: zero, [1 nz], zero, zero -> 0 + 1 + 0 + max(1, 0) = 2 cycles."""
+    m = Machine(CFG, costs=Costs(matmul_row_cycles=0))
+    m.act[0:4] = [[0, 0, 0, 0], [0, 5, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert duration(m, make("matmul", k=16)) == m.costs.matmul_start + 2
+    m.act[3] = [1, 2, 0, 3]                                        # last line 3 non-zeros: 0 + 1 + 0 + 3
+    assert duration(m, make("matmul", k=16)) == m.costs.matmul_start + 4
 
 
 def test_matmul_writeback_bound():
@@ -95,7 +114,7 @@ def test_matmul_ignores_elements_beyond_k_for_cost():
 
 @pytest.mark.parametrize("ins,lines", [
     (make("requant", rows=7), 7 + 3),
-    (make("vadd", lines=5), 10),
+    (make("vadd", lines=5), 5),                       # a and b read in the same cycle
     (make("mask", rows=3, row_lines=2), 6),
     (make("mask", rows=3, row_lines=3, mode="loaded", mask_addr=100), 9 + 2),
     (make("maxpool", lpp=2, out_h=2, out_w=3, kh=2, kw=3, row_stride=40), 2 * 3 * 2 * 2 * 3),

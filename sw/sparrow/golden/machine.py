@@ -516,7 +516,7 @@ class Machine:
                     a = addr + y * stride
                     self.dram[a:a + rb] = data[y]
             counts["store_bytes"] = rows * rb
-            dur = perf.dma_cycles_uniform(cfg, rows, rb, rl, 0, self.costs)
+            dur = perf.dma_cycles_uniform(cfg, rows, rb, rl, 0, self.costs, store=True)
             acc = []
             if track:
                 acc = [(_SPACE[spad], False, *_strided(base, s, rows, rl)),
@@ -532,7 +532,7 @@ class Machine:
             self.dram[d:d + len(g)] = np.frombuffer(g, dtype=np.uint8)
             group_bytes[y] = len(g)
         counts["store_bytes"] = int(group_bytes.sum())
-        dur = perf.dma_cycles(cfg, group_bytes, rl, 0, self.costs)
+        dur = perf.dma_cycles(cfg, group_bytes, rl, 0, self.costs, store=True)
         acc = []
         if track:
             acc = [(_SPACE[spad], False, *_strided(base, s, rows, rl)),
@@ -570,7 +570,7 @@ class Machine:
         nz_lines = np.count_nonzero(a_full.reshape(n_rows, nl, cols), axis=2)
         nz = int(nz_lines.sum())
         counts = {"macs": nz * cols, "macs_skipped": (n_rows * k - nz) * cols}
-        dur = perf.matmul_cycles(cfg, np.maximum(nz_lines, 1).sum(axis=1), self.costs)
+        dur = perf.matmul_cycles(cfg, perf.matmul_row_costs(nz_lines), self.costs)
         acc = []
         if track:
             a_reads = _strided(a0, ins.a_stride, mi, nl) if mo == 1 else _intervals(starts, nl)
@@ -602,7 +602,7 @@ class Machine:
             self._need_spad(Spad.ACT, max(sa, sb, dst) + n - 1, "ADD operands/destination")
             act[dst:dst + n] = numerics.vadd(act[sa:sa + n], act[sb:sb + n], ins.mult_a, ins.mult_b,
                                              ins.shift, bool(ins.relu))
-            lines_read = 2 * n
+            lines_read = n          # both operands are read in the same cycle
             if track:
                 acc_list = [("ACT", False, *_intervals([sa, sb], n)), ("ACT", True, *_intervals([dst], n))]
         elif vop in (VectorOp.MAXPOOL, VectorOp.AVGPOOL):

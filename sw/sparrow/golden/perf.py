@@ -16,21 +16,26 @@ LOAD
     of the padded region (``H*W - rows*row_lines``).
 
 STORE
-    ``dma_start + sum over rows (dma_row_setup + max(ceil(bytes_row / B), row_lines * line_cycles))``
-    with ``bytes_row`` as for LOAD (compressed: the ``2 + N`` bytes actually written).
+    ``store_start + sum over rows (store_row_setup + max(ceil(bytes_row / B), row_lines * line_cycles))``
+    with ``bytes_row`` as for LOAD (compressed: the ``2 + N`` bytes actually written). STORE has
+    its own fixed costs: it reads the scratchpad before the first beat and ends when the last
+    write is accepted, and its rows stream back to back (the RTL's per-row cost is ~0).
 
 MATMUL
     ``matmul_start + max(makespan, rows * matmul_row_cycles)``. The array has ``cfg.rows``
-    zero-skipping lanes. Output row ``m`` costs ``sum over its ceil(k/cols) activation lines of
-    max(1, nonzeros in the line)`` (only elements ``j < k`` count); rows are dealt in order
-    ``m = 0, 1, ...`` to the earliest-free lane (ties: lowest lane), and ``makespan`` is when the
-    last lane finishes. ``rows * matmul_row_cycles`` is the write-back bound: the RTL's shared
-    writer retires one finished output row per cycle (accumulator read-modify-write), which
-    is what limits MATMULs with short rows (convolution taps with ``k <= cols``).
+    zero-skipping lanes. Output row ``m`` costs (:func:`matmul_row_costs`) the number of
+    non-zero elements (``j < k``) in its ``ceil(k/cols)`` activation lines, at least 1 for the
+    row's last line: an all-zero line that is not the row's last is dropped by the lane on
+    arrival and costs nothing. Rows are dealt in order ``m = 0, 1, ...`` to the earliest-free
+    lane (ties: lowest lane), and ``makespan`` is when the last lane finishes.
+    ``rows * matmul_row_cycles`` is the write-back bound: the RTL's shared writer retires one
+    finished output row per cycle (accumulator read-modify-write), which is what limits
+    MATMULs with short rows (convolution taps with ``k <= cols``).
 
 VECTOR
-    ``vector_start + lines * vector_line_cycles`` where ``lines`` is the number of scratchpad
-    lines read: REQUANT ``rows + 3`` (data + bias/mult/shift), ADD ``2 * lines``, MASK
+    ``vector_start + lines * vector_line_cycles`` where ``lines`` is the number of cycles the
+    unit spends consuming scratchpad lines: REQUANT ``rows + 3`` (data + bias/mult/shift), ADD
+    ``lines`` (operands ``a`` and ``b`` are read on two ports in the same cycle), MASK
     ``rows*row_lines`` (+ the bitmap lines in LOADED mode), MAXPOOL/AVGPOOL
     ``out_h*out_w*lpp*kh*kw`` (every window read, no reuse).
 
@@ -43,13 +48,13 @@ Tuning (``bench/system.py``, small preset, AXI top on Verilator)
     total cycles. Before (``dma_start=4, dma_row_setup=2, matmul_start=4, vector_start=3``, no
     write-back bound) the model was off by 16 % on average and 48 % at worst (convolutions: the
     per-MATMUL overhead of ~15 cycles and the one-row-per-cycle write-back were missing);
-    after, 4 % on average, 8 of 10 kernels within 5 % (``bench/results/system.json``). Known
-    gaps, outside this module: VADD is charged ``2 * lines`` read lines but the RTL reads both
-    operands in the same cycle (``lines``; model ~13 % high on ``add``); the RTL drops all-zero
-    activation lines that are not a row's last (the model charges them 1 cycle); STORE has a
-    larger fixed cost and a smaller per-row cost than LOAD (fits: start 13 / row 0 vs 6 / 1) but
-    both share these constants; the semaphore hand-off between dependent instructions costs the
-    RTL a few cycles that the concurrent schedule does not model.
+    after, 4 % on average, 8 of 10 kernels within 5 %. Then (this version) three gaps closed
+    that were outside the constants: VADD charged ``2 * lines`` (the RTL reads both operands in
+    one cycle), all-zero non-final activation lines charged a cycle (the RTL drops them), and
+    LOAD and STORE sharing one fixed cost; the MATMUL footprint check became four registered
+    steps for timing (``matmul_start`` follows the RTL). Figures in ``bench/results/system.json``.
+    Known gap: the semaphore hand-off between dependent instructions costs the RTL a few cycles
+    that the concurrent schedule does not model.
 
 Modes
     Program-order mode: ``cycles = sum over executed instructions of (fetch + duration)`` (a machine
@@ -66,15 +71,18 @@ import numpy as np
 
 from ..isa import WORD_BYTES
 
-__all__ = ["Costs", "DEFAULT_COSTS", "fetch_cycles", "dma_cycles", "dma_cycles_uniform", "matmul_cycles",
+__all__ = ["Costs", "DEFAULT_COSTS", "fetch_cycles", "dma_cycles", "dma_cycles_uniform", "matmul_row_costs",
+           "matmul_cycles",
            "vector_cycles", "nop_cycles", "delay_cycles"]
 
 
 @dataclass(frozen=True)
 class Costs:
     """Tunable constants of the cycle model (cycles)."""
-    dma_start: int = 8          #: per LOAD/STORE instruction: decode, checks, first read latency
-    dma_row_setup: int = 1      #: per transferred row: address/burst set-up
+    dma_start: int = 8          #: per LOAD instruction: decode, checks, first read latency
+    dma_row_setup: int = 1      #: per LOAD row: address/burst set-up
+    store_start: int = 8        #: per STORE instruction: checks, scratchpad read latency, write drain
+    store_row_setup: int = 1    #: per STORE row
     line_cycles: int = 1        #: scratchpad lines per cycle bound of a DMA (cycles per line)
     pad_line_cycles: int = 1    #: per zero padding line written by LOAD
     matmul_start: int = 15      #: per MATMUL: footprint check, lane fill, MAC latency, write-back drain
@@ -96,20 +104,37 @@ def fetch_cycles(cfg, costs: Costs = DEFAULT_COSTS) -> int:
     return max(1, _ceil_div(WORD_BYTES, cfg.mem_bytes))
 
 
-def dma_cycles(cfg, row_bytes, row_lines: int, pad_lines: int = 0, costs: Costs = DEFAULT_COSTS) -> int:
-    """LOAD/STORE duration: ``row_bytes`` is an int (same for every row, with ``rows`` given by
-    its length if array) or an array of per-row bus bytes."""
+def _dma_fixed(costs, store):
+    return (costs.store_start, costs.store_row_setup) if store else (costs.dma_start, costs.dma_row_setup)
+
+
+def dma_cycles(cfg, row_bytes, row_lines: int, pad_lines: int = 0, costs: Costs = DEFAULT_COSTS, *,
+               store: bool = False) -> int:
+    """LOAD (or with ``store``, STORE) duration: ``row_bytes`` is an array of per-row bus bytes."""
+    start, setup = _dma_fixed(costs, store)
     rb = np.asarray(row_bytes, dtype=np.int64).reshape(-1)
     beats = -(-rb // cfg.mem_bytes)
-    per_row = costs.dma_row_setup + np.maximum(beats, row_lines * costs.line_cycles)
-    return max(1, costs.dma_start + int(per_row.sum()) + pad_lines * costs.pad_line_cycles)
+    per_row = setup + np.maximum(beats, row_lines * costs.line_cycles)
+    return max(1, start + int(per_row.sum()) + pad_lines * costs.pad_line_cycles)
 
 
 def dma_cycles_uniform(cfg, rows: int, row_bytes: int, row_lines: int, pad_lines: int = 0,
-                       costs: Costs = DEFAULT_COSTS) -> int:
+                       costs: Costs = DEFAULT_COSTS, *, store: bool = False) -> int:
     """:func:`dma_cycles` for ``rows`` rows of ``row_bytes`` each (scalar arithmetic)."""
-    per_row = costs.dma_row_setup + max(_ceil_div(row_bytes, cfg.mem_bytes), row_lines * costs.line_cycles)
-    return max(1, costs.dma_start + rows * per_row + pad_lines * costs.pad_line_cycles)
+    start, setup = _dma_fixed(costs, store)
+    per_row = setup + max(_ceil_div(row_bytes, cfg.mem_bytes), row_lines * costs.line_cycles)
+    return max(1, start + rows * per_row + pad_lines * costs.pad_line_cycles)
+
+
+def matmul_row_costs(nz_lines) -> np.ndarray:
+    """Per-output-row cycles of the zero-skipping lanes from ``nz_lines[row, line]`` (non-zero
+    elements within ``k`` per activation line): every non-zero costs a cycle, an all-zero line
+    costs nothing (the lane drops it on arrival) except a row's last line, which costs at least
+    one cycle (it carries the row's end)."""
+    nz = np.asarray(nz_lines, dtype=np.int64)
+    if nz.ndim != 2 or nz.shape[1] == 0:
+        raise ValueError(f"nz_lines must be a [rows, lines] array with lines >= 1, not shape {nz.shape}")
+    return nz[:, :-1].sum(axis=1) + np.maximum(nz[:, -1], 1)
 
 
 def matmul_cycles(cfg, row_costs, costs: Costs = DEFAULT_COSTS) -> int:
