@@ -84,6 +84,18 @@ def conv_stack(rng, batch=1, hw=28, c=64):
     return model, (batch, c, hw, hw), macs
 
 
+def late_layers(rng, batch=8, hw=2, c=256):
+    """Two 1x1 convs 256->256 on 2x2 maps, batch 8: streamed weights (64 KiB each) dominate unless
+    the batch shares each weight load (batch-level parallelism)."""
+    nodes, ini, macs = [], {}, 0
+    for nd, it, mm in (_conv(rng, "l1", "x", "l1", c, c, 1), _conv(rng, "l2", "l1", "y", c, c, 1)):
+        nodes += nd
+        ini.update(it)
+        macs += mm * hw * hw * batch
+    model = _model(nodes, [("x", [batch, c, hw, hw])], [("y", [batch, c, hw, hw])], ini)
+    return model, (batch, c, hw, hw), macs
+
+
 def fire_module(rng, batch=1, hw=28, c=64):
     """SqueezeNet fire module: squeeze 1x1 c->16, expand 1x1 16->64 and 3x3 16->64, concat, then a
     3x3 conv 128->64 reading the concat (a conv->conv edge that may be compressed)."""
@@ -147,6 +159,8 @@ def run():
     models["resnet_block28"] = (m, shp, macs, None)
     m, shp, macs = conv_stack(rng, batch=4, hw=14)
     models["resnet_block14_b4"] = (m, shp, macs, None)
+    m, shp, macs = late_layers(rng)
+    models["late1x1_b8"] = (m, shp, macs, None)
     m, shp, macs = fire_module(rng)
     models["fire28"] = (m, shp, macs, None)
     for name in ("mlp", "cnn"):

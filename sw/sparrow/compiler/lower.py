@@ -410,7 +410,9 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
             return seg.place[name]
 
         out_name = grp["out"] if grp else n.outputs[0]
-        reuse = opts["reuse_dram"] and internal(out_name, order[(grp["nodes"][-1] if grp else n.name)])
+        # any tensor the program writes may take freed space (hazards order it after the dead
+        # tensor's readers); only host-written inputs and constants never do
+        reuse = opts["reuse_dram"]
         compressed = bool(comp.get(out_name, {}).get("compressed"))
 
         def new_out(shape, seg=seg, out_name=out_name, reuse=reuse, compressed=compressed):

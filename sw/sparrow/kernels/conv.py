@@ -304,9 +304,9 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
                 choices.append((est(g, c), -c, g, c))
         th, G = 0, 1
         if choices:
-            # within 1 % of the fastest: the fewest weight loads (DRAM traffic), then larger tiles
+            # the fastest; among equals the fewest weight loads (DRAM traffic), then larger tiles
             best = min(c[0] for c in choices)
-            near = [c for c in choices if c[0] <= best * 1.01]
+            near = [c for c in choices if c[0] <= best]
             _, _, G, th = min(near, key=lambda c: (cdiv(Nb, c[2]) * cdiv(OHc, c[3]), c[1], c[2]))
         if th == 0:
             raise ValueError(f"x: one output row ({OW} pixels, {KH} input rows of {RS} lines) does not "
