@@ -148,6 +148,44 @@ def test_batch_weights_loaded_once(rng):
     assert c_on["cycles"] < c_off["cycles"]
 
 
+@pytest.mark.parametrize("fuse_res", [False, True])
+def test_batch_group_kernel_against_numpy(rng, fuse_res):
+    """Kernel level: a weight-bound 2x2 stride-2 conv (4 KiB of weights stream through the 1 KiB
+    WGT of small) on a batch of 3 runs the images as one group — one MATMUL per weight piece for
+    the whole group — and matches the NumPy reference (with and without a fused residual add)."""
+    from test_kernels import i8, random_requant, ref_conv, ref_requant
+
+    cfg = preset("small")
+    X, Wc = i8(rng, (3, 4, 4, 32)), i8(rng, (2, 2, 32, 32))
+    rq, ref = random_requant(rng, 32, scale=(2e-4, 1e-3))
+    b = ProgramBuilder(cfg)
+    x = b.tensor(X.shape)
+    res = R = None
+    if fuse_res:
+        R = i8(rng, (3, 2, 2, 32))
+        r = b.tensor(R.shape)
+        res = (r, 0.75, 0.5, False)
+    y = conv2d(b, x, Wc, rq, stride=2, residual=res)
+    (note,) = b.notes
+    assert note["batch_group"] == 3 and not note["weights_resident"]
+    mm = [r for r in b.records if r[0] == "matmul"]
+    assert all(r[1]["m_outer"] == 3 * note["row_tile"] for r in mm)
+    prog = b.finish()
+    m = Machine(cfg)
+    b.write_segments(m)
+    x.write(m, X)
+    if fuse_res:
+        r.write(m, R)
+    m.run(prog, mode="concurrent", check_races=True)
+    exp = ref_requant(ref_conv(X, Wc, 2, (0, 0, 0, 0), 1), ref)
+    if fuse_res:  # VECTOR ADD of the requantised conv and the residual, as sparrow.kernels.add
+        from sparrow.golden import numerics
+        from sparrow.kernels import add_multipliers
+        ma, mb, sh = add_multipliers(0.75, 0.5)
+        exp = numerics.vadd(exp, R, ma, mb, sh, False)
+    np.testing.assert_array_equal(y.read(m), exp)
+
+
 # -- compression decisions -------------------------------------------------------------------
 
 @pytest.mark.parametrize("preset_name", ["small", "default"])

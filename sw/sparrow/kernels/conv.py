@@ -284,10 +284,16 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
         n_chunks = sum(len(tl) for tl in chunks)
         lanes = b.cfg.rows
 
+        def mergeable(g, t):
+            return KH == sh and g > 1 and g * t <= MAX_M_INNER and OW <= MAX_M_INNER
+
         def est(g, t):
             def tile(tr):
                 n = tr * OW
-                mm = g * sum(_COSTS.matmul_start + max(k * cdiv(n, lanes), n) for k in ks)
+                if mergeable(g, t) and tr == t:
+                    mm = sum(_COSTS.matmul_start + max(k * cdiv(g * n, lanes), g * n) for k in ks)
+                else:
+                    mm = g * sum(_COSTS.matmul_start + max(k * cdiv(n, lanes), n) for k in ks)
                 ld = g * ((tr - 1) * sh + KH) * RS
                 if not resident:
                     ld += total_w + n_chunks * _COSTS.dma_start
@@ -312,6 +318,7 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
             raise ValueError(f"x: one output row ({OW} pixels, {KH} input rows of {RS} lines) does not "
                              f"fit the scratchpads; tile the width before calling conv2d")
         rows_max = (th - 1) * sh + KH
+        merge_imgs = mergeable(G, th)
         b.notes.append({"kernel": "conv2d", "tag": b.tag, "batch": Nb, "batch_group": G,
                         "weights_resident": bool(resident), "row_tile": th,
                         "weight_loads": (1 if resident else cdiv(Nb, G) * cdiv(OHc, th))})
@@ -355,6 +362,16 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
                         else:
                             w_addr = w_ring.next()
                             move_lines(b, "load", "wgt", w_addr, w_src, crows, cols, cols)
+                        if merge_imgs and tr == th and len(imgs) > 1:
+                            # KH == stride_h: every image's rows continue the previous image's
+                            # at the same stride, so one MATMUL covers the whole group
+                            for pi, (tap, j0, j1, roff) in enumerate(pieces):
+                                ky, kx = divmod(tap, KW)
+                                a0 = base + ky * RS + kx * lpp + (c_start + j0) // cols
+                                _conv_matmuls(b, a0, w_addr + roff, acc, j1 - j0, len(imgs) * tr, OW,
+                                              sw * lpp, sh * RS, first and pi == 0)
+                            first = False
+                            continue
                         for gi, _n in enumerate(imgs):
                             for pi, (tap, j0, j1, roff) in enumerate(pieces):
                                 ky, kx = divmod(tap, KW)
