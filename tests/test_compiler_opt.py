@@ -405,10 +405,15 @@ def test_optimised_program_on_verilator(rng):
 
     if not hasattr(runtime, "Device"):
         pytest.skip("sparrow.runtime.Device is not available in this checkout")
-    m = resnet_block(rng, batch=1, hw=6)
+    m = resnet_block(rng, batch=2, hw=6)
     cal = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
-    x = cal[:1]
+    x = cal[:2]
     ref, _ = compile_run(m, cal, x, "small", OFF)
-    on = sparrow.compile(m, calibration={"x": cal}, preset="small", accuracy_batches=0)
+    # a high expected sparsity makes the pool output (read by conv c2) compressed: compressed
+    # STOREs/LOADs and padding zero-fill run on the RTL too
+    on = sparrow.compile(m, calibration={"x": cal}, preset="small", accuracy_batches=0,
+                         options={"sparsity": {"mp": 0.95}})
+    (st,) = acc_steps(on)
+    assert st["compression"]["mp"]["compressed"] and st["fusion"]["groups"]
     on.run({"x": x}, backend="verilator")
     np.testing.assert_array_equal(on.last_run["int8"]["y"], ref.last_run["int8"]["y"])
