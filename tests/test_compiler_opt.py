@@ -115,7 +115,8 @@ def test_default_preset_all_on_vs_off_with_compression(rng):
     cal = rng.standard_normal((32, 64)).astype(np.float32)
     x = cal[:4]
     off, _ = compile_run(m, cal, x, "default", OFF)
-    on, _ = compile_run(m, cal, x, "default", {"sparsity": {"a1": 0.8, "a2": 0.8}})
+    # (GEMM-chain fusion would keep a1/a2 on chip: off here so they go through DRAM)
+    on, _ = compile_run(m, cal, x, "default", {"fuse": False, "sparsity": {"a1": 0.8, "a2": 0.8}})
     np.testing.assert_array_equal(on.last_run["int8"]["y"], off.last_run["int8"]["y"])
     (st,) = acc_steps(on)
     assert st["compression"]["a1"]["compressed"] and st["compression"]["a2"]["compressed"]
@@ -195,7 +196,7 @@ def test_compression_chosen_only_when_smaller(rng, preset_name):
     cols = preset(preset_name).cols
     for sp in (0.0, 0.3, 0.5, 0.7, 0.9):
         prog = sparrow.compile(m, calibration={"x": cal}, preset=preset_name, accuracy_batches=0,
-                               options={"sparsity": {"a1": sp, "a2": sp}})
+                               options={"fuse": False, "sparsity": {"a1": sp, "a2": sp}})
         (st,) = acc_steps(prog)
         for name in ("a1", "a2"):
             rec = st["compression"][name]
@@ -327,6 +328,27 @@ def test_keep_blocks_fusion_and_reuse(rng):
     for k in a:
         np.testing.assert_array_equal(a[k], b_[k], err_msg=k)
     np.testing.assert_array_equal(on.last_run["int8"]["y"], ref.last_run["int8"]["y"])
+
+
+def test_gemm_chain_fusion(rng):
+    """An MLP (3 Gemms with ReLU) runs as one fused group: the hidden activations stay in the
+    scratchpad — the bus moves only the input, weights, parameters and the output."""
+    m = mlp(rng)
+    cal = rng.standard_normal((32, 64)).astype(np.float32)
+    x = cal[:4]
+    off, _ = compile_run(m, cal, x, "default", OFF)
+    on, _ = compile_run(m, cal, x, "default", {})
+    np.testing.assert_array_equal(on.last_run["int8"]["y"], off.last_run["int8"]["y"])
+    (st,) = acc_steps(on)
+    (grp,) = st["fusion"]["groups"]
+    assert [nm.split("_")[0] for nm in grp["nodes"]] == ["Gemm"] * 3
+    assert grp["intermediates"] == ["a1", "a2"]
+    inter = 4 * 64 + 4 * 64  # [4, 64] int8 each
+    assert grp["dram_bytes_saved"] == 2 * inter
+    c_on, c_off = on.last_run["counters"], off.last_run["counters"]
+    assert c_off["store_bytes"] - c_on["store_bytes"] == inter
+    assert c_off["load_bytes"] - c_on["load_bytes"] >= inter
+    assert c_on["cycles"] < c_off["cycles"]
 
 
 # -- scheduling report ---------------------------------------------------------------------------

@@ -8,6 +8,11 @@ frontend folds the activation into ``attrs["act"]``) and may absorb, in this ord
 * a ``MaxPool`` with ``kernel == strides``, no padding, no dilation, floor mode, reading the
   conv (or add) output.
 
+A GEMM chain (an MLP: ``Gemm`` whose output is read only by the next ``Gemm`` as its ``A``,
+each with its bias/requant/ReLU) is one group too: the intermediates stay in two ACT
+ping-pong buffers in exactly the layout the next GEMM reads (``gemm(out_onchip=...,
+a_onchip=...)``), when all rows fit one tile and every later layer reads K in one chunk.
+
 A value is fused away only when it has exactly one consumer (the next member), is not a graph
 output, and is not in ``keep`` (values the user asked to see stay materialised). All nodes
 between the group's first and last member in topological order must be accelerator nodes, so the
@@ -57,7 +62,23 @@ def _fusable_pool(g, n) -> tuple | None:
     return tuple(int(v) for v in k)
 
 
-def plan(g: Graph, info: dict, keep=()) -> dict:
+def _chain_fits(cfg, M, layers_kn) -> bool:
+    """A GEMM chain with intermediates in two ACT ping-pong buffers: every later layer reads A
+    on chip (all of K in one chunk, all M rows in one tile)."""
+    from ..kernels.common import MAX_ROWS, cdiv
+    from ..kernels.gemm import k_chunk
+
+    cols = cfg.cols
+    if M > MAX_ROWS or 2 * M + 6 > cfg.spad_depth("ACC"):
+        return False
+    inter = max(cdiv(n, cols) for _, n in layers_kn[:-1])
+    k0 = cdiv(layers_kn[0][0], cols)
+    if 2 * M * inter + max(2 * M * k0 + 2 * M, 2 * M) > cfg.spad_depth("ACT"):
+        return False
+    return all(k_chunk(cfg, k, n) == k for k, n in layers_kn[1:])
+
+
+def plan(g: Graph, info: dict, keep=(), cfg=None) -> dict:
     keep = set(keep or ())
     cons = g.consumers()
     order = {n.name: i for i, n in enumerate(g.nodes)}
@@ -70,6 +91,35 @@ def plan(g: Graph, info: dict, keep=()) -> dict:
         return all(on_acc[i] for i in range(order[a], order[b] + 1))
 
     for n in g.nodes:
+        if n.op == "Gemm" and cfg is not None and on_acc[order[n.name]] and n.name not in taken:
+            chain, cur = [n], n.outputs[0]
+            while True:
+                nxt = _single(cons, g, cur, keep)
+                if (nxt is None or nxt.op != "Gemm" or nxt.inputs[0] != cur or not on_acc[order[nxt.name]]
+                        or nxt.name in taken or not contiguous(chain[-1].name, nxt.name)
+                        or len(g.values[cur].shape) != 2):
+                    break
+                chain.append(nxt)
+                cur = nxt.outputs[0]
+            while len(chain) > 1:
+                kn = [tuple(int(d) for d in g.values[c.inputs[1]].const.shape) for c in chain]
+                if _chain_fits(cfg, int(g.values[n.inputs[0]].shape[0]), kn):
+                    break
+                chain.pop()
+            if len(chain) > 1:
+                inter = [c.outputs[0] for c in chain[:-1]]
+                taken.update(c.name for c in chain)
+                groups[n.name] = {
+                    "nodes": [c.name for c in chain],
+                    "add": None,
+                    "residual": None,
+                    "pool": None,
+                    "chain": chain,
+                    "out": chain[-1].outputs[0],
+                    "intermediates": inter,
+                    "dram_bytes_saved": sum(2 * int(np.prod(g.values[v].shape)) for v in inter),
+                }
+            continue
         if n.op != "Conv" or not on_acc[order[n.name]] or n.name in taken:
             continue
         members, inter = [n.name], []
@@ -104,6 +154,7 @@ def plan(g: Graph, info: dict, keep=()) -> dict:
             "add": add,
             "residual": residual,
             "pool": pool,
+            "chain": None,
             "out": cur,
             "intermediates": inter,
             "dram_bytes_saved": saved,

@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from ..kernels import ProgramBuilder, Requant, Ring, add, conv2d, gemm, maxpool
+from ..kernels import ProgramBuilder, Requant, Ring, Tensor, add, conv2d, gemm, maxpool
 from ..kernels.vector import _pool
 from ..kernels.common import MAX_ROWS, cdiv, check_stride, line_bytes_field, load, store
 from ..kernels.conv import conv_out_size, normalize_pads
@@ -115,15 +115,10 @@ def _lower_node(seg: _Seg, g: Graph, n, place_of, new_out, opts, group=None):
                    batch_group=opts["batch"])
         return t, "nhwc", None
     if n.op == "Gemm":
-        w = g.const(n.inputs[1]).astype(np.float64)
-        K, N = w.shape
-        if lay == "flat_nhwc":
-            C, H, W = meta
-            w = w.reshape(C, H, W, N).transpose(1, 2, 0, 3).reshape(K, N)
-        sw = weight_scales(w, 1)
-        wq = np.clip(np.rint(w / sw[None, :]), -127, 127).astype(np.int8)
-        rq = _requant(sc(n.inputs[0]), sw, sc(y), g.const(n.inputs[2]), act, N)
-        return gemm(b, x, wq, requant=rq, out=new_out((x.shape[0], N))), "plain", None
+        if group is not None and group.get("chain"):
+            return _gemm_chain(b, g, group["chain"], x, lay, meta, new_out), "plain", None
+        wq, rq = _gemm_args(g, n, lay, meta)
+        return gemm(b, x, wq, requant=rq, out=new_out((x.shape[0], wq.shape[1]))), "plain", None
     if n.op in ("Add", "Relu"):
         if n.op == "Relu":
             return add(b, x, x, 0.5, 0.5, relu=True, out=new_out(x.shape)), lay, meta
@@ -160,6 +155,38 @@ def _lower_node(seg: _Seg, g: Graph, n, place_of, new_out, opts, group=None):
         out = new_out(tuple(lead) + (sum(t.shape[-1] for t, _, _ in parts),))
         return _concat(b, [t for t, _, _ in parts], out), parts[0][1], None
     raise CompileError(f"{n.desc()}: no lowering")  # pragma: no cover - classify() prevents this
+
+
+def _gemm_args(g, n, lay, meta):
+    sc = lambda name: g.values[name].scale  # noqa: E731
+    w = g.const(n.inputs[1]).astype(np.float64)
+    K, N = w.shape
+    if lay == "flat_nhwc":
+        C, H, W = meta
+        w = w.reshape(C, H, W, N).transpose(1, 2, 0, 3).reshape(K, N)
+    sw = weight_scales(w, 1)
+    wq = np.clip(np.rint(w / sw[None, :]), -127, 127).astype(np.int8)
+    rq = _requant(sc(n.inputs[0]), sw, sc(n.outputs[0]), g.const(n.inputs[2]), n.attrs.get("act"), N)
+    return wq, rq
+
+
+def _gemm_chain(b, g, chain, x, lay, meta, new_out):
+    """Fused GEMM chain: intermediates in two ACT ping-pong buffers (see :mod:`.fuse`)."""
+    cols = b.cfg.cols
+    M = x.shape[0]
+    kls = [cdiv(g.values[c.outputs[0]].shape[1], cols) for c in chain[:-1]]
+    with b.spad_scope():
+        half = M * max(kls)
+        buf = b.spad_alloc("ACT", 2 * half)
+        a_on, a = None, x
+        for i, c in enumerate(chain):
+            wq, rq = _gemm_args(g, c, lay if i == 0 else "plain", meta if i == 0 else None)
+            N = wq.shape[1]
+            if i == len(chain) - 1:
+                return gemm(b, a, wq, requant=rq, out=new_out((M, N)), a_onchip=a_on)
+            dst = buf + (i % 2) * half
+            gemm(b, a, wq, requant=rq, a_onchip=a_on, out_onchip=(dst, kls[i]))
+            a_on, a = dst, Tensor(0, (M, N), "int8", c.outputs[0])
 
 
 def _pool_k(g, n):
@@ -283,7 +310,7 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
     cons = g.consumers()
     order = {n.name: k for k, n in enumerate(g.nodes)}
     prod_of = g.producer()
-    groups = fuse.plan(g, info, keep) if opts["fuse"] else {}
+    groups = fuse.plan(g, info, keep, cfg) if opts["fuse"] else {}
     member_of = {m: head for head, grp in groups.items() for m in grp["nodes"]}
     # index of the first host node at or after each position (segment boundary)
     next_host = [len(g.nodes)] * (len(g.nodes) + 1)
@@ -340,7 +367,8 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
             }
         )
         fused = [
-            {k: (v if k not in ("add", "pool") else (v.name if v is not None else None)) for k, v in groups[h].items()}
+            {k: (v.name if v is not None else None) if k in ("add", "pool") else v
+             for k, v in groups[h].items() if k != "chain"}
             for h in seg.heads
         ]
         steps.append(

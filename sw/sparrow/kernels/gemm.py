@@ -68,7 +68,8 @@ def _as_tensor(b, x, name, ndim):
     return t
 
 
-def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | None = None) -> Tensor:
+def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | None = None, *,
+         a_onchip: int | None = None, out_onchip: tuple | None = None) -> Tensor:
     """Emit ``out = requant(A @ W)`` (int8) or, with ``requant=None``, ``out = A @ W`` (int32).
 
     Parameters
@@ -80,6 +81,13 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
         int8 [M, N] (with ``requant``) or int32 [M, N]; allocated when omitted.
     requant : Requant, optional
         Per-channel bias/mult/shift, zero point and clamp (ReLU: ``lo = zp``).
+    a_onchip : int, optional
+        ``A`` is already in ACT (row ``m`` at line ``a_onchip + m*ceil(K/cols)``; ``A`` then only
+        gives the shape): no LOAD. Needs all of K in one chunk and all M rows in one tile.
+    out_onchip : (line, stride), optional
+        Requantised output stays in ACT, row ``m``'s column tile ``t`` at line
+        ``line + m*stride + t`` (the layout ``a_onchip`` reads with ``stride = ceil(N/cols)``):
+        no STORE; returns ``None``. Fusing GEMM chains (MLPs) keeps intermediates on chip.
 
     Returns the output tensor.
     """
@@ -106,8 +114,12 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
         raise ValueError(f"W: shape {W.shape} does not match A {A.shape} (K = {K})")
     raw = requant is None
     odt = "int32" if raw else "int8"
-    if out is None:
+    if out_onchip is not None and raw:
+        raise ValueError("out_onchip: needs requant (int8 output)")
+    if out is None and out_onchip is None:
         out = b.tensor((M, N), odt)
+    if out is None:
+        out = Tensor(0, (M, N), odt, "onchip")
     if tuple(out.shape) != (M, N) or out.dtype != odt:
         raise ValueError(f"out: expected {odt} [{M}, {N}], got {out.dtype} {out.shape}")
     check_stride(K, "A")
@@ -142,15 +154,17 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
         # M tile from the ACT (2 A buffers + 2 output buffers) and ACC (2 tiles + 2 param sets) budgets
         act_av = b.spad_available("ACT")
         acc_av = b.spad_available("ACC") - 6
-        per_row_act = 2 * kl + (0 if raw else 2)
-        Mt = min(M, MAX_ROWS, act_av // per_row_act, acc_av // 2)
+        per_row_act = (0 if a_onchip is not None else 2 * kl) + (0 if raw or out_onchip is not None else 2)
+        Mt = min(M, MAX_ROWS, act_av // per_row_act if per_row_act else M, acc_av // 2)
         if Mt < 1:
             raise ValueError("cfg: scratchpads too small for one GEMM row")
+        if a_onchip is not None and (nk > 1 or Mt < M):
+            raise ValueError("a_onchip: an on-chip A needs all of K in one chunk and all rows in one tile")
         b.notes.append({"kernel": "gemm", "tag": b.tag, "batch": M, "batch_group": Mt,
                         "weights_resident": bool(resident), "row_tile": Mt,
                         "weight_loads": 1 if resident else cdiv(M, Mt)})
-        a_ring = Ring(b.spad_alloc("ACT", 2 * Mt * kl), Mt * kl, 2)
-        o_ring = None if raw else Ring(b.spad_alloc("ACT", 2 * Mt), Mt, 2)
+        a_ring = Ring(b.spad_alloc("ACT", 2 * Mt * kl), Mt * kl, 2) if a_onchip is None else None
+        o_ring = None if raw or out_onchip is not None else Ring(b.spad_alloc("ACT", 2 * Mt), Mt, 2)
         acc_ring = Ring(b.spad_alloc("ACC", 2 * Mt), Mt, 2)
         p_ring = None if raw else Ring(b.spad_alloc("ACC", 6), 3, 2)
         if resident:
@@ -162,7 +176,9 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
         for m0 in range(0, M, Mt):
             mt = min(Mt, M - m0)
             a_full = None
-            if nk == 1:
+            if a_onchip is not None:
+                a_full = a_onchip
+            elif nk == 1:
                 a_full = a_ring.next()
                 if A.slot:
                     load_compressed_lines(b, a_full, A, m0 * kl, mt * kl)
@@ -198,9 +214,13 @@ def gemm(b: ProgramBuilder, A, W, out: Tensor | None = None, requant: Requant | 
                                m_inner=mi, a_stride=klc, m_outer=1, accumulate=int(c > 0))
                 if raw:
                     move_lines(b, "store", "acc", acc, out.addr + 4 * (m0 * N + n0), mt, 4 * nw, 4 * N)
+                elif out_onchip is not None:
+                    line, stride = out_onchip
+                    b.emit("requant", src=acc, dst=line + m0 * stride + t, rows=mt, dst_stride=stride,
+                           param=p_line, lo=requant.lo, hi=requant.hi, zp=requant.zp)
                 else:
                     o = o_ring.next()
                     b.emit("requant", src=acc, dst=o, rows=mt, dst_stride=1, param=p_line,
                            lo=requant.lo, hi=requant.hi, zp=requant.zp)
                     store_rows(b, o, out, m0, mt, t, nw)
-    return out
+    return None if out_onchip is not None else out
