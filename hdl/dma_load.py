@@ -572,14 +572,32 @@ class LoadEngine(wiring.Component):
         m.d.comb += [self.bus.wdata.valid.eq(0), self.bus.wresp.ready.eq(1)]
 
         # ---- control --------------------------------------------------------------------------
-        region = Signal(21)
-        m.d.comb += region.eq((pt + rows + pb) * (pl + rl + pr))
         depth = Signal(15)
         m.d.comb += depth.eq(
             Mux(spad == Spad.ACT, cfg.act_depth, Mux(spad == Spad.WGT, cfg.wgt_depth, cfg.acc_depth))
         )
-        last_byte_end = Signal(ADDR_W + 8)
-        m.d.comb += last_byte_end.eq(dram_addr + (rows - 1) * stride + rl * lb)
+        # Start-time checks in five registered steps (ck = 0..4), one add or one multiply per
+        # term and cycle: region = (pt+rows+pb)*(pl+rl+pr) and the last byte
+        # dram_addr + (rows-1)*stride + rl*lb, each compared only once registered.
+        ck = Signal(3)
+        ptb, plr = Signal(11), Signal(11)
+        rows_m1 = Signal(10)
+        rlb = Signal(15)
+        region = Signal(22)
+        span = Signal(26)
+        spad_end = Signal(23)
+        dram_e1 = Signal(ADDR_W + 1)
+        dram_e2 = Signal(ADDR_W + 2)
+        spad_bad = Signal()
+        dram_bad = Signal()
+        with m.If(ck == 0):
+            m.d.sync += [ptb.eq(pt + rows + pb), plr.eq(pl + rl + pr), rows_m1.eq(rows - 1), rlb.eq(rl * lb)]
+        with m.If(ck == 1):
+            m.d.sync += [region.eq(ptb * plr), span.eq(rows_m1 * stride)]
+        with m.If(ck == 2):
+            m.d.sync += [spad_end.eq(spad_addr + region), dram_e1.eq(dram_addr + span)]
+        with m.If(ck == 3):
+            m.d.sync += [dram_e2.eq(dram_e1 + rlb), spad_bad.eq(spad_end > depth)]
         line_size = Mux(ins.spad == Spad.ACC, ACCW, C)
 
         with m.If(rd.valid & rd.ready & rd.payload.err & ~halted):
@@ -603,19 +621,22 @@ class LoadEngine(wiring.Component):
                         pr.eq(ins.pad_right),
                         comp.eq(ins.compressed),
                     ]
+                    m.d.sync += ck.eq(0)
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.comb += [self.busy.eq(1), win.clear.eq(1)]
-                with m.If(spad_addr + region > depth):
+                m.d.comb += [self.busy.eq(1), win.clear.eq(1), dram_bad.eq(~comp & (dram_e2 > DRAM))]
+                with m.If(ck != 4):
+                    m.d.sync += ck.eq(ck + 1)
+                with m.Elif(spad_bad):
                     m.d.sync += err.eq(ErrorCode.SPAD_RANGE)
                     m.next = "HALT"
-                with m.Elif(~comp & (last_byte_end > DRAM)):
+                with m.Elif(dram_bad):
                     m.d.sync += err.eq(ErrorCode.DRAM_RANGE)
                     m.next = "HALT"
                 with m.Else():
                     m.d.comb += cw_init.eq(1)
                     m.d.sync += [
-                        row_bytes.eq(rl * lb),
+                        row_bytes.eq(rlb),
                         cap.eq(rl * (MBK + C)),
                         prow_t.eq(pt + rows + pb),
                         pcol_t.eq(pl + rl + pr),

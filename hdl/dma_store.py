@@ -439,16 +439,36 @@ class StoreEngine(wiring.Component):
 
         # ---- control --------------------------------------------------------------------------
         line_size = Mux(ins.spad == Spad.ACC, ACCW, C)
-        worst = Signal(20)
-        m.d.comb += worst.eq(2 + rl * (MBK + C))
         depth = Signal(15)
         m.d.comb += depth.eq(
             Mux(spad == Spad.ACT, cfg.act_depth, Mux(spad == Spad.WGT, cfg.wgt_depth, cfg.acc_depth))
         )
-        spad_end = Signal(26)
-        m.d.comb += spad_end.eq(spad_addr + (rows - 1) * sstride + rl)
-        dram_end = Signal(ADDR_W + 8)
-        m.d.comb += dram_end.eq(dram_addr + (rows - 1) * stride + Mux(comp, worst, rl * lb))
+        # Start-time checks in five registered steps (ck = 0..4), one add or one multiply per
+        # term and cycle; every compare sees registered operands.
+        ck = Signal(3)
+        rows_m1 = Signal(10)
+        rlb = Signal(15)
+        rlw = Signal(19)           # rl * (mask bytes + cols): compressed group capacity
+        worst = Signal(20)
+        sspan = Signal(20)
+        span = Signal(26)
+        spad_e1 = Signal(21)
+        spad_end = Signal(22)
+        dram_e1 = Signal(ADDR_W + 1)
+        dram_end = Signal(ADDR_W + 2)
+        slot_bad = Signal()
+        spad_bad = Signal()
+        with m.If(ck == 0):
+            m.d.sync += [rows_m1.eq(rows - 1), rlb.eq(rl * lb), rlw.eq(rl * (MBK + C))]
+        with m.If(ck == 1):
+            m.d.sync += [sspan.eq(rows_m1 * sstride), span.eq(rows_m1 * stride), worst.eq(rlw + 2)]
+        with m.If(ck == 2):
+            m.d.sync += [spad_e1.eq(spad_addr + sspan), dram_e1.eq(dram_addr + span),
+                         slot_bad.eq(comp & (stride < worst))]
+        with m.If(ck == 3):
+            m.d.sync += [spad_end.eq(spad_e1 + rl), dram_end.eq(dram_e1 + Mux(comp, worst, rlb))]
+        with m.If(ck == 4):
+            m.d.sync += spad_bad.eq(spad_end > depth)
         all_idle = Signal()
         m.d.comb += all_idle.eq(
             ~if_act
@@ -476,13 +496,16 @@ class StoreEngine(wiring.Component):
                         sstride.eq(Mux(ins.spad_stride == 0, ins.row_lines, ins.spad_stride)),
                         comp.eq(ins.compressed),
                     ]
+                    m.d.sync += ck.eq(0)
                     m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(comp & (stride < worst)):
+                with m.If(ck != 5):
+                    m.d.sync += ck.eq(ck + 1)
+                with m.Elif(slot_bad):
                     m.d.sync += err.eq(ErrorCode.ILLEGAL_FIELD)
                     m.next = "HALT"
-                with m.Elif(spad_end > depth):
+                with m.Elif(spad_bad):
                     m.d.sync += err.eq(ErrorCode.SPAD_RANGE)
                     m.next = "HALT"
                 with m.Elif(dram_end > DRAM):
