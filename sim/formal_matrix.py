@@ -3,13 +3,15 @@
 Small configuration: ``cols = 2`` MACs per lane, ``k`` in ``1..4`` (one or two activation lines,
 so the last-line mask and the dropping of all-zero non-last lines are exercised), two output
 rows granted back to back (rows overlap in the lane's pipeline), free activation and weight
-memory contents (``AnyConst``), scratchpad responses after any latency >= 1 (in order), free
-``cmd.ready`` / ``res.ready`` back-pressure.
+memory contents (``AnyConst``; the rows and weights are placed in the first ``MEM_LINES`` lines
+to keep the solver's memory muxes small), scratchpad responses after any latency >= 1 (in
+order), free ``cmd.ready`` / ``res.ready`` back-pressure.
 
 An *op* is observable on the lane's ports: a weight-line read ``wgt_rd.cmd`` accepted at
 address ``w_addr + j`` is the ``cols`` products of activation element ``j``; ``row_fire`` marks
 a row's last op. Asserted:
 
+* activation reads stay inside the lines of the row being fetched;
 * every op's element index is ``< k`` and no element of a row is performed twice;
 * when a row's last op is issued, every non-zero element ``j < k`` of that row has been
   performed (exactly once, by the previous point);
@@ -34,6 +36,8 @@ CFG = HwConfig(rows=2, cols=2, act_depth=16, wgt_depth=16, acc_depth=16, act_ban
                n_semaphores=4, name="formal-matrix")
 K_MAX = 4
 N_ROWS = 2
+#: Lines of the modelled scratchpads (addresses are constrained below this: smaller muxes)
+MEM_LINES = 4
 
 MUTANTS = {
     "dense": "the lane is built with zero_skip=False (performs zero products)",
@@ -48,13 +52,14 @@ class _ReadMem:
 
     def __init__(self, m, name, port, contents, line_bits, depth=8, cmd_ready=None):
         fifo = SyncFIFO(width=len(port.cmd.payload), depth=depth)
+        idx_bits = (contents.shape().width // line_bits - 1).bit_length()
         m.submodules[name] = fifo
         self.ready = AnySeq(1) if cmd_ready is None else cmd_ready
         m.d.comb += [port.cmd.ready.eq(self.ready & fifo.w_rdy),
                      fifo.w_en.eq(port.cmd.valid & port.cmd.ready), fifo.w_data.eq(port.cmd.payload)]
         go = AnySeq(1)
         m.d.comb += [port.rsp.valid.eq(fifo.r_rdy & go), fifo.r_en.eq(port.rsp.valid),
-                     port.rsp.payload.eq(contents.word_select(fifo.r_data, line_bits))]
+                     port.rsp.payload.eq(contents.word_select(fifo.r_data[:idx_bits], line_bits))]
 
 
 class LaneProps(FormalWrapper):
@@ -67,13 +72,13 @@ class LaneProps(FormalWrapper):
         zs = self.zero_skip and mut != "dense"
         m.submodules.lane = lane = MatrixLane(cfg, zero_skip=zs)
         lb = 8 * cols
-        act_mem = AnyConst(lb * cfg.act_depth)
-        wgt_mem = AnyConst(lb * cfg.wgt_depth)
+        act_mem = AnyConst(lb * MEM_LINES)
+        wgt_mem = AnyConst(lb * MEM_LINES)
 
         # -- instruction constants -------------------------------------------------------------
         k = AnyConst(3)
         w_addr = AnyConst(cfg.wgt_addr_bits)
-        m.d.comb += [Assume((k >= 1) & (k <= K_MAX)), Assume(w_addr + k <= cfg.wgt_depth)]
+        m.d.comb += [Assume((k >= 1) & (k <= K_MAX)), Assume(w_addr + k <= MEM_LINES)]
         n_lines = Signal(2)
         m.d.comb += n_lines.eq((k + cols - 1) // cols)
         in_last = Signal(range(cols + 1))                 # elements of the last line within k
@@ -86,7 +91,7 @@ class LaneProps(FormalWrapper):
         # -- two rows, granted whenever the lane asks and a free input allows ------------------------
         row_a = [AnyConst(cfg.act_addr_bits) for _ in range(N_ROWS)]
         for a in row_a:
-            m.d.comb += Assume(a + n_lines <= cfg.act_depth)
+            m.d.comb += Assume(a + n_lines <= MEM_LINES)
         granted = Signal(range(N_ROWS + 1))
         can_grant = AnySeq(1) & (granted < N_ROWS)
         grant = Signal()
@@ -97,7 +102,7 @@ class LaneProps(FormalWrapper):
 
         # activation elements of each row (j < K_MAX), zero beyond k
         def act(r, j):
-            line = act_mem.word_select(row_a[r] + (j // cols), lb)
+            line = act_mem.word_select((row_a[r] + (j // cols))[:2], lb)
             return Mux(j < k, line[8 * (j % cols): 8 * (j % cols) + 8], 0)
 
         A = [[Signal(signed(8), name=f"a{r}_{j}") for j in range(K_MAX)] for r in range(N_ROWS)]
@@ -107,6 +112,12 @@ class LaneProps(FormalWrapper):
 
         # -- memories ---------------------------------------------------------------------------------
         _ReadMem(m, "actmem", lane.act_rd, act_mem, lb)
+        # activation reads stay inside the row being fetched (the latest granted one)
+        cur_a = Mux(granted == 1, row_a[0], row_a[1])
+        with m.If(lane.act_rd.cmd.valid):
+            m.d.comb += [Assert(granted != 0, "activation read before any row was granted"),
+                         Assert((lane.act_rd.cmd.payload >= cur_a) & (lane.act_rd.cmd.payload < cur_a + n_lines),
+                                "activation read outside the row's lines")]
         wready = AnySeq(1)
         lane_wready = Signal()
         glitch = AnySeq(1)
@@ -123,7 +134,7 @@ class LaneProps(FormalWrapper):
                      wfifo.w_en.eq(mem_fire), wfifo.w_data.eq(lane.wgt_rd.cmd.payload)]
         go = AnySeq(1)
         m.d.comb += [lane.wgt_rd.rsp.valid.eq(wfifo.r_rdy & go), wfifo.r_en.eq(lane.wgt_rd.rsp.valid),
-                     lane.wgt_rd.rsp.payload.eq(wgt_mem.word_select(wfifo.r_data, lb))]
+                     lane.wgt_rd.rsp.payload.eq(wgt_mem.word_select(wfifo.r_data[:2], lb))]
 
         # -- op accounting (scratchpad's view of accepted weight reads) -------------------------------
         r_iss = Signal(range(N_ROWS + 1))
@@ -140,7 +151,7 @@ class LaneProps(FormalWrapper):
                         with m.If(j_op == j):
                             m.d.comb += Assert(~done[r][j], "element performed twice")
                             m.d.sync += done[r][j].eq(1)
-                            if zs:
+                            if self.zero_skip:      # the property asked of a zero-skipping lane
                                 with m.If(A[r][j] == 0):
                                     m.d.comb += Assert(lane.row_fire, "zero product performed (not the row's last op)")
                                     m.d.comb += Assert(zero_ops[r] == 0, "two zero products in one row")
@@ -167,7 +178,7 @@ class LaneProps(FormalWrapper):
                 for r in range(N_ROWS):
                     with m.If(r_out == r):
                         for c in range(cols):
-                            ref = sum((A[r][j] * wgt_mem.word_select(w_addr + j, lb)[8 * c: 8 * c + 8].as_signed()
+                            ref = sum((A[r][j] * wgt_mem.word_select((w_addr + j)[:2], lb)[8 * c: 8 * c + 8].as_signed()
                                        for j in range(K_MAX)), Const(0, signed(32)))
                             m.d.comb += Assert(lane.res.payload.data[c] == ref[:32].as_signed(),
                                                f"result column {c} is not sum A[j]*W[j][c]")
@@ -180,13 +191,13 @@ class LaneProps(FormalWrapper):
 
 
 register(FormalCheck(
-    "matrix.zero_skip_once", lambda mutant: LaneProps(mutant, check_data=False), "bmc", 16,
+    "matrix.zero_skip_once", lambda mutant: LaneProps(mutant, check_data=False), "bmc", 12,
     "MatrixLane (cols=2, k<=4, 2 rows, any latency/back-pressure): every non-zero product performed exactly "
     "once, none beyond k, zero products only as a zero row's single closing op; results in grant order",
-    mutants=MUTANTS, mutant_depth=16))
+    mutants=MUTANTS, mutant_depth=8))
 register(FormalCheck(
-    "matrix.results", lambda mutant: LaneProps(None, check_data=True), "bmc", 14,
+    "matrix.results", lambda mutant: LaneProps(None, check_data=True), "bmc", 12,
     "MatrixLane: each finished row equals sum_j A[j]*W[j][c] (int32) for free memory contents"))
 register(FormalCheck(
-    "matrix.cover", lambda mutant: LaneProps(None, check_data=False, covers=True), "cover", 20,
+    "matrix.cover", lambda mutant: LaneProps(None, check_data=False, covers=True), "cover", 16,
     "reachability: two sparse rows finished back to back; an all-zero row; rows overlapping"))

@@ -151,10 +151,10 @@ class SemaphoreProps(FormalWrapper):
 
 
 register(FormalCheck(
-    "semaphores.isa_model", lambda mutant: SemaphoreProps(mutant), "prove", 3,
+    "semaphores.isa_model", lambda mutant: SemaphoreProps(mutant), "prove", 2,
     "SemaphoreUnit (4 sems x 3 bits, 4 clients): values follow the ISA model, no underflow, one consume "
     "per semaphore per cycle, wait released exactly when sem >= count, overflow saturates and flags",
-    mutants=MUTANTS, mutant_depth=10))
+    mutants=MUTANTS, mutant_depth=4))
 
 register(FormalCheck(
     "semaphores.cover", lambda mutant: SemaphoreProps(mutant, covers=True), "cover", 10,
