@@ -108,7 +108,7 @@ def estimate(cfg, mnemonic, v, costs=perf.DEFAULT_COSTS) -> int:
         if mnemonic == "load":
             pad = ((v["pad_top"] + rows + v["pad_bottom"]) * (v["pad_left"] + rl + v["pad_right"])
                    - rows * rl)
-        return perf.dma_cycles_uniform(cfg, rows, rb, rl, pad, costs)
+        return perf.dma_cycles_uniform(cfg, rows, rb, rl, pad, costs, store=mnemonic == "store")
     if mnemonic == "matmul":
         n = v["m_outer"] * v["m_inner"]
         per_row = v["k"]                                    # dense: one cycle per element
@@ -117,7 +117,7 @@ def estimate(cfg, mnemonic, v, costs=perf.DEFAULT_COSTS) -> int:
     if mnemonic == "requant":
         return perf.vector_cycles(v["rows"] + 3, costs)
     if mnemonic == "vadd":
-        return perf.vector_cycles(2 * v["lines"], costs)
+        return perf.vector_cycles(v["lines"], costs)   # both operands read in the same cycle
     if mnemonic in ("maxpool", "avgpool"):
         return perf.vector_cycles(v["out_h"] * v["out_w"] * v["lpp"] * v["kh"] * v["kw"], costs)
     if mnemonic == "mask":
