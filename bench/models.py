@@ -21,7 +21,8 @@ Figures per model and variant:
 * ``sync_before``/``sync_after``: cross-engine hazard edges of the dependency graph vs the
   semaphore waits kept after vector-clock pruning;
 * ``est_cycles_before``/``est_cycles``: the scheduler's own estimate of the program-order and the
-  list-scheduled program.
+  list-scheduled program;
+* ``compile_s``: wall-clock compile time with the compile cache off.
 
 Metrics: ``<model>.<variant>.<figure>``, plus ``<model>.util`` / ``<model>.eff_util`` (all on).
 """
@@ -125,7 +126,8 @@ def digits(name):
 
 def run_variant(model, cal, x, options):
     t0 = time.perf_counter()
-    prog = sparrow.compile(model, calibration={"x": cal}, preset=PRESET, accuracy_batches=0, options=options)
+    prog = sparrow.compile(model, calibration={"x": cal}, preset=PRESET, accuracy_batches=0, options=options,
+                           cache=False)
     t_compile = time.perf_counter() - t0
     prog.run({"x": x}, device=GoldenDevice(prog.cfg, check_races=False))
     c = prog.last_run["counters"]

@@ -20,7 +20,7 @@ from sparrow.compiler.quantize import quantize
 from sparrow.config import preset
 from sparrow.golden import Machine, RaceError
 from sparrow.isa import Program
-from sparrow.kernels import ProgramBuilder, Requant, conv2d, gemm
+from sparrow.kernels import ProgramBuilder, Requant, Tensor, conv2d, gemm
 from sparrow.sim.cocotb_run import default_seed
 from test_compiler import _build, _conv, _head, make_model
 
@@ -267,6 +267,18 @@ def test_removing_any_wait_of_kernel_programs_races(rng):
     r = b.tensor((1, 6, 6, 8), name="r")
     conv2d(b, x, rng.integers(-127, 128, (3, 3, 8, 8)).astype(np.int8), Requant.from_scale(0.002, relu=True),
            padding=1, residual=(r, 0.7, 0.4, True), pool=(2, 2))
+    # a compressed intermediate between two convs (zero-filled padding, group loads)
+    z = b.tensor((1, 6, 6, 8), compressed=True)
+    conv2d(b, x, rng.integers(-127, 128, (1, 1, 8, 8)).astype(np.int8), Requant.from_scale(0.004, relu=True),
+           out=z)
+    conv2d(b, z, rng.integers(-127, 128, (3, 3, 8, 4)).astype(np.int8), Requant.from_scale(0.002), padding=1)
+    # a GEMM chain with the hidden layer on chip
+    with b.spad_scope():
+        buf = b.spad_alloc("ACT", 12 * 3)
+        gemm(b, a, rng.integers(-127, 128, (40, 10)).astype(np.int8), requant=Requant.from_scale(0.01, relu=True),
+             out_onchip=(buf, 3))
+        gemm(b, Tensor(0, (12, 10), "int8"), rng.integers(-127, 128, (10, 6)).astype(np.int8),
+             requant=Requant.from_scale(0.02), a_onchip=buf)
     prog = b.finish()
     data = {t: rng.integers(-128, 128, t.shape) for t in (a, x, r)}
 
