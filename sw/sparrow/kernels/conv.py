@@ -306,7 +306,9 @@ def conv2d(b: ProgramBuilder, x: Tensor, weights, requant: Requant, *, stride=1,
             fit = [c for c in range(1, min(OHc, 255) + 1) if fits(c, g)]
             if not fit:
                 break
-            for c in fit:
+            # one image at a time: the largest row tile (dynamic lane balancing makes the
+            # estimate's lane-rounding pessimistic); groups: every row tile that fits
+            for c in (fit[-1:] if g == 1 else fit):
                 choices.append((est(g, c), -c, g, c))
         th, G = 0, 1
         if choices:
