@@ -274,14 +274,17 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
         ends and be listed in their step's ``outputs`` with ``"debug": True`` (saved
         intermediates). Never fused away, never compressed, never reused.
     ``fuse`` (bool, default ``True``)
-        Conv + bias + requant + ReLU (+ residual Add, + MaxPool) as one kernel whose
-        intermediates stay in the scratchpad (:mod:`.fuse`).
+        Conv + bias + requant + ReLU (+ residual Add, + MaxPool) as one kernel, and chains of
+        Gemm (+ bias + requant + ReLU) layers, whose intermediates stay in the scratchpad
+        (:mod:`.fuse`).
     ``schedule`` (bool, default ``True``)
         List-schedule each program's instructions on the four engines (:mod:`.schedule`).
     ``reuse_dram`` (bool, default ``True``)
-        Intermediate tensors whose lifetimes do not overlap share external memory (liveness
-        within a program; inputs, outputs and kept values are never reused before their last
-        read / the end).
+        Tensors whose lifetimes do not overlap share external memory: an intermediate's space
+        is freed once its last reader (and every reader of its views) is emitted, and any later
+        tensor the program writes may take it (the footprint hazards order the new writer after
+        the old readers). Host-written inputs and constants never take freed space; graph
+        outputs, kept values and values read by later steps are never freed.
     ``compress`` (bool, default ``True``)
         Store an activation zero-mask compressed when its expected compressed size is smaller
         than raw (and its producer and consumers support it); consumers load it compressed.
