@@ -427,6 +427,13 @@ def test_tensor_that_does_not_fit_is_named(rng):
     cal = rng.standard_normal((70000, 64)).astype(np.float32)
     with pytest.raises(CompileError, match="tensor '(x|y)'"):
         sparrow.compile(m, calibration={"x": cal}, preset="small", accuracy_batches=0)
+    # scratchpad: one output row of a 1x3000 image does not fit the small preset's ACT
+    ini = {"w": rng.standard_normal((4, 4, 3, 3)), "b": np.zeros(4)}
+    m = make_model([h.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])], [("x", [1, 4, 1, 3000])],
+                   [("y", [1, 4, 1, 3000])], ini)
+    with pytest.raises(CompileError, match="input tensor 'x', output tensor 'y'.*does not fit"):
+        sparrow.compile(m, calibration={"x": rng.standard_normal((1, 4, 1, 3000))}, preset="small",
+                        accuracy_batches=0)
 
 
 # -- RTL ---------------------------------------------------------------------------------------

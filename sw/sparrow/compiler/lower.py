@@ -460,7 +460,7 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
             raise
         except ValueError as e:
             raise CompileError(f"{n.desc()}: cannot be lowered for preset {cfg.name!r} "
-                               f"(output tensor {out_name!r}): {e}") from None
+                               f"(input tensor {n.inputs[0]!r}, output tensor {out_name!r}): {e}") from None
         seg.place[out_name] = placed
         members = grp["nodes"] if grp else [n.name]
         if grp:
