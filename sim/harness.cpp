@@ -7,6 +7,22 @@
 // Built by sparrow.sim.verilator_build with -DSP_AW=<cmd address bits> -DSP_MB=<bytes per beat>
 // (and -DSP_TRACE for the --trace-fst variant). C API in harness.h.
 //
+// The Verilated top is verilator_build's wrapper `harness_top` around sparrow_top: same ports,
+// but `rst` is registered once inside (so no combinational logic depends on a top-level reset
+// input, and Verilator's input-combinational region only holds logic fed by the bus inputs).
+// The SP_TRACE build Verilates sparrow_top itself (its FST keeps the design's hierarchy); the
+// reset sequence below suits both (the design sees 4 or 5 reset edges).
+//
+// Clocking. Two-eval mode (default, and always with SP_TRACE so waveforms show a normal
+// clock): per cycle, eval with clk=0 and this cycle's inputs (settle), sample the handshakes,
+// eval with clk=1 (rising edge). One-eval mode (-DSP_ONE_EVAL): the wrapper's flops are
+// sensitive to both clock edges, and each cycle toggles clk once and evaluates once. Verilator
+// evaluates the input-combinational logic before the edge's sequential logic, so the flops see
+// this cycle's inputs exactly as in two-eval mode. The handshakes are sampled before that eval,
+// from the outputs as the previous eval left them; verilator_build only selects this mode when
+// no output port is written by Verilator's input-combinational region, i.e. every output is a
+// function of the state alone and those values are the ones the edge will see.
+//
 // Memory model (slave side of membus): commands always accepted; a read command queues len+1
 // beats, each offered read_latency cycles after acceptance (one beat per cycle, in order);
 // write data is accepted while a write command is pending, honouring strb; one write response
@@ -14,6 +30,10 @@
 // return 0, writes are dropped).
 
 #include "harness.h"
+
+#if defined(SP_TRACE) && defined(SP_ONE_EVAL)
+#error "SP_ONE_EVAL is not used with SP_TRACE (waveforms need both clock levels)"
+#endif
 
 #include <cstdint>
 #include <cstring>
@@ -137,9 +157,13 @@ struct Device {
     // One clock cycle: inputs for this cycle are already set on the CSR bus.
     void tick() {
         Vtop &t = *top;
+#ifdef SP_ONE_EVAL
+        drive();
+#else
         t.clk = 0;
         drive();
         t.eval();
+#endif
 #ifdef SP_TRACE
         bool dump = fst && cycle >= tr_start && cycle < tr_end;
         if (dump) fst->dump(2 * cycle);
@@ -163,7 +187,11 @@ struct Device {
         }
         bool b_fire = t.mem___05Fwresp___05Fvalid && t.mem___05Fwresp___05Fready;
 
+#ifdef SP_ONE_EVAL
+        t.clk = !t.clk;
+#else
         t.clk = 1;
+#endif
         t.eval();
 #ifdef SP_TRACE
         if (dump) fst->dump(2 * cycle + 1);
@@ -224,9 +252,13 @@ void *sp_create(uint64_t mem_bytes, uint32_t read_latency) {
     d->mem.assign(mem_bytes, 0);
     d->latency = read_latency < 1 ? 1 : read_latency;
     d->idle_bus();
+    d->top->clk = 0;
     d->top->rst = 1;
+    d->top->eval();  // initial settle: the first eval never counts as a clock edge
+    // the wrapper registers rst: it reaches the design one edge later (and is set at start)
     for (int i = 0; i < 4; ++i) d->tick();
     d->top->rst = 0;
+    d->tick();
     d->tick();
     return d;
 }
@@ -318,6 +350,14 @@ void sp_bus_stats(void *h, uint64_t *read_beats, uint64_t *write_beats, uint64_t
     if (read_beats) *read_beats = d->read_beats;
     if (write_beats) *write_beats = d->write_beats;
     if (commands) *commands = d->commands;
+}
+
+int sp_one_eval(void) {
+#ifdef SP_ONE_EVAL
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 int sp_has_trace(void) {

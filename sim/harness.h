@@ -53,6 +53,9 @@ int sp_trace(void *h, const char *path, uint64_t start, uint64_t end);
 void sp_trace_close(void *h);
 int sp_has_trace(void);
 
+/* 1 if this build evaluates the model once per clock cycle (see harness.cpp), else 0. */
+int sp_one_eval(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,6 +4,8 @@ Expected values come from the golden model (final images) and from docs/isa.md /
 (``err`` -> DRAM_RANGE of the issuing engine).
 """
 
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from sparrow.errors import DeviceError, ErrorCode
 from sparrow.isa import Engine, Program, make
 from sparrow.runtime import Device
 from sparrow.runtime.verilator import Harness
+from sparrow.sim import verilator_build as vb
 from sparrow.testprograms import build_case
 
 SMALL = preset("small")
@@ -80,3 +83,94 @@ def test_waves_fst_window(tmp_path):
         assert dev.run(max_cycles=100_000).stop == "done"
         assert np.array_equal(dev.read_dram(0, len(case.image)), expected)
     assert path.stat().st_size > 1000
+
+
+_TOY = """
+module sparrow_top(clk, rst, a, q, y);
+  input clk;
+  input rst;
+  input [3:0] a;
+  output [3:0] q;
+  reg [3:0] q = 4'h0;
+  output [3:0] y;
+  always @(posedge clk) q <= rst ? 4'h0 : a;
+  assign y = a ^ q;
+endmodule
+"""
+
+
+def test_wrap_top_registers_reset_and_keeps_ports():
+    text = vb.wrap_top(_TOY, both_edges=True)
+    wrapper = text[text.index("module harness_top("):]
+    for port in ("input clk", "input rst", "input [3:0] a", "output [3:0] q", "output [3:0] y"):
+        assert port in wrapper
+    assert ".rst(rst_q)" in wrapper and ".a(a)" in wrapper
+    assert "posedge" not in text and text.count("@(edge clk)") == 2
+    assert "posedge" in vb.wrap_top(_TOY)
+    with pytest.raises(ValueError, match="verilog"):
+        vb.wrap_top(_TOY.replace("sparrow_top", "other"))
+    with pytest.raises(ValueError, match="clk and rst"):
+        vb.wrap_top(_TOY.replace("input rst;", "input rstx;").replace("rst ?", "rstx ?")
+                    .replace("clk, rst,", "clk, rstx,"))
+
+
+def test_outputs_state_only_sees_input_to_output_paths(tmp_path):
+    """The check that selects the one-eval loop: y = a ^ q depends on an input, q does not."""
+    (tmp_path / "toy.v").write_text(vb.wrap_top(_TOY, both_edges=True))
+    subprocess.run(["verilator", "--cc", "toy.v", "--top-module", "harness_top", "--prefix", "Vtop",
+                    "--Mdir", "obj", "-O3"], cwd=tmp_path, check=True, capture_output=True)
+    assert vb.outputs_state_only(tmp_path / "obj", ["q"])
+    assert not vb.outputs_state_only(tmp_path / "obj", ["y"])
+    assert not vb.outputs_state_only(tmp_path / "obj", ["q", "y"])
+
+
+def test_default_build_is_one_eval():
+    """The small preset's outputs are state-only, so the default build evaluates once per cycle."""
+    hw = Harness(SMALL)
+    try:
+        assert hw.one_eval
+    finally:
+        hw.close()
+
+
+def _trace_of_runs(dev, names):
+    out = []
+    for name in names:
+        case = build_case(name, SMALL)
+        expected, _ = case.golden()
+        dev.write_dram(0, case.image)
+        dev.load_program(case.program, case.prog_base)
+        info = dev.run(max_cycles=1_000_000)
+        assert np.array_equal(dev.read_dram(0, len(case.image)), expected), name
+        out.append((name, info.stop, info.cycles, info.counters))
+    dev.set_breakpoint("matmul", 1)
+    case = build_case("gemm", SMALL)
+    dev.write_dram(0, case.image)
+    dev.load_program(case.program, case.prog_base)
+    first = dev.run(max_cycles=1_000_000)
+    dev.clear_breakpoints()
+    rest = dev.resume(max_cycles=1_000_000)
+    out.append(("gemm-bp", first.stop, first.cycles, first.halted, rest.stop, rest.cycles, rest.counters))
+    return out
+
+
+@pytest.mark.slow
+def test_one_eval_matches_two_eval_cycle_for_cycle():
+    """One eval per cycle (default build) against the plain two-eval loop (built on purpose):
+    every program stops at the same cycle with the same counters and golden-identical images."""
+    names = ["gemm_big", "conv", "compress", "pool", "mask"]
+    with Device(SMALL, "verilator") as one, Device(SMALL, "verilator", one_eval=False) as two:
+        assert one._b.hw.one_eval and not two._b.hw.one_eval
+        assert _trace_of_runs(one, names) == _trace_of_runs(two, names)
+
+
+def test_compact_memory_init_loops_only_all_zero_memories():
+    words = "".join(f"    mem[{i}] = 8'h00;\n" for i in range(300))
+    nonzero = "    rom[0] = 8'h00;\n    rom[1] = 8'h05;\n"
+    text = (f"module m;\n  reg [7:0] mem [299:0];\n  initial begin\n{words}  end\n"
+            f"  reg [7:0] rom [1:0];\n  initial begin\n{nonzero}  end\nendmodule\n")
+    out = vb.compact_memory_init(text)
+    assert "mem[0] =" not in out and "< 300;" in out and "mem[sparrow_harness_init_1] = 0;" in out
+    assert nonzero in out                      # a block with a non-zero word is kept as it is
+    gap = text.replace("    mem[7] = 8'h00;\n", "")
+    assert vb.compact_memory_init(gap) == gap  # so is one that skips a word

@@ -40,6 +40,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.sp_trace.restype, lib.sp_trace.argtypes = ctypes.c_int, [vp, ctypes.c_char_p, u64, u64]
     lib.sp_trace_close.argtypes = [vp]
     lib.sp_has_trace.restype = ctypes.c_int
+    try:
+        lib.sp_one_eval.restype = ctypes.c_int
+    except AttributeError:  # a library built before sp_one_eval existed
+        pass
     _libs[key] = lib
     return lib
 
@@ -47,12 +51,14 @@ def _load(path: Path) -> ctypes.CDLL:
 class Harness:
     """Thin object wrapper of the C API (one simulated device)."""
 
-    def __init__(self, cfg, *, read_latency: int = 2, trace: bool = False, mem_bytes: int | None = None):
+    def __init__(self, cfg, *, read_latency: int = 2, trace: bool = False, mem_bytes: int | None = None,
+                 one_eval: bool | None = None):
         from sparrow.sim.verilator_build import build_harness
         if not isinstance(read_latency, int) or read_latency < 1:
             raise ValueError(f"read_latency must be an int >= 1, not {read_latency!r}")
         self.cfg = cfg
-        self.lib = _load(build_harness(cfg, trace=trace))
+        kw = {} if one_eval is None else {"one_eval": one_eval}
+        self.lib = _load(build_harness(cfg, trace=trace, **kw))
         self.mem_bytes = cfg.dram_bytes if mem_bytes is None else int(mem_bytes)
         self.h = self.lib.sp_create(self.mem_bytes, read_latency)
         if not self.h:
@@ -89,6 +95,11 @@ class Harness:
         return reason, ran.value
 
     @property
+    def one_eval(self) -> bool:
+        """Whether this library evaluates the model once per cycle (``sim/harness.cpp``)."""
+        return bool(getattr(self.lib, "sp_one_eval", lambda: 0)())
+
+    @property
     def cycles(self) -> int:
         return self.lib.sp_cycles(self.h)
 
@@ -110,9 +121,10 @@ class Harness:
 
 
 class VerilatorBackend:
-    def __init__(self, cfg, *, read_latency: int = 2, waves=None, wave_window=None, mem_bytes=None):
+    def __init__(self, cfg, *, read_latency: int = 2, waves=None, wave_window=None, mem_bytes=None, one_eval=None):
         self.cfg = cfg
-        self.hw = Harness(cfg, read_latency=read_latency, trace=waves is not None, mem_bytes=mem_bytes)
+        self.hw = Harness(cfg, read_latency=read_latency, trace=waves is not None, mem_bytes=mem_bytes,
+                          one_eval=one_eval)
         if waves is not None:
             start, end = wave_window or (0, (1 << 64) - 1)
             self.hw.trace(waves, start, end)
