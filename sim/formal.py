@@ -59,7 +59,7 @@ __all__ = ["FormalCheck", "FormalResult", "FormalWrapper", "CHECKS", "register",
 MODES = ("bmc", "prove", "cover")
 #: Modules holding property wrappers; importing them fills :data:`CHECKS`.
 PROPERTY_MODULES = ("sparrow.sim.formal_semaphores", "sparrow.sim.formal_codec",
-                    "sparrow.sim.formal_streams", "sparrow.sim.formal_matrix")
+                    "sparrow.sim.formal_streams", "sparrow.sim.formal_matrix", "sparrow.sim.formal_dma")
 
 _BIN = Path(sys.executable).parent
 

@@ -16,7 +16,9 @@ from sparrow.sim.formal import FormalCheck, FormalWrapper, run_check
 ALL = formal.checks(include_slow=True)
 #: Depths for the default (non-slow) test run, where lower than the check's own depth.
 CI_DEPTH = {"fetch.out_stream": 6, "sequencer.engine_streams": 4, "matrix.zero_skip_once": 8,
-            "matrix.results": 8}
+            "matrix.results": 8, "dma.load_region": 10}
+#: Checks run only under -m slow (minutes each); their mutants still run in the default set.
+SLOW_IN_TESTS = {"dma.load_region_cover"}
 
 
 def _params(items, slow_if):
@@ -31,7 +33,7 @@ def _check_cases():
 
 def _deep_cases():
     for c in ALL:
-        if c.name in CI_DEPTH:
+        if c.name in CI_DEPTH and CI_DEPTH[c.name] < c.depth:
             yield c.name + "@full", (c, c.depth)
 
 
@@ -41,7 +43,7 @@ def _mutant_cases():
             yield f"{c.name}~{mu}", (c, mu)
 
 
-@pytest.mark.parametrize("check, depth", _params(_check_cases(), lambda it: it[0].slow))
+@pytest.mark.parametrize("check, depth", _params(_check_cases(), lambda it: it[0].slow or it[0].name in SLOW_IN_TESTS))
 def test_property_holds(check, depth, tmp_path):
     res = run_check(check, depth=depth, workdir=tmp_path)
     if check.xfail and res.status == "fail":
