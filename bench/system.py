@@ -13,6 +13,10 @@ reports per kernel:
   the engines' busy counters (exact: the same busy definition the ``*_BUSY`` CSRs count);
 * per engine busy cycles, RTL vs model.
 
+The RTL measurements (``build/system_rtl_<preset>.json``) are keyed by the SHA-256 of the top's
+Verilog, the cases and the seed, and reused while those are unchanged (``SPARROW_SYSTEM_RERUN=1``
+simulates anyway): tuning :mod:`sparrow.golden.perf` then needs no new simulation.
+
 Metrics: ``<case>.rtl_cycles``, ``<case>.model_cycles``, ``<case>.ratio``, ``<case>.baseline_ratio``,
 ``<case>.overlap``, ``max_abs_error``/``mean_abs_error`` (|ratio - 1|, tuned model),
 ``baseline_max_abs_error``/``baseline_mean_abs_error``, ``cases_within_5pct``.
@@ -20,6 +24,7 @@ Metrics: ``<case>.rtl_cycles``, ``<case>.model_cycles``, ``<case>.ratio``, ``<ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -36,11 +41,12 @@ from sparrow.testprograms import system_cases
 
 PRESET = os.environ.get("SPARROW_PRESET", "small")
 SEED = 1
+REUSE = os.environ.get("SPARROW_SYSTEM_RERUN", "0") != "1"     # 1: always simulate again
 
 #: perf.Costs as it was before tuning against this benchmark (the record's "before").
-BASELINE_COSTS = perf.Costs(dma_start=4, dma_row_setup=2, line_cycles=1, pad_line_cycles=1, matmul_start=4,
-                            matmul_row_cycles=0, vector_start=3, vector_line_cycles=1, nop=1,
-                            delay_overhead=1)
+BASELINE_COSTS = perf.Costs(dma_start=4, dma_row_setup=2, store_start=4, store_row_setup=2, line_cycles=1,
+                            pad_line_cycles=1, matmul_start=4, matmul_row_cycles=0, vector_start=3,
+                            vector_line_cycles=1, nop=1, delay_overhead=1)
 
 
 def _top(cfg):
@@ -48,7 +54,7 @@ def _top(cfg):
     return Sparrow(cfg, bus="axi")
 
 
-def measure_rtl(cfg, cases, *, seed=SEED) -> dict:
+def measure_rtl(cfg, cases, *, seed=SEED, verilog_text=None) -> dict:
     """Run ``cases`` on the RTL; returns ``{name: {"counters", "busy_runs", ...}}``."""
     from sparrow.sim.cocotb_run import run_cocotb
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +68,8 @@ def measure_rtl(cfg, cases, *, seed=SEED) -> dict:
         (tmp / "manifest.json").write_text(json.dumps(manifest))
         out = tmp / "results.json"
         run_cocotb(lambda: _top(cfg), name=f"sparrow_{cfg.name}_axi", test_module="tb_system_bench",
-                   seed=seed, extra_env={"SPARROW_SYSTEM_CASES": str(tmp), "SPARROW_RESULTS": str(out)})
+                   seed=seed, verilog_text=verilog_text,
+                   extra_env={"SPARROW_SYSTEM_CASES": str(tmp), "SPARROW_RESULTS": str(out)})
         return json.loads(out.read_text())
 
 
@@ -90,10 +97,22 @@ def model(case, costs):
 def run():
     cfg = preset(PRESET)
     cases = system_cases(cfg)
-    rtl = measure_rtl(cfg, cases)
-    raw = REPO / "build" / f"system_rtl_{PRESET}.json"      # raw counters + traces, for re-tuning perf.Costs
-    raw.parent.mkdir(exist_ok=True)
-    raw.write_text(json.dumps(rtl))
+    # raw counters + traces, for re-tuning perf.Costs; reused while the RTL (its Verilog), the
+    # cases and the seed are unchanged, so retuning the model does not re-simulate
+    from sparrow.sim.cocotb_run import verilog_of
+    text = verilog_of(_top(cfg), f"sparrow_{cfg.name}_axi")
+    key = hashlib.sha256(text.encode() + repr([(c.name, c.image.tobytes(), bytes(c.program)) for c in cases]
+                                              ).encode() + str(SEED).encode()).hexdigest()
+    raw = REPO / "build" / f"system_rtl_{PRESET}.json"
+    old = json.loads(raw.read_text()) if raw.exists() else {}
+    reused = old.get("_key") == key and REUSE
+    if reused:
+        rtl = old
+    else:
+        rtl = measure_rtl(cfg, cases, verilog_text=text)
+        rtl["_key"] = key
+        raw.parent.mkdir(exist_ok=True)
+        raw.write_text(json.dumps(rtl))
     metrics, config_cases = {}, {}
     rows = [f"{'kernel':<13}{'RTL':>7}{'model':>7}{'ratio':>7}{'before':>8}{'overlap':>9}   "
             "busy RTL/model: load matmul vector store"]
@@ -128,6 +147,7 @@ def run():
                 f"{metrics['cases_within_5pct']}/{len(errs)} kernels within 5 %")
     return {"metrics": metrics,
             "config": {"preset": PRESET, "seed": SEED, "bus": "AXI4, cocotbext-axi AxiRam, no pauses",
+                       "rtl_measurement": "reused (same Verilog, cases, seed)" if reused else "simulated",
                        "costs": perf.DEFAULT_COSTS.__dict__, "baseline_costs": BASELINE_COSTS.__dict__,
                        "cases": config_cases},
             "table": "\n".join(rows)}
