@@ -458,3 +458,34 @@ def test_optimised_program_on_verilator(rng):
     assert st["compression"]["mp"]["compressed"] and st["fusion"]["groups"]
     on.run({"x": x}, backend="verilator")
     np.testing.assert_array_equal(on.last_run["int8"]["y"], ref.last_run["int8"]["y"])
+
+
+def test_compression_uses_sparsity_measured_on_calibration_data(rng):
+    """compile() measures each activation's zero fraction on the calibration batches (no
+    sparsity option given); it agrees with the zeros the compiled program actually produces on
+    those batches, and a calibration set that drives a hidden layer to mostly zeros is measured
+    as such and turns its compression on."""
+    m = mlp(rng)
+    cal = rng.standard_normal((32, 64)).astype(np.float32)
+    prog = sparrow.compile(m, calibration={"x": cal}, preset="default", accuracy_batches=0,
+                           options={"fuse": False}, save=["a1"])
+    zeros = total = 0
+    for s in range(0, 32, 4):
+        prog.run({"x": cal[s:s + 4]}, device=GoldenDevice(prog.cfg))
+        a1 = prog.last_run["saved_int8"]["a1"]
+        zeros, total = zeros + int(np.count_nonzero(a1 == 0)), total + a1.size
+    measured = prog.manifest["options"]["sparsity"]["a1"]
+    assert abs(measured - zeros / total) < 0.03, (measured, zeros / total)
+
+    # drive a1 to zeros: inputs along the direction that makes every first-layer pre-activation
+    # strongly negative
+    from onnx import numpy_helper
+
+    w1 = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "w1")).reshape(64, 64)
+    x_neg = -np.linalg.lstsq(w1, np.ones(64) * 4.0, rcond=None)[0]
+    cal_zero = (x_neg[None, :] + 0.01 * rng.standard_normal((32, 64))).astype(np.float32)
+    sparse = sparrow.compile(m, calibration={"x": cal_zero}, preset="default", accuracy_batches=0,
+                             options={"fuse": False})
+    assert sparse.manifest["options"]["sparsity"]["a1"] > 0.9
+    (st,) = acc_steps(sparse)
+    assert st["compression"]["a1"]["compressed"]

@@ -20,6 +20,7 @@ import pickle
 import numpy as np
 
 from ..config import HwConfig, preset as _preset
+from .alloc import measure_sparsity
 from .cache import CacheStats, CompileCache, code_version, digest, salt
 from .frontend import frontend
 from .ir import CompileError, check
@@ -141,21 +142,28 @@ def compile(
                 info()  # rejects unsupported nodes before the (slower) calibration
                 g = graph()
                 calibrate(g, cal())
-                return {k: v.scale for k, v in g.values.items()}
+                scales = {k: v.scale for k, v in g.values.items()}
+                # zero fraction of every activation on the calibration data: the back end's
+                # compression decisions (options["sparsity"] overrides)
+                return {"scales": scales, "sparsity": measure_sparsity(g, cal())}
 
-            scales = store.stage("quantize", keys.get("quantize"), build, _pickle, pickle.loads)
+            q = store.stage("quantize", keys.get("quantize"), build, _pickle, pickle.loads)
             g = graph()
-            for k, s in scales.items():
+            for k, s in q["scales"].items():
                 g.values[k].scale = s
-            memo["scales"] = scales
+            memo["scales"] = q["scales"]
+            memo["sparsity"] = q["sparsity"]
         return graph()
 
     def final_options():
         if "options" not in memo:
             opts = dict(options)
+            if opts.get("sparsity") is None:
+                quantized()
+                opts["sparsity"] = memo["sparsity"]
             if save is not None:
                 opts["keep"] = sorted(set(opts.get("keep") or ()) | _save_names(graph(), info(), save))
-            memo["options"] = opts
+            memo["options"] = dict(sorted(opts.items()))  # canonical order in the manifest
         return memo["options"]
 
     def plan():
