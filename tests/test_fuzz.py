@@ -8,9 +8,7 @@ Seeds: ``SPARROW_SEED`` (default 1), printed by every randomised test.
 
 import json
 import os
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sparrow import fuzz, isa

@@ -56,7 +56,7 @@ import numpy as np
 from . import codec, isa
 from .config import HwConfig, preset
 from .errors import DeviceError, ErrorCode
-from .isa import Engine, IsaError, MaskMode, Opcode, Spad, VectorOp
+from .isa import Engine, IsaError, MaskMode, Opcode, Spad
 
 __all__ = ["Case", "Outcome", "generate", "run_golden", "VerilatorRunner", "compare", "shrink",
            "run_batch", "save_case", "load_case", "FeatureCounter", "FEATURES", "KINDS", "main",
@@ -577,7 +577,6 @@ def generate(cfg: HwConfig, seed: int, index: int, kind: str | None = None) -> C
 
 
 def _inject_fault(cfg, g, ops, kind):
-    rng = g.rng
     pos = g.ri(0, len(ops))
     if kind == "bad_word":
         prog = _builder_program(cfg, ops)
@@ -1220,7 +1219,7 @@ def run_batch(cfg: HwConfig, n: int, seed: int, start: int = 0, backend: str = "
             small = case
             if do_shrink:
                 like = (ref.code, diffs[0].split(":")[0])
-                small = shrink(case, cfg, lambda c: _still_fails(c, cfg, runner, like=like), log=log)
+                small = shrink(case, cfg, lambda c, like=like: _still_fails(c, cfg, runner, like=like), log=log)
                 diffs = _still_fails(small, cfg, runner, like=like) or diffs
             if save_dir is not None:
                 path = save_case(small, cfg, diffs, save_dir)
