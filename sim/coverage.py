@@ -405,6 +405,7 @@ def run(cfg=None, n_fuzz: int = 120, seed: int = 1, out_dir=None, log=print, lib
     blocks = parse_dat(dat, vpath)
     report = _report(cfg, blocks, features, res, bad_sys, n_fuzz, seed,
                      {"build_s": round(t_build, 1), "run_s": round(t_run, 1)})
+    report["library"] = str(lib_path)
     report["annotate"] = (r.stdout.strip().splitlines() or [""])[-1] if r.returncode == 0 else r.stderr[-300:]
     (out / "coverage.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     (out / "report.txt").write_text(report["table"] + "\n")
