@@ -49,7 +49,12 @@ def _load(path: Path) -> ctypes.CDLL:
 
 
 class Harness:
-    """Thin object wrapper of the C API (one simulated device)."""
+    """Thin object wrapper of the C API (one simulated device).
+
+    ``one_eval``: ``None`` (default) uses the standard build (one model evaluation per cycle when
+    the design allows it, see ``sim/harness.cpp``); ``False`` forces the two-eval loop (a
+    separate build, for cross-checks). ``trace=True`` builds always use the two-eval loop.
+    """
 
     def __init__(self, cfg, *, read_latency: int = 2, trace: bool = False, mem_bytes: int | None = None,
                  one_eval: bool | None = None):
