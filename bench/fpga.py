@@ -16,7 +16,8 @@ The config records the device, which presets/blocks were measured and each criti
 run whose Verilog is unchanged since the last one (``build/fpga/<preset>/result.json``, keyed by
 the Verilog's SHA-256) is not run again. A preset or block whose tools fail or exceed
 ``SPARROW_FPGA_TIMEOUT`` seconds (default: none) is recorded under ``config.unfinished`` with the
-reason instead of failing the whole benchmark.
+reason instead of failing the whole benchmark. ``SPARROW_FPGA_CACHED_ONLY=1`` runs no tool and
+collects the finished runs only (for a machine too loaded to finish a place and route).
 """
 
 import os
@@ -28,6 +29,8 @@ from sparrow.bench import REPO
 PRESETS = os.environ.get("SPARROW_FPGA_PRESETS", "small").split()
 BLOCKS = os.environ.get("SPARROW_FPGA_BLOCKS", "matmul vector load store").split()
 TIMEOUT = float(os.environ["SPARROW_FPGA_TIMEOUT"]) if os.environ.get("SPARROW_FPGA_TIMEOUT") else None
+#: 1: only collect finished runs (``result.json`` matching the current Verilog), run no tool
+CACHED_ONLY = os.environ.get("SPARROW_FPGA_CACHED_ONLY", "0") == "1"
 KEYS = ("fmax_mhz", "meets_target", "lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd",
         "lutram_dpr16x4", "pnr_comb", "pnr_ff", "pnr_dsp", "pnr_bram")
 
@@ -44,9 +47,9 @@ def run():
     work = REPO / "build" / "fpga"
     unfinished = {}
     blocks = [r for b in BLOCKS if (r := _try(unfinished, f"block {b}", lambda b=b: fpga.run_preset(
-        "small", Path(work) / "blocks" / f"{b}_small", block=b, timeout=TIMEOUT)))]
+        "small", Path(work) / "blocks" / f"{b}_small", block=b, timeout=TIMEOUT, cached_only=CACHED_ONLY)))]
     results = [r for p in PRESETS if (r := _try(unfinished, p, lambda p=p: fpga.run_preset(
-        p, Path(work) / p, timeout=TIMEOUT)))]
+        p, Path(work) / p, timeout=TIMEOUT, cached_only=CACHED_ONLY)))]
     metrics = {f"{r['preset']}.{k}": r[k] for r in results for k in KEYS}
     metrics.update({f"block.{r['preset'].split('/')[0]}.{k}": r[k] for r in blocks for k in KEYS})
     config = {"presets_measured": [r["preset"] for r in results], "blocks_measured": [r["preset"] for r in blocks],

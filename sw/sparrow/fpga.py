@@ -348,7 +348,7 @@ def export_block(block: str, preset_name: str, work: Path) -> tuple[Path, str]:
 
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
                nice: int = 10, reuse: bool = True, log=print, block: str | None = None,
-               timeout: float | None = None) -> dict:
+               timeout: float | None = None, cached_only: bool = False) -> dict:
     """Full flow for one preset; returns a flat result record.
 
     The record is also written to ``work/result.json`` with the SHA-256 of the synthesized
@@ -364,6 +364,8 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
         if all(old.get(k) == v for k, v in key.items()):
             log(f"[fpga] {preset_name}: same Verilog as {cached}, reusing its figures")
             return old
+    if cached_only:
+        raise RuntimeError(f"no finished run for this Verilog in {work} (cached results only)")
     log(f"[fpga] {preset_name}: synth_ecp5 ...")
     syn = synthesize(vfile, wrap, nice=nice, timeout=timeout)
     cells = syn["cells"]
