@@ -428,23 +428,22 @@ class MatrixEngine(wiring.Component):
         d_mi = Signal(8)
         d_acc = Signal(16)
         consumed = Signal(17)
-        w_left = Signal(17)        # accumulator lines still to write
-        w_last = Signal()          # registered w_left == 1
+        written = Signal(17)
 
         with m.If(state == _State.CHECK1):
             m.d.sync += [
-                p_outer.eq((ins.m_outer - 1) * ins.a_outer_stride),
-                p_inner.eq((ins.m_inner - 1) * ins.a_stride),
+                p_outer.eq((ins.m_outer - 1)[:8] * ins.a_outer_stride),     # unsigned 8 x 14 bits
+                p_inner.eq((ins.m_inner - 1)[:8] * ins.a_stride),           # unsigned 8 x 8 bits
                 n_rows.eq(ins.m_outer * ins.m_inner),
                 n_lines.eq((ins.k + cols - 1) >> lshift),
                 last_mask.eq(Cat(Const(1, 1), *[Const(e, range(cols)) <= kl for e in range(1, cols)])),
-                wgt_max.eq(ins.w_addr + ins.k - 1),
-                mi_last.eq(ins.m_inner - 1),
+                wgt_max.eq(ins.w_addr + (ins.k - 1)[:12]),
+                mi_last.eq((ins.m_inner - 1)[:8]),
                 state.eq(_State.CHECK2),
             ]
         with m.If(state == _State.CHECK2):
-            m.d.sync += [act_s1.eq(ins.a_addr + p_outer), act_s2.eq(p_inner + n_lines - 1),
-                         acc_max.eq(ins.acc_addr + n_rows - 1), wgt_bad.eq(wgt_max >= cfg.wgt_depth),
+            m.d.sync += [act_s1.eq(ins.a_addr + p_outer), act_s2.eq(p_inner + (n_lines - 1)[:len(n_lines)]),
+                         acc_max.eq(ins.acc_addr + (n_rows - 1)[:len(n_rows)]), wgt_bad.eq(wgt_max >= cfg.wgt_depth),
                          state.eq(_State.CHECK3)]
         with m.If(state == _State.CHECK3):
             m.d.sync += [act_max.eq(act_s1 + act_s2), acc_bad.eq(acc_max >= cfg.acc_depth),
@@ -454,8 +453,8 @@ class MatrixEngine(wiring.Component):
                 m.d.sync += [err.eq(ErrorCode.SPAD_RANGE), state.eq(_State.HALTED)]
             with m.Else():
                 m.d.sync += [d_left.eq(n_rows), d_a.eq(ins.a_addr), d_outer.eq(ins.a_addr), d_mi.eq(0),
-                             d_acc.eq(ins.acc_addr), consumed.eq(0), w_left.eq(n_rows),
-                             w_last.eq(n_rows == 1), state.eq(_State.RUN)]
+                             d_acc.eq(ins.acc_addr), consumed.eq(0), written.eq(0),
+                             state.eq(_State.RUN)]
 
         # -- row dispenser (fixed priority among requesting lanes) -------------------------------
         have_row = Signal()
@@ -535,8 +534,8 @@ class MatrixEngine(wiring.Component):
         wfire = Signal()
         m.d.comb += wfire.eq(self.acc_wr.cmd.valid & self.acc_wr.cmd.ready)
         with m.If(wfire):
-            m.d.sync += [w_left.eq(w_left - 1), w_last.eq(w_left == 2)]
-            with m.If((state == _State.RUN) & w_last):
+            m.d.sync += written.eq(written + 1)
+            with m.If((state == _State.RUN) & (written + 1 == n_rows)):
                 m.d.comb += self.done.eq(1)
                 m.d.sync += state.eq(_State.IDLE)
 
