@@ -203,13 +203,22 @@ def _parse_key(key: str) -> dict:
     return out
 
 
+#: Verilog lines whose line points are artifacts of the Verilog writer, not design logic: yosys
+#: starts every ``always @*`` block with ``if (<constant-0 register>) begin end`` (an
+#: evaluation trigger; the branch can never be taken) and writes register initial values as
+#: ``reg x = v;`` (initial blocks, run once at time 0).
+_ARTIFACT = re.compile(r"^\s*(if \(\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ \)|reg\b[^;]*=[^;]*;\s*$)")
+
+
 def parse_dat(dat, vfile) -> dict:
     """Per block: ``{"line": (covered, total), "toggle": (covered, total)}`` from a Verilator
-    ``coverage.dat`` of the design in ``vfile``. Points of other files are ignored."""
+    ``coverage.dat`` of the design in ``vfile``. Points of other files are ignored; line points
+    on writer artifacts (:data:`_ARTIFACT`) are counted under the block ``"(writer artifacts)"``."""
     import bisect
     ranges, block_of = module_blocks(vfile)
     starts = [r[0] for r in ranges]
     vname = Path(vfile).name
+    vlines = Path(vfile).read_text().splitlines()
     rep: dict = {}
     pat = re.compile(r"^C '(.*)' (\d+)\s*$")
     with open(dat, encoding="latin-1") as fh:
@@ -230,6 +239,8 @@ def parse_dat(dat, vfile) -> dict:
             if i < 0 or not ranges[i][0] <= ln <= ranges[i][1]:
                 continue
             block = block_of[ranges[i][2]]
+            if kind == "line" and ln <= len(vlines) and _ARTIFACT.match(vlines[ln - 1]):
+                block = "(writer artifacts)"
             d = rep.setdefault(block, {"line": (0, 0), "toggle": (0, 0)})
             c, t = d[kind]
             d[kind] = (c + (int(m.group(2)) > 0), t + 1)
@@ -380,6 +391,14 @@ def run(cfg=None, n_fuzz: int = 120, seed: int = 1, out_dir=None, log=print, lib
         res = fuzz.run_batch(cfg, n_fuzz, seed, 0, runner=runner, save_dir=out / "fuzz_cases", log=log)
         features.merge(res.features)
         log(res.summary())
+        # valid programs with permuted semaphore ids: every (engine, semaphore) pair
+        n_remap = max(1, n_fuzz // 3)
+        rem = fuzz.run_batch(cfg, n_remap, seed, 100_000, runner=runner, save_dir=out / "fuzz_cases", log=log,
+                             kinds=["remap"])
+        features.merge(rem.features)
+        log(rem.summary())
+        res.programs += rem.programs
+        res.mismatches += rem.mismatches
         # last: aborts can leave the RTL hung (see tests/test_fuzz.py::test_restart_right_after_error)
         _host_features(runner.dev, cfg, log)
         last = out / f"part{len(parts)}.dat"
@@ -418,7 +437,7 @@ def _pct(c, t):
 
 
 def _report(cfg, blocks, features, res, bad_sys, n_fuzz, seed, times) -> dict:
-    hdl = {b: d for b, d in blocks.items() if b != "(other)"}
+    hdl = {b: d for b, d in blocks.items() if not b.startswith("(")}
     lc = sum(d["line"][0] for d in hdl.values())
     lt = sum(d["line"][1] for d in hdl.values())
     tc = sum(d["toggle"][0] for d in hdl.values())
@@ -428,6 +447,9 @@ def _report(cfg, blocks, features, res, bad_sys, n_fuzz, seed, times) -> dict:
         (c, t), (c2, t2) = hdl[b]["line"], hdl[b]["toggle"]
         rows.append(f"{b:22s} {c:7d}/{t:<7d} {_pct(c, t):6.1f} {c2:8d}/{t2:<8d} {_pct(c2, t2):6.1f}")
     rows.append(f"{'hdl/ total':22s} {lc:7d}/{lt:<7d} {_pct(lc, lt):6.1f} {tc:8d}/{tt:<8d} {_pct(tc, tt):6.1f}")
+    for b in sorted(set(blocks) - set(hdl)):
+        (c, t), (c2, t2) = blocks[b]["line"], blocks[b]["toggle"]
+        rows.append(f"{b:22s} {c:7d}/{t:<7d} {_pct(c, t):6.1f} {c2:8d}/{t2:<8d} {_pct(c2, t2):6.1f}  (not in total)")
     holes = features.holes()
     from sparrow.fuzz import FEATURES
     table = "\n".join(rows) + (

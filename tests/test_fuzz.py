@@ -43,7 +43,7 @@ def test_generator_race_free_and_covers_every_opcode():
     executed = set()
     features = fuzz.FeatureCounter()
     for i in range(60):
-        case = fuzz.generate(SMALL, SEED, i, "valid" if i % 3 else "handsync")
+        case = fuzz.generate(SMALL, SEED, i, ("handsync", "valid", "remap")[i % 3])
         out = fuzz.run_golden(case, SMALL, check_races=True)      # RaceError fails the test
         assert out.code == ErrorCode.NONE, f"seed {SEED} index {i}: {out.code.name} {out.detail}"
         dec = case.decoded(SMALL)
@@ -74,6 +74,19 @@ def test_invalid_kinds_end_in_their_error_code_on_golden(kind):
         out = fuzz.run_golden(case, SMALL)
         assert out.code in INTENDED[kind], f"seed {SEED} index {i} {kind} ({case.note}): {out.code.name}"
         assert out.index is not None
+
+
+def test_remap_kind_uses_high_semaphore_ids_and_leaves_the_default_mix_alone():
+    used = set()
+    for i in range(10):
+        for ins in fuzz.generate(SMALL, SEED, i, "remap").decoded(SMALL):
+            if ins.wait_count:
+                used.add(ins.wait_sem)
+            if ins.signal_en:
+                used.add(ins.signal_sem)
+    assert max(used) >= SMALL.n_semaphores // 2, used
+    assert fuzz.KINDS["remap"] == 0.0
+    assert all(fuzz.generate(SMALL, SEED, i).kind != "remap" for i in range(50))
 
 
 def test_generate_rejects_unknown_kind():

@@ -81,8 +81,10 @@ MAX_CYCLES = 400_000                      # cycle limit of every run: a hang is 
 CHECKED_COUNTERS = ("macs", "macs_skipped", "load_bytes", "store_bytes", "instructions")
 
 #: Case kinds and their share of a batch.
+#: ``remap`` (a valid program with its semaphore ids permuted, so that every id is exercised) is
+#: only generated when asked for (weight 0 keeps the draws of the other kinds unchanged).
 KINDS = {"valid": 0.55, "handsync": 0.17, "bad_word": 0.06, "spad_range": 0.05, "dram_range": 0.05,
-         "corrupt": 0.04, "slot": 0.02, "sem_overflow": 0.02, "deadlock": 0.04}
+         "corrupt": 0.04, "slot": 0.02, "sem_overflow": 0.02, "deadlock": 0.04, "remap": 0.0}
 
 
 def windows(cfg: HwConfig) -> dict:
@@ -568,6 +570,14 @@ def generate(cfg: HwConfig, seed: int, index: int, kind: str | None = None) -> C
     note = ""
     if kind == "valid":
         words = [isa.encode(i) for i in _builder_program(cfg, g.body(g.ri(2, 22)))]
+    elif kind == "remap":
+        perm = [int(x) for x in rng.permutation(cfg.n_semaphores)]
+        prog = _builder_program(cfg, g.body(g.ri(2, 22)))
+        prog = [i.replace(wait_sem=perm[i.wait_sem] if i.wait_count else 0,
+                          signal_sem=perm[i.signal_sem] if i.signal_en else 0)
+                if i.opcode != Opcode.HALT else i for i in prog]
+        words = [isa.encode(i) for i in prog]
+        note = f"semaphore ids permuted {perm}"
     elif kind == "handsync":
         words = [isa.encode(i) for i in _handsync_program(cfg, g.body(g.ri(3, 22)), rng)]
     else:
