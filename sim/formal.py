@@ -124,6 +124,8 @@ class FormalCheck:
         Reason, when the check is known to fail on the real design (a reported bug).
     slow : bool
         Too slow for ``make formal``'s default run; run by name or with ``--all``.
+    ci_depth : int or None
+        Smaller depth for the test suite and the quick benchmark run (default ``depth``).
     """
 
     name: str
@@ -135,6 +137,7 @@ class FormalCheck:
     mutant_depth: int | None = None
     xfail: str | None = None
     slow: bool = False
+    ci_depth: int | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:

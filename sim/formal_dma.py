@@ -112,6 +112,7 @@ class LoadRegion(FormalWrapper):
 
 register(FormalCheck(
     "dma.load_region", lambda mutant: LoadRegion(mutant), "bmc", 12,
+    ci_depth=10, description=
     "LoadEngine, one LOAD (<=2 rows x <=2 lines, padding <=1, compressed or not) on any memory data "
     "(corrupt groups, read errors) and back-pressure: writes only its scratchpad, only inside its region "
     "and the scratchpad, at most once per line in order, nothing after an error",

@@ -111,6 +111,7 @@ class FetchStreams(FormalWrapper):
 
 register(FormalCheck(
     "fetch.out_stream", lambda mutant: FetchStreams(mutant), "bmc", 10,
+    ci_depth=6, description=
     "FetchUnit: out (word, index) and bus.cmd keep valid and payload until accepted (any memory data, "
     "any back-pressure; start/stop exempt; bus.cmd also on a read error)", mutants=FETCH_MUTANTS, mutant_depth=8))
 register(FormalCheck(
@@ -199,6 +200,7 @@ class SequencerStreams(FormalWrapper):
 
 register(FormalCheck(
     "sequencer.engine_streams", lambda mutant: SequencerStreams(mutant), "bmc", 6,
+    ci_depth=4, description=
     "Sequencer: each engine's instr stream (queue head past its semaphore wait) keeps valid and payload "
     "until the engine takes it, while the run goes on (no start/abort/error; debugger idle), except when "
     "another engine's consuming wait takes the head's semaphore (see the strict check)",

@@ -1,6 +1,6 @@
 """Formal property checks (sparrow.sim.formal) at CI-affordable depths, and their mutants.
 
-Every registered check runs on the real design at ``CI_DEPTH`` (or its own depth) and must pass
+Every registered check runs on the real design at its ``ci_depth`` (or its depth) and must pass
 (``xfail`` where a real bug was found and reported). Every mutant (the same wrapper with a
 deliberately injected bug) must produce a counterexample, so none of the properties is one that
 cannot fail. The full depths run under ``-m slow`` and in ``make formal``.
@@ -14,9 +14,6 @@ from sparrow.sim import formal
 from sparrow.sim.formal import FormalCheck, FormalWrapper, run_check
 
 ALL = formal.checks(include_slow=True)
-#: Depths for the default (non-slow) test run, where lower than the check's own depth.
-CI_DEPTH = {"fetch.out_stream": 6, "sequencer.engine_streams": 4, "matrix.zero_skip_once": 8,
-            "matrix.results": 8, "dma.load_region": 10}
 #: Checks run only under -m slow (minutes each); their mutants still run in the default set.
 SLOW_IN_TESTS = {"dma.load_region_cover"}
 
@@ -28,12 +25,12 @@ def _params(items, slow_if):
 
 def _check_cases():
     for c in ALL:
-        yield c.name, (c, CI_DEPTH.get(c.name, c.depth))
+        yield c.name, (c, c.ci_depth or c.depth)
 
 
 def _deep_cases():
     for c in ALL:
-        if c.name in CI_DEPTH and CI_DEPTH[c.name] < c.depth:
+        if c.ci_depth and c.ci_depth < c.depth:
             yield c.name + "@full", (c, c.depth)
 
 
@@ -48,7 +45,8 @@ def test_property_holds(check, depth, tmp_path):
     res = run_check(check, depth=depth, workdir=tmp_path)
     if check.xfail and res.status == "fail":
         pytest.xfail(f"{check.xfail}: {res.detail} at step {res.step}")
-    assert res.status == "pass", f"{check.name} ({check.mode}, depth {depth}): {res.status} {res.detail}\n{res.log[-3000:]}"
+    assert res.status == "pass", (f"{check.name} ({check.mode}, depth {depth}): {res.status} {res.detail}\n"
+                                  f"{res.log[-3000:]}")
 
 
 @pytest.mark.slow
@@ -71,7 +69,7 @@ def test_mutant_is_caught(check, mutant, tmp_path):
 
 def test_every_check_has_mutants_or_is_a_cover():
     for c in ALL:
-        assert c.mutants or c.mode == "cover" or c.name == "matrix.results" or c.xfail, c.name
+        assert c.mutants or c.mode == "cover" or c.xfail, c.name
 
 
 # -- the runner itself ---------------------------------------------------------------------------
