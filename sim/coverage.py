@@ -108,7 +108,8 @@ def coverage_verilog(cfg) -> Path:
 
 
 def build_coverage_harness(cfg, jobs: int = 2) -> tuple[Path, Path]:
-    """``(library, verilog)``: the harness library with coverage for ``cfg`` (built on first use)."""
+    """``(library, verilog)``: the harness library with coverage for ``cfg`` (built on first use)
+    and the copy of the Verilog it was built from (the file named by its coverage points)."""
     from sparrow.config import HwConfig
     if not isinstance(cfg, HwConfig):
         raise ValueError(f"cfg must be a sparrow.config.HwConfig, not {type(cfg).__name__}")
@@ -145,7 +146,7 @@ def build_coverage_harness(cfg, jobs: int = 2) -> tuple[Path, Path]:
             lib.with_suffix(".tmp").replace(lib)
             (bdir / "build.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1),
                                                          "verilator_flags": vflags}))
-    return lib, vpath
+    return lib, bdir / f"{TOP}.v"     # the file the coverage points name
 
 
 # -- coverage.dat -> blocks --------------------------------------------------------------------------
@@ -422,6 +423,8 @@ def run(cfg=None, n_fuzz: int = 120, seed: int = 1, out_dir=None, log=print, lib
     r = subprocess.run(["verilator_coverage", "--annotate", str(ann), "--annotate-min", "1", str(dat)],
                        capture_output=True, text=True)
     blocks = parse_dat(dat, vpath)
+    if not any(d["line"][1] for d in blocks.values()):
+        raise RuntimeError(f"{dat} has no line point in {vpath.name}: wrong Verilog file?")
     report = _report(cfg, blocks, features, res, bad_sys, n_fuzz, seed,
                      {"build_s": round(t_build, 1), "run_s": round(t_run, 1)})
     report["library"] = str(lib_path)
