@@ -1,6 +1,6 @@
 """Sequencer: decode, dispatch to per-engine queues, semaphore-gated issue, debug and status."""
 
-from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -294,6 +294,18 @@ class Sequencer(wiring.Component):
                          idle[e].eq(~pending[e])]
         m.d.comb += pending_any.eq(pending.any())
 
+        # the blocked queue head with the lowest instruction index (what a watchdog error names,
+        # as the golden model does): a compare chain over the engines' queue heads
+        wd_valid, wd_index, wd_engine = queues[0].r_rdy, self.pc[0], Const(0, 3)
+        for e in range(1, N_ENGINES):
+            v, i = Signal(name=f"wd_valid{e}"), Signal(INDEX_BITS, name=f"wd_index{e}")
+            en = Signal(3, name=f"wd_engine{e}")
+            take = Signal(name=f"wd_take{e}")
+            m.d.comb += take.eq(queues[e].r_rdy & (~wd_valid | (self.pc[e] < wd_index)))
+            m.d.comb += [v.eq(wd_valid | queues[e].r_rdy), i.eq(Mux(take, self.pc[e], wd_index)),
+                         en.eq(Mux(take, e, wd_engine))]
+            wd_valid, wd_index, wd_engine = v, i, en
+
         m.d.sync += self.count_instructions.eq(self.count_instructions + sum(retired))
 
         # breakpoints: a hit halts that engine, or all of them with bp_halt_all; RESUME/STEP
@@ -322,10 +334,15 @@ class Sequencer(wiring.Component):
         with m.If(running & (self.watchdog != 0) & (quiet >= self.watchdog)):
             set_error(ErrorCode.WATCHDOG, NO_ENGINE, 0)
             m.d.sync += self.stuck.eq(pending)
-            # name the stuck engine with the lowest pending head
-            for e in reversed(range(N_ENGINES)):
-                with m.If(pending[e] & ~has_error):
-                    m.d.sync += [self.error_engine.eq(e), self.error_index.eq(self.pc[e])]
+            with m.If(~has_error):
+                with m.If(wd_valid):
+                    # name the blocked queue head with the lowest instruction index
+                    m.d.sync += [self.error_engine.eq(wd_engine), self.error_index.eq(wd_index)]
+                with m.Else():
+                    # no queued instruction: the lowest-numbered engine still holding work
+                    for e in reversed(range(N_ENGINES)):
+                        with m.If(pending[e]):
+                            m.d.sync += [self.error_engine.eq(e), self.error_index.eq(self.pc[e])]
 
         finished = Signal()
         m.d.comb += finished.eq((halt_seen | ~self.fetch_busy) & ~self.fetched.valid & ~pending_any)
