@@ -17,7 +17,9 @@ run whose Verilog is unchanged since the last one (``build/fpga/<preset>/result.
 the Verilog's SHA-256) is not run again. A preset or block whose tools fail or exceed
 ``SPARROW_FPGA_TIMEOUT`` seconds (default: none) is recorded under ``config.unfinished`` with the
 reason instead of failing the whole benchmark. ``SPARROW_FPGA_CACHED_ONLY=1`` runs no tool and
-collects the finished runs only (for a machine too loaded to finish a place and route).
+collects the finished runs only (for a machine too loaded to finish a place and route); a preset
+whose synthesis of the same Verilog finished but whose place and route did not is recorded with
+its synthesis figures (``<preset>.synth_lut4`` ...).
 """
 
 import os
@@ -50,7 +52,15 @@ def run():
         "small", Path(work) / "blocks" / f"{b}_small", block=b, timeout=TIMEOUT, cached_only=CACHED_ONLY)))]
     results = [r for p in PRESETS if (r := _try(unfinished, p, lambda p=p: fpga.run_preset(
         p, Path(work) / p, timeout=TIMEOUT, cached_only=CACHED_ONLY)))]
+    synth_only = [r for r in results + blocks if r.get("synth_only")]
+    results = [r for r in results if not r.get("synth_only")]
+    blocks = [r for r in blocks if not r.get("synth_only")]
+    for r in synth_only:
+        unfinished[r["preset"]] = "synthesis finished, place and route did not: synthesis figures only"
     metrics = {f"{r['preset']}.{k}": r[k] for r in results for k in KEYS}
+    metrics.update({f"{'block.' if '/' in r['preset'] else ''}{r['preset'].split('/')[0]}.synth_{k}": r[k]
+                    for r in synth_only
+                    for k in ("lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd", "lutram_dpr16x4")})
     metrics.update({f"block.{r['preset'].split('/')[0]}.{k}": r[k] for r in blocks for k in KEYS})
     config = {"presets_measured": [r["preset"] for r in results], "blocks_measured": [r["preset"] for r in blocks],
               "unfinished": unfinished, "target_mhz": fpga.TARGET_MHZ, "package": fpga.PACKAGE,
@@ -59,4 +69,8 @@ def run():
               "per_preset": {r["preset"]: {"device": r["device"], "critical_path": r["critical_path"],
                                            "cells": r["cells"], "synth_seconds": r["synth_seconds"],
                                            "pnr_seconds": r["pnr_seconds"]} for r in results + blocks}}
-    return {"metrics": metrics, "config": config, "table": fpga.table(results + blocks)}
+    table = fpga.table(results + blocks)
+    for r in synth_only:
+        table += (f"\n{r['preset']}: synthesis only: LUT4 {r['lut4']}, CCU2C {r['carry_ccu2c']}, FF {r['ff']}, "
+                  f"DSP {r['dsp_mult18']}, BRAM {r['bram_dp16kd']}, LUTRAM {r['lutram_dpr16x4']}")
+    return {"metrics": metrics, "config": config, "table": table}

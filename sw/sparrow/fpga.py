@@ -365,9 +365,19 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
             log(f"[fpga] {preset_name}: same Verilog as {cached}, reusing its figures")
             return old
     if cached_only:
+        stat, synth_sha = work / f"{wrap}.stat", work / f"{wrap}.synth.sha256"
+        done_sha = synth_sha.read_text().strip() if synth_sha.exists() else None
+        if done_sha == sha and stat.exists():       # synthesis of this Verilog finished, P&R did not
+            cells = parse_yosys_stat(stat.read_text())
+            return {"preset": preset_name if not block else f"{block}/{preset_name}", "synth_only": True,
+                    "lut4": cells.get("LUT4", 0), "carry_ccu2c": cells.get("CCU2C", 0),
+                    "ff": cells.get("TRELLIS_FF", 0), "dsp_mult18": cells.get("MULT18X18D", 0),
+                    "bram_dp16kd": cells.get("DP16KD", 0), "lutram_dpr16x4": cells.get("TRELLIS_DPR16X4", 0),
+                    "cells": cells, **key}
         raise RuntimeError(f"no finished run for this Verilog in {work} (cached results only)")
     log(f"[fpga] {preset_name}: synth_ecp5 ...")
     syn = synthesize(vfile, wrap, nice=nice, timeout=timeout)
+    (work / f"{wrap}.synth.sha256").write_text(sha + "\n")     # which Verilog the .stat/netlist belong to
     cells = syn["cells"]
     if device:
         dev = next((d for d in DEVICES if device in (d.flag, d.name)), None)
