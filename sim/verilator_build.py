@@ -13,8 +13,9 @@
 * :func:`wrap_top` puts a wrapper module ``harness_top`` around it (same ports) that registers
   ``rst`` once: with ``rst`` a top-level input, every register's next-state logic read an input,
   so Verilator evaluated the whole design in its input-combinational region as well, twice per
-  cycle. (The ``trace`` build is not wrapped, so its FST keeps the ``TOP.sparrow_top`` hierarchy.) Without trace, the wrapper's and design's flops are made sensitive to both clock edges
-  and the harness evaluates once per cycle (``-DSP_ONE_EVAL``; see ``sim/harness.cpp``), but only
+  cycle. (The ``trace`` build is not wrapped, so its FST keeps the ``TOP.sparrow_top``
+  hierarchy.) Without trace, the wrapper's and design's flops are made sensitive to both clock
+  edges and the harness evaluates once per cycle (``-DSP_ONE_EVAL``; see ``sim/harness.cpp``), but only
   when :func:`outputs_state_only` finds no output port written by the input-combinational
   region of the generated C++; otherwise the usual rising-edge, two-eval loop is used.
 * :func:`compact_memory_init` turns the word-by-word zero init of each memory into a loop (same
@@ -43,8 +44,8 @@ from pathlib import Path
 
 from .cocotb_run import BUILD_ROOT, VERILATOR_WAIVERS, _locked
 
-__all__ = ["build_harness", "harness_verilog", "wrap_top", "compact_memory_init", "outputs_state_only", "HARNESS_DIR", "CXX_OPT",
-           "CXX_OPT_SLOW", "last_build_info"]
+__all__ = ["build_harness", "harness_verilog", "wrap_top", "compact_memory_init", "outputs_state_only",
+           "HARNESS_DIR", "CXX_OPT", "CXX_OPT_SLOW", "last_build_info"]
 
 SIM_DIR = Path(__file__).resolve().parent
 HARNESS_DIR = BUILD_ROOT / "harness"
@@ -236,7 +237,8 @@ def build_harness(cfg, *, trace: bool = False, jobs: int = 2, one_eval: bool | N
     one_eval_wanted = (ONE_EVAL if one_eval is None else one_eval) and not trace
     sources = (SIM_DIR / "harness.cpp").read_bytes() + (SIM_DIR / "harness.h").read_bytes()
     digest = hashlib.sha256(b"\0".join([
-        (verilog if trace else wrap_top(verilog, both_edges=one_eval_wanted)).encode(), sources, " ".join(vflags + base_cflags).encode(),
+        (verilog if trace else wrap_top(verilog, both_edges=one_eval_wanted)).encode(), sources,
+        " ".join(vflags + base_cflags).encode(),
         CXX_OPT.encode(), CXX_OPT_SLOW.encode(), _FLOW.encode(), _verilator_version().encode()])).hexdigest()[:16]
     name = f"{cfg.name}{'-fst' if trace else ''}-{digest}"
     bdir = HARNESS_DIR / name

@@ -368,13 +368,13 @@ def make(mnemonic: str, *, index=None, cfg=None, **values) -> Instruction:
     values.pop("opcode", None)
     values.pop("vop", None)
     out = {}
-    for name, f, lo, hi, enum, default in plan:
+    for name, f, lo, hi, enum_cls, default in plan:
         if name in values:
             v = values.pop(name)
             # fast path: a plain in-range int (the common case for compiler-built programs)
-            if enum is None and type(v) is int and lo <= v <= hi:
+            if enum_cls is None and type(v) is int and lo <= v <= hi:
                 out[name] = v
-            elif enum is not None and type(v) is enum:
+            elif enum_cls is not None and type(v) is enum_cls:
                 out[name] = v
             else:
                 out[name] = _coerce(f, v, index=index)
