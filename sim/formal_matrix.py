@@ -197,7 +197,7 @@ class LaneProps(FormalWrapper):
 
 
 register(FormalCheck(
-    "matrix.zero_skip_once", lambda mutant: LaneProps(mutant, check_data=False), "bmc", 12,
+    "matrix.zero_skip_once", lambda mutant: LaneProps(mutant, check_data=False), "bmc", 10,
     ci_depth=8, description=
     "MatrixLane (cols=2, k<=4, 2 rows, any latency/back-pressure): every non-zero product performed exactly "
     "once, none beyond k, zero products only as a zero row's single closing op; results in grant order",
