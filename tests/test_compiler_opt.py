@@ -489,3 +489,19 @@ def test_compression_uses_sparsity_measured_on_calibration_data(rng):
     assert sparse.manifest["options"]["sparsity"]["a1"] > 0.9
     (st,) = acc_steps(sparse)
     assert st["compression"]["a1"]["compressed"]
+
+
+def test_summary_shows_back_end_reports(rng):
+    """`sparrow inspect` / prog.summary() print each acc step's fusion, schedule, sync, memory and
+    compression reports, with the figures of the manifest."""
+    m = resnet_block(rng, batch=1)
+    cal = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    prog = sparrow.compile(m, calibration={"x": cal}, preset="small", accuracy_batches=0)
+    (st,) = acc_steps(prog)
+    text = prog.summary()
+    assert f"({st['fusion']['dram_bytes_saved']} DRAM bytes saved)" in text
+    assert f"sync edges: {st['sync']['edges_before']} hazards -> {st['sync']['edges_after']} semaphore waits" in text
+    assert f"external memory: {st['dram']['bytes']} bytes" in text
+    assert "compressed activations:" in text and "schedule: estimated" in text
+    off = sparrow.compile(m, calibration={"x": cal}, preset="small", accuracy_batches=0, options=dict(OFF))
+    assert "fusion:" not in off.summary()

@@ -559,8 +559,33 @@ class CompiledProgram:
                     f"  acc program {s['program']}: {len(p['program']) // 16} instructions, "
                     f"{sum(len(d) for _, d in p['segments'])} constant bytes, nodes {', '.join(s['nodes'])}"
                 )
+                lines += [f"    {t}" for t in _backend_report(s)]
             else:
                 lines.append(f"  host {s['op']} ({s['node']})")
         if m.get("accuracy"):
             lines += ["", "int8 vs float on calibration batches: " + json.dumps(m["accuracy"])]
         return "\n".join(lines)
+
+
+def _backend_report(step: dict) -> list:
+    """One line per back-end report of an ``acc`` step (fusion, schedule, sync, memory, compression)."""
+    out = []
+    fu = step.get("fusion")
+    if fu and fu.get("groups"):
+        groups = "; ".join("+".join(g["nodes"]) for g in fu["groups"])
+        out.append(f"fusion: {groups} ({fu.get('dram_bytes_saved', 0)} DRAM bytes saved)")
+    sc = step.get("schedule")
+    if sc and sc.get("enabled"):
+        out.append(f"schedule: estimated {sc.get('est_cycles_before')} -> {sc.get('est_cycles')} cycles"
+                   f"{'' if sc.get('reordered') else ' (program order kept)'}")
+    sy = step.get("sync")
+    if sy:
+        out.append(f"sync edges: {sy.get('edges_before')} hazards -> {sy.get('edges_after')} semaphore waits")
+    dr = step.get("dram")
+    if dr:
+        out.append(f"external memory: {dr.get('bytes')} bytes ({dr.get('bytes_without_reuse')} without reuse)")
+    co = step.get("compression")
+    if co:
+        on = [k for k, v in co.items() if v.get("compressed")]
+        out.append(f"compressed activations: {', '.join(on) if on else 'none'} of {len(co)} candidates")
+    return out
