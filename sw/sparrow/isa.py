@@ -362,9 +362,9 @@ def make(mnemonic: str, *, index=None, cfg=None, **values) -> Instruction:
     kind = KINDS.get(mnemonic)
     if kind is None:
         raise IsaError(f"unknown instruction {mnemonic!r}", index=index)
-    plan = _PLANS.get(kind)
+    plan = _PLANS.get(mnemonic)  # keyed by name: hashing a Kind (a dataclass of tuples) is slow
     if plan is None:
-        plan = _PLANS[kind] = _make_plan(kind)
+        plan = _PLANS[mnemonic] = _make_plan(kind)
     values.pop("opcode", None)
     values.pop("vop", None)
     out = {}
@@ -446,9 +446,10 @@ def _encode_plan(kind: "Kind") -> tuple:
 
 def encode(instr: Instruction) -> int:
     """Encode to a 128-bit integer."""
-    plan = _ENC.get(instr.kind)
+    kind = instr.kind
+    plan = _ENC.get(kind.mnemonic)
     if plan is None:
-        plan = _ENC[instr.kind] = _encode_plan(instr.kind)
+        plan = _ENC[kind.mnemonic] = _encode_plan(kind)
     word, fields = plan
     v = instr.values
     for name, is_enum, pos, mask in fields:
