@@ -164,8 +164,9 @@ def run() -> dict:
                     back.append(t)
                     back_status = pb.cache_stats.status()
                 assert hit_status["program"] == "hit", hit_status
-                assert back_status == {"frontend": "hit", "partition": "hit", "quantize": "hit",
-                                       "lower": "miss", "program": "miss"}, back_status
+                want = {"frontend": "hit", "partition": "hit", "quantize": "hit", "lower": "miss",
+                        "accuracy": "hit" if acc else "unused", "program": "miss"}
+                assert back_status == want, back_status
                 c, w, b = (min(v) for v in (cold, warm, back))
                 key = f"{name}_{cfg}"
                 metrics[f"{key}_cold_s"] = round(c, 4)
