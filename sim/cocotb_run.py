@@ -79,6 +79,17 @@ def verilog_of(component, name: str) -> str:
     e.g. a scratchpad read response) are not ports: ``verilog.convert`` refuses them.
     """
     from amaranth.back import verilog
+
+    ports = component_ports(component)
+    if ports is None:
+        return verilog.convert(component, name=name, emit_src=False)
+    return verilog.convert(component, name=name, ports=ports, emit_src=False)
+
+
+def component_ports(component):
+    """``{flattened name: (value, direction)}`` of a component's non-constant signature members,
+    for ``verilog.convert(ports=...)``; ``None`` when no member is constant (the default ports
+    are then the same)."""
     from amaranth.hdl import Const, Value
     from amaranth.hdl._ir import PortDirection
     from amaranth.lib import wiring
@@ -91,9 +102,7 @@ def verilog_of(component, name: str) -> str:
             continue
         ports["__".join(map(str, path))] = (
             value, PortDirection.Input if member.flow == wiring.In else PortDirection.Output)
-    if not has_const:
-        return verilog.convert(component, name=name, emit_src=False)
-    return verilog.convert(component, name=name, ports=ports, emit_src=False)
+    return ports if has_const else None
 
 
 def build(make_component: Callable[[], object] | None, name: str, *, verilog_text: str | None = None,

@@ -73,18 +73,8 @@ extern "C" void sp_cov_zero(void) {
 
 
 def _ports(component):
-    from amaranth.hdl import Const, Value
-    from amaranth.hdl._ir import PortDirection
-    from amaranth.lib import wiring
-    ports, has_const = {}, False
-    for path, member, value in component.signature.flatten(component):
-        value = Value.cast(value)
-        if isinstance(value, Const):
-            has_const = True
-            continue
-        ports["__".join(map(str, path))] = (
-            value, PortDirection.Input if member.flow == wiring.In else PortDirection.Output)
-    return ports if has_const else None
+    from .cocotb_run import component_ports
+    return component_ports(component)
 
 
 def coverage_verilog(cfg) -> Path:
