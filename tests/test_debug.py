@@ -174,8 +174,7 @@ def _check_breaks(cnn, backend, nodes=None):
 
 
 def _decoded(prog, step):
-    from sparrow.compiler.program import _decode
-    return _decode(prog.cfg, prog.programs[prog.manifest["steps"][step]["program"]]["program"])
+    return isa.decode_image(prog.programs[prog.manifest["steps"][step]["program"]]["program"], prog.cfg)
 
 
 def test_break_at_every_layer_golden(cnn):

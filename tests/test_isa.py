@@ -359,3 +359,10 @@ def test_layout_in_simulation():
     assert seen["signal_sem"] == 9
     for f in KINDS["matmul"].fields:
         assert seen[f.name] == instr.values[f.name], f.name
+
+
+def test_decode_image_marks_bad_words_none():
+    prog = Program([make("nop", engine="load"), make("halt")])
+    bad = (0xF).to_bytes(16, "little")  # opcode 15 is not defined
+    out = isa.decode_image(bytes(prog) + bad)
+    assert out[:2] == list(prog) and out[2] is None and len(out) == 3

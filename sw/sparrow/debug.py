@@ -9,7 +9,7 @@
 How it works
 ------------
 1. The model is compiled with every accelerator node's output kept in external memory
-   (``compile(save="all")``), and the node -> output value map is recorded from the frontend.
+   (``compile(save="all")``); the manifest records the node -> output value map.
 2. Reference: the same program on the golden model (the specification, bit exact); and the float
    graph in onnxruntime (or the NumPy float reference without it), compared per node within a
    quantization tolerance (``float_tol`` of the node's range plus 2 quantization steps) — a
@@ -34,32 +34,17 @@ from pathlib import Path
 import numpy as np
 
 from .compiler import compile as _compile
-from .compiler.program import CompiledProgram, _decode
+from .compiler.program import CompiledProgram
+from .isa import decode_image
 from .errors import DeviceError
 
-__all__ = ["bisect", "BisectReport", "compile_debug", "annotate", "corrupt_constants", "node_segments",
-           "float_reference"]
+__all__ = ["bisect", "BisectReport", "compile_debug", "corrupt_constants", "node_segments", "float_reference"]
 
 
 def compile_debug(model, preset="small", calibration=None, save="all", **kw) -> CompiledProgram:
-    """``compile(model, save=save)`` (default every node's output kept), annotated by
-    :func:`annotate`."""
-    prog = _compile(model, calibration=calibration, preset=preset, save=save, **kw)
-    return annotate(prog, model)
-
-
-def annotate(prog: CompiledProgram, model) -> CompiledProgram:
-    """Record ``manifest["node_outputs"]`` / ``["node_inputs"]`` (non-constant) / ``["node_ops"]``
-    from the model's frontend graph (exact node -> value names for breakpoints and bisection)."""
-    from .compiler.frontend import frontend
-
-    g = frontend(model)
-    prog.manifest["node_outputs"] = {n.name: [o for o in n.outputs if o] for n in g.nodes}
-    prog.manifest["node_inputs"] = {n.name: [i for i in n.inputs if i and not g.values[i].is_const]
-                                    for n in g.nodes}
-    prog.manifest["node_ops"] = {n.name: n.op + ("+" + n.attrs["act"][0] if n.attrs.get("act") else "")
-                                 for n in g.nodes}
-    return prog
+    """``compile(model, save=save)``: by default every node's output is kept in external memory
+    (the manifest records each node's output values)."""
+    return _compile(model, calibration=calibration, preset=preset, save=save, **kw)
 
 
 def node_segments(prog: CompiledProgram, node: str) -> list:
@@ -72,7 +57,7 @@ def node_segments(prog: CompiledProgram, node: str) -> list:
         raise ValueError(f"node: {node!r} runs on the host; it has no device constants")
     p = prog.programs[st["program"]]
     reads = []
-    for ins, tag in zip(_decode(prog.cfg, p["program"]), st["tags"], strict=False):
+    for ins, tag in zip(decode_image(p["program"], prog.cfg), st["tags"], strict=False):
         if ins is None or ins.mnemonic != "load":
             continue
         for space, write, lo, hi in footprint(ins, prog.cfg):

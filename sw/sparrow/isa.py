@@ -500,6 +500,19 @@ def decode(word: int, *, index=None, cfg=None) -> Instruction:
     return instr
 
 
+def decode_image(data: bytes, cfg=None) -> list:
+    """Decode a program image word by word; a word that does not decode becomes ``None``
+    (for tools that inspect programs, where the hardware would report the error)."""
+    out = []
+    for i in range(len(data) // WORD_BYTES):
+        try:
+            out.append(decode(int.from_bytes(data[i * WORD_BYTES:(i + 1) * WORD_BYTES], "little"),
+                              index=i, cfg=cfg))
+        except IsaError:
+            out.append(None)
+    return out
+
+
 class Program:
     """A sequence of instructions; ``bytes(program)`` is its memory image (16 bytes each, LE)."""
 

@@ -180,17 +180,6 @@ class Timeline:
 
 
 # -- sources -------------------------------------------------------------------------------------
-def _decode(cfg, image: bytes) -> list:
-    out = []
-    for i in range(len(image) // isa.WORD_BYTES):
-        word = int.from_bytes(image[i * isa.WORD_BYTES:(i + 1) * isa.WORD_BYTES], "little")
-        try:
-            out.append(isa.decode(word, index=i, cfg=cfg))
-        except isa.IsaError:
-            out.append(None)
-    return out
-
-
 def _label(decoded, i, tags):
     ins = decoded[i] if i is not None and i < len(decoded) else None
     mn = ins.mnemonic if ins is not None else "?"

@@ -26,6 +26,7 @@ import zipfile
 import numpy as np
 
 from ..config import HwConfig
+from ..isa import decode_image
 from . import hostops
 from .ir import CompileError
 from .lower import from_dram, to_dram
@@ -110,61 +111,8 @@ class _Bar:
             sys.stderr.flush()
 
 
-def _decode(cfg, image: bytes) -> list:
-    from .. import isa
-
-    out = []
-    for i in range(len(image) // isa.WORD_BYTES):
-        word = int.from_bytes(image[i * isa.WORD_BYTES : (i + 1) * isa.WORD_BYTES], "little")
-        try:
-            out.append(isa.decode(word, index=i, cfg=cfg))
-        except isa.IsaError:
-            out.append(None)
-    return out
-
-
 def _placed(st, value) -> bool:
     return any(d["name"] == value for d in st["outputs"])
-
-
-def _producers(cfg, image, st) -> dict:
-    """``{value: node}`` for an acc step's outputs: the last node (in the step's order) whose
-    STORE instructions write into the value's external-memory range."""
-    from ..kernels.builder import footprint
-
-    decoded = _decode(cfg, image)
-    order = {n: k for k, n in enumerate(st["nodes"])}
-    writes = []  # (lo, hi, node)
-    for ins, tag in zip(decoded, st["tags"], strict=False):
-        if ins is None or tag is None or ins.mnemonic != "store":
-            continue
-        for space, write, lo, hi in footprint(ins, cfg):
-            if space == "DRAM" and write:
-                writes.append((lo, hi, tag))
-    out, groups = {}, {}
-    for d in st["outputs"]:
-        lo, hi = d["addr"], d["addr"] + int(np.prod(d["shape"])) - 1
-        tags = {t for a, b, t in writes if a <= hi and b >= lo}
-        if tags:
-            out[d["name"]] = max(tags, key=lambda t: order.get(t, -1))
-            groups.setdefault((lo, hi, out[d["name"]]), []).append(d)
-    # views (Flatten/Reshape emit no instructions) share their input's memory: hand the extra
-    # values of a range to the instruction-less nodes that follow its producer
-    tagged = set(st["tags"])
-    for (_, _, node), ds in groups.items():
-        if len(ds) < 2:
-            continue
-        chain = [node]
-        for n in st["nodes"][order[node] + 1 :]:
-            if n in tagged:
-                break
-            chain.append(n)
-        if len(chain) != len(ds):
-            continue
-        ds = sorted(ds, key=lambda d: (d["layout"] != "nhwc", -len(d["shape"])))
-        for d, n in zip(ds, chain, strict=True):
-            out[d["name"]] = n
-    return out
 
 
 class BreakState:
@@ -337,22 +285,23 @@ class CompiledProgram:
         return out
 
     def node_outputs(self, node: str) -> list:
-        """Value names produced by ``node`` (from the steps' placements; host steps list theirs)."""
+        """Value names produced by ``node`` (``manifest["node_outputs"]``; host steps list theirs)."""
         st = self.manifest["steps"][self.node_step(node)]
         if st["kind"] == "host":
             return [o for o in st["outputs"] if o]
-        return list(self.manifest.get("node_outputs", {}).get(node, [])) or [
-            d["name"] for d in st["outputs"] if self._producer(st, d["name"]) == node
-        ]
+        return list(self._node_outputs().get(node, []))
 
-    def _producer(self, st, value):
-        """The node of acc step ``st`` whose instructions produce ``value`` (by the tags of the
-        STOREs writing its address range; a view of another value maps to that value's node)."""
-        cache = self.__dict__.setdefault("_producers", {})
-        key = st["program"]
-        if key not in cache:
-            cache[key] = _producers(self.cfg, self.programs[st["program"]]["program"], st)
-        return cache[key].get(value)
+    def _node_outputs(self) -> dict:
+        if "node_outputs" not in self.manifest:
+            raise ValueError("this program records no node outputs (compiled by an older sparrow): recompile it")
+        return self.manifest["node_outputs"]
+
+    def _producer(self, value):
+        """The graph node that produces ``value``."""
+        cache = self.__dict__.get("_producers")
+        if cache is None:
+            cache = self._producers = {v: n for n, vs in self._node_outputs().items() for v in vs}
+        return cache.get(value)
 
     def break_cut(self, node: str) -> tuple:
         """``(step index, cut)``: the program index at which every engine halts so that ``node``
@@ -368,7 +317,7 @@ class CompiledProgram:
         tags = st["tags"]
         idx = [i for i, t in enumerate(tags) if t in upto]
         cut = max(idx) + 1 if idx else 0
-        decoded = _decode(self.cfg, self.programs[st["program"]]["program"])
+        decoded = decode_image(self.programs[st["program"]]["program"], self.cfg)
         return k, closed_cut(decoded, cut, self.cfg.n_semaphores)
 
     def run(
@@ -517,7 +466,7 @@ class CompiledProgram:
         upto = set(st["nodes"][: st["nodes"].index(node) + 1])
         vals = dict(ints)
         for d in st["outputs"]:
-            if self._producer(st, d["name"]) in upto:
+            if self._producer(d["name"]) in upto:
                 vals[d["name"]] = read_out(dev, d)
         brk = BreakState(
             node=node, step=self.manifest["steps"].index(st), cut=cut, device=dev, pcs=dev.pcs(),

@@ -284,15 +284,7 @@ class Device:
         """The loaded program's instructions (an undecodable word becomes ``None``)."""
         if self.prog_len == 0:
             raise ValueError("no program: call load_program first")
-        raw = bytes(self.read_dram(self.prog_base, self.prog_len * isa.WORD_BYTES))
-        out = []
-        for i in range(self.prog_len):
-            word = int.from_bytes(raw[i * isa.WORD_BYTES:(i + 1) * isa.WORD_BYTES], "little")
-            try:
-                out.append(isa.decode(word, index=i, cfg=self.cfg))
-            except isa.IsaError:
-                out.append(None)
-        return out
+        return isa.decode_image(bytes(self.read_dram(self.prog_base, self.prog_len * isa.WORD_BYTES)), self.cfg)
 
     def run_to(self, cut: int, max_cycles: int = DEFAULT_MAX_CYCLES) -> RunInfo:
         """Start the loaded program and stop once instructions ``[0, cut)`` have completed and
