@@ -441,15 +441,8 @@ class ProgramBuilder:
         if self._finished is not None:
             return self._finished
         cfg = self.cfg
-        chans = {}
+        chans = self._channels()
         recs = self._records
-        for r in recs:
-            for c in r.signals:
-                chans.setdefault((r.engine, c), len(chans))
-        if len(chans) > cfg.n_semaphores:
-            raise ValueError(f"cfg: the program needs {len(chans)} semaphores, the hardware has "
-                             f"{cfg.n_semaphores}")
-        self._check_overflow(chans)
         prog = Program()
         tags = []
         for r in recs:
@@ -478,6 +471,11 @@ class ProgramBuilder:
 
     def check_sync(self) -> None:
         """Raise ``ValueError`` if :meth:`finish` would (too many semaphores, count overflow)."""
+        self._channels()
+
+    def _channels(self) -> dict:
+        """``{(producer, consumer engine index): semaphore}``, checked against the hardware's
+        semaphore count and ``sem_max``."""
         chans = {}
         for r in self._records:
             for c in r.signals:
@@ -486,6 +484,7 @@ class ProgramBuilder:
             raise ValueError(f"cfg: the program needs {len(chans)} semaphores, the hardware has "
                              f"{self.cfg.n_semaphores}")
         self._check_overflow(chans)
+        return chans
 
     def _check_overflow(self, chans):
         """Upper-bound each semaphore's count: signals not provably consumed before a new one."""
