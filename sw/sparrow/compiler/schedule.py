@@ -28,6 +28,8 @@ from __future__ import annotations
 import bisect
 import heapq
 
+import numpy as np
+
 from ..golden import perf
 from ..kernels.builder import ENGINES
 
@@ -109,53 +111,37 @@ def estimate(cfg, mnemonic, v, costs=perf.DEFAULT_COSTS) -> int:
             pad = ((v["pad_top"] + rows + v["pad_bottom"]) * (v["pad_left"] + rl + v["pad_right"])
                    - rows * rl)
         return perf.dma_cycles_uniform(cfg, rows, rb, rl, pad, costs, store=mnemonic == "store")
-    if mnemonic == "matmul":
-        n = v["m_outer"] * v["m_inner"]
-        per_row = v["k"]                                    # dense: one cycle per element
-        span = per_row * -(-n // cfg.rows)
-        return max(1, costs.matmul_start + max(span, n * costs.matmul_row_cycles))
-    if mnemonic == "requant":
-        return perf.vector_cycles(v["rows"] + 3, costs)
-    if mnemonic == "vadd":
-        return perf.vector_cycles(v["lines"], costs)   # both operands read in the same cycle
-    if mnemonic in ("maxpool", "avgpool"):
-        return perf.vector_cycles(v["out_h"] * v["out_w"] * v["lpp"] * v["kh"] * v["kw"], costs)
-    if mnemonic == "mask":
-        n = v["rows"] * v["row_lines"]
-        return perf.vector_cycles(n + (-(-n // 8) if v["mode"].name == "LOADED" else 0), costs)
+    if mnemonic == "matmul":  # dense: every row costs k cycles
+        return perf.matmul_cycles(cfg, np.full(v["m_outer"] * v["m_inner"], v["k"]), costs)
+    if mnemonic in ("requant", "vadd", "maxpool", "avgpool", "mask"):
+        return perf.vector_cycles(perf.vector_lines_read(mnemonic, v), costs)
     return perf.nop_cycles(costs)
 
 
 def list_schedule(records, preds, durations, in_order=False):
     """``(start times, makespan)`` of the list schedule (see module doc)."""
     n = len(records)
-    succs = [[] for _ in range(n)]
-    for j, ps in enumerate(preds):
-        for i in ps:
-            succs[i].append(j)
     eng = [r[2] for r in records]
-    if in_order:  # each engine in program order: chain its instructions
+    if in_order:  # each engine in program order: also depend on the engine's previous instruction
         last = [None] * 4
-        extra = [[] for _ in range(n)]
+        allp = []
         for j in range(n):
             e = eng[j]
-            if last[e] is not None:
-                extra[j].append(last[e])
-                succs[last[e]].append(j)
+            allp.append(set(preds[j]) | ({last[e]} if last[e] is not None else set()))
             last[e] = j
-        npred = [len(set(preds[j]) | set(extra[j])) for j in range(n)]
-        allp = [set(preds[j]) | set(extra[j]) for j in range(n)]
-        succs = [[] for _ in range(n)]
-        for j in range(n):
-            for i in allp[j]:
-                succs[i].append(j)
-        prio = [-j for j in range(n)]
     else:
-        npred = [len(p) for p in preds]
-        bottom = [0] * n
+        allp = preds
+    succs = [[] for _ in range(n)]
+    for j, ps in enumerate(allp):
+        for i in ps:
+            succs[i].append(j)
+    npred = [len(p) for p in allp]
+    if in_order:
+        prio = [-j for j in range(n)]
+    else:  # bottom level: longest remaining path
+        prio = [0] * n
         for i in range(n - 1, -1, -1):
-            bottom[i] = durations[i] + max((bottom[s] for s in succs[i]), default=0)
-        prio = bottom
+            prio[i] = durations[i] + max((prio[s] for s in succs[i]), default=0)
     ready = [0] * n
     start = [None] * n
     pending = [[] for _ in range(4)]   # (ready time, idx)
@@ -234,12 +220,11 @@ def schedule(b, enabled: bool = True, timeline: bool = True) -> dict:
         start1, span1 = list_schedule(records, preds, durations)
         if span1 < span0:
             order = sorted(range(n), key=lambda j: (start1[j], j))
-            saved = list(range(n))
             b.reorder(order)
             try:
                 b.check_sync()
             except ValueError:  # e.g. a semaphore count bound: keep program order
-                b.reorder(_inverse(order, saved))
+                b.reorder(_inverse(order))
             else:
                 start, span, reordered = [start1[j] for j in order], span1, True
                 records = [records[j] for j in order]
@@ -257,7 +242,7 @@ def schedule(b, enabled: bool = True, timeline: bool = True) -> dict:
     return rep
 
 
-def _inverse(order, saved):
-    """Indices that bring a builder reordered by ``order`` back to the original order."""
+def _inverse(order):
+    """The permutation that brings a builder reordered by ``order`` back to program order."""
     pos = {o: k for k, o in enumerate(order)}
-    return [pos[i] for i in saved]
+    return [pos[i] for i in range(len(order))]

@@ -593,7 +593,6 @@ class Machine:
                 act[dst] = out[-1]
             else:
                 act[dst:dst + (rows - 1) * ds + 1:ds] = out
-            lines_read = rows + 3
             if track:
                 acc_list = [("ACC", False, *_intervals([src, par], [rows, 3])),
                             ("ACT", True, *_strided(dst, ds, rows, 1))]
@@ -602,7 +601,6 @@ class Machine:
             self._need_spad(Spad.ACT, max(sa, sb, dst) + n - 1, "ADD operands/destination")
             act[dst:dst + n] = numerics.vadd(act[sa:sa + n], act[sb:sb + n], ins.mult_a, ins.mult_b,
                                              ins.shift, bool(ins.relu))
-            lines_read = n          # both operands are read in the same cycle
             if track:
                 acc_list = [("ACT", False, *_intervals([sa, sb], n)), ("ACT", True, *_intervals([dst], n))]
         elif vop in (VectorOp.MAXPOOL, VectorOp.AVGPOOL):
@@ -622,7 +620,6 @@ class Machine:
             else:
                 out = numerics.avgpool_scale(win.astype(np.int64).sum(axis=(2, 3)), ins.mult, ins.shift)
             act[dst:dst + oh * ow * lpp] = out.reshape(oh * ow * lpp, cfg.cols)
-            lines_read = oh * ow * lpp * kh * kw
             if track:
                 acc_list = [("ACT", False, *_runs(idx)), ("ACT", True, *_intervals([dst], oh * ow * lpp))]
         elif vop == VectorOp.MASK:
@@ -646,13 +643,13 @@ class Machine:
                 masked = bits.reshape(n_mask * 8, cols)[:n].astype(bool).reshape(rows, rl, cols)
             data = act[src:src + n].reshape(rows, rl, cols)
             act[dst:dst + n] = np.where(masked, np.int8(ins.alt), data).reshape(n, cols)
-            lines_read = n + n_mask
             if track:
                 reads = _intervals([src, ins.mask_addr], [n, n_mask])
                 acc_list = [("ACT", False, *reads), ("ACT", True, *_intervals([dst], n))]
         else:  # pragma: no cover - decode rejects other vops
             raise AssertionError(vop)
-        return Exec(perf.vector_cycles(lines_read, self.costs), {}, acc_list)
+        return Exec(perf.vector_cycles(perf.vector_lines_read(ins.mnemonic, ins.values), self.costs), {},
+                    acc_list)
 
 
 def _decode_prefix(group, n_lines, cols):

@@ -160,6 +160,22 @@ def matmul_cycles(cfg, row_costs, costs: Costs = DEFAULT_COSTS) -> int:
     return max(1, costs.matmul_start + max(span, n * costs.matmul_row_cycles))
 
 
+def vector_lines_read(mnemonic: str, v) -> int:
+    """Scratchpad lines a VECTOR instruction reads (its fields ``v``): REQUANT its accumulator
+    rows and 3 parameter lines, VADD its lines once (both operands in the same cycle), a pool
+    every window line, MASK its lines and, in LOADED mode, its bitmap lines."""
+    if mnemonic == "requant":
+        return v["rows"] + 3
+    if mnemonic == "vadd":
+        return v["lines"]
+    if mnemonic in ("maxpool", "avgpool"):
+        return v["out_h"] * v["out_w"] * v["lpp"] * v["kh"] * v["kw"]
+    if mnemonic == "mask":
+        n = v["rows"] * v["row_lines"]
+        return n + (_ceil_div(n, 8) if v["mode"].name == "LOADED" else 0)
+    raise ValueError(f"mnemonic: {mnemonic!r} is not a VECTOR instruction")
+
+
 def vector_cycles(lines_read: int, costs: Costs = DEFAULT_COSTS) -> int:
     return max(1, costs.vector_start + lines_read * costs.vector_line_cycles)
 
