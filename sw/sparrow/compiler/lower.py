@@ -106,8 +106,8 @@ def _lower_node(seg: _Seg, g: Graph, n, place_of, new_out, opts, group=None):
                 pool = _pool_k(g, group["pool"])
         N_, H, W_, _ = x.shape
         KH, KW, _, M = wq.shape
-        OH = (H + pads[0] + pads[2] - KH) // st[0] + 1
-        OW = (W_ + pads[1] + pads[3] - KW) // st[1] + 1
+        OH = conv_out_size(H, KH, st[0], pads[0], pads[2])
+        OW = conv_out_size(W_, KW, st[1], pads[1], pads[3])
         if pool is not None:
             OH, OW = OH // pool[0], OW // pool[1]
         out = new_out((N_, OH, OW, M))
