@@ -67,7 +67,8 @@ class GoldenBackend:
         err.result = res
         raise err
 
-    def run(self, max_cycles):
+    def _begin(self) -> bytes:
+        """Reset counters and status for a new run; decode the program; returns its image."""
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._status.update(busy=1, done=0, error=0, error_engine=7, halted=0)
         img = self._image()
@@ -75,6 +76,11 @@ class GoldenBackend:
         halts = [i for i, ins in enumerate(self.decoded)
                  if isinstance(ins, isa.Instruction) and ins.opcode == isa.Opcode.HALT]
         self._halt = halts[0] if halts else len(self.decoded)
+        self.pos, self.passed = 0, None
+        return img
+
+    def run(self, max_cycles):
+        img = self._begin()
         if not self.bps:
             res = self.m.run(img, mode="concurrent", raise_on_error=False, max_cycles=max_cycles,
                              check_races=False)
@@ -84,20 +90,12 @@ class GoldenBackend:
             self._status.update(busy=0, done=1)
             self.pos = self._halt
             return RunInfo("done", res.cycles, (), dict(self._counters))
-        self.pos, self.passed = 0, None
         return self._segment(self._next_stop(), max_cycles)
 
     def run_to(self, cut, bps, max_cycles):
         """Program order: run ``[0, cut)`` and halt the engines holding a breakpoint (``bps``:
         engine -> index, set by :meth:`Device.run_to`)."""
-        self._counters = dict.fromkeys(_COUNTERS, 0)
-        self._status.update(busy=1, done=0, error=0, error_engine=7, halted=0)
-        self.decoded = self.m.decode_program(self._image())
-        halts = [i for i, ins in enumerate(self.decoded)
-                 if isinstance(ins, isa.Instruction) and ins.opcode == isa.Opcode.HALT]
-        self._halt = halts[0] if halts else len(self.decoded)
-        self.pos, self.passed = 0, None
-        words = self._image()[:cut * isa.WORD_BYTES]
+        words = self._begin()[:cut * isa.WORD_BYTES]
         res = self.m.run(words, mode="program", raise_on_error=False, max_cycles=max_cycles)
         self._add(res.counters)
         if not res.ok:
