@@ -216,9 +216,7 @@ def trace_golden(machine, image: bytes, tags=None, max_cycles=None):
 def trace_device(dev, tags=None, resolution: int = 64, max_cycles: int = 50_000_000):
     """Run the program loaded on a Verilator-backend :class:`sparrow.runtime.Device`, sampling
     every ``resolution`` cycles; returns ``(RunInfo, Timeline)``."""
-    from .errors import DeviceError, ErrorCode
     from .runtime.device import RunInfo, error_from_status
-    from .runtime.verilator import START_CYCLES
 
     if getattr(dev, "backend_name", None) != "verilator":
         raise ValueError("trace_device: needs a Device on the verilator backend")
@@ -228,9 +226,7 @@ def trace_device(dev, tags=None, resolution: int = 64, max_cycles: int = 50_000_
     hw = dev._b.hw
     names = [n.upper() for n in ENGINES]
     dev.clear_breakpoints()
-    t0 = hw.cycles
-    hw.csr_write("CTRL", 1)
-    hw.step(START_CYCLES)
+    t0 = dev._b.start()
 
     def sample():
         t = hw.cycles - t0
@@ -278,9 +274,7 @@ def trace_device(dev, tags=None, resolution: int = 64, max_cycles: int = 50_000_
             account(prev, sample())  # counters read after STATUS in the last sample
             break
         if hw.cycles - t0 > max_cycles:
-            hw.csr_write("CTRL", 2)
-            hw.step(START_CYCLES)
-            raise DeviceError(ErrorCode.TIMEOUT, None, None, f"cycle limit {max_cycles} reached while tracing")
+            raise dev._b.abort_timeout(max_cycles, " while tracing")
         hw.step(resolution)
         cur = sample()
         account(prev, cur)

@@ -332,12 +332,9 @@ class Device:
     def _rtl_run_to(self, bps, last, max_cycles, chunk: int = 64) -> RunInfo:
         """Harness backend: start, then poll PCs and busy counters until every engine has issued
         its part of the prefix and none was busy over a whole polling chunk."""
-        from .verilator import START_CYCLES
         b = self._b
         hw = b.hw
-        t0 = hw.cycles
-        hw.csr_write("CTRL", 1)
-        hw.step(START_CYCLES)
+        t0 = b.start()
         prev = None
         while True:
             st = b.status()
@@ -352,11 +349,7 @@ class Device:
                 return RunInfo("breakpoint", hw.cycles - t0, halted, b.counters())
             prev = busy
             if hw.cycles - t0 > max_cycles:
-                pcs_d = self.pcs()
-                hw.csr_write("CTRL", 2)
-                hw.step(START_CYCLES)
-                raise DeviceError(ErrorCode.TIMEOUT, None, None,
-                                  f"cycle limit {max_cycles} reached before the cut; status {st}, pcs {pcs_d}")
+                raise b.abort_timeout(max_cycles, " before the cut")
             hw.step(chunk)
 
     def step(self, engine, max_cycles: int = DEFAULT_MAX_CYCLES) -> RunInfo:

@@ -158,6 +158,22 @@ class VerilatorBackend:
     def clear_breakpoints(self):
         self.hw.csr_write("BP_ENABLE", 0)
 
+    def start(self) -> int:
+        """Write CTRL.start and clock through the start sequence; returns the cycle count before."""
+        t0 = self.hw.cycles
+        self.hw.csr_write("CTRL", 1)
+        self.hw.step(START_CYCLES)
+        return t0
+
+    def abort_timeout(self, max_cycles, where: str = "") -> DeviceError:
+        """Abort the run (the device is usable again) and return the ``TIMEOUT`` error to raise,
+        naming the status and program counters at the limit."""
+        st, pcs = self.status(), self.pcs()
+        self.hw.csr_write("CTRL", 2)
+        self.hw.step(START_CYCLES)
+        return DeviceError(ErrorCode.TIMEOUT, None, None,
+                           f"cycle limit {max_cycles} reached{where}; status {st}, pcs {pcs}")
+
     def _go(self, max_cycles, used=0):
         reason, ran = self.hw.run(max_cycles - used)
         ran += used
@@ -165,19 +181,14 @@ class VerilatorBackend:
         if reason == STOP_ERROR:
             raise error_from_status(st, self.hw.csr_read("ERR_INDEX"))
         if reason == STOP_LIMIT:
-            pcs = self.pcs()
-            self.hw.csr_write("CTRL", 2)   # abort: the device is usable again
-            self.hw.step(START_CYCLES)
-            raise DeviceError(ErrorCode.TIMEOUT, None, None,
-                              f"cycle limit {max_cycles} reached; status {st}, pcs {pcs}")
+            raise self.abort_timeout(max_cycles)
         if reason == STOP_HALTED:
             halted = tuple(n for i, n in enumerate(ENGINE_NAMES) if st["halted"] >> i & 1)
             return RunInfo("breakpoint", ran, halted, self.counters())
         return RunInfo("done", ran, (), self.counters())
 
     def run(self, max_cycles):
-        self.hw.csr_write("CTRL", 1)
-        self.hw.step(START_CYCLES)
+        self.start()
         return self._go(max_cycles, START_CYCLES)
 
     def resume(self, mask, max_cycles):
