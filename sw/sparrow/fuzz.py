@@ -111,13 +111,8 @@ class Case:
         return b"".join(w.to_bytes(isa.WORD_BYTES, "little") for w in self.words)
 
     def decoded(self, cfg):
-        out = []
-        for i, w in enumerate(self.words):
-            try:
-                out.append(isa.decode(w, index=i, cfg=cfg))
-            except IsaError:
-                out.append(None)
-        return out
+        """Instructions (``None`` for a word that does not decode)."""
+        return isa.decode_image(self.image(), cfg)
 
     def asm(self, cfg) -> str:
         lines = []
