@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cocotb_run import BUILD_ROOT, VERILATOR_WAIVERS, _locked
+from .cocotb_run import BUILD_ROOT, VERILATOR_WAIVERS, _locked, component_ports
 
 __all__ = ["COV_DIR", "coverage_verilog", "build_coverage_harness", "parse_dat", "module_blocks", "run", "main"]
 
@@ -72,11 +72,6 @@ extern "C" void sp_cov_zero(void) {
 """
 
 
-def _ports(component):
-    from .cocotb_run import component_ports
-    return component_ports(component)
-
-
 def coverage_verilog(cfg) -> Path:
     """Path of the harness-top Verilog *with* ``src`` attributes (cached by the HDL source key)."""
     from .verilator_build import _source_key
@@ -90,7 +85,7 @@ def coverage_verilog(cfg) -> Path:
 
             from sparrow.hdl.top import Sparrow
             comp = Sparrow(cfg, bus="membus")
-            text = verilog.convert(comp, name=TOP, ports=_ports(comp), emit_src=True)
+            text = verilog.convert(comp, name=TOP, ports=component_ports(comp), emit_src=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(path)
