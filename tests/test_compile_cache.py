@@ -23,7 +23,6 @@ import sparrow
 from sparrow.cli import main
 from sparrow.compiler import CompileError, cache as cache_mod
 from sparrow.compiler.cache import STAGES, CompileCache, code_version, default_cache_dir
-from sparrow.sim.cocotb_run import default_seed
 
 PRESET = "small"
 
@@ -31,13 +30,6 @@ PRESET = "small"
 @pytest.fixture(autouse=True)
 def _cache_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARROW_CACHE_DIR", str(tmp_path / "env-cache"))
-
-
-@pytest.fixture
-def rng(request):
-    seed = default_seed(f"test_compile_cache:{request.node.name}")
-    print(f"SPARROW_SEED={seed} ({request.node.name})")
-    return np.random.default_rng(seed)
 
 
 def conv_model(rng, C=3, M=6, H=6):

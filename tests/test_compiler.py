@@ -21,7 +21,6 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import sparrow
-from sparrow.sim.cocotb_run import default_seed
 from sparrow.cli import main
 from sparrow.compiler import CompileError, CompiledProgram, InputError
 from sparrow.compiler.frontend import frontend
@@ -29,13 +28,6 @@ from sparrow.compiler.program import GoldenDevice
 from sparrow.compiler.quantize import calibrate, weight_scales
 
 PRESET = "small"
-
-
-@pytest.fixture
-def rng(request):
-    seed = default_seed(f"test_compiler:{request.node.name}")
-    print(f"SPARROW_SEED={seed} ({request.node.name})")
-    return np.random.default_rng(seed)
 
 
 def make_model(nodes, inputs, outputs, inits, opset=13):

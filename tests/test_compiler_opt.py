@@ -21,17 +21,9 @@ from sparrow.config import preset
 from sparrow.golden import Machine, RaceError
 from sparrow.isa import Program
 from sparrow.kernels import ProgramBuilder, Requant, Tensor, conv2d, gemm
-from sparrow.sim.cocotb_run import default_seed
 from test_compiler import _build, _conv, _head, make_model
 
 OFF = {"fuse": False, "schedule": False, "reuse_dram": False, "compress": False, "batch": False}
-
-
-@pytest.fixture
-def rng(request):
-    seed = default_seed(f"test_compiler_opt:{request.node.name}")
-    print(f"SPARROW_SEED={seed} ({request.node.name})")
-    return np.random.default_rng(seed)
 
 
 def resnet_block(rng, batch=2, hw=8, c=16):

@@ -1,7 +1,6 @@
 """Every instruction kind of the golden model against plain NumPy / Python-int references
-written here, in both execution modes, on random and edge shapes."""
-
-import os
+written here, in both execution modes, on random and edge shapes (``rng``: the per-test seeded fixture of
+conftest.py, seed printed)."""
 
 import numpy as np
 import pytest
@@ -11,16 +10,9 @@ from sparrow.config import preset
 from sparrow.golden import Machine
 from sparrow.isa import Program, make
 
-SEED = int(os.environ.get("SPARROW_SEED", "1"))
-print(f"SPARROW_SEED={SEED}")
 MODES = ["program", "concurrent"]
 CFG = preset("small").replace(dram_bytes=1 << 16)
 CFG8 = preset("default").replace(dram_bytes=1 << 16, act_depth=1024, acc_depth=512)
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng([SEED, abs(hash(request.node.name)) % (1 << 31)])
 
 
 def fresh(cfg, rng):

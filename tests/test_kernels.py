@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparrow.sim.cocotb_run import default_seed
 from sparrow.config import preset
 from sparrow.errors import DeviceError, ErrorCode
 from sparrow.golden import Machine, RaceError
@@ -23,13 +22,6 @@ from sparrow.kernels import (ProgramBuilder, Requant, add, add_multipliers, avgp
 
 MODES = ("program", "concurrent")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-@pytest.fixture
-def rng(request):
-    seed = default_seed(f"test_kernels:{request.node.name}")
-    print(f"SPARROW_SEED={seed} ({request.node.name})")
-    return np.random.default_rng(seed)
 
 
 def i8(rng, shape, lo=-128, hi=128):
