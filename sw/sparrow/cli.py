@@ -178,7 +178,7 @@ def _load_program(args):
         if str(args.program).lower().endswith(".onnx"):
             from .debug import compile_debug
 
-            save = args.save if args.save == "all" else args.save.split(",") if args.save else None
+            save = _save_arg(args.save)
             if args.break_at and save != "all":
                 save = sorted(set(save or []) | {args.break_at})
             return compile_debug(args.program, preset=args.preset, save=save)
@@ -253,13 +253,12 @@ def _cmd_run(args) -> int:
         if args.save:
             save_dir = Path(args.save_dir or out_dir)
             save_dir.mkdir(parents=True, exist_ok=True)
-            want = None if args.save == "all" else args.save.split(",")
+            want = _save_arg(args.save)
             saved = dict(lr["saved"])
-            if want is not None:
+            if want != "all":
                 names = {}
                 for w in want:  # a node name or a value name
-                    vals = (prog.manifest.get("node_outputs", {}).get(w)
-                            or ([prog.node_outputs(w)[0]] if w in prog.nodes and prog.node_outputs(w) else [w]))
+                    vals = (prog.node_outputs(w) if w in prog.nodes else []) or [w]
                     for v in vals:
                         names[v] = w
                 missing = [v for v in names if v not in lr["values"]]
