@@ -38,8 +38,11 @@ class Sequencer(wiring.Component):
       stalling while that queue is full.
     * **Issue**, per engine: the queue head waits for its semaphore (``SemaphoreUnit``); NOP and
       DELAY are executed here, after the engine has drained (they complete in order with the
-      engine's other instructions); other instructions are handed to the engine and their signal
-      fields queued until the engine's ``done`` pulse, which then signals the semaphore.
+      engine's other instructions); other instructions are offered to the engine and their signal
+      fields queued until the engine's ``done`` pulse, which then signals the semaphore. An
+      engine instruction's wait is taken (a consuming wait subtracts its count) in the first
+      cycle it is offered, possibly while the engine is still busy; from then on it stays offered
+      until the engine accepts it (nothing withdraws it: not the semaphore, not the debugger).
     * **Debug**: per-engine breakpoints, halt-all, resume and single step (see
       :mod:`sparrow.regmap`), program counters.
     * **Status**: done, first error (code, engine, instruction index), a deadlock watchdog
@@ -213,15 +216,28 @@ class Sequencer(wiring.Component):
                 cl.wait_consume.eq(_hdr(head_word, "wait_consume")),
             ]
             issue = Signal(name=f"issue{e}")
-            with m.If(can_go & at_bp):
+            # An engine instruction is *released* the first cycle it is offered: its wait is taken
+            # (a consuming wait subtracts its count) then, and ``committed`` keeps it offered until
+            # the engine accepts it, whatever later happens to the semaphore or the debugger, so
+            # the instr stream never withdraws valid (lib.stream rules). NOP/DELAY take their wait
+            # when they run (after the engine drained).
+            committed = Signal(name=f"committed{e}")
+            release = Signal(name=f"release{e}")
+            with m.If(running & ~has_error & committed):
+                m.d.comb += [eng.instr.valid.eq(1), issue.eq(eng.instr.ready)]
+            with m.Elif(can_go & at_bp):
                 m.d.comb += bp_hit[e].eq(1)
             with m.Elif(can_go & cl.wait_ok):
                 with m.If(local):
-                    m.d.comb += issue.eq(drained)
+                    m.d.comb += [issue.eq(drained), cl.take.eq(drained)]
                 with m.Else():
-                    m.d.comb += [eng.instr.valid.eq(inflight.w_rdy),
-                                 issue.eq(eng.instr.ready & inflight.w_rdy)]
-            m.d.comb += [eng.instr.payload.eq(head_word), cl.take.eq(issue), q.r_en.eq(issue)]
+                    m.d.comb += [eng.instr.valid.eq(inflight.w_rdy), release.eq(inflight.w_rdy),
+                                 issue.eq(eng.instr.ready & inflight.w_rdy), cl.take.eq(inflight.w_rdy)]
+            with m.If(flush | issue):
+                m.d.sync += committed.eq(0)
+            with m.Elif(release):
+                m.d.sync += committed.eq(1)
+            m.d.comb += [eng.instr.payload.eq(head_word), q.r_en.eq(issue)]
             m.d.comb += [inflight.w_en.eq(issue & ~local),
                          inflight.w_data.eq(Cat(_hdr(head_word, "signal_en"), _hdr(head_word, "signal_sem"),
                                                 head_index))]
@@ -288,7 +304,7 @@ class Sequencer(wiring.Component):
             with m.If(running):
                 with m.If(inflight.r_rdy | eng.busy | delay_active):
                     m.d.sync += self.count_busy[e].eq(self.count_busy[e] + 1)
-                with m.Elif(q.r_rdy & ~halted[e] & ~cl.wait_ok):
+                with m.Elif(q.r_rdy & ~halted[e] & ~cl.wait_ok & ~committed):
                     m.d.sync += self.count_wait[e].eq(self.count_wait[e] + 1)
             m.d.comb += [pending[e].eq(q.r_rdy | inflight.r_rdy | eng.busy | delay_active),
                          idle[e].eq(~pending[e])]

@@ -11,7 +11,10 @@ Event-driven model (times in cycles, all durations from :mod:`sparrow.golden.per
   counter.
 * **Engines** run their queue in order, one instruction at a time. The head instruction starts
   as soon as the engine is idle and its wait is satisfied (``sem[wait_sem] >= wait_count``); the
-  consume happens at the start. Cycles an idle engine's head spends waiting count in ``wait``.
+  consume happens at the start. An engine instruction (not NOP/DELAY) at the head of a busy
+  engine's queue is *released* as soon as its wait is satisfied (not behind a running DELAY):
+  the consume (and the race checker's join) happens then, and it starts when the engine is
+  idle without waiting again — as the sequencer does. Cycles an idle engine's head spends waiting count in ``wait``.
   An instruction's effects are applied when it starts; it *completes* ``duration`` cycles later,
   when its signal (if any) increments the semaphore; a waiter may start in that same cycle.
   Within one cycle, completions are processed before starts, and engines are visited in the
@@ -46,6 +49,7 @@ from .machine import ENGINES, RaceError, RunResult, _BadWord, _Fault
 __all__ = ["run_concurrent", "RaceChecker"]
 
 _EIDX = {e: i for i, e in enumerate(ENGINES)}
+_LOCAL = (Opcode.NOP, Opcode.DELAY)    # run by the sequencer itself, released when they run
 
 
 class RaceChecker:
@@ -165,6 +169,7 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
             it.wait_consume, it.signal_sem, it.signal_en) for it in decoded]
     queues = [deque() for _ in range(n_eng)]
     running = [None] * n_eng        # (index, instr, end, clock)
+    released = [None] * n_eng       # clock of a head released early (wait taken), or None
     wait_since = [None] * n_eng
     pc = 0
     n_words = len(decoded)
@@ -209,23 +214,36 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
         while changed:
             changed = False
             for e in range(n_eng):
-                if running[e] is not None or not queues[e]:
+                if not queues[e]:
                     continue
                 idx, ins = queues[e][0]
                 _, wsem, wcount, wconsume, _, _ = hdr[idx]
-                if wcount and sems[wsem] < wcount:
-                    if wait_since[e] is None:
-                        wait_since[e] = now
+                if running[e] is not None:
+                    # early release: an engine instruction whose count is reached takes its wait
+                    # while the engine is still busy (not behind a DELAY, which the sequencer runs)
+                    if (released[e] is None and ins.opcode not in _LOCAL
+                            and running[e][1].opcode != Opcode.DELAY
+                            and not (wcount and sems[wsem] < wcount)):
+                        released[e] = races.start(e, wsem, wcount, wconsume) if races is not None else ()
+                        if wcount and wconsume:
+                            sems[wsem] -= wcount
+                        changed = True
                     continue
+                clock, released[e] = released[e], None
+                if clock is None:
+                    if wcount and sems[wsem] < wcount:
+                        if wait_since[e] is None:
+                            wait_since[e] = now
+                        continue
+                    clock = races.start(e, wsem, wcount, wconsume) if races is not None else None
+                    if wcount and wconsume:
+                        sems[wsem] -= wcount
                 if wait_since[e] is not None:
                     counters[f"{names[e]}_wait"] += now - wait_since[e]
                     if events is not None:
                         events.append(("wait", ENGINES[e], idx, wsem, wait_since[e], now))
                     wait_since[e] = None
                 queues[e].popleft()
-                clock = races.start(e, wsem, wcount, wconsume) if races is not None else None
-                if wcount and wconsume:
-                    sems[wsem] -= wcount
                 try:
                     ex = m.execute(ins, track=races is not None)
                 except _Fault as f:
