@@ -1,6 +1,6 @@
 """Membus arbiter: several membus masters share one membus (fetch, LOAD DMA, STORE DMA -> AXI)."""
 
-from amaranth import Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -33,6 +33,14 @@ class MembusArbiter(wiring.Component):
     that registers its command, including :class:`sparrow.hdl.axi4.Axi4Master` with an AXI slave).
     ``rdata``/``wresp`` ordering per master is the slave's order, i.e. command order.
 
+    ``flush`` (one cycle; the accelerator's soft reset on start/abort, which resets the masters
+    but not the arbiter) *orphans* every transaction then outstanding, so that the slave still
+    sees each one completed and the next run starts on a clean bus: a command being held on
+    ``bus.cmd`` stays there (from a register) until accepted, without ``ready`` reaching its
+    former master; read beats of orphaned reads are accepted and dropped; orphaned writes get
+    their remaining beats from the arbiter (zero strobes, so memory is unchanged); their
+    responses are accepted and dropped. No new command is granted in the flush cycle.
+
     Parameters
     ----------
     addr_width : int
@@ -50,6 +58,8 @@ class MembusArbiter(wiring.Component):
         Master-facing ports (slave side). Verilog ``masters__<i>__{cmd,wdata,rdata,wresp}__*``.
     bus : Out(MemBusSignature(addr_width, data_bytes))
         The shared membus (master side). Verilog ``bus__{cmd,wdata,rdata,wresp}__*``.
+    flush : In(1)
+        Orphan every outstanding transaction (see above).
     """
 
     def __init__(self, addr_width: int, data_bytes: int, n_masters: int, *, depth: int = 4):
@@ -65,71 +75,104 @@ class MembusArbiter(wiring.Component):
         self.addr_width, self.data_bytes = addr_width, data_bytes
         self.n_masters, self.depth = n_masters, depth
         sig = MemBusSignature(addr_width, data_bytes)
-        super().__init__({"masters": In(sig).array(n_masters), "bus": Out(sig)})
+        super().__init__({"masters": In(sig).array(n_masters), "bus": Out(sig), "flush": In(1)})
 
     def elaborate(self, platform):
         m = Module()
         n, masters, bus = self.n_masters, self.masters, self.bus
         id_w = max(1, (n - 1).bit_length())
         m.submodules.rd_ids = rd_ids = fifo.SyncFIFO(width=id_w, depth=self.depth)
-        m.submodules.wd_ids = wd_ids = fifo.SyncFIFO(width=id_w, depth=self.depth)
+        m.submodules.wd_ids = wd_ids = fifo.SyncFIFO(width=id_w + 8, depth=self.depth)  # id, len
         m.submodules.wr_ids = wr_ids = fifo.SyncFIFO(width=id_w, depth=self.depth)
         m.submodules.rr = rr = RoundRobin(n)
+        flush = self.flush
+        # orphaned transactions are the oldest entries of each FIFO: count them
+        orphan_rd = Signal(range(self.depth + 1))
+        orphan_wd = Signal(range(self.depth + 1))
+        orphan_wr = Signal(range(self.depth + 1))
 
         # -- commands ---------------------------------------------------------------------
         locked = Signal()                 # a granted command is waiting on bus.cmd.ready
         lock_id = Signal(range(max(n, 2)))
+        lock_cmd = Signal.like(bus.cmd.payload)
+        lock_orphan = Signal()            # ... whose master was flushed
         for i, p in enumerate(masters):
             room = Mux(p.cmd.payload.write, wd_ids.w_rdy & wr_ids.w_rdy, rd_ids.w_rdy)
-            m.d.comb += rr.requests[i].eq(p.cmd.valid & ~locked & room)
+            m.d.comb += rr.requests[i].eq(p.cmd.valid & ~locked & ~flush & room)
         sel = Signal(range(max(n, 2)))
-        m.d.comb += [sel.eq(lock_id), bus.cmd.valid.eq(locked | rr.valid)]
-        with m.If(~locked):
-            m.d.comb += sel.eq(rr.index)
+        m.d.comb += [sel.eq(rr.index), bus.cmd.valid.eq(locked | rr.valid)]
         with m.Switch(sel):
             for i, p in enumerate(masters):
                 with _case(m, i, n):
                     m.d.comb += bus.cmd.payload.eq(p.cmd.payload)
+        with m.If(locked):
+            m.d.comb += [sel.eq(lock_id), bus.cmd.payload.eq(lock_cmd)]
         for i, p in enumerate(masters):
-            m.d.comb += p.cmd.ready.eq(bus.cmd.ready & bus.cmd.valid & (sel == i))
+            m.d.comb += p.cmd.ready.eq(bus.cmd.ready & bus.cmd.valid & (sel == i) & ~(locked & lock_orphan))
         new_grant = rr.valid                                   # rr only requests when ~locked
         m.d.comb += [rr.advance.eq(new_grant),
-                     rd_ids.w_data.eq(rr.index), wd_ids.w_data.eq(rr.index), wr_ids.w_data.eq(rr.index),
+                     rd_ids.w_data.eq(rr.index), wd_ids.w_data.eq(Cat(rr.index, bus.cmd.payload.len)),
+                     wr_ids.w_data.eq(rr.index),
                      rd_ids.w_en.eq(new_grant & ~bus.cmd.payload.write),
                      wd_ids.w_en.eq(new_grant & bus.cmd.payload.write),
                      wr_ids.w_en.eq(new_grant & bus.cmd.payload.write)]
         with m.If(new_grant & ~bus.cmd.ready):
-            m.d.sync += [locked.eq(1), lock_id.eq(rr.index)]
+            m.d.sync += [locked.eq(1), lock_id.eq(rr.index), lock_cmd.eq(bus.cmd.payload), lock_orphan.eq(0)]
         with m.If(locked & bus.cmd.ready):
             m.d.sync += locked.eq(0)
+        with m.If(flush):
+            m.d.sync += lock_orphan.eq(1)
 
         # -- write data: from the head of the write-data FIFO ------------------------------------
-        with m.If(wd_ids.r_rdy):
-            with m.Switch(wd_ids.r_data):
+        wd_id, wd_len = wd_ids.r_data[:id_w], wd_ids.r_data[id_w:]
+        wd_beat = Signal(8)               # beats of the head write already accepted
+        with m.If(wd_ids.r_rdy & (orphan_wd != 0)):
+            m.d.comb += [bus.wdata.valid.eq(1), bus.wdata.payload.data.eq(0), bus.wdata.payload.strb.eq(0),
+                         bus.wdata.payload.last.eq(wd_beat == wd_len)]
+        with m.Elif(wd_ids.r_rdy):
+            with m.Switch(wd_id):
                 for i, p in enumerate(masters):
                     with _case(m, i, n):
                         m.d.comb += [bus.wdata.valid.eq(p.wdata.valid), bus.wdata.payload.eq(p.wdata.payload)]
         for i, p in enumerate(masters):
-            m.d.comb += p.wdata.ready.eq(bus.wdata.ready & wd_ids.r_rdy & (wd_ids.r_data == i))
-        m.d.comb += wd_ids.r_en.eq(bus.wdata.valid & bus.wdata.ready & bus.wdata.payload.last)
+            m.d.comb += p.wdata.ready.eq(bus.wdata.ready & wd_ids.r_rdy & (orphan_wd == 0) & (wd_id == i))
+        wd_pop = Signal()
+        m.d.comb += [wd_pop.eq(bus.wdata.valid & bus.wdata.ready & bus.wdata.payload.last),
+                     wd_ids.r_en.eq(wd_pop)]
+        with m.If(wd_pop):
+            m.d.sync += wd_beat.eq(0)
+        with m.Elif(bus.wdata.valid & bus.wdata.ready):
+            m.d.sync += wd_beat.eq(wd_beat + 1)
 
         # -- read data and write responses: to the head of their FIFOs ------------------------
+        rd_orphan, wr_orphan = orphan_rd != 0, orphan_wr != 0
         for i, p in enumerate(masters):
             m.d.comb += [p.rdata.payload.eq(bus.rdata.payload), p.wresp.payload.eq(bus.wresp.payload),
-                         p.rdata.valid.eq(bus.rdata.valid & rd_ids.r_rdy & (rd_ids.r_data == i)),
-                         p.wresp.valid.eq(bus.wresp.valid & wr_ids.r_rdy & (wr_ids.r_data == i))]
-        with m.If(rd_ids.r_rdy):
+                         p.rdata.valid.eq(bus.rdata.valid & rd_ids.r_rdy & ~rd_orphan & (rd_ids.r_data == i)),
+                         p.wresp.valid.eq(bus.wresp.valid & wr_ids.r_rdy & ~wr_orphan & (wr_ids.r_data == i))]
+        with m.If(rd_ids.r_rdy & rd_orphan):
+            m.d.comb += bus.rdata.ready.eq(1)
+        with m.Elif(rd_ids.r_rdy):
             with m.Switch(rd_ids.r_data):
                 for i, p in enumerate(masters):
                     with _case(m, i, n):
                         m.d.comb += bus.rdata.ready.eq(p.rdata.ready)
-        with m.If(wr_ids.r_rdy):
+        with m.If(wr_ids.r_rdy & wr_orphan):
+            m.d.comb += bus.wresp.ready.eq(1)
+        with m.Elif(wr_ids.r_rdy):
             with m.Switch(wr_ids.r_data):
                 for i, p in enumerate(masters):
                     with _case(m, i, n):
                         m.d.comb += bus.wresp.ready.eq(p.wresp.ready)
         m.d.comb += [rd_ids.r_en.eq(bus.rdata.valid & bus.rdata.ready & bus.rdata.payload.last),
                      wr_ids.r_en.eq(bus.wresp.valid & bus.wresp.ready)]
+
+        # -- orphan counts: on flush, everything outstanding after this cycle's pops --------------
+        for count, q in ((orphan_rd, rd_ids), (orphan_wd, wd_ids), (orphan_wr, wr_ids)):
+            with m.If(flush):
+                m.d.sync += count.eq(q.level - q.r_en)
+            with m.Elif(q.r_en & (count != 0)):
+                m.d.sync += count.eq(count - 1)
         return m
 
 

@@ -134,16 +134,18 @@ class Sparrow(wiring.Component):
             m.d.comb += [port.done.eq(eng.done), port.busy.eq(eng.busy), port.error.eq(eng.error)]
 
         # -- external memory -----------------------------------------------------------------------
-        m.submodules.arb = arb = dp(MembusArbiter(cfg.dram_addr_bits, cfg.mem_bytes, 3))
-        arb_c = _inner(arb)
+        # The arbiter and the AXI adapter are not soft-reset: transactions still outstanding on
+        # the external bus when the masters are reset are completed by the arbiter (``flush``),
+        # so the slave never sees a protocol violation and no stale response reaches a new run.
+        m.submodules.arb = arb_c = MembusArbiter(cfg.dram_addr_bits, cfg.mem_bytes, 3)
+        m.d.comb += arb_c.flush.eq(soft_reset)
         connect(m, fetch_c.bus, arb_c.masters[0])
         connect(m, load_c.bus, arb_c.masters[1])
         connect(m, store_c.bus, arb_c.masters[2])
         if self.bus_kind == "membus":
             connect(m, arb_c.bus, wiring.flipped(self.mem))
         else:
-            m.submodules.axi = axi = dp(self._axi)
-            axi_c = _inner(axi)
+            m.submodules.axi = axi_c = self._axi
             connect(m, arb_c.bus, axi_c.bus)
             for name, member in axi_c.signature.members.items():
                 if name == "bus":

@@ -260,6 +260,75 @@ def test_arbiter_keeps_several_reads_outstanding():
     assert slave.outstanding_max >= 2
 
 
+@pytest.mark.parametrize("salt", ["flush-a", "flush-b", "flush-c"])
+def test_arbiter_flush_orphans_outstanding_transactions(salt):
+    """Masters are reset (``flush``) at random points with reads, writes and held commands
+    outstanding; new masters start at once. Every orphaned transaction must still complete on
+    the slave side (read beats drained, remaining write beats supplied with zero strobes,
+    responses drained) and nothing of it may reach the new masters, whose traffic must be exact."""
+    data_bytes, n_masters, n_cmds = 8, 3, 12
+    rng = _rng(salt)
+    err_base = 0x100000
+    dut = MembusArbiter(24, data_bytes, n_masters, depth=4)
+    mem = {}
+    for i in range(n_masters):
+        for a in range(0x1000 * 2 * i, 0x1000 * (2 * i + 1)):
+            mem[a] = rng.getrandbits(8)
+    initial = dict(mem)
+    slave = MembusSlaveModel(dut.bus, mem, data_bytes, rng, err_base, stall=0.3)
+
+    def generation():
+        cmds = [make_commands(rng, i, data_bytes, n_cmds, err_base=err_base, p_err=0.1)
+                for i in range(n_masters)]
+        return cmds, [MembusMasterModel(dut.masters[i], cmds[i], data_bytes, rng, 0.2)
+                      for i in range(n_masters)]
+    flushes = []
+
+    async def tb(ctx):
+        nonlocal last_cmds
+        for gen in range(4):
+            cmds, masters = generation()
+            last_cmds = cmds
+            # the first three generations are cut off after a random number of cycles
+            cut = rng.randrange(3, 60) if gen < 3 else 40 * n_cmds * n_masters
+            for cycle in range(cut + 1):
+                flush = gen < 3 and cycle == cut
+                ctx.set(dut.flush, flush)
+                for mm in masters:
+                    mm.drive(ctx)
+                slave.drive(ctx)
+                for mm in masters:
+                    mm.sample(ctx, initial)
+                if flush:
+                    flushes.append((len(slave.reads), len(slave.writes), len(slave.wresps)))
+                slave.sample(ctx)
+                await ctx.tick()
+                if gen == 3 and all(mm.done() for mm in masters):
+                    break
+            ctx.set(dut.flush, 0)
+        for i, mm in enumerate(masters):
+            assert mm.done(), f"master {i} of the last generation did not finish"
+        for _ in range(50):                    # let the slave's last responses go
+            slave.drive(ctx)
+            slave.sample(ctx)
+            await ctx.tick()
+
+    last_cmds = None
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert not (slave.reads or slave.writes or slave.wbeats or slave.wresps or slave.b_cur), \
+        "orphaned transactions left outstanding on the slave"
+    assert any(sum(f) for f in flushes), f"no flush hit outstanding traffic ({salt}): {flushes}"
+    expected = {}
+    for i in range(n_masters):
+        for c in last_cmds[i]:
+            if c["write"] and not c["err"]:
+                apply_write(expected, c["addr"], c["beats"], data_bytes)
+    assert {a: mem.get(a) for a in expected} == expected, "the last generation's writes are not in memory"
+
+
 def test_arbiter_grants_round_robin():
     """Three masters with endless single-beat reads and an always-ready slave: grants rotate."""
     dut = MembusArbiter(16, 4, 3, depth=8)
