@@ -385,14 +385,14 @@ def run(cfg=None, n_fuzz: int = 120, seed: int = 1, out_dir=None, log=print, lib
         log(rem.summary())
         res.programs += rem.programs
         res.mismatches += rem.mismatches
-        # last: aborts can leave the RTL hung (see tests/test_fuzz.py::test_restart_right_after_error)
+        # last: the host-side features (aborts, breakpoints, delays)
         _host_features(runner.dev, cfg, log)
         last = out / f"part{len(parts)}.dat"
         lib.sp_cov_write(str(last).encode())
         parts.append(last)
         runner.close()
         for d in kept:              # leaked on purpose (see _renew)
-            d._b.hw.h = None
+            d._b.hw._h = None
     t_run = time.perf_counter() - t1
     dat = out / "coverage.dat"
     if len(parts) == 1:

@@ -133,6 +133,21 @@ def test_shrinker_reduces_a_synthetic_mismatch_to_a_minimal_program():
     assert len(small.words) <= 4 < len(case.words), small.asm(SMALL)
 
 
+def test_parallel_batches_merge_to_the_whole_range():
+    """``merge_batches`` of consecutive ranges (what ``run_parallel`` does per process) gives the
+    same counts as one batch over the whole range (golden backend: fast)."""
+    whole = fuzz.run_batch(SMALL, 24, 5, 0, "golden", save_dir=None, log=lambda s: None)
+    parts = [fuzz.run_batch(SMALL, 10, 5, 0, "golden", save_dir=None, log=lambda s: None),
+             fuzz.run_batch(SMALL, 14, 5, 10, "golden", save_dir=None, log=lambda s: None)]
+    merged = fuzz.merge_batches(parts, 1.0)
+    assert (merged.programs, merged.first, merged.last) == (24, 0, 23)
+    assert merged.by_kind == whole.by_kind and merged.by_code == whole.by_code
+    assert merged.features.counts == whole.features.counts
+    with pytest.raises(ValueError, match="seeds"):
+        fuzz.merge_batches([parts[0], fuzz.run_batch(SMALL, 1, 6, 0, "golden", save_dir=None,
+                                                     log=lambda s: None)], 1.0)
+
+
 def test_saved_case_roundtrip(tmp_path):
     case = fuzz.generate(SMALL, SEED, 3)
     path = fuzz.save_case(case, SMALL, ["memory: example"], tmp_path, xfail="why")
@@ -192,21 +207,42 @@ def test_saved_cases_exist_and_load():
 
 
 @pytest.mark.verilator
-@pytest.mark.xfail(reason="RTL: a start issued while engines still drain after an error leaves the device "
-                          "hung (also after CTRL.abort); sparrow.fuzz steps DRAIN_CYCLES first",
-                   strict=False)
-def test_restart_right_after_error():
+@pytest.mark.parametrize("stop", ["error", "abort"])
+def test_restart_right_after_error_or_abort(stop):
+    """A run that ends with memory traffic in flight (an error, or an abort half-way through), then
+    a new start at once: the fuzz runner's scrub program (LOADs zeroing the scratchpads), then a
+    valid case with LOADs, compared with golden in full. Before the arbiter completed orphaned
+    transactions, stale read data reached the new run and the device hung."""
     from sparrow.runtime import Device
-    case = fuzz.generate(SMALL, 1, 10)                       # SPAD_RANGE while LOADs are in flight
+    for i in range(50):                                       # the first valid case with LOADs
+        prog = fuzz.generate(SMALL, 1, i)
+        expect = fuzz.run_golden(prog, SMALL)
+        if expect.code == ErrorCode.NONE and expect.cycles > 200 and any(
+                d is not None and d.opcode == isa.Opcode.LOAD for d in prog.decoded(SMALL)):
+            break
     with Device(SMALL, "verilator") as dev:
-        for a, data in case.segments:
-            dev.write_dram(a, data)
-        dev.load_program(case.image(), fuzz.PROG_BASE)
-        with pytest.raises(DeviceError) as e:
-            dev.run(max_cycles=100_000)
-        assert e.value.code == ErrorCode.SPAD_RANGE
-        dev.load_program(isa.Program([isa.make("nop", engine="load"), isa.make("halt")]), 0x30000)
-        assert dev.run(max_cycles=100_000).stop == "done"
+        runner = fuzz.VerilatorRunner(SMALL, device=dev)
+        points = [None] if stop == "error" else [expect.cycles * k // 6 for k in range(1, 6)]
+        for at in points:
+            if stop == "error":
+                case = fuzz.generate(SMALL, 1, 10)            # SPAD_RANGE while LOADs are in flight
+                for a, data in case.segments:
+                    dev.write_dram(a, data)
+                dev.load_program(case.image(), fuzz.PROG_BASE)
+                with pytest.raises(DeviceError) as e:
+                    dev.run(max_cycles=100_000)
+                assert e.value.code == ErrorCode.SPAD_RANGE
+            else:
+                runner._reset()
+                for a, data in prog.segments:
+                    dev.write_dram(a, data)
+                dev.load_program(prog.image(), fuzz.PROG_BASE)
+                dev._b.start()
+                dev._b.hw.step(at)
+                dev._b.hw.csr_write("CTRL", 2)                 # abort, and start the next at once
+            got = runner.run(prog)
+            assert runner.renewed == 0, f"the device hung on the start after the {stop} (at {at})"
+            assert fuzz.compare(prog, SMALL, expect, got) == [], f"case {i} after the {stop} (at {at})"
 
 
 # -- coverage ----------------------------------------------------------------------------------------

@@ -824,9 +824,6 @@ class VerilatorRunner:
         self.scrub = bytes(_scrub_program(cfg))
         self.renewed = 0
 
-    #: cycles stepped after a run that ended in an error before the next start
-    DRAIN_CYCLES = 3000
-
     def _renew(self):
         """Replace a hung device with a fresh one (counted in :attr:`renewed`)."""
         from .runtime import Device
@@ -851,8 +848,8 @@ class VerilatorRunner:
             return
 
     def run(self, case: Case) -> Outcome:
+        self._reset()                   # may replace a hung device: read self.dev after it
         dev, cfg = self.dev, self.cfg
-        self._reset()
         for a, d in case.segments:
             dev.write_dram(a, d)
         dev.load_program(case.image(), PROG_BASE)
@@ -870,10 +867,6 @@ class VerilatorRunner:
         dram = dev.read_dram(0, cfg.dram_bytes)
         if code == ErrorCode.TIMEOUT:
             self._renew()
-        elif code != ErrorCode.NONE:
-            # Engines may still be draining after an error; a start (or an abort) issued right
-            # away can leave the RTL hung for good (see tests/test_fuzz.py::test_restart_right_after_error).
-            dev._b.hw.step(self.DRAIN_CYCLES)
         return Outcome(code, index, engine, dram, {k: int(counters.get(k, 0)) for k in CHECKED_COUNTERS},
                        cycles, detail)
 
@@ -1235,6 +1228,62 @@ def run_batch(cfg: HwConfig, n: int, seed: int, start: int = 0, backend: str = "
         if own is not None:
             own.close()
     return res
+
+
+def merge_batches(parts: list[BatchResult], seconds: float) -> BatchResult:
+    """One :class:`BatchResult` from batches over consecutive index ranges of one seed
+    (``seconds``: the wall time of the whole, parallel, run)."""
+    if not parts:
+        raise ValueError("parts: no batches to merge")
+    out = BatchResult(parts[0].seed, parts[0].first, parts[-1].last, seconds=seconds)
+    for p in parts:
+        if p.seed != out.seed:
+            raise ValueError(f"parts: seeds {out.seed} and {p.seed} differ")
+        out.programs += p.programs
+        for mine, theirs in ((out.by_kind, p.by_kind), (out.by_code, p.by_code)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+        out.racy += p.racy
+        out.mismatches += p.mismatches
+        out.features.merge(p.features)
+    # with a time budget a part may stop early: the last index any part reached
+    out.last = max(p.last for p in parts)
+    return out
+
+
+def _batch_worker(args):
+    """One process of :func:`run_parallel`: ``(BatchResult, device renewals)``."""
+    from .config import preset
+    cfg_name, n, seed, start, budget, progress_every = args
+    cfg = preset(cfg_name)
+    runner = VerilatorRunner(cfg)
+    try:
+        res = run_batch(cfg, n, seed, start, "verilator", runner=runner, time_budget=budget,
+                        log=lambda s: print(f"[{start}..] {s}", flush=True), progress_every=progress_every)
+    finally:
+        runner.close()
+    return res, runner.renewed
+
+
+def run_parallel(cfg: HwConfig, n: int, seed: int, jobs: int, time_budget: float | None = None,
+                 progress_every: int = 0) -> tuple[BatchResult, int]:
+    """Cases ``(seed, 0 .. n-1)`` split into ``jobs`` consecutive ranges, one process (and one
+    simulated device) each; returns the merged result and the total device renewals."""
+    import concurrent.futures
+    import multiprocessing
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, not {jobs!r}")
+    from .sim.verilator_build import build_harness
+    build_harness(cfg)                      # once, before the workers look it up in the cache
+    bounds = [n * j // jobs for j in range(jobs + 1)]
+    args = [(cfg.name, bounds[j + 1] - bounds[j], seed, bounds[j], time_budget, progress_every)
+            for j in range(jobs) if bounds[j + 1] > bounds[j]]
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(args), mp_context=ctx) as ex:
+        done = list(ex.map(_batch_worker, args))
+    res = merge_batches([r for r, _ in done], time.perf_counter() - t0)
+    return res, sum(k for _, k in done)
 
 
 def _still_fails(case, cfg, runner, machine_cls=None, like=None):

@@ -65,8 +65,8 @@ class Harness:
         kw = {} if one_eval is None else {"one_eval": one_eval}
         self.lib = _load(build_harness(cfg, trace=trace, **kw))
         self.mem_bytes = cfg.dram_bytes if mem_bytes is None else int(mem_bytes)
-        self.h = self.lib.sp_create(self.mem_bytes, read_latency)
-        if not self.h:
+        self._h = self.lib.sp_create(self.mem_bytes, read_latency)
+        if not self._h:
             raise RuntimeError("sp_create failed")
         ident = self.csr_read("ID")
         if ident != regmap.MAGIC:
@@ -112,11 +112,18 @@ class Harness:
         if self.lib.sp_trace(self.h, str(path).encode(), start, end):
             raise RuntimeError("this harness build has no FST tracing (build with trace=True)")
 
+    @property
+    def h(self):
+        """The C handle; using a closed harness is an error, not a NULL pointer into C."""
+        if getattr(self, "_h", None) is None:
+            raise RuntimeError("the Verilator harness is closed")
+        return self._h
+
     def close(self) -> None:
-        if self.h:
-            self.lib.sp_trace_close(self.h)
-            self.lib.sp_destroy(self.h)
-            self.h = None
+        if getattr(self, "_h", None):
+            self.lib.sp_trace_close(self._h)
+            self.lib.sp_destroy(self._h)
+            self._h = None
 
     def __del__(self):
         try:
