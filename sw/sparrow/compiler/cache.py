@@ -137,38 +137,58 @@ STAGE_CODE = {
 }
 
 _file_hashes: dict = {}
+_spec_files: dict = {}     # (package dir, spec) -> [(name relative to the package, path)]
+_versions: dict = {}       # (package dir, stage) -> (stat of every file, digest)
 
 
 def _files(spec: str) -> list:
-    if spec == "compiler/*":
-        return sorted(p for p in (_PKG / "compiler").glob("*.py") if p.name not in _NOT_LOWER)
-    if spec.endswith("/"):
-        return sorted((_PKG / spec).rglob("*.py"))
-    return [_PKG / spec]
+    """The source files a spec names, listed once per process (``code_version`` runs on every
+    compile; the files' *contents* are checked every time through their stat)."""
+    key = (_PKG, spec)
+    got = _spec_files.get(key)
+    if got is None:
+        if spec == "compiler/*":
+            paths = sorted(p for p in (_PKG / "compiler").glob("*.py") if p.name not in _NOT_LOWER)
+        elif spec.endswith("/"):
+            paths = sorted((_PKG / spec).rglob("*.py"))
+        else:
+            paths = [_PKG / spec]
+        got = _spec_files[key] = [(str(p.relative_to(_PKG)), str(p)) for p in paths]
+    return got
 
 
-def _file_hash(p: Path) -> str:
+def _stat(path: str):
     try:
-        st = p.stat()
+        st = os.stat(path)
     except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _file_hash(path: str, memo) -> str:
+    if memo is None:
         return "missing"
-    memo = (st.st_mtime_ns, st.st_size)
-    got = _file_hashes.get(p)
+    got = _file_hashes.get(path)
     if got is None or got[0] != memo:
-        got = _file_hashes[p] = (memo, hashlib.sha256(p.read_bytes()).hexdigest())
+        with open(path, "rb") as f:
+            got = _file_hashes[path] = (memo, hashlib.sha256(f.read()).hexdigest())
     return got[1]
 
 
 def code_version(stage: str) -> str:
-    """SHA-256 over the source files of ``stage`` (and the pipeline glue), names included."""
+    """SHA-256 over the source files of ``stage`` (and the pipeline glue), names included.
+    Recomputed only when a file's size or modification time changed."""
     if stage not in STAGE_CODE:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
+    files = [f for spec in _COMMON + STAGE_CODE[stage] for f in _files(spec)]
+    stats = tuple(_stat(path) for _, path in files)
+    got = _versions.get((_PKG, stage))
+    if got is not None and got[0] == stats:
+        return got[1]
     h = hashlib.sha256()
-    for spec in _COMMON + STAGE_CODE[stage]:
-        for p in _files(spec):
-            if p.name == "__pycache__":
-                continue
-            h.update(str(p.relative_to(_PKG)).encode() + b"\0" + _file_hash(p).encode() + b"\0")
+    for (rel, path), st in zip(files, stats):
+        h.update(rel.encode() + b"\0" + _file_hash(path, st).encode() + b"\0")
+    _versions[(_PKG, stage)] = (stats, h.hexdigest())
     return h.hexdigest()
 
 
