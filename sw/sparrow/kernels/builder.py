@@ -393,7 +393,7 @@ class ProgramBuilder:
         """
         if self._finished is not None:
             raise ValueError("builder already finished")
-        for h in ("wait_sem", "wait_count", "wait_consume", "signal_sem", "signal_en"):
+        for h in _HEADER:
             if h in fields:
                 raise ValueError(f"{h}: semaphore fields are managed by the builder")
         ins = make(mnemonic, cfg=self.cfg, index=len(self._records), **fields)
@@ -401,7 +401,12 @@ class ProgramBuilder:
             raise ValueError("mnemonic: the builder appends HALT itself (finish())")
         e = _E[ins.engine_queue]
         acc = footprint(ins, self.cfg)
-        rec = _Record(mnemonic, ins.values, e, len(self._records), acc, self.tag)
+        return self._append(_Record(mnemonic, ins.values, e, len(self._records), acc, self.tag))
+
+    def _append(self, rec) -> int:
+        """Add ``rec`` (id = its position) after the program so far: its waits on the other
+        engines (vector-clock pruned) from the hazards with earlier records."""
+        e, acc = rec.engine, rec.acc
         prev = self._last[e]
         vc = list(prev.vc) if prev is not None else [-1, -1, -1, -1]
         if prev is not None:
@@ -543,12 +548,10 @@ class ProgramBuilder:
         self._records = []
         self._last = [None] * 4
         self._hist = [[] for _ in range(4)]
-        saved_tag = self.tag
         for i in order:
             r = old[i]
-            self.tag = r.tag
-            self.emit(r.mnemonic, **{k: v for k, v in r.fields.items() if k not in _HEADER})
-        self.tag = saved_tag
+            # the instruction, its engine and footprint do not depend on its position: reuse them
+            self._append(_Record(r.mnemonic, r.fields, r.engine, len(self._records), r.acc, r.tag))
 
 
 def _conflict(a, b):
