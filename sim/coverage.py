@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from .cocotb_run import BUILD_ROOT, VERILATOR_WAIVERS, _locked, component_ports
+from .verilator_build import copy_harness_sources, harness_cflags, harness_sources
 
 __all__ = ["COV_DIR", "coverage_verilog", "build_coverage_harness", "parse_dat", "module_blocks", "run", "main"]
 
@@ -100,10 +101,9 @@ def build_coverage_harness(cfg, jobs: int = 2) -> tuple[Path, Path]:
         raise ValueError(f"cfg must be a sparrow.config.HwConfig, not {type(cfg).__name__}")
     vpath = coverage_verilog(cfg)
     verilog = vpath.read_text()
-    aw, mb = cfg.dram_addr_bits, cfg.mem_bytes
-    cflags = ["-fPIC", f"-DSP_AW={aw}", f"-DSP_MB={mb}"]
+    cflags = harness_cflags(cfg)
     vflags = list(VERILATOR_WAIVERS) + list(COV_FLAGS)
-    sources = (SIM_DIR / "harness.cpp").read_bytes() + (SIM_DIR / "harness.h").read_bytes() + _SHIM.encode()
+    sources = harness_sources() + _SHIM.encode()
     digest = hashlib.sha256(b"\0".join([verilog.encode(), sources, " ".join(vflags + cflags).encode(),
                                         (CXX_OPT + CXX_OPT_SLOW).encode()])).hexdigest()[:16]
     bdir = COV_DIR / "lib" / f"{cfg.name}-{digest}"
@@ -114,8 +114,7 @@ def build_coverage_harness(cfg, jobs: int = 2) -> tuple[Path, Path]:
                 shutil.rmtree(bdir)
             bdir.mkdir(parents=True)
             (bdir / f"{TOP}.v").write_text(verilog)
-            for f in ("harness.cpp", "harness.h"):
-                shutil.copy(SIM_DIR / f, bdir / f)
+            copy_harness_sources(bdir)
             (bdir / "cov_shim.cpp").write_text(_SHIM)
             cmd = ["verilator", "--cc", "--exe", "--build", "-j", str(jobs), f"{TOP}.v", "harness.cpp",
                    "cov_shim.cpp", "--top-module", TOP, "--prefix", "Vtop", "--Mdir", "obj",

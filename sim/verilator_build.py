@@ -214,6 +214,24 @@ def _global_objs(obj: Path) -> list[str]:
     return [f"{n}.o" for n in names]
 
 
+HARNESS_SOURCES = ("harness.cpp", "harness.h")
+
+
+def harness_cflags(cfg) -> list[str]:
+    """C++ flags every harness build of ``cfg`` needs (bus address bits and bytes per beat)."""
+    return ["-fPIC", f"-DSP_AW={cfg.dram_addr_bits}", f"-DSP_MB={cfg.mem_bytes}"]
+
+
+def harness_sources() -> bytes:
+    """The C++ harness sources, for build cache keys."""
+    return b"".join((SIM_DIR / f).read_bytes() for f in HARNESS_SOURCES)
+
+
+def copy_harness_sources(bdir: Path) -> None:
+    for f in HARNESS_SOURCES:
+        shutil.copy(SIM_DIR / f, bdir / f)
+
+
 def build_harness(cfg, *, trace: bool = False, jobs: int = 2, one_eval: bool | None = None) -> Path:
     """Path of the harness shared library for ``cfg`` (built on first use).
 
@@ -231,11 +249,10 @@ def build_harness(cfg, *, trace: bool = False, jobs: int = 2, one_eval: bool | N
     t0 = time.perf_counter()
     verilog = compact_memory_init(harness_verilog(cfg))
     t_verilog = time.perf_counter() - t0
-    aw, mb = cfg.dram_addr_bits, cfg.mem_bytes
-    base_cflags = ["-fPIC", f"-DSP_AW={aw}", f"-DSP_MB={mb}"] + (["-DSP_TRACE"] if trace else [])
+    base_cflags = harness_cflags(cfg) + (["-DSP_TRACE"] if trace else [])
     vflags = list(VERILATOR_WAIVERS) + list(VERILATOR_FLAGS) + (["--trace-fst"] if trace else [])
     one_eval_wanted = (ONE_EVAL if one_eval is None else one_eval) and not trace
-    sources = (SIM_DIR / "harness.cpp").read_bytes() + (SIM_DIR / "harness.h").read_bytes()
+    sources = harness_sources()
     digest = hashlib.sha256(b"\0".join([
         (verilog if trace else wrap_top(verilog, both_edges=one_eval_wanted)).encode(), sources,
         " ".join(vflags + base_cflags).encode(),
@@ -251,8 +268,7 @@ def build_harness(cfg, *, trace: bool = False, jobs: int = 2, one_eval: bool | N
             if bdir.exists():
                 shutil.rmtree(bdir)
             bdir.mkdir(parents=True)
-            for f in ("harness.cpp", "harness.h"):
-                shutil.copy(SIM_DIR / f, bdir / f)
+            copy_harness_sources(bdir)
             log = bdir / "build.log"
             outputs = [n for d, _, n in _ports(verilog, TOP) if d == "output"]
             one_eval = one_eval_wanted
