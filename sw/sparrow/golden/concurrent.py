@@ -169,7 +169,13 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
             it.wait_consume, it.signal_sem, it.signal_en) for it in decoded]
     queues = [deque() for _ in range(n_eng)]
     running = [None] * n_eng        # (index, instr, end, clock)
-    released = [None] * n_eng       # clock of a head released early (wait taken), or None
+    released = [None] * n_eng       # (clock,) of a head released early (wait taken), or None
+
+    def take_wait(e, wsem, wcount, wconsume):
+        """Release engine ``e``'s head: consume its count; its race-checker clock (or None)."""
+        if wcount and wconsume:
+            sems[wsem] -= wcount
+        return races.start(e, wsem, wcount, wconsume) if races is not None else None
     wait_since = [None] * n_eng
     pc = 0
     n_words = len(decoded)
@@ -218,26 +224,24 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
                     continue
                 idx, ins = queues[e][0]
                 _, wsem, wcount, wconsume, _, _ = hdr[idx]
+                met = not wcount or sems[wsem] >= wcount
                 if running[e] is not None:
                     # early release: an engine instruction whose count is reached takes its wait
                     # while the engine is still busy (not behind a DELAY, which the sequencer runs)
-                    if (released[e] is None and ins.opcode not in _LOCAL
-                            and running[e][1].opcode != Opcode.DELAY
-                            and not (wcount and sems[wsem] < wcount)):
-                        released[e] = races.start(e, wsem, wcount, wconsume) if races is not None else ()
-                        if wcount and wconsume:
-                            sems[wsem] -= wcount
+                    if (released[e] is None and met and ins.opcode not in _LOCAL
+                            and running[e][1].opcode != Opcode.DELAY):
+                        released[e] = (take_wait(e, wsem, wcount, wconsume),)
                         changed = True
                     continue
-                clock, released[e] = released[e], None
-                if clock is None:
-                    if wcount and sems[wsem] < wcount:
-                        if wait_since[e] is None:
-                            wait_since[e] = now
-                        continue
-                    clock = races.start(e, wsem, wcount, wconsume) if races is not None else None
-                    if wcount and wconsume:
-                        sems[wsem] -= wcount
+                rel, released[e] = released[e], None
+                if rel is not None:
+                    clock = rel[0]
+                elif met:
+                    clock = take_wait(e, wsem, wcount, wconsume)
+                else:
+                    if wait_since[e] is None:
+                        wait_since[e] = now
+                    continue
                 if wait_since[e] is not None:
                     counters[f"{names[e]}_wait"] += now - wait_since[e]
                     if events is not None:
