@@ -12,7 +12,6 @@ unchanged, and ``prog.cache_stats`` reports hits and misses per stage.
 
 from __future__ import annotations
 
-import io
 import json
 import numbers
 import pickle
@@ -21,7 +20,7 @@ import numpy as np
 
 from ..config import HwConfig, preset as _preset
 from .alloc import measure_sparsity
-from .cache import CacheStats, CompileCache, code_version, digest, salt
+from .cache import CacheStats, CompileCache, code_versions, digest, salt
 from .frontend import frontend
 from .ir import CompileError, check
 from .lower import lower
@@ -189,7 +188,7 @@ def compile(
             )
         return prog
 
-    prog = store.stage("program", keys.get("program"), program, _spw_bytes, _spw_load)
+    prog = store.stage("program", keys.get("program"), program, _program_bytes, _program_load)
     prog.cache_stats = store.stats
     return prog
 
@@ -198,14 +197,19 @@ def _pickle(obj) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _spw_bytes(prog) -> bytes:
-    buf = io.BytesIO()
-    prog.save(buf)
-    return buf.getvalue()
+def _program_bytes(prog) -> bytes:
+    """The ``program`` stage's payload: a pickle of what :class:`CompiledProgram` is made of,
+    tagged with the ``.spw`` format version. Not the ``.spw`` zip: writing and reading that
+    (JSON manifest, one ``.npz`` per program) cost more than the whole rest of a warm compile;
+    the cache entry's checksum already guards the bytes and its key the code that made them."""
+    return _pickle((FORMAT, prog.manifest, prog.programs, prog.consts))
 
 
-def _spw_load(payload: bytes):
-    return CompiledProgram.load(io.BytesIO(payload))
+def _program_load(payload: bytes) -> CompiledProgram:
+    fmt, manifest, programs, consts = pickle.loads(payload)
+    if fmt != FORMAT or manifest.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} program (format {fmt!r})")
+    return CompiledProgram(manifest, programs, consts)
 
 
 def _model_source(model):
@@ -248,20 +252,17 @@ def _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batc
     import onnx
 
     base = salt()
+    cv = code_versions()
     k = {}
-    k["frontend"] = digest(base, "frontend", code_version("frontend"), onnx.__version__, model_bytes)
-    k["partition"] = digest(base, "partition", code_version("partition"), k["frontend"], cfg.to_dict())
-    k["quantize"] = digest(
-        base, "quantize", code_version("quantize"), k["frontend"], _calibration_key(calibration)
-    )
+    k["frontend"] = digest(base, "frontend", cv["frontend"], onnx.__version__, model_bytes)
+    k["partition"] = digest(base, "partition", cv["partition"], k["frontend"], cfg.to_dict())
+    k["quantize"] = digest(base, "quantize", cv["quantize"], k["frontend"], _calibration_key(calibration))
     save_key = None if save is None else (save if isinstance(save, str) else [str(x) for x in save])
-    k["lower"] = digest(
-        base, "lower", code_version("lower"), k["partition"], k["quantize"], options_json, save_key
-    )
+    k["lower"] = digest(base, "lower", cv["lower"], k["partition"], k["quantize"], options_json, save_key)
     k["accuracy"] = digest(
-        base, "accuracy", code_version("accuracy"), k["partition"], k["quantize"], accuracy_batches
+        base, "accuracy", cv["accuracy"], k["partition"], k["quantize"], accuracy_batches
     )
-    k["program"] = digest(base, "program", code_version("program"), k["lower"], k["accuracy"])
+    k["program"] = digest(base, "program", cv["program"], k["lower"], k["accuracy"])
     return k
 
 

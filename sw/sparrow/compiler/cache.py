@@ -28,8 +28,10 @@ accuracy   the int8-vs-float accuracy report partition key, quantize key, ``accu
            (golden runs on calibration     code of the back end, program.py and ``golden/``
            batches; pickle)                -- *not* the back-end ``options`` or ``save=``
 program    the final :class:`CompiledProgram` lower key, accuracy key, code of program.py and
-           incl. the accuracy report (the  ``golden/``
-           ``.spw`` bytes)
+           incl. the accuracy report       ``golden/``
+           (pickle of its manifest,
+           programs and constants, tagged
+           with the ``.spw`` format)
 ========== =============================== ==================================================
 
 Why ``accuracy`` ignores back-end options: every back-end option (fusion, scheduling, DRAM
@@ -60,8 +62,9 @@ one key both write the same bytes). An entry is::
 A read checks the magic, the header's stage and key, the payload length and its SHA-256; an entry
 that fails (truncated, bit-flipped, unreadable, or whose payload does not decode) is reported
 through ``log`` and the ``sparrow.cache`` logger, deleted and rebuilt -- never used. Payloads are
-pickles (and the ``.spw`` zip for ``program``): the checksum detects corruption, not tampering, so
-the cache directory must be as trusted as the code (it is the user's own cache). There is no
+pickles (``program``'s too, not the ``.spw`` zip, which is slow to write and read): the checksum
+detects corruption, not tampering, so the cache directory must be as trusted as the code (it is
+the user's own cache). There is no
 eviction: delete the directory (or :meth:`CompileCache.clear`) to reclaim space.
 
 Statistics: the returned program's ``cache_stats`` attribute (a :class:`CacheStats`; not saved in
@@ -91,6 +94,7 @@ __all__ = [
     "CompileCache",
     "StageStat",
     "code_version",
+    "code_versions",
     "default_cache_dir",
     "digest",
 ]
@@ -180,55 +184,108 @@ def code_version(stage: str) -> str:
     Recomputed only when a file's size or modification time changed."""
     if stage not in STAGE_CODE:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
-    files = [f for spec in _COMMON + STAGE_CODE[stage] for f in _files(spec)]
-    stats = tuple(_stat(path) for _, path in files)
-    got = _versions.get((_PKG, stage))
-    if got is not None and got[0] == stats:
-        return got[1]
-    h = hashlib.sha256()
-    for (rel, path), st in zip(files, stats):
-        h.update(rel.encode() + b"\0" + _file_hash(path, st).encode() + b"\0")
-    _versions[(_PKG, stage)] = (stats, h.hexdigest())
-    return h.hexdigest()
+    return code_versions((stage,))[stage]
 
 
-def _update(h, obj) -> None:
-    """Feed a canonical, type-tagged encoding of ``obj`` to hash ``h``."""
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        h.update(b"j" + json.dumps(obj).encode() + b"\0")
+def code_versions(stages=STAGES) -> dict:
+    """``{stage: code_version(stage)}``, each source file stat'ed once (the stages share most
+    of their files; this runs on every compile)."""
+    stats = {}
+    out = {}
+    for stage in stages:
+        files = [f for spec in _COMMON + STAGE_CODE[stage] for f in _files(spec)]
+        st = []
+        for _, path in files:
+            s = stats.get(path, stats)
+            if s is stats:
+                s = stats[path] = _stat(path)
+            st.append(s)
+        st = tuple(st)
+        got = _versions.get((_PKG, stage))
+        if got is None or got[0] != st:
+            h = hashlib.sha256()
+            for (rel, path), s in zip(files, st):
+                h.update(rel.encode() + b"\0" + _file_hash(path, s).encode() + b"\0")
+            got = _versions[(_PKG, stage)] = (st, h.hexdigest())
+        out[stage] = got[1]
+    return out
+
+
+_BIG = 1 << 16  # byte strings at least this long are hashed in place, not copied into the buffer
+
+
+def _encode(obj, out: list, h) -> None:
+    """Append a canonical, type-tagged encoding of ``obj`` to ``out`` (long byte strings and
+    arrays go to hash ``h`` directly, after what ``out`` holds so far)."""
+    t = type(obj)
+    if t is str:
+        b = obj.encode()
+        out.append(b"s%d\0" % len(b))
+        out.append(b)
+    elif t is int:
+        out.append(b"i%d\0" % obj)
+    elif obj is None:
+        out.append(b"n")
+    elif t is bool:
+        out.append(b"T" if obj else b"F")
+    elif t is float:
+        out.append(b"f" + repr(obj).encode() + b"\0")
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        b = bytes(obj)
-        h.update(b"b%d\0" % len(b) + b)
+        b = obj.tobytes() if isinstance(obj, memoryview) else obj
+        out.append(b"b%d\0" % len(b))
+        if len(b) >= _BIG:
+            h.update(b"".join(out))
+            out.clear()
+            h.update(b)
+        else:
+            out.append(bytes(b))
     elif isinstance(obj, np.ndarray):
         a = np.ascontiguousarray(obj)
-        h.update(b"a" + f"{a.dtype.str}{a.shape}".encode() + b"\0")
-        h.update(a.tobytes())
+        out.append(b"a" + f"{a.dtype.str}{a.shape}".encode() + b"\0")
+        h.update(b"".join(out))
+        out.clear()
+        h.update(a.tobytes() if a.dtype.hasobject else a.data)
     elif isinstance(obj, (np.integer, np.floating)):
-        _update(h, obj.item())
+        _encode(obj.item(), out, h)
+    elif isinstance(obj, int):  # bool is handled above; IntEnum and other subclasses
+        _encode(int(obj), out, h)
+    elif isinstance(obj, float):
+        _encode(float(obj), out, h)
+    elif isinstance(obj, str):
+        _encode(str(obj), out, h)
     elif isinstance(obj, dict):
-        h.update(b"d%d\0" % len(obj))
+        out.append(b"d%d\0" % len(obj))
         for k in sorted(obj, key=repr):
-            _update(h, k)
-            _update(h, obj[k])
+            _encode(k, out, h)
+            _encode(obj[k], out, h)
     elif isinstance(obj, (list, tuple)):
-        h.update(b"l%d\0" % len(obj))
+        out.append(b"l%d\0" % len(obj))
         for x in obj:
-            _update(h, x)
+            _encode(x, out, h)
     else:
         raise TypeError(f"cannot hash a {type(obj).__name__} into a cache key")
 
 
 def digest(*parts) -> str:
     """Hex SHA-256 of a canonical encoding of ``parts`` (None/bool/int/float/str/bytes/arrays,
-    and dicts/lists/tuples of them; dict keys sorted)."""
+    and dicts/lists/tuples of them; dict keys sorted; every item tagged with its type and,
+    for strings, bytes and containers, its length)."""
     h = hashlib.sha256()
-    _update(h, list(parts))
+    out = []
+    _encode(list(parts), out, h)
+    h.update(b"".join(out))
     return h.hexdigest()
+
+
+_SALT = None
 
 
 def salt() -> str:
     """What every key shares: cache format, interpreter and NumPy versions."""
-    return digest("sparrow-cache", CACHE_VERSION, platform.python_version(), np.__version__)
+    global _SALT
+    if _SALT is None:
+        _SALT = digest("sparrow-cache", CACHE_VERSION, platform.python_version(), np.__version__)
+    return _SALT
 
 
 def default_cache_dir() -> Path:
