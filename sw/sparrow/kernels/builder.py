@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import HwConfig
-from ..isa import Engine, Opcode, Program, Spad, make
+from ..isa import KINDS, Engine, Instruction, Opcode, Program, Spad, make
 
 __all__ = ["ProgramBuilder", "Tensor", "Ring", "ENGINES", "footprint"]
 
@@ -449,25 +449,39 @@ class ProgramBuilder:
         chans = self._channels()
         recs = self._records
         prog = Program()
+        out = prog.instructions
         tags = []
+        # every record's fields were validated by make() in emit(); the header values added here
+        # are in range by construction (semaphores < n_semaphores, checked by _channels; counts
+        # and flags 1), so the instruction is assembled directly instead of re-validated
+        kinds = {}
         for r in recs:
-            eng = ENGINES[r.engine]
-            waits = [(chans[(recs[j].engine, r.engine)]) for j in r.waits]
-            for sem in waits[:-1]:
-                prog.append(make("nop", engine=eng, wait_sem=sem, wait_count=1, wait_consume=1, cfg=cfg))
-                tags.append(r.tag)
-            hdr = {}
-            if waits:
-                hdr.update(wait_sem=waits[-1], wait_count=1, wait_consume=1)
-            sigs = [chans[(r.engine, c)] for c in r.signals]
-            if sigs:
-                hdr.update(signal_sem=sigs[0], signal_en=1)
-            prog.append(make(r.mnemonic, cfg=cfg, **{**r.fields, **hdr}))
+            e = r.engine
+            waits = [chans[(recs[j].engine, e)] for j in r.waits]
+            if len(waits) > 1:
+                eng = ENGINES[e]
+                for sem in waits[:-1]:
+                    out.append(make("nop", engine=eng, wait_sem=sem, wait_count=1, wait_consume=1, cfg=cfg))
+                    tags.append(r.tag)
+            sigs = [chans[(e, c)] for c in r.signals]
+            fields = r.fields
+            if waits or sigs:
+                fields = dict(fields)
+                if waits:
+                    fields["wait_sem"], fields["wait_count"], fields["wait_consume"] = waits[-1], 1, 1
+                if sigs:
+                    fields["signal_sem"], fields["signal_en"] = sigs[0], 1
+            kind = kinds.get(r.mnemonic)
+            if kind is None:
+                kind = kinds[r.mnemonic] = KINDS[r.mnemonic]
+            out.append(Instruction(kind, fields))
             tags.append(r.tag)
-            for sem in sigs[1:]:
-                prog.append(make("nop", engine=eng, signal_sem=sem, signal_en=1, cfg=cfg))
-                tags.append(r.tag)
-        prog.append(make("halt"))
+            if len(sigs) > 1:
+                eng = ENGINES[e]
+                for sem in sigs[1:]:
+                    out.append(make("nop", engine=eng, signal_sem=sem, signal_en=1, cfg=cfg))
+                    tags.append(r.tag)
+        out.append(make("halt"))
         tags.append(None)
         self.tags = tags
         self._finished = prog
