@@ -241,6 +241,48 @@ def test_edited_back_end_code_misses_back_end_stages(rng, tmp_path, monkeypatch)
     assert status(compile_(m, d, calibration=cal)) == {s: "miss" for s in STAGES}
 
 
+def test_schedule_entries_by_emitted_instructions(rng, tmp_path):
+    """Each program's schedule is cached by the instructions lower emitted for it: a back-end
+    change that emits the same instructions reuses it, one that emits others does not; either
+    way the program equals a compile without the cache."""
+    m, cal = conv_model(rng), cal_data(rng)
+    d = tmp_path / "c"
+
+    def sched(prog):
+        u = prog.cache_stats.sub["schedule"]
+        return u.hits, u.misses
+
+    def same_as_uncached(p, opts):
+        assert members(p) == members(sparrow.compile(m, calibration=cal, preset=PRESET, accuracy_batches=1,
+                                                     options=opts, cache=False))
+
+    def check(opts, want):
+        p = compile_(m, d, calibration=cal, options=opts)
+        assert status(p)["lower"] == "miss"
+        assert sched(p) == want, opts
+        same_as_uncached(p, opts)
+        return p
+
+    first = check(None, (0, 1))
+    # "p" (the pool output) is in external memory anyway: the same instructions
+    check({"keep": ["p"]}, (1, 0))
+    # "r" exists only inside the fused conv+pool kernel: keeping it changes the kernels
+    check({"keep": ["r"]}, (0, 1))
+    check({"schedule": False}, (0, 1))  # same instructions, another option of the key
+    assert "schedule entries (per accelerator program): hits 0, misses 1" in first.cache_stats.format()
+    # a corrupt schedule entry is deleted and rebuilt, never used
+    entries = sorted((d / f"v{cache_mod.CACHE_VERSION}" / "schedule").glob("*.entry"))
+    assert len(entries) == 3
+    for p in entries:
+        _corrupt(p, "bitflip")
+    lines = []
+    p = compile_(m, d, calibration=cal, options={"keep": ["y"]}, log=lines.append)
+    assert sched(p) == (0, 1) and "checksum" in p.cache_stats.sub["schedule"].corrupt
+    assert any("schedule entry" in s and "corrupt" in s for s in lines), lines
+    same_as_uncached(p, {"keep": ["y"]})
+    assert sched(compile_(m, d, calibration=cal, options={"keep": ["c"]})) == (1, 0)
+
+
 def test_cache_off_location_and_errors(rng, tmp_path, monkeypatch):
     m = conv_model(rng)
     off = sparrow.compile(m, preset=PRESET, accuracy_batches=0, cache=False)
@@ -250,7 +292,8 @@ def test_cache_off_location_and_errors(rng, tmp_path, monkeypatch):
     # SPARROW_CACHE_DIR is the default location, ~/.cache/sparrow without it
     p = sparrow.compile(m, preset=PRESET, accuracy_batches=0)
     assert p.cache_stats.directory == str(tmp_path / "env-cache")
-    assert len(list((tmp_path / "env-cache").rglob("*.entry"))) == len(STAGES) - 1  # no accuracy runs
+    # every stage but accuracy (no accuracy runs), and the schedule entry of the one program
+    assert len(list((tmp_path / "env-cache").rglob("*.entry"))) == len(STAGES) - 1 + 1
     assert not list((tmp_path / "env-cache").rglob("*.tmp"))
     monkeypatch.delenv("SPARROW_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -100,13 +100,15 @@ def compile(
         raise CompileError(f"accuracy_batches must be an int >= 0, not {accuracy_batches!r}")
     accuracy_batches = int(accuracy_batches)
     store = CompileCache(cache_dir, enabled=cache, log=log)
-    src, keys = model, {}
+    src, keys, sched_memo = model, {}, None
     if store.enabled:
         src, model_bytes = _model_source(model)
         if model_bytes is not None:
             keys = _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batches)
             for name, k in keys.items():
                 store.stats.stages[name].key = k
+            # each program's schedule, by the instructions lower emits for it (see .cache)
+            sched_memo = store.memo("schedule", salt(), "schedule", code_versions(("lower",))["lower"], _cfg_dict(cfg))
     memo = {}
 
     def graph():  # the frontend graph; after quantize() it carries the activation scales
@@ -169,7 +171,7 @@ def compile(
         return store.stage(
             "lower",
             keys.get("lower"),
-            lambda: lower(quantized(), info(), cfg, options=final_options()),
+            lambda: lower(quantized(), info(), cfg, options=final_options(), memo=sched_memo),
             _pickle,
             pickle.loads,
         )
@@ -255,7 +257,7 @@ def _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batc
     cv = code_versions()
     k = {}
     k["frontend"] = digest(base, "frontend", cv["frontend"], onnx.__version__, model_bytes)
-    k["partition"] = digest(base, "partition", cv["partition"], k["frontend"], cfg.to_dict())
+    k["partition"] = digest(base, "partition", cv["partition"], k["frontend"], _cfg_dict(cfg))
     k["quantize"] = digest(base, "quantize", cv["quantize"], k["frontend"], _calibration_key(calibration))
     save_key = None if save is None else (save if isinstance(save, str) else [str(x) for x in save])
     k["lower"] = digest(base, "lower", cv["lower"], k["partition"], k["quantize"], options_json, save_key)
@@ -264,6 +266,19 @@ def _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batc
     )
     k["program"] = digest(base, "program", cv["program"], k["lower"], k["accuracy"])
     return k
+
+
+_CFG_DICTS: dict = {}
+
+
+def _cfg_dict(cfg) -> dict:
+    """``cfg.to_dict()`` (a flat dict of scalars; a fresh copy each call), computed once per
+    configuration: ``dataclasses.asdict`` is a noticeable part of a warm compile."""
+    k = (cfg, cfg.name)  # name is not part of HwConfig equality
+    d = _CFG_DICTS.get(k)
+    if d is None:
+        d = _CFG_DICTS[k] = cfg.to_dict()
+    return dict(d)
 
 
 def _package(g, info, plan, cfg, options) -> CompiledProgram:
@@ -277,7 +292,7 @@ def _package(g, info, plan, cfg, options) -> CompiledProgram:
         "format": FORMAT,
         "name": g.name,
         "opset": g.opset,
-        "cfg": cfg.to_dict(),
+        "cfg": _cfg_dict(cfg),
         "inputs": [{"name": n, "shape": list(g.values[n].shape), "dtype": "float32"} for n in g.inputs],
         "outputs": list(g.outputs),
         "scales": {k: float(v.scale) for k, v in g.values.items() if v.scale is not None},

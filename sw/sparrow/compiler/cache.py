@@ -23,7 +23,7 @@ lower      the lowered plan: steps,        partition key, quantize key, back-end
            programs, segment images        (canonical JSON), the ``save=`` request, code of
            (pickle)                        the back end (every ``compiler/*.py`` module
                                            except program.py, ``kernels/``, isa, config,
-                                           codec, errors)
+                                           codec, errors, ``golden/perf.py``)
 accuracy   the int8-vs-float accuracy report partition key, quantize key, ``accuracy_batches``,
            (golden runs on calibration     code of the back end, program.py and ``golden/``
            batches; pickle)                -- *not* the back-end ``options`` or ``save=``
@@ -47,6 +47,19 @@ therefore reaches partition (and through its key lower and program), calibration
 (and lower, program) but not partition, and a back-end ``options`` key reaches only lower and
 program. ``debug`` (the IR check between passes) and ``log`` are not part of any key: they do not
 change outputs (with ``debug`` the IR check is re-run on a graph read from the cache).
+
+Schedule entries: inside ``lower``, each accelerator program's scheduling and synchronisation
+(:func:`.schedule.schedule`, ``ProgramBuilder.finish``: the slowest part of lowering a small
+model) is cached by content, in the sub-cache ``schedule`` (:data:`SUBCACHES`, entries
+``DIR/v{CACHE_VERSION}/schedule/KEY.entry``). The key hashes the instructions the kernels emitted
+for that program, in order, with their node tags (a pickle: equal bytes mean equal
+instructions), the hardware config, the ``schedule`` and ``timeline`` options and the code of
+``lower``; the entry holds the program image, its tags, the schedule report and the kept
+semaphore waits -- everything that follows from those inputs. So a back-end change that leaves
+a program's emitted instructions unchanged (e.g. ``keep`` of a value already in external memory,
+or an option that only affects another program) re-emits but does not re-schedule it.
+``prog.cache_stats.sub["schedule"]`` counts hits and misses (:class:`SubStat`); they are not
+stages and not in ``status()``.
 
 Stages run on demand from the last one: a hit on ``program`` reads nothing else (the other stages
 are reported ``unused``); a miss needs its inputs, which are read from the cache or rebuilt.
@@ -79,6 +92,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import platform
 import tempfile
 import time
@@ -90,6 +104,8 @@ import numpy as np
 __all__ = [
     "CACHE_VERSION",
     "STAGES",
+    "SUBCACHES",
+    "SubStat",
     "CacheStats",
     "CompileCache",
     "StageStat",
@@ -101,6 +117,8 @@ __all__ = [
 
 CACHE_VERSION = 1
 STAGES = ("frontend", "partition", "quantize", "lower", "accuracy", "program")
+#: content-addressed entries a stage's build reads and writes itself (see "Schedule entries")
+SUBCACHES = ("schedule",)
 MAGIC = b"SPARROW-CACHE\n"
 
 _log = logging.getLogger("sparrow.cache")
@@ -115,7 +133,8 @@ STAGE_CODE = {
     "frontend": ("compiler/frontend.py", "compiler/ir.py", "compiler/hostops.py"),
     "partition": ("compiler/partition.py", "compiler/ir.py", "compiler/hostops.py", "config.py"),
     "quantize": ("compiler/quantize.py", "compiler/ir.py", "compiler/hostops.py"),
-    "lower": ("compiler/*", "kernels/", "isa.py", "config.py", "codec.py", "errors.py"),
+    # golden/perf.py: the cycle model behind the scheduler's estimates and the conv tiling
+    "lower": ("compiler/*", "kernels/", "isa.py", "config.py", "codec.py", "errors.py", "golden/perf.py"),
     # the accuracy report: the golden model runs the program on calibration batches
     "accuracy": (
         "compiler/*",
@@ -314,12 +333,26 @@ class StageStat:
 
 
 @dataclass
+class SubStat:
+    """Hits and misses of one sub-cache (:data:`SUBCACHES`) during one compile."""
+
+    hits: int = 0
+    misses: int = 0
+    bytes: int = 0
+    corrupt: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"hits": self.hits, "misses": self.misses, "bytes": self.bytes, "corrupt": self.corrupt}
+
+
+@dataclass
 class CacheStats:
-    """Per-stage outcome of one compile (``prog.cache_stats``)."""
+    """Per-stage outcome of one compile (``prog.cache_stats``); ``sub``: per sub-cache counts."""
 
     directory: str | None
     enabled: bool
     stages: dict = field(default_factory=lambda: {s: StageStat() for s in STAGES})
+    sub: dict = field(default_factory=lambda: {s: SubStat() for s in SUBCACHES})
 
     @property
     def hits(self) -> int:
@@ -340,6 +373,7 @@ class CacheStats:
             "hits": self.hits,
             "misses": self.misses,
             "stages": {k: v.as_dict() for k, v in self.stages.items()},
+            "sub": {k: v.as_dict() for k, v in self.sub.items()},
         }
 
     def format(self) -> str:
@@ -351,6 +385,10 @@ class CacheStats:
                 + (f"  (corrupt entry rebuilt: {s.corrupt})" if s.corrupt else "")
             )
         rows.append(f"  hits {self.hits}, misses {self.misses}")
+        for name, u in self.sub.items():
+            if u.hits or u.misses or u.corrupt:
+                rows.append(f"  {name} entries (per accelerator program): hits {u.hits}, misses {u.misses}"
+                            + (f"  (corrupt entry rebuilt: {u.corrupt})" if u.corrupt else ""))
         return "\n".join(rows)
 
 
@@ -419,11 +457,15 @@ class CompileCache:
         if reason:
             self._reject(stage, p, reason)
             return None
-        self.stats.stages[stage].bytes = len(blob)
+        st = self.stats.stages.get(stage)
+        if st is not None:
+            st.bytes = len(blob)
+        else:
+            self.stats.sub[stage].bytes += len(blob)
         return payload
 
     def _reject(self, stage: str, p: Path, reason: str) -> None:
-        self.stats.stages[stage].corrupt = reason
+        (self.stats.stages.get(stage) or self.stats.sub[stage]).corrupt = reason
         self._say(f"cache: {stage} entry {p} is corrupt: {reason}; deleted, rebuilding", warn=True)
         try:
             p.unlink()
@@ -461,6 +503,13 @@ class CompileCache:
         import shutil
 
         shutil.rmtree(self.root / f"v{CACHE_VERSION}", ignore_errors=True)
+
+    def memo(self, name: str, *base) -> "Memo | None":
+        """A :class:`Memo` over sub-cache ``name`` whose keys hash ``base`` first (``None`` when
+        the cache is disabled)."""
+        if name not in SUBCACHES:
+            raise ValueError(f"name must be one of {SUBCACHES}, not {name!r}")
+        return Memo(self, name, digest(*base)) if self.enabled else None
 
     # -- stages -----------------------------------------------------------------------------
     def stage(self, stage: str, key: str | None, build, dump, load):
@@ -506,3 +555,36 @@ class CompileCache:
         else:
             st.status = "off"
         return obj
+
+
+class Memo:
+    """Content-addressed pickled entries of one sub-cache, read and written by a stage's build.
+
+    ``get(*parts)`` returns ``(key, object or None)``; ``put(key, obj)`` stores what was built
+    for a miss. Keys are ``digest(base, *parts)``; entries have the same header, checksum and
+    corruption handling as stage entries (a bad one is deleted and counts as a miss).
+    """
+
+    def __init__(self, store: CompileCache, name: str, base: str):
+        self.store, self.name, self.base = store, name, base
+        self.stat = store.stats.sub[name]
+
+    def get(self, *parts):
+        key = digest(self.base, *parts)
+        payload = self.store.read(self.name, key)
+        if payload is not None:
+            try:
+                obj = pickle.loads(payload)
+            except Exception as e:  # noqa: BLE001 - any decode failure means a bad entry
+                self.store._reject(self.name, self.store.path(self.name, key),
+                                   f"payload does not decode ({type(e).__name__}: {e})")
+            else:
+                self.stat.hits += 1
+                self.store._say(f"cache: {self.name} hit {key[:16]}")
+                return key, obj
+        return key, None
+
+    def put(self, key: str, obj) -> None:
+        self.stat.misses += 1
+        self.stat.bytes += self.store.write(self.name, key, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        self.store._say(f"cache: {self.name} miss {key[:16]}")

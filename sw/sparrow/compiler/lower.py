@@ -263,7 +263,7 @@ def resolve_options(options: dict | None) -> dict:
     return opts
 
 
-def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None) -> dict:
+def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None, memo=None) -> dict:
     """Plan of steps, programs and segment images (see :mod:`.program` for the format).
 
     ``options`` is a JSON-able dict (part of the compile cache key); missing keys take the
@@ -305,6 +305,10 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
     expected compressed bytes, sparsity, decision and reason) and ``batch`` (per conv/gemm kernel
     its tiling, batch group and weight loads; consecutive kernels clustered into batched — each
     weight load serves the whole batch — and non-batched).
+
+    ``memo`` (a :class:`.cache.Memo` of the ``schedule`` sub-cache, or ``None``) caches each
+    program's scheduling and synchronisation by the instructions its kernels emitted (see
+    :mod:`.cache`); the plan is the same with or without it.
     """
     opts = resolve_options(options)
     keep = set(opts["keep"])
@@ -353,11 +357,9 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
                     outs[-1]["debug"] = True
         nodes = list(seg.lowered)
         try:
-            sched = schedule.schedule(seg.b, enabled=opts["schedule"], timeline=opts["timeline"])
-            prog = seg.b.finish()
+            sched, image, tags, n_instructions, sync_after = _schedule_finish(seg.b, opts, memo)
         except ValueError as e:
             raise CompileError(f"accelerator program of nodes {nodes}: {e}") from None
-        image = bytes(prog)
         try:  # where a driver puts the instruction image (after everything the program uses)
             prog_addr = seg.b.alloc(len(image), align=64)
         except ValueError as e:
@@ -366,7 +368,7 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
             {
                 "program": image,
                 "segments": list(seg.b.segments),
-                "n_instructions": len(prog),
+                "n_instructions": n_instructions,
             }
         )
         fused = [
@@ -380,7 +382,7 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
                 "program": len(programs) - 1,
                 "program_addr": prog_addr,
                 "nodes": nodes,
-                "tags": list(seg.b.tags),
+                "tags": tags,
                 "inputs": [
                     {
                         "name": nm,
@@ -394,7 +396,7 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
                 "outputs": outs,
                 "fusion": {"groups": fused, "dram_bytes_saved": sum(f["dram_bytes_saved"] for f in fused)},
                 "schedule": sched,
-                "sync": {"edges_before": sched["sync_edges_before"], "edges_after": seg.b.sync_edges()},
+                "sync": {"edges_before": sched["sync_edges_before"], "edges_after": sync_after},
                 "dram": {"bytes": seg.b.dram_used, "bytes_without_reuse": seg.b.dram_used + seg.b.reused_bytes,
                          "reuse": opts["reuse_dram"]},
                 "compression": {nm: comp[nm] for nm in seg.comp_names},
@@ -476,6 +478,23 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None)
             _release(seg, prod_of, cons, internal, order)
     close()
     return {"steps": steps, "programs": programs}
+
+
+def _schedule_finish(b, opts, memo):
+    """``(schedule report, program image, tags, instruction count, semaphore waits kept)`` of
+    builder ``b``: scheduled (:func:`.schedule.schedule`) and finished, or read from ``memo``
+    by the emitted instructions (:func:`.schedule.signature`)."""
+    key = None
+    if memo is not None:
+        key, got = memo.get(opts["schedule"], opts["timeline"], schedule.signature(b))
+        if got is not None:
+            return got
+    sched = schedule.schedule(b, enabled=opts["schedule"], timeline=opts["timeline"])
+    prog = b.finish()
+    out = (sched, bytes(prog), list(b.tags), len(prog), b.sync_edges())
+    if memo is not None:
+        memo.put(key, out)
+    return out
 
 
 def _batch_report(notes) -> dict:

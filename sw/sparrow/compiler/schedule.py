@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import pickle
 
 import numpy as np
 
 from ..golden import perf
 from ..kernels.builder import ENGINES
 
-__all__ = ["dependencies", "estimate", "list_schedule", "schedule", "ENGINE_NAMES"]
+__all__ = ["dependencies", "estimate", "list_schedule", "schedule", "signature", "ENGINE_NAMES"]
 
 ENGINE_NAMES = [e.name.lower() for e in ENGINES]
 _INF = 1 << 62
@@ -240,6 +241,16 @@ def schedule(b, enabled: bool = True, timeline: bool = True) -> dict:
     if timeline:
         rep["timeline"] = _timeline(records, start, durations)
     return rep
+
+
+def signature(b) -> bytes:
+    """The instructions recorded by builder ``b`` (mnemonic, field values, tag), in order, as
+    bytes: everything :func:`schedule` and ``b.finish()`` depend on besides the hardware config
+    and the options (footprints and engines follow from the fields). Equal bytes mean equal
+    instructions (a pickle; a pickle of equal instructions built differently could differ, which
+    only costs a cache miss)."""
+    return pickle.dumps([(m, tuple(f.values()), t) for m, f, _, _, t in b.records],
+                        protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _inverse(order):
