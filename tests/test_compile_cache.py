@@ -241,16 +241,16 @@ def test_edited_back_end_code_misses_back_end_stages(rng, tmp_path, monkeypatch)
     assert status(compile_(m, d, calibration=cal)) == {s: "miss" for s in STAGES}
 
 
-def test_schedule_entries_by_emitted_instructions(rng, tmp_path):
-    """Each program's schedule is cached by the instructions lower emitted for it: a back-end
-    change that emits the same instructions reuses it, one that emits others does not; either
-    way the program equals a compile without the cache."""
+def test_sub_cache_entries_by_content(rng, tmp_path):
+    """Each node's kernel emission is cached by everything it reads, each program's schedule by
+    the instructions its kernels emitted: a back-end change that leaves them unchanged reuses
+    them, one that changes them does not; either way the program equals a compile without the
+    cache."""
     m, cal = conv_model(rng), cal_data(rng)
     d = tmp_path / "c"
 
-    def sched(prog):
-        u = prog.cache_stats.sub["schedule"]
-        return u.hits, u.misses
+    def sub(prog):
+        return {k: (u.hits, u.misses) for k, u in prog.cache_stats.sub.items()}
 
     def same_as_uncached(p, opts):
         assert members(p) == members(sparrow.compile(m, calibration=cal, preset=PRESET, accuracy_batches=1,
@@ -259,28 +259,47 @@ def test_schedule_entries_by_emitted_instructions(rng, tmp_path):
     def check(opts, want):
         p = compile_(m, d, calibration=cal, options=opts)
         assert status(p)["lower"] == "miss"
-        assert sched(p) == want, opts
+        assert sub(p) == want, opts
         same_as_uncached(p, opts)
         return p
 
-    first = check(None, (0, 1))
-    # "p" (the pool output) is in external memory anyway: the same instructions
-    check({"keep": ["p"]}, (1, 0))
-    # "r" exists only inside the fused conv+pool kernel: keeping it changes the kernels
-    check({"keep": ["r"]}, (0, 1))
-    check({"schedule": False}, (0, 1))  # same instructions, another option of the key
-    assert "schedule entries (per accelerator program): hits 0, misses 1" in first.cache_stats.format()
-    # a corrupt schedule entry is deleted and rebuilt, never used
-    entries = sorted((d / f"v{cache_mod.CACHE_VERSION}" / "schedule").glob("*.entry"))
-    assert len(entries) == 3
-    for p in entries:
+    # two emitting steps: the fused conv+relu+pool group and the gemm (flatten is a view)
+    first = check(None, {"kernels": (0, 2), "schedule": (0, 1)})
+    # "p" (the pool output) is in external memory anyway: the same kernels, the same program
+    check({"keep": ["p"]}, {"kernels": (2, 0), "schedule": (1, 0)})
+    # "r" exists only inside the fused kernel: keeping it splits the group and moves the gemm's input
+    check({"keep": ["r"]}, {"kernels": (0, 3), "schedule": (0, 1)})
+    # scheduling off: the same kernels, another schedule key
+    check({"schedule": False}, {"kernels": (2, 0), "schedule": (0, 1)})
+    text = first.cache_stats.format()
+    assert "kernels entries (per node): hits 0, misses 2" in text
+    assert "schedule entries (per accelerator program): hits 0, misses 1" in text
+    # corrupt entries are deleted and rebuilt, never used
+    root = d / f"v{cache_mod.CACHE_VERSION}"
+    assert len(list((root / "schedule").glob("*.entry"))) == 3
+    for p in [*(root / "schedule").glob("*.entry"), *(root / "kernels").glob("*.entry")]:
         _corrupt(p, "bitflip")
     lines = []
     p = compile_(m, d, calibration=cal, options={"keep": ["y"]}, log=lines.append)
-    assert sched(p) == (0, 1) and "checksum" in p.cache_stats.sub["schedule"].corrupt
+    assert sub(p) == {"kernels": (0, 2), "schedule": (0, 1)}
+    assert all("checksum" in u.corrupt for u in p.cache_stats.sub.values())
     assert any("schedule entry" in s and "corrupt" in s for s in lines), lines
     same_as_uncached(p, {"keep": ["y"]})
-    assert sched(compile_(m, d, calibration=cal, options={"keep": ["c"]})) == (1, 0)
+    assert sub(compile_(m, d, calibration=cal, options={"keep": ["c"]})) == {"kernels": (2, 0), "schedule": (1, 0)}
+
+
+def test_builder_state_is_known_to_the_kernel_memo():
+    """The kernel memo replays a node's effect on the ProgramBuilder attribute by attribute
+    (sparrow.compiler.lower.BUILDER_ATTRS); a builder attribute it does not know disables it."""
+    from sparrow.compiler.lower import BUILDER_ATTRS
+    from sparrow.config import preset
+    from sparrow.kernels import ProgramBuilder
+
+    b = ProgramBuilder(preset(PRESET))
+    assert set(vars(b)) <= BUILDER_ATTRS
+    b.emit("load", spad="act", spad_addr=0, dram_addr=b.tensor((4, 4)).addr, rows=1, row_lines=1)
+    b.finish()
+    assert set(vars(b)) <= BUILDER_ATTRS
 
 
 def test_cache_off_location_and_errors(rng, tmp_path, monkeypatch):
@@ -292,8 +311,9 @@ def test_cache_off_location_and_errors(rng, tmp_path, monkeypatch):
     # SPARROW_CACHE_DIR is the default location, ~/.cache/sparrow without it
     p = sparrow.compile(m, preset=PRESET, accuracy_batches=0)
     assert p.cache_stats.directory == str(tmp_path / "env-cache")
-    # every stage but accuracy (no accuracy runs), and the schedule entry of the one program
-    assert len(list((tmp_path / "env-cache").rglob("*.entry"))) == len(STAGES) - 1 + 1
+    # every stage but accuracy (no accuracy runs), the kernel entries of the two emitting steps and
+    # the schedule entry of the one program
+    assert len(list((tmp_path / "env-cache").rglob("*.entry"))) == len(STAGES) - 1 + 2 + 1
     assert not list((tmp_path / "env-cache").rglob("*.tmp"))
     monkeypatch.delenv("SPARROW_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

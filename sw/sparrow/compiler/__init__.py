@@ -107,8 +107,12 @@ def compile(
             keys = _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batches)
             for name, k in keys.items():
                 store.stats.stages[name].key = k
-            # each program's schedule, by the instructions lower emits for it (see .cache)
-            sched_memo = store.memo("schedule", salt(), "schedule", code_versions(("lower",))["lower"], _cfg_dict(cfg))
+            # what each node's kernels emit, and each program's schedule (see .cache)
+            cv = code_versions(("lower",))["lower"]
+            sched_memo = {
+                "kernels": store.memo("kernels", salt(), "kernels", cv, keys["partition"], keys["quantize"]),
+                "schedule": store.memo("schedule", salt(), "schedule", cv, _cfg_dict(cfg)),
+            }
     memo = {}
 
     def graph():  # the frontend graph; after quantize() it carries the activation scales

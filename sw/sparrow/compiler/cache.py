@@ -48,17 +48,29 @@ therefore reaches partition (and through its key lower and program), calibration
 program. ``debug`` (the IR check between passes) and ``log`` are not part of any key: they do not
 change outputs (with ``debug`` the IR check is re-run on a graph read from the cache).
 
-Schedule entries: inside ``lower``, each accelerator program's scheduling and synchronisation
-(:func:`.schedule.schedule`, ``ProgramBuilder.finish``: the slowest part of lowering a small
-model) is cached by content, in the sub-cache ``schedule`` (:data:`SUBCACHES`, entries
-``DIR/v{CACHE_VERSION}/schedule/KEY.entry``). The key hashes the instructions the kernels emitted
-for that program, in order, with their node tags (a pickle: equal bytes mean equal
-instructions), the hardware config, the ``schedule`` and ``timeline`` options and the code of
-``lower``; the entry holds the program image, its tags, the schedule report and the kept
-semaphore waits -- everything that follows from those inputs. So a back-end change that leaves
-a program's emitted instructions unchanged (e.g. ``keep`` of a value already in external memory,
-or an option that only affects another program) re-emits but does not re-schedule it.
-``prog.cache_stats.sub["schedule"]`` counts hits and misses (:class:`SubStat`); they are not
+Sub-caches: inside ``lower``, two kinds of content-addressed entries (:data:`SUBCACHES`,
+``DIR/v{CACHE_VERSION}/NAME/KEY.entry``, same header, checksum and corruption handling) let a
+back-end change reuse the work its change does not touch:
+
+``kernels``
+    What lowering one node (or fused group) emitted into its program's builder: instructions,
+    constant segments, kernel notes, allocations (:func:`.lower._lower_node_memo`). Key: the
+    model's partition and quantize keys and the code of ``lower`` (so the node's weights, scales
+    and attributes), the node, its fused group, the ``batch`` option, the placement of every
+    tensor it reads, how its output is allocated (reuse, compressed) and the builder's allocator
+    state. A hit replays the instructions through the builder's hazard tracking, so their
+    semaphores are derived from the program before them exactly as when emitted.
+``schedule``
+    Each accelerator program's scheduling and synchronisation (:func:`.schedule.schedule`,
+    ``ProgramBuilder.finish``). Key: the instructions emitted for it, in order, with their node
+    tags (:func:`.schedule.signature`), the hardware config, the ``schedule`` and ``timeline``
+    options and the code of ``lower``. Entry: the program image, its tags, the schedule report
+    and the kept semaphore waits.
+
+So a ``keep`` of a value that is in external memory anyway, or an option change that affects
+only some nodes or programs, re-emits and re-schedules only what changed; the plan is identical
+either way (checked against cache-less compiles in ``tests/test_compile_cache.py``).
+``prog.cache_stats.sub`` counts hits and misses per sub-cache (:class:`SubStat`); they are not
 stages and not in ``status()``.
 
 Stages run on demand from the last one: a hit on ``program`` reads nothing else (the other stages
@@ -118,7 +130,7 @@ __all__ = [
 CACHE_VERSION = 1
 STAGES = ("frontend", "partition", "quantize", "lower", "accuracy", "program")
 #: content-addressed entries a stage's build reads and writes itself (see "Schedule entries")
-SUBCACHES = ("schedule",)
+SUBCACHES = ("kernels", "schedule")
 MAGIC = b"SPARROW-CACHE\n"
 
 _log = logging.getLogger("sparrow.cache")
@@ -387,7 +399,8 @@ class CacheStats:
         rows.append(f"  hits {self.hits}, misses {self.misses}")
         for name, u in self.sub.items():
             if u.hits or u.misses or u.corrupt:
-                rows.append(f"  {name} entries (per accelerator program): hits {u.hits}, misses {u.misses}"
+                per = "node" if name == "kernels" else "accelerator program"
+                rows.append(f"  {name} entries (per {per}): hits {u.hits}, misses {u.misses}"
                             + (f"  (corrupt entry rebuilt: {u.corrupt})" if u.corrupt else ""))
         return "\n".join(rows)
 

@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from ..kernels import ProgramBuilder, Requant, Ring, Tensor, add, conv2d, gemm, maxpool
+from ..kernels.builder import _Record
 from ..kernels.vector import _pool
 from ..kernels.common import MAX_ROWS, cdiv, check_stride, line_bytes_field, load, store
 from ..kernels.conv import conv_out_size, normalize_pads
@@ -306,9 +307,10 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None,
     its tiling, batch group and weight loads; consecutive kernels clustered into batched — each
     weight load serves the whole batch — and non-batched).
 
-    ``memo`` (a :class:`.cache.Memo` of the ``schedule`` sub-cache, or ``None``) caches each
-    program's scheduling and synchronisation by the instructions its kernels emitted (see
-    :mod:`.cache`); the plan is the same with or without it.
+    ``memo`` (``None``, or ``{sub-cache name: .cache.Memo}``, see :mod:`.cache`): ``"kernels"``
+    caches what each node's (or fused group's) kernels emit by everything that emission reads
+    (:func:`_lower_node_memo`), ``"schedule"`` each program's scheduling and synchronisation by
+    the instructions its kernels emitted. The plan is the same with or without them.
     """
     opts = resolve_options(options)
     keep = set(opts["keep"])
@@ -457,7 +459,12 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None,
 
         seg.b.tag = n.name
         try:
-            placed = _lower_node(seg, g, n, place_of, new_out, opts, grp)
+            kmemo = (memo or {}).get("kernels")
+            if kmemo is not None and n.op not in ("Flatten", "Reshape"):
+                placed = _lower_node_memo(kmemo, seg, g, n, place_of, new_out, opts, grp,
+                                          (out_name, reuse, compressed))
+            else:
+                placed = _lower_node(seg, g, n, place_of, new_out, opts, grp)
         except CompileError:
             raise
         except ValueError as e:
@@ -480,11 +487,97 @@ def lower(g: Graph, info: dict, cfg, progress=None, options: dict | None = None,
     return {"steps": steps, "programs": programs}
 
 
+# -- kernel emission memo ----------------------------------------------------------------------
+# What lowering one node (or fused group) does to the segment's ProgramBuilder, by attribute:
+# read, and replaced by the memo (allocators and the zero line) ...
+_B_STATE = ("_dram_next", "_free", "_zero", "_spad_free")
+# ... read only (with "cfg", which is in the memo's base key) ...
+_B_READ = ("_dram_limit", "slack", "tag", "_finished", "cfg")
+# ... appended to / added to ("tensors": entries; "reused_bytes": incremented) ...
+_B_ADDED = ("segments", "notes", "tensors", "reused_bytes")
+# ... and the instruction records, rebuilt by _append (their waits depend on the whole program).
+_B_RECORDS = ("_records", "_last", "_hist")
+#: every ProgramBuilder attribute before finish(); a builder with others is not memoised (its
+#: new state would not be captured), and tests/test_compile_cache.py fails so it gets added here
+BUILDER_ATTRS = frozenset(_B_STATE + _B_READ + _B_ADDED + _B_RECORDS + ("tags", "channels"))
+
+
+def _reads(n, grp) -> list:
+    """The values :func:`_lower_node` places (``place_of``), in its order."""
+    out = [n.inputs[0]]
+    if n.op == "Conv" and grp is not None and grp["add"] is not None:
+        out.append(grp["residual"])
+    elif n.op == "Add":
+        out.append(n.inputs[1])
+    elif n.op == "Concat":
+        out += [i for i in n.inputs[1:]]
+    return out
+
+
+def _group_key(grp):
+    if grp is None:
+        return None
+    name = lambda x: None if x is None else x.name  # noqa: E731
+    return [grp["nodes"], grp["out"], grp["residual"], name(grp["add"]), name(grp["pool"]),
+            [c.name for c in grp["chain"]] if grp.get("chain") else None]
+
+
+def _lower_node_memo(memo, seg, g, n, place_of, new_out, opts, grp, out_args):
+    """:func:`_lower_node`, or its recorded effect on the builder replayed from ``memo``.
+
+    The kernels see only the node (its weights, scales and attributes: the memo's base key is
+    the model's partition and quantize keys and the back-end code), its fused group, the placed
+    input tensors, how the output is allocated (``out_args``: name, reuse, compressed), the
+    ``batch`` option and the builder's allocators; that is the key. The entry is what the
+    emission did: its instructions (replayed through the builder's hazard tracking, so their
+    semaphores follow from the program before them), constant segments, kernel notes, named
+    tensors, and the allocators afterwards.
+    """
+    b = seg.b
+    if set(vars(b)) - BUILDER_ATTRS or b._finished is not None:
+        return _lower_node(seg, g, n, place_of, new_out, opts, grp)
+    placed_in = []
+    for v in _reads(n, grp):  # placing inputs allocates segment inputs: same order as _lower_node
+        t, lay, meta = place_of(v)
+        placed_in.append([v, t.addr, list(t.shape), t.dtype, t.name, t.slot, t.lpp, lay,
+                          list(meta) if meta else None])
+    z = b._zero
+    key, got = memo.get(
+        n.name, n.op, _group_key(grp), bool(opts["batch"]), placed_in, list(out_args),
+        b._dram_next, b._dram_limit, [list(f) for f in b._free],
+        None if z is None else [z.addr, list(z.shape), z.dtype, z.name],
+        sorted(b._spad_free.items()), b.slack, b.tag,
+    )
+    if got is not None:
+        for m, fields, e, acc, tag in got["records"]:
+            b._append(_Record(m, fields, e, len(b._records), acc, tag))
+        b.segments.extend(got["segments"])
+        b.notes.extend(got["notes"])
+        b.tensors.update(got["tensors"])
+        b.reused_bytes += got["reused"]
+        b._dram_next, b._free, b._zero, b._spad_free = got["state"]
+        return got["placed"]
+    n_rec, n_seg, n_notes = len(b._records), len(b.segments), len(b.notes)
+    tensors, reused = dict(b.tensors), b.reused_bytes
+    placed = _lower_node(seg, g, n, place_of, new_out, opts, grp)
+    memo.put(key, {
+        "records": [(r.mnemonic, r.fields, r.engine, r.acc, r.tag) for r in b._records[n_rec:]],
+        "segments": b.segments[n_seg:],
+        "notes": b.notes[n_notes:],
+        "tensors": {k: t for k, t in b.tensors.items() if tensors.get(k) is not t},
+        "reused": b.reused_bytes - reused,
+        "state": (b._dram_next, list(b._free), b._zero, dict(b._spad_free)),
+        "placed": placed,
+    })
+    return placed
+
+
 def _schedule_finish(b, opts, memo):
     """``(schedule report, program image, tags, instruction count, semaphore waits kept)`` of
     builder ``b``: scheduled (:func:`.schedule.schedule`) and finished, or read from ``memo``
     by the emitted instructions (:func:`.schedule.signature`)."""
     key = None
+    memo = (memo or {}).get("schedule")
     if memo is not None:
         key, got = memo.get(opts["schedule"], opts["timeline"], schedule.signature(b))
         if got is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import pickle
+import sys
 
 import numpy as np
 
@@ -246,11 +247,11 @@ def schedule(b, enabled: bool = True, timeline: bool = True) -> dict:
 def signature(b) -> bytes:
     """The instructions recorded by builder ``b`` (mnemonic, field values, tag), in order, as
     bytes: everything :func:`schedule` and ``b.finish()`` depend on besides the hardware config
-    and the options (footprints and engines follow from the fields). Equal bytes mean equal
-    instructions (a pickle; a pickle of equal instructions built differently could differ, which
-    only costs a cache miss)."""
-    return pickle.dumps([(m, tuple(f.values()), t) for m, f, _, _, t in b.records],
-                        protocol=pickle.HIGHEST_PROTOCOL)
+    and the options (footprints and engines follow from the fields). A pickle, with the strings
+    interned so that it depends on their values only: equal bytes mean equal instructions."""
+    intern = sys.intern
+    return pickle.dumps([(intern(m), tuple(f.values()), None if t is None else intern(t))
+                         for m, f, _, _, t in b.records], protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _inverse(order):
