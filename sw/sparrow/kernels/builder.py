@@ -47,6 +47,11 @@ __all__ = ["ProgramBuilder", "Tensor", "Ring", "ENGINES", "footprint"]
 ENGINES = (Engine.LOAD, Engine.MATMUL, Engine.VECTOR, Engine.STORE)
 _E = {e: i for i, e in enumerate(ENGINES)}
 _HEADER = ("wait_sem", "wait_count", "wait_consume", "signal_sem", "signal_en")
+_HEADER_SET = frozenset(_HEADER)
+# the engine queue of each opcode (as isa.engine_of; NOP and DELAY name theirs in a field)
+_QUEUE = {Opcode.LOAD: Engine.LOAD, Opcode.STORE: Engine.STORE, Opcode.MATMUL: Engine.MATMUL,
+          Opcode.VECTOR: Engine.VECTOR}
+_OWN_ENGINE = (Opcode.NOP, Opcode.DELAY)
 _DTYPES = {"int8": np.int8, "int32": np.int32, "uint8": np.uint8}
 
 
@@ -393,13 +398,15 @@ class ProgramBuilder:
         """
         if self._finished is not None:
             raise ValueError("builder already finished")
-        for h in _HEADER:
-            if h in fields:
-                raise ValueError(f"{h}: semaphore fields are managed by the builder")
+        if not _HEADER_SET.isdisjoint(fields):
+            for h in _HEADER:
+                if h in fields:
+                    raise ValueError(f"{h}: semaphore fields are managed by the builder")
         ins = make(mnemonic, cfg=self.cfg, index=len(self._records), **fields)
-        if ins.opcode == Opcode.HALT:
+        op = ins.kind.opcode
+        if op == Opcode.HALT:
             raise ValueError("mnemonic: the builder appends HALT itself (finish())")
-        e = _E[ins.engine_queue]
+        e = _E[ins.values["engine"] if op in _OWN_ENGINE else _QUEUE[op]]  # isa.engine_of
         acc = footprint(ins, self.cfg)
         return self._append(_Record(mnemonic, ins.values, e, len(self._records), acc, self.tag))
 
@@ -408,36 +415,60 @@ class ProgramBuilder:
         engines (vector-clock pruned) from the hazards with earlier records."""
         e, acc = rec.engine, rec.acc
         prev = self._last[e]
-        vc = list(prev.vc) if prev is not None else [-1, -1, -1, -1]
         if prev is not None:
+            vc = list(prev.vc)
             vc[e] = prev.id
+        else:
+            vc = [-1, -1, -1, -1]
         # latest conflicting record on each other engine not already ordered before us
+        # (_conflict inlined: this loop is the builder's hot path)
         cands = {}
+        hists = self._hist
         for p in range(4):
             if p == e:
                 continue
-            hist = self._hist[p]
-            for r in reversed(hist):
-                if r.id <= vc[p]:
+            hist = hists[p]
+            if not hist:
+                continue
+            floor = vc[p]
+            for k in range(len(hist) - 1, -1, -1):
+                r = hist[k]
+                if r.id <= floor:
                     break
-                if _conflict(r.acc, acc):
+                found = False
+                for sa, wa, la, ha in r.acc:
+                    for sb, wb, lb, hb in acc:
+                        if sa == sb and (wa or wb) and la <= hb and lb <= ha:
+                            found = True
+                            break
+                    if found:
+                        break
+                if found:
                     cands[p] = r
                     break
-        # drop candidates implied by another candidate's clock
-        needed = []
-        for p, r in cands.items():
-            implied = any(q != p and (o.vc[p] >= r.id) for q, o in cands.items())
-            if not implied:
-                needed.append(r)
-        for r in sorted(needed, key=lambda r: r.id):
-            rec.waits.append(r.id)
-            r.signals.append(e)
-            for k in range(4):
-                vc[k] = max(vc[k], r.vc[k])
-            vc[r.engine] = max(vc[r.engine], r.id)
+        if cands:
+            # drop candidates implied by another candidate's clock
+            if len(cands) == 1:
+                needed = list(cands.values())
+            else:
+                needed = []
+                for p, r in cands.items():
+                    implied = any(q != p and (o.vc[p] >= r.id) for q, o in cands.items())
+                    if not implied:
+                        needed.append(r)
+                needed.sort(key=lambda r: r.id)
+            for r in needed:
+                rec.waits.append(r.id)
+                r.signals.append(e)
+                rv = r.vc
+                for k in range(4):
+                    if rv[k] > vc[k]:
+                        vc[k] = rv[k]
+                if r.id > vc[r.engine]:
+                    vc[r.engine] = r.id
         rec.vc = vc
         self._records.append(rec)
-        self._hist[e].append(rec)
+        hists[e].append(rec)
         self._last[e] = rec
         return rec.id
 
