@@ -104,14 +104,14 @@ def compile(
     if store.enabled:
         src, model_bytes = _model_source(model)
         if model_bytes is not None:
-            keys = _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batches)
+            cv = code_versions()
+            keys = _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batches, cv)
             for name, k in keys.items():
                 store.stats.stages[name].key = k
             # what each node's kernels emit, and each program's schedule (see .cache)
-            cv = code_versions(("lower",))["lower"]
             sched_memo = {
-                "kernels": store.memo("kernels", salt(), "kernels", cv, keys["partition"], keys["quantize"]),
-                "schedule": store.memo("schedule", salt(), "schedule", cv, _cfg_dict(cfg)),
+                "kernels": store.memo("kernels", salt(), "kernels", cv["lower"], keys["partition"], keys["quantize"]),
+                "schedule": store.memo("schedule", salt(), "schedule", cv["lower"], _cfg_key(cfg)),
             }
     memo = {}
 
@@ -254,14 +254,14 @@ def _calibration_key(calibration):
     return ("other", repr(type(calibration)))  # rejected by _calibration
 
 
-def _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batches) -> dict:
+def _stage_keys(model_bytes, cfg, calibration, options_json, save, accuracy_batches, cv=None) -> dict:
     import onnx
 
     base = salt()
-    cv = code_versions()
+    cv = cv or code_versions()
     k = {}
     k["frontend"] = digest(base, "frontend", cv["frontend"], onnx.__version__, model_bytes)
-    k["partition"] = digest(base, "partition", cv["partition"], k["frontend"], _cfg_dict(cfg))
+    k["partition"] = digest(base, "partition", cv["partition"], k["frontend"], _cfg_key(cfg))
     k["quantize"] = digest(base, "quantize", cv["quantize"], k["frontend"], _calibration_key(calibration))
     save_key = None if save is None else (save if isinstance(save, str) else [str(x) for x in save])
     k["lower"] = digest(base, "lower", cv["lower"], k["partition"], k["quantize"], options_json, save_key)
@@ -278,11 +278,21 @@ _CFG_DICTS: dict = {}
 def _cfg_dict(cfg) -> dict:
     """``cfg.to_dict()`` (a flat dict of scalars; a fresh copy each call), computed once per
     configuration: ``dataclasses.asdict`` is a noticeable part of a warm compile."""
+    return dict(_cfg_entry(cfg)[0])
+
+
+def _cfg_key(cfg) -> str:
+    """:func:`.cache.digest` of ``cfg.to_dict()`` (every field, the preset name included)."""
+    return _cfg_entry(cfg)[1]
+
+
+def _cfg_entry(cfg):
     k = (cfg, cfg.name)  # name is not part of HwConfig equality
-    d = _CFG_DICTS.get(k)
-    if d is None:
-        d = _CFG_DICTS[k] = cfg.to_dict()
-    return dict(d)
+    got = _CFG_DICTS.get(k)
+    if got is None:
+        d = cfg.to_dict()
+        got = _CFG_DICTS[k] = (d, digest(d))
+    return got
 
 
 def _package(g, info, plan, cfg, options) -> CompiledProgram:

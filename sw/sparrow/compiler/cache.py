@@ -426,6 +426,7 @@ class CompileCache:
         self.log = log
         self.stats = CacheStats(str(self.root) if enabled else None, enabled)
         self._nested = []  # time spent in stages built on demand inside the current one
+        self._dirs = {}  # stage -> its directory (str: pathlib costs show in a warm compile)
         if not enabled:
             for s in self.stats.stages.values():
                 s.status = "off"
@@ -434,6 +435,12 @@ class CompileCache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / f"v{CACHE_VERSION}" / stage / f"{key}.entry"
 
+    def _dir(self, stage: str) -> str:
+        d = self._dirs.get(stage)
+        if d is None:
+            d = self._dirs[stage] = os.path.join(str(self.root), f"v{CACHE_VERSION}", stage)
+        return d
+
     def _say(self, msg: str, warn: bool = False) -> None:
         (_log.warning if warn else _log.info)(msg)
         if self.log is not None:
@@ -441,9 +448,10 @@ class CompileCache:
 
     def read(self, stage: str, key: str):
         """The payload bytes of a valid entry, or ``None`` (absent; a bad entry is deleted)."""
-        p = self.path(stage, key)
+        p = os.path.join(self._dir(stage), f"{key}.entry")
         try:
-            blob = p.read_bytes()
+            with open(p, "rb") as f:
+                blob = f.read()
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -477,25 +485,29 @@ class CompileCache:
             self.stats.sub[stage].bytes += len(blob)
         return payload
 
-    def _reject(self, stage: str, p: Path, reason: str) -> None:
+    def _reject(self, stage: str, p, reason: str) -> None:
         (self.stats.stages.get(stage) or self.stats.sub[stage]).corrupt = reason
         self._say(f"cache: {stage} entry {p} is corrupt: {reason}; deleted, rebuilding", warn=True)
         try:
-            p.unlink()
+            os.unlink(p)
         except OSError:
             pass
 
     def write(self, stage: str, key: str, payload: bytes) -> int:
         """Write an entry atomically; returns its size (0 if the directory is not writable)."""
-        p = self.path(stage, key)
+        d = self._dir(stage)
+        p = os.path.join(d, f"{key}.entry")
         head = json.dumps(
             {"stage": stage, "key": key, "length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
             sort_keys=True,
         ).encode()
         blob = MAGIC + head + b"\n" + payload
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{key[:16]}.", suffix=".tmp")
+            try:
+                fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{key[:16]}.", suffix=".tmp")
+            except FileNotFoundError:  # the first entry of this stage
+                os.makedirs(d, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{key[:16]}.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(blob)
@@ -557,7 +569,8 @@ class CompileCache:
                 try:
                     obj = load(payload)
                 except Exception as e:  # noqa: BLE001 - any decode failure means a bad entry
-                    self._reject(stage, self.path(stage, key), f"payload does not decode ({type(e).__name__}: {e})")
+                    self._reject(stage, os.path.join(self._dir(stage), f"{key}.entry"),
+                                 f"payload does not decode ({type(e).__name__}: {e})")
                 else:
                     st.status = "hit"
                     return obj
@@ -574,7 +587,9 @@ class Memo:
     """Content-addressed pickled entries of one sub-cache, read and written by a stage's build.
 
     ``get(*parts)`` returns ``(key, object or None)``; ``put(key, obj)`` stores what was built
-    for a miss. Keys are ``digest(base, *parts)``; entries have the same header, checksum and
+    for a miss. Keys are the SHA-256 of ``base`` and ``repr(parts)``: ``parts`` are built by the
+    compiler from str/int/float/bool/None, bytes and (nested) lists/tuples, whose ``repr`` is
+    canonical and cheaper than :func:`digest`. Entries have the same header, checksum and
     corruption handling as stage entries (a bad one is deleted and counts as a miss).
     """
 
@@ -583,13 +598,13 @@ class Memo:
         self.stat = store.stats.sub[name]
 
     def get(self, *parts):
-        key = digest(self.base, *parts)
+        key = hashlib.sha256(self.base.encode() + repr(parts).encode()).hexdigest()
         payload = self.store.read(self.name, key)
         if payload is not None:
             try:
                 obj = pickle.loads(payload)
             except Exception as e:  # noqa: BLE001 - any decode failure means a bad entry
-                self.store._reject(self.name, self.store.path(self.name, key),
+                self.store._reject(self.name, os.path.join(self.store._dir(self.name), f"{key}.entry"),
                                    f"payload does not decode ({type(e).__name__}: {e})")
             else:
                 self.stat.hits += 1
