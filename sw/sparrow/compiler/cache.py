@@ -101,12 +101,12 @@ time on a miss, read + decode time on a hit), ``bytes`` of the entry, ``key``, a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import pickle
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +134,7 @@ SUBCACHES = ("kernels", "schedule")
 MAGIC = b"SPARROW-CACHE\n"
 
 _log = logging.getLogger("sparrow.cache")
+_TMP_SEQ = itertools.count()
 _PKG = Path(__file__).resolve().parents[1]  # sw/sparrow
 
 # Source files (relative to the sparrow package; a trailing "/" is every .py below that folder)
@@ -174,6 +175,7 @@ STAGE_CODE = {
 _file_hashes: dict = {}
 _spec_files: dict = {}     # (package dir, spec) -> [(name relative to the package, path)]
 _versions: dict = {}       # (package dir, stage) -> (stat of every file, digest)
+_plans: dict = {}          # (package dir, stages) -> (unique files, per stage: files, indices)
 
 
 def _files(spec: str) -> list:
@@ -221,17 +223,23 @@ def code_version(stage: str) -> str:
 def code_versions(stages=STAGES) -> dict:
     """``{stage: code_version(stage)}``, each source file stat'ed once (the stages share most
     of their files; this runs on every compile)."""
-    stats = {}
+    stages = tuple(stages)
+    plan = _plans.get((_PKG, stages))
+    if plan is None:  # the files of these stages, each listed once, and every stage's indices
+        paths, index, per = [], {}, []
+        for stage in stages:
+            files = [f for spec in _COMMON + STAGE_CODE[stage] for f in _files(spec)]
+            for _, path in files:
+                if path not in index:
+                    index[path] = len(paths)
+                    paths.append(path)
+            per.append((stage, files, [index[path] for _, path in files]))
+        plan = _plans[(_PKG, stages)] = (paths, per)
+    paths, per = plan
+    stats = [_stat(path) for path in paths]
     out = {}
-    for stage in stages:
-        files = [f for spec in _COMMON + STAGE_CODE[stage] for f in _files(spec)]
-        st = []
-        for _, path in files:
-            s = stats.get(path, stats)
-            if s is stats:
-                s = stats[path] = _stat(path)
-            st.append(s)
-        st = tuple(st)
+    for stage, files, idx in per:
+        st = tuple([stats[i] for i in idx])
         got = _versions.get((_PKG, stage))
         if got is None or got[0] != st:
             h = hashlib.sha256()
@@ -502,12 +510,15 @@ class CompileCache:
             sort_keys=True,
         ).encode()
         blob = MAGIC + head + b"\n" + payload
+        # a temporary name of this process and call (O_EXCL: never another writer's file)
+        tmp = os.path.join(d, f".{key[:16]}.{os.getpid()}.{next(_TMP_SEQ)}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         try:
             try:
-                fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{key[:16]}.", suffix=".tmp")
+                fd = os.open(tmp, flags, 0o600)
             except FileNotFoundError:  # the first entry of this stage
                 os.makedirs(d, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{key[:16]}.", suffix=".tmp")
+                fd = os.open(tmp, flags, 0o600)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(blob)

@@ -530,8 +530,9 @@ def _lower_node_memo(memo, seg, g, n, place_of, new_out, opts, grp, out_args):
     input tensors, how the output is allocated (``out_args``: name, reuse, compressed), the
     ``batch`` option and the builder's allocators; that is the key. The entry is what the
     emission did: its instructions (replayed through the builder's hazard tracking, so their
-    semaphores follow from the program before them), constant segments, kernel notes, named
-    tensors, and the allocators afterwards.
+    semaphores follow from the program before them; for a program's first node, whose
+    instructions depend on none before them, with the hazard tracking's result), constant
+    segments, kernel notes, named tensors, and the allocators afterwards.
     """
     b = seg.b
     if set(vars(b)) - BUILDER_ATTRS or b._finished is not None:
@@ -542,15 +543,24 @@ def _lower_node_memo(memo, seg, g, n, place_of, new_out, opts, grp, out_args):
         placed_in.append([v, t.addr, list(t.shape), t.dtype, t.name, t.slot, t.lpp, lay,
                           list(meta) if meta else None])
     z = b._zero
+    first = not b._records  # the program's first instructions: their waits are in the entry
     key, got = memo.get(
         n.name, n.op, _group_key(grp), bool(opts["batch"]), placed_in, list(out_args),
         b._dram_next, b._dram_limit, [list(f) for f in b._free],
         None if z is None else [z.addr, list(z.shape), z.dtype, z.name],
-        sorted(b._spad_free.items()), b.slack, b.tag,
+        sorted(b._spad_free.items()), b.slack, b.tag, first,
     )
     if got is not None:
-        for m, fields, e, acc, tag in got["records"]:
-            b._append(_Record(m, fields, e, len(b._records), acc, tag))
+        if first:
+            for m, fields, e, acc, tag, waits, signals, vc in got["records"]:
+                r = _Record(m, fields, e, len(b._records), acc, tag)
+                r.waits, r.signals, r.vc = waits, signals, vc
+                b._records.append(r)
+                b._hist[e].append(r)
+                b._last[e] = r
+        else:
+            for m, fields, e, acc, tag in got["records"]:
+                b._append(_Record(m, fields, e, len(b._records), acc, tag))
         b.segments.extend(got["segments"])
         b.notes.extend(got["notes"])
         b.tensors.update(got["tensors"])
@@ -560,8 +570,10 @@ def _lower_node_memo(memo, seg, g, n, place_of, new_out, opts, grp, out_args):
     n_rec, n_seg, n_notes = len(b._records), len(b.segments), len(b.notes)
     tensors, reused = dict(b.tensors), b.reused_bytes
     placed = _lower_node(seg, g, n, place_of, new_out, opts, grp)
+    recs = b._records[n_rec:]
     memo.put(key, {
-        "records": [(r.mnemonic, r.fields, r.engine, r.acc, r.tag) for r in b._records[n_rec:]],
+        "records": [(r.mnemonic, r.fields, r.engine, r.acc, r.tag, r.waits, r.signals, r.vc) for r in recs]
+        if first else [(r.mnemonic, r.fields, r.engine, r.acc, r.tag) for r in recs],
         "segments": b.segments[n_seg:],
         "notes": b.notes[n_notes:],
         "tensors": {k: t for k, t in b.tensors.items() if tensors.get(k) is not t},
