@@ -14,15 +14,29 @@ same instruction, so the bus is kept busy while lines are written:
   walker stops at the first failing row.
 * **unpacker** — takes read beats in order and pushes their useful bytes (offset, count) into
   the :class:`ByteWindow` realigner. Count beats are parked in a small stash (the look-ahead
-  row's count arrives before the current row's payload) and the counts are extracted as they
-  arrive; a row's stashed count beats enter the window just before its payload.
-* **writer** — walks the padded region in row-major order writing one line per cycle: zero
-  lines for padding, ``LB`` bytes popped from the window (zero-extended) for uncompressed data,
-  and for compressed rows the mask and non-zero bytes of each line
-  (:class:`~sparrow.hdl.zero_codec.ZeroExpand`; the count is popped with the first line, the
-  bytes of the count beat beyond the group with the last), checking the format on the way: a
-  corrupt group raises ``CORRUPT_DATA`` before the line at which the fault is found is written
-  (trailing bytes: after the row's last line).
+  row's count arrives before the current row's payload) and the counts are extracted and
+  checked as they arrive (``N <= capacity``, ``2 + N`` bytes inside memory, and how many bytes
+  of the count beat lie beyond the group); a row's stashed count beats enter the window just
+  before its payload, without the bytes beyond the group. Each row's count and checks are also
+  queued for the writer.
+* **writer** — two stages. The *decode* stage walks the padded region in row-major order, one
+  line per cycle: zero lines for padding, ``LB`` bytes popped from the window (zero-extended)
+  for uncompressed data, and for compressed rows the mask and non-zero bytes of each line
+  (:class:`~sparrow.hdl.zero_codec.ZeroExpand`; the count is popped with the first line),
+  checking the format on the way with the queued count and checks (only the mask's popcount
+  is computed from the window in the cycle that pops). Its result — a line, or the error found
+  at it — goes to a *line register*, which writes the line to the scratchpad in the next cycle
+  or reports the error. So a corrupt group raises ``CORRUPT_DATA`` before the line at which the
+  fault is found is written (trailing bytes: after the row's last line), as every line before
+  it has been written first.
+
+Timing: no path runs from the read data or the scratchpad port's ``ready`` through the
+window's shifter; the window's buffer is updated from registers, a popcount of the mask and the
+pop decision (see :class:`ByteWindow`). Latency: one cycle more for the line register and one
+for the window's input register than a single-stage writer; the start-time checks take four
+cycles and an uncompressed transfer issues its first read in the cycle after them, so an
+uncompressed LOAD takes as many cycles as before, a compressed one one more. One line per
+cycle as before.
 
 Start-time checks: ``SPAD_RANGE`` then ``DRAM_RANGE`` (uncompressed; compressed rows are checked
 per row: count bytes, then count <= capacity, then the ``2 + N`` bytes). A read beat with
@@ -30,7 +44,7 @@ per row: count bytes, then count <= capacity, then the ``2 + N`` bytes). A read 
 instruction and drains read data.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -56,39 +70,58 @@ def push_layout(in_bytes: int) -> data.StructLayout:
 class ByteWindow(wiring.Component):
     """Byte realigner: bytes pushed from aligned beats, a window of the oldest bytes, variable pops.
 
+    Timing: a pushed beat is aligned (``data >> 8*off``, bytes from ``n`` up zeroed) into an
+    input register and merged behind the held bytes in the next cycle, so no path runs from
+    ``push`` to the buffer; ``push.ready`` depends on registers only (not on this cycle's pop).
+    The bytes removed in a cycle are ``pop + pop_late`` (when ``pop_en``): ``pop`` should come
+    from registers (the buffer is shifted by it first, and the merge position is
+    ``level - pop``), ``pop_late`` is a small amount computed late in the cycle (only a shift
+    by ``0..late_bytes`` bytes follows it). So the pop-to-buffer path is a few mux levels.
+
     Parameters
     ----------
     in_bytes : int
         Bytes per pushed beat (the memory port width).
     win_bytes : int
-        Bytes visible in ``window`` (the largest pop).
+        Bytes visible in ``window`` (the largest ``pop + pop_late``).
+    late_bytes : int
+        Largest ``pop_late`` (>= 0).
 
     Ports
     -----
     push : In(stream {data, off, n})
-        Append bytes ``[off, off+n)`` of ``data``. ``ready`` when the bytes fit after this
-        cycle's pop (capacity ``win_bytes + in_bytes``).
+        Append bytes ``[off, off+n)`` of ``data``. ``ready`` when the input register is empty or
+        is merged this cycle (merged when at most ``win_bytes`` bytes are held; capacity
+        ``win_bytes + in_bytes`` plus the input register).
     pop : In(range(win_bytes + 1))
-        Bytes removed from the front this cycle (must be <= ``level``).
+        Early part of the bytes removed from the front this cycle.
+    pop_late : In(range(late_bytes + 1))
+        Late part of the bytes removed.
+    pop_en : In(1)
+        Remove ``pop + pop_late`` bytes (must be <= ``level``) this cycle.
     window : Out(8*win_bytes)
         The oldest ``win_bytes`` bytes (byte 0 oldest); bytes at and above ``level`` are zero.
     level : Out(range(cap + 1))
-        Bytes held.
+        Bytes held (not counting the input register).
     clear : In(1)
-        Empty the window (takes precedence).
+        Empty the window and the input register (takes precedence).
     """
 
-    def __init__(self, in_bytes: int, win_bytes: int):
+    def __init__(self, in_bytes: int, win_bytes: int, late_bytes: int = 0):
         if not isinstance(in_bytes, int) or in_bytes < 1:
             raise ValueError(f"in_bytes must be a positive int, not {in_bytes!r}")
         if not isinstance(win_bytes, int) or win_bytes < 1:
             raise ValueError(f"win_bytes must be a positive int, not {win_bytes!r}")
-        self.in_bytes, self.win_bytes = in_bytes, win_bytes
+        if not isinstance(late_bytes, int) or late_bytes < 0:
+            raise ValueError(f"late_bytes must be a non-negative int, not {late_bytes!r}")
+        self.in_bytes, self.win_bytes, self.late_bytes = in_bytes, win_bytes, late_bytes
         self.cap = in_bytes + win_bytes
         super().__init__(
             {
                 "push": In(stream.Signature(push_layout(in_bytes))),
                 "pop": In(range(win_bytes + 1)),
+                "pop_late": In(range(late_bytes + 1)),
+                "pop_en": In(1),
                 "window": Out(8 * win_bytes),
                 "level": Out(range(self.cap + 1)),
                 "clear": In(1),
@@ -100,23 +133,46 @@ class ByteWindow(wiring.Component):
         ib, cap = self.in_bytes, self.cap
         buf = Signal(8 * cap)
         cnt = Signal(range(cap + 1))
-        buf_a = Signal(8 * cap)
-        cnt_a = Signal(range(cap + 1))
+        # input register: the pushed beat's useful bytes, aligned to byte 0
+        pend = Signal(8 * ib)
+        pend_n = Signal(range(ib + 1))
+        pend_v = Signal()
+        merge = Signal()
         m.d.comb += [
+            merge.eq(pend_v & (cnt <= cap - ib)),
+            self.push.ready.eq(~pend_v | merge),
             self.window.eq(buf[: 8 * self.win_bytes]),
             self.level.eq(cnt),
-            buf_a.eq(buf >> (self.pop * 8)),
-            cnt_a.eq(cnt - self.pop),
-            self.push.ready.eq(cnt_a <= cap - ib),
         ]
         p = self.push.payload
-        new = take_bytes(p.data >> (p.off * 8), p.n, ib)
+        with m.If(self.push.valid & self.push.ready):
+            m.d.sync += [pend.eq(take_bytes(p.data >> (p.off * 8), p.n, ib)), pend_n.eq(p.n), pend_v.eq(1)]
+        with m.Elif(merge):
+            m.d.sync += pend_v.eq(0)
+
+        new = Signal(8 * ib)
+        new_n = Signal(range(ib + 1))
+        at_pop = Signal(range(cap + 1))  # merge position after the early pop (wraps if unused)
+        m.d.comb += [
+            new.eq(Mux(merge, pend, 0)),
+            new_n.eq(Mux(merge, pend_n, 0)),
+            at_pop.eq(cnt - self.pop),
+        ]
+        kept = Signal(8 * cap)  # no pop: new bytes behind the held ones
+        early = Signal(8 * cap)  # early pop done, new bytes behind
+        m.d.comb += [
+            kept.eq(buf | shl_bytes(new, cnt, cap)),
+            early.eq((buf >> (self.pop * 8)) | shl_bytes(new, at_pop, cap)),
+        ]
         with m.If(self.clear):
-            m.d.sync += [buf.eq(0), cnt.eq(0)]
-        with m.Elif(self.push.valid & self.push.ready):
-            m.d.sync += [buf.eq(buf_a | shl_bytes(new, cnt_a, cap)), cnt.eq(cnt_a + p.n)]
+            m.d.sync += [buf.eq(0), cnt.eq(0), pend_v.eq(0)]
+        with m.Elif(self.pop_en):
+            m.d.sync += [
+                buf.eq(early >> (self.pop_late * 8)),
+                cnt.eq(cnt + new_n - self.pop - self.pop_late),
+            ]
         with m.Else():
-            m.d.sync += [buf.eq(buf_a), cnt.eq(cnt_a)]
+            m.d.sync += [buf.eq(kept), cnt.eq(cnt + new_n)]
         return m
 
 
@@ -174,7 +230,7 @@ class LoadEngine(wiring.Component):
         LMB = _clog2(MB)
         MBK = mask_bytes(C)
         ACCW = 4 * C
-        WIN = max(ACCW, 2 + MBK + C + MB)  # largest pop: count + line + excess of the count beat
+        WIN = max(ACCW, 2 + MBK + C)  # largest pop: a line, or a count + a compressed line
         DRAM = cfg.dram_bytes
         AMASK = ~(MB - 1)
 
@@ -197,6 +253,8 @@ class LoadEngine(wiring.Component):
         pcol_t = Signal(11)  # padded lines per row
         pt_rows = Signal(11)
         pl_rl = Signal(11)
+        rlb = Signal(15)  # rl*lb (registered at ck 0)
+        dram_a = Signal(ADDR_W + 1)  # dram_addr + rl*lb: the end of row 0 (registered at ck 1)
 
         err = Signal(ErrorCode)
         m.d.comb += self.error.eq(err)
@@ -204,7 +262,7 @@ class LoadEngine(wiring.Component):
         m.d.comb += halted.eq(err != ErrorCode.NONE)
 
         # ---- submodules -----------------------------------------------------------------------
-        m.submodules.win = win = ByteWindow(MB, WIN)
+        m.submodules.win = win = ByteWindow(MB, WIN, late_bytes=C)
         m.submodules.expand = expand = ZeroExpand(C)
 
         # ---- command walker -------------------------------------------------------------------
@@ -220,10 +278,14 @@ class LoadEngine(wiring.Component):
         cw_cur = Signal(ADDR_W)
         cw_last = Signal(ADDR_W)
         # counts: unpacker -> walker (wq) and unpacker -> its own drain step (uq)
-        nq_layout = data.StructLayout({"n": 16, "ok": 1})
+        nq_layout = data.StructLayout({"n": 16, "ok": 1, "ce": range(MB + 1)})
         m.submodules.wq = wq = fifo.SyncFIFO(width=nq_layout.size, depth=4)
         m.submodules.uq = uq = fifo.SyncFIFO(width=nq_layout.size, depth=4)
         wq_out = data.View(nq_layout, wq.r_data)
+        # counts and their checks: unpacker -> writer (registered output)
+        xq_layout = data.StructLayout({"n": 16, "cap_bad": 1, "dram_bad": 1})
+        m.submodules.xq = xq = fifo.SyncFIFOBuffered(width=xq_layout.size, depth=8)
+        xq_out = data.View(xq_layout, xq.r_data)
         uq_out = data.View(nq_layout, uq.r_data)
 
         beats_m1 = Signal(ADDR_W)
@@ -266,7 +328,12 @@ class LoadEngine(wiring.Component):
         cw_init = Signal()  # pulsed by the control FSM to start the walkers
 
         with m.If(cw_init):
-            m.d.sync += [cw_st.eq(Mux(comp, CW_FIRST, CW_ROW)), cw_y.eq(0), cw_base.eq(dram_addr)]
+            # uncompressed: row 0's range straight away (dram_a = dram_addr + row_bytes)
+            m.d.sync += [cw_y.eq(0), cw_base.eq(dram_addr)]
+            with m.If(comp):
+                m.d.sync += cw_st.eq(CW_FIRST)
+            with m.Else():
+                m.d.sync += cw_range(dram_addr, dram_a, RET_NEXT)
         with m.Elif(cw_st == CW_ROW):
             with m.If(cw_y == rows):
                 m.d.sync += cw_st.eq(CW_IDLE)
@@ -329,10 +396,12 @@ class LoadEngine(wiring.Component):
         beat_n = Signal(range(MB + 1))
         m.d.comb += beat_n.eq(Mux(up_rem < MB - up_off, up_rem, MB - up_off))
         with m.If(up_st == UP_DRAIN):
+            # a row's count beats up to the end of its group: the bytes of the last one beyond
+            # the group (ce of the row's uq entry) are not pushed
             m.d.comb += [
                 win.push.payload.data.eq(st_out.data),
                 win.push.payload.off.eq(st_out.off),
-                win.push.payload.n.eq(MB - st_out.off),
+                win.push.payload.n.eq(MB - st_out.off - Mux(dr_left == 1, uq_out.ce, 0)),
                 win.push.valid.eq(stash.r_rdy & ~halted),
                 stash.r_en.eq(win.push.ready & ~halted),
             ]
@@ -348,10 +417,10 @@ class LoadEngine(wiring.Component):
         m.d.comb += [
             st_in.data.eq(rd.payload.data),
             st_in.off.eq(rc_off),
-            stash.w_en.eq(rd.valid & (up_st == UP_RECV) & ~halted),
+            stash.w_en.eq(rd.valid & (up_st == UP_RECV) & xq.w_rdy & ~halted),
         ]
         m.d.comb += rd.ready.eq(
-            Mux(up_st == UP_DATA, win.push.ready, Mux(up_st == UP_RECV, stash.w_rdy, 0)) | halted
+            Mux(up_st == UP_DATA, win.push.ready, Mux(up_st == UP_RECV, stash.w_rdy & xq.w_rdy, 0)) | halted
         )
         rd_fire = Signal()
         m.d.comb += rd_fire.eq(rd.valid & rd.ready)
@@ -368,14 +437,37 @@ class LoadEngine(wiring.Component):
         with m.Elif(rc_off + 2 <= MB):
             m.d.comb += [cnt_done.eq(1), cnt_val.eq(Cat(b0, b1))]
         rc_ok = Signal()
-        m.d.comb += rc_ok.eq((cnt_val <= cap) & (rc_base + 2 + cnt_val <= DRAM))
+        rc_cap_bad = Signal()
+        rc_dram_bad = Signal()
+        m.d.comb += [
+            rc_cap_bad.eq(cnt_val > cap),
+            rc_dram_bad.eq(rc_base + 2 + cnt_val > DRAM),
+            rc_ok.eq(~rc_cap_bad & ~rc_dram_bad),
+        ]
+        # ce: bytes of the count beat(s) beyond the group (not pushed): the beat holding the
+        # count's second byte ends ``room + 2`` bytes after the slot, so ``ce = max(0, room - N)``
+        rc_lo = rc_base[:LMB] if LMB else Const(0, 1)
+        rc_room = Signal(range(MB))
+        rc_ce = Signal(range(MB + 1))
+        m.d.comb += [
+            rc_room.eq(Mux(rc_lo == MB - 1, MB - 1, MB - 2 - rc_lo)),
+            rc_ce.eq(Mux(cnt_val < rc_room, rc_room - cnt_val, 0)),
+        ]
         for q in (wq, uq):
             qin = data.View(nq_layout, q.w_data)
             m.d.comb += [
                 qin.n.eq(cnt_val),
                 qin.ok.eq(rc_ok),
+                qin.ce.eq(rc_ce),
                 q.w_en.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done),
             ]
+        xin = data.View(xq_layout, xq.w_data)
+        m.d.comb += [
+            xin.n.eq(cnt_val),
+            xin.cap_bad.eq(rc_cap_bad),
+            xin.dram_bad.eq(rc_dram_bad),
+            xq.w_en.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done),
+        ]
 
         up_ahead = Signal(ADDR_W)
         up_ahead2 = Signal(ADDR_W)
@@ -418,7 +510,11 @@ class LoadEngine(wiring.Component):
                     m.d.sync += up_st.eq(UP_DRAIN)
 
         with m.If(cw_init):
-            m.d.sync += [up_st.eq(Mux(comp, UP_FIRST, UP_ROW)), up_y.eq(0), up_base.eq(dram_addr)]
+            m.d.sync += [up_y.eq(0), up_base.eq(dram_addr)]
+            with m.If(comp):
+                m.d.sync += up_st.eq(UP_FIRST)
+            with m.Else():
+                m.d.sync += [up_off.eq(dram_addr[:LMB] if LMB else 0), up_rem.eq(rlb), up_st.eq(UP_DATA)]
         with m.Elif(up_st == UP_ROW):
             m.d.sync += [up_off.eq(up_base[:LMB] if LMB else 0), up_rem.eq(row_bytes), up_st.eq(UP_DATA)]
         with m.Elif(up_st == UP_FIRST):
@@ -456,105 +552,163 @@ class LoadEngine(wiring.Component):
                     up_next_row()
 
         # ---- writer ---------------------------------------------------------------------------
-        # Compressed rows cost no extra cycle: the count is popped together with the row's first
-        # line and the excess bytes of the count beat together with its last line. A trailing-
-        # bytes fault is found with the last line, which is written (the fault is at line
-        # row_lines), and reported in the next cycle before anything else is written.
+        # Two stages. The decode stage (D) walks the padded region in row-major order and, one
+        # line per cycle, decides the line from the window and pops its bytes; the line (or the
+        # error found at it) goes to the line register (S), which the scratchpad port takes in
+        # the next cycle. Compressed rows cost no extra cycle: the count is popped together with
+        # the row's first line (the unpacker does not push the count beat's bytes beyond the
+        # group); the count itself and its checks come from the unpacker (xq), so D only looks
+        # at the mask: the bytes a line pops are ``pop`` (count and mask bytes, from registers)
+        # + ``pop_late`` (its non-zero count, a popcount of the mask). D's position in the
+        # region (data row/column, last line, end of row, finished) is kept in flags computed
+        # a cycle ahead, so the control of the pop comes from registers.
+        # A fault found at a line goes to S instead of the line and is reported from there, so
+        # every line before it is written first. A trailing-bytes fault is found with the last
+        # line, which is written (the fault is at line row_lines), and reported after it.
         wy = Signal(11)
         wx = Signal(11)
         waddr = Signal(15)
         cfirst = Signal()  # next data line is the first of its row (count ahead)
         crem = Signal(17)
-        ce = Signal(range(MB + 1))
-        cs = Signal(ADDR_W)
+        cs = Signal(ADDR_W)  # slot of the current data row
+        cs_bad = Signal()  # its count bytes lie beyond DRAM (registered cs + 2 > DRAM)
         trail_err = Signal()
 
-        finished = Signal()
+        finished = Signal()  # wy == prow_t
+        row_in = Signal()  # pt <= wy < pt_rows
+        col_in = Signal()  # pl <= wx < pl_rl
+        last_line = Signal()  # wx == pl_rl - 1
+        col_end = Signal()  # wx == pcol_t - 1
         in_data = Signal()
-        m.d.comb += [
-            finished.eq(wy == prow_t),
-            in_data.eq((wy >= pt) & (wy < pt_rows) & (wx >= pl) & (wx < pl_rl)),
-        ]
-        wvalid = Signal()
-        wline = Signal(8 * ACCW)
-        pop = Signal(range(WIN + 1))
+        m.d.comb += in_data.eq(row_in & col_in)
+        nwx = Signal(11)
+        nwy = Signal(11)
+        m.d.comb += [nwx.eq(Mux(col_end, 0, wx + 1)), nwy.eq(Mux(col_end, wy + 1, wy))]
         set_err = Signal(ErrorCode)
         w_ready = Signal()
         run = Signal()
-        m.d.comb += win.pop.eq(pop)
-        wfire = Signal()
-        m.d.comb += wfire.eq(wvalid & w_ready)
 
-        cnt_n = win.window[:16]
-        s_hi = Signal(ADDR_W)
-        s_cend = Signal(ADDR_W)
-        m.d.comb += [s_hi.eq(cs + 2 + cnt_n), s_cend.eq(((cs + 1) & AMASK) + MB)]
+        # line register S
+        s_valid = Signal()
+        s_err = Signal(ErrorCode)
+        s_line = Signal(8 * ACCW)
+        s_addr = Signal(15)
+        s_bytes = Signal(range(WIN + 2))
+        s_raw = Signal(range(ACCW + 1))
+        wvalid = Signal()
+        wfire = Signal()
+        s_free = Signal()
+        m.d.comb += [
+            wvalid.eq(s_valid & (s_err == ErrorCode.NONE) & ~halted),
+            wfire.eq(wvalid & w_ready),
+            s_free.eq(~s_valid | wfire),
+        ]
+        with m.If(s_valid & (s_err != ErrorCode.NONE)):
+            m.d.comb += set_err.eq(s_err)
+
+        # decode stage D
+        d_go = Signal()
+        m.d.comb += d_go.eq(run & ~halted & s_free)
+        emit = Signal()
+        e_err = Signal(ErrorCode)
+        e_line = Signal(8 * ACCW)
+        e_bytes = Signal(range(WIN + 2))
+        e_raw = Signal(range(ACCW + 1))
+        advance = Signal()
+        pop_en = Signal()
+        level = win.level
+        m.d.comb += win.pop_en.eq(pop_en)
+
         head = Signal(range(3))  # count bytes in front of this line's mask
         rem_eff = Signal(17)  # payload bytes left for this and later lines
-        ce_eff = Signal(range(MB + 1))
-        last_line = Signal()
-        tail = Signal(range(MB + 1))
+        kbase = Signal(range(WIN + 1))  # bytes popped besides the non-zero ones
         m.d.comb += [
             head.eq(Mux(cfirst, 2, 0)),
-            rem_eff.eq(Mux(cfirst, cnt_n, crem)),
-            ce_eff.eq(Mux(cfirst, Mux(s_hi < s_cend, s_cend - s_hi, 0), ce)),
-            last_line.eq(wx == pl_rl - 1),
-            tail.eq(Mux(last_line, ce_eff, 0)),
+            rem_eff.eq(Mux(cfirst, xq_out.n, crem)),
+            kbase.eq(Mux(cfirst, 2 + MBK, MBK)),
             expand.data.eq(Mux(cfirst, win.window[16 : 16 + 8 * (MBK + C)], win.window[: 8 * (MBK + C)])),
         ]
+        room = Signal(range(WIN + 1))  # bytes held beyond kbase (when level >= kbase)
+        fits = Signal()
+        m.d.comb += [room.eq(level - kbase), fits.eq((level >= kbase) & (room >= expand.k))]
 
-        add_bytes = Signal(range(WIN + 2))
-        add_raw = Signal(range(ACCW + 1))
-
-        with m.If(run & ~halted):
+        with m.If(d_go):
             with m.If(trail_err):
-                m.d.comb += set_err.eq(ErrorCode.CORRUPT_DATA)
+                m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
             with m.Elif(finished):
                 pass
             with m.Elif(in_data & ~comp):
-                m.d.comb += [
-                    wvalid.eq(win.level >= lb),
-                    wline.eq(take_bytes(win.window[: 8 * ACCW], lb, ACCW)),
-                ]
-                with m.If(wfire):
-                    m.d.comb += [pop.eq(lb), add_bytes.eq(lb), add_raw.eq(lb)]
+                m.d.comb += win.pop.eq(lb)
+                with m.If(level >= lb):
+                    m.d.comb += [
+                        pop_en.eq(1),
+                        emit.eq(1),
+                        advance.eq(1),
+                        e_line.eq(take_bytes(win.window[: 8 * ACCW], lb, ACCW)),
+                        e_bytes.eq(lb),
+                        e_raw.eq(lb),
+                    ]
             with m.Elif(in_data):
-                with m.If(cfirst & (cs + 2 > DRAM)):
-                    m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
-                with m.Elif(cfirst & (win.level < 2)):
+                m.d.comb += [win.pop.eq(kbase), win.pop_late.eq(expand.k)]
+                with m.If(cfirst & cs_bad):
+                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.DRAM_RANGE)]
+                with m.Elif(cfirst & ~xq.r_rdy):
                     pass
-                with m.Elif(cfirst & (cnt_n > cap)):
-                    m.d.comb += set_err.eq(ErrorCode.CORRUPT_DATA)
-                with m.Elif(cfirst & (s_hi > DRAM)):
-                    m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
+                with m.Elif(cfirst & xq_out.cap_bad):
+                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
+                with m.Elif(cfirst & xq_out.dram_bad):
+                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.DRAM_RANGE)]
                 with m.Elif(rem_eff < MBK):
-                    m.d.comb += set_err.eq(ErrorCode.CORRUPT_DATA)
-                with m.Elif(win.level >= head + MBK):
+                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
+                with m.Elif(level >= head + MBK):
+                    # popping a corrupt line's bytes is harmless: S reports it and nothing moves
+                    m.d.comb += pop_en.eq(fits)
                     with m.If(expand.n > rem_eff):
-                        m.d.comb += set_err.eq(ErrorCode.CORRUPT_DATA)
-                    with m.Else():
-                        m.d.comb += [wvalid.eq(win.level >= head + expand.n + tail), wline.eq(expand.line)]
-                        with m.If(wfire):
-                            m.d.comb += [
-                                pop.eq(head + expand.n + tail),
-                                add_bytes.eq(head + expand.n),
-                                add_raw.eq(C),
-                            ]
-                            m.d.sync += [crem.eq(rem_eff - expand.n), cfirst.eq(last_line)]
-                            with m.If(cfirst):
-                                m.d.sync += ce.eq(ce_eff)
-                            with m.If(last_line & (rem_eff != expand.n)):
-                                m.d.sync += trail_err.eq(1)
+                        m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
+                    with m.Elif(fits):
+                        m.d.comb += [
+                            emit.eq(1),
+                            advance.eq(1),
+                            e_line.eq(expand.line),
+                            e_bytes.eq(head + expand.n),
+                            e_raw.eq(C),
+                        ]
+                        m.d.sync += [crem.eq(rem_eff - expand.n), cfirst.eq(last_line)]
+                        with m.If(cfirst):
+                            m.d.comb += xq.r_en.eq(1)
+                        with m.If(last_line & (rem_eff != expand.n)):
+                            m.d.sync += trail_err.eq(1)
             with m.Else():
-                m.d.comb += [wvalid.eq(1), wline.eq(0)]
-            with m.If(wfire):
-                m.d.sync += waddr.eq(waddr + 1)
-                with m.If(wx == pcol_t - 1):
-                    m.d.sync += [wx.eq(0), wy.eq(wy + 1)]
-                    with m.If((wy >= pt) & (wy < pt_rows)):
-                        m.d.sync += cs.eq(cs + stride)
-                with m.Else():
-                    m.d.sync += wx.eq(wx + 1)
+                m.d.comb += [emit.eq(1), advance.eq(1)]
+        with m.If(advance):
+            m.d.sync += [
+                waddr.eq(waddr + 1),
+                wx.eq(nwx),
+                wy.eq(nwy),
+                col_in.eq((nwx >= pl) & (nwx < pl_rl)),
+                last_line.eq(nwx == pl_rl - 1),
+                col_end.eq(nwx == pcol_t - 1),
+                row_in.eq((nwy >= pt) & (nwy < pt_rows)),
+                finished.eq(nwy == prow_t),
+            ]
+            with m.If(col_end & row_in):
+                m.d.sync += [cs.eq(cs + stride), cs_bad.eq(cs + stride + 2 > DRAM)]
+        with m.If(emit):
+            m.d.sync += [
+                s_valid.eq(1),
+                s_err.eq(e_err),
+                s_line.eq(e_line),
+                s_addr.eq(waddr),
+                s_bytes.eq(e_bytes),
+                s_raw.eq(e_raw),
+            ]
+        with m.Elif(wfire):
+            m.d.sync += s_valid.eq(0)
+
+        add_bytes = Signal(range(WIN + 2))
+        add_raw = Signal(range(ACCW + 1))
+        with m.If(wfire):
+            m.d.comb += [add_bytes.eq(s_bytes), add_raw.eq(s_raw)]
 
         # write ports
         for name, sp, width in (("act_wr", Spad.ACT, C), ("wgt_wr", Spad.WGT, C), ("acc_wr", Spad.ACC, ACCW)):
@@ -562,8 +716,8 @@ class LoadEngine(wiring.Component):
             sel = spad == sp
             m.d.comb += [
                 port.cmd.valid.eq(wvalid & sel),
-                port.cmd.payload.addr.eq(waddr),
-                port.cmd.payload.data.eq(wline[: 8 * width]),
+                port.cmd.payload.addr.eq(s_addr),
+                port.cmd.payload.data.eq(s_line[: 8 * width]),
             ]
             with m.If(sel):
                 m.d.comb += w_ready.eq(port.cmd.ready)
@@ -576,28 +730,24 @@ class LoadEngine(wiring.Component):
         m.d.comb += depth.eq(
             Mux(spad == Spad.ACT, cfg.act_depth, Mux(spad == Spad.WGT, cfg.wgt_depth, cfg.acc_depth))
         )
-        # Start-time checks in five registered steps (ck = 0..4), one add or one multiply per
-        # term and cycle: region = (pt+rows+pb)*(pl+rl+pr) and the last byte
-        # dram_addr + (rows-1)*stride + rl*lb, each compared only once registered.
+        # Start-time checks in four steps (ck = 0..3), one add or one multiply per term and
+        # cycle, registered: region = (pt+rows+pb)*(pl+rl+pr) and the last byte
+        # dram_addr + rl*lb + (rows-1)*stride; the compares of the registered ends decide at ck 3.
         ck = Signal(3)
         ptb, plr = Signal(11), Signal(11)
         rows_m1 = Signal(10)
-        rlb = Signal(15)
         region = Signal(22)
         span = Signal(26)
         spad_end = Signal(23)
-        dram_e1 = Signal(ADDR_W + 1)
         dram_e2 = Signal(ADDR_W + 2)
         spad_bad = Signal()
         dram_bad = Signal()
         with m.If(ck == 0):
             m.d.sync += [ptb.eq(pt + rows + pb), plr.eq(pl + rl + pr), rows_m1.eq(rows - 1), rlb.eq(rl * lb)]
         with m.If(ck == 1):
-            m.d.sync += [region.eq(ptb * plr), span.eq(rows_m1 * stride)]
+            m.d.sync += [region.eq(ptb * plr), span.eq(rows_m1 * stride), dram_a.eq(dram_addr + rlb)]
         with m.If(ck == 2):
-            m.d.sync += [spad_end.eq(spad_addr + region), dram_e1.eq(dram_addr + span)]
-        with m.If(ck == 3):
-            m.d.sync += [dram_e2.eq(dram_e1 + rlb), spad_bad.eq(spad_end > depth)]
+            m.d.sync += [spad_end.eq(spad_addr + region), dram_e2.eq(dram_a + span)]
         line_size = Mux(ins.spad == Spad.ACC, ACCW, C)
 
         with m.If(rd.valid & rd.ready & rd.payload.err & ~halted):
@@ -624,8 +774,13 @@ class LoadEngine(wiring.Component):
                     m.d.sync += ck.eq(0)
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.comb += [self.busy.eq(1), win.clear.eq(1), dram_bad.eq(~comp & (dram_e2 > DRAM))]
-                with m.If(ck != 4):
+                m.d.comb += [
+                    self.busy.eq(1),
+                    win.clear.eq(1),
+                    spad_bad.eq(spad_end > depth),
+                    dram_bad.eq(~comp & (dram_e2 > DRAM)),
+                ]
+                with m.If(ck != 3):
                     m.d.sync += ck.eq(ck + 1)
                 with m.Elif(spad_bad):
                     m.d.sync += err.eq(ErrorCode.SPAD_RANGE)
@@ -644,10 +799,17 @@ class LoadEngine(wiring.Component):
                         pl_rl.eq(pl + rl),
                         wy.eq(0),
                         wx.eq(0),
+                        col_in.eq((pl == 0) & (rl != 0)),
+                        last_line.eq(pl + rl == 1),
+                        col_end.eq(pl + rl + pr == 1),
+                        row_in.eq((pt == 0) & (rows != 0)),
+                        finished.eq(pt + rows + pb == 0),
                         waddr.eq(spad_addr),
                         cfirst.eq(1),
                         trail_err.eq(0),
                         cs.eq(dram_addr),
+                        cs_bad.eq(dram_addr + 2 > DRAM),
+                        s_valid.eq(0),
                     ]
                     m.next = "RUN"
             with m.State("RUN"):
@@ -655,7 +817,7 @@ class LoadEngine(wiring.Component):
                 with m.If(set_err != ErrorCode.NONE):
                     m.d.sync += err.eq(set_err)
                     m.next = "HALT"
-                with m.Elif(finished & ~trail_err & ~halted):
+                with m.Elif(finished & ~trail_err & ~s_valid & ~halted):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
             with m.State("HALT"):

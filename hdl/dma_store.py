@@ -10,13 +10,21 @@ Semantics are exactly ``docs/isa.md`` (STORE). A chain of decoupled stages, one 
   is known and ``(slot, N)`` is queued for the burst former, which writes the two count bytes
   (a 1-2 beat burst with strobes) between two bursts. So only ``2 + N`` bytes are written, the
   row is read once, and a row costs no extra cycle on the item path;
+* **item register** — holds the formed item, so the compaction and the packer's shifter are in
+  different cycles;
 * :class:`BytePacker` — packs the items of a *segment* (one contiguous byte range) into aligned
-  beats with byte strobes (partial first/last beats at any alignment);
+  beats with byte strobes (partial first/last beats at any alignment); its beats leave through
+  a skid buffer, so the burst former's decisions do not reach the packer's shifter;
 * **burst former** — cuts beats into bursts (at most ``max_burst`` beats, never crossing 4 KiB,
   ending at a segment's end), inserts the count writes between bursts, and queues a command
   once all of its burst's beats are queued, so its write data is always available when the
   command is accepted (the data may also go out before the command);
 * write responses are counted; ``done`` pulses when the last one has arrived.
+
+Timing and latency: the count FIFO to the burst former has a registered output, and the item
+and beat registers add two cycles between a line's read and its beat; the start-time checks
+take four cycles (two fewer than before), so a STORE takes as many cycles as before. One line
+per cycle as before.
 
 Start-time checks (in this order): the compressed slot-size rule (``ILLEGAL_FIELD``),
 ``SPAD_RANGE``, ``DRAM_RANGE`` (uncompressed last byte; compressed worst case). A write response
@@ -63,8 +71,16 @@ class BytePacker(wiring.Component):
 
     A *segment* is a contiguous byte range starting at ``addr`` of its first item (``start``) and
     ending with the item marked ``end``. Items carry ``n >= 1`` bytes (the low bytes of
-    ``data``). Beats are ``mem_bytes`` wide at aligned addresses; bytes outside the segment have
-    their strobe clear. One item and one beat per cycle in steady state.
+    ``data``); every segment's first item has ``start`` set. Beats are ``mem_bytes`` wide at
+    aligned addresses; bytes outside the segment have their strobe clear. One item and one beat
+    per cycle in steady state.
+
+    Timing: beats leave through a two-register skid buffer (``beat`` is driven from registers and
+    ``beat.ready`` only steers them), so whether a beat is formed this cycle depends on
+    registers only. An item is shifted into place in the coordinates before that beat is
+    removed (its position is known from registers: ``cnt``, or ``addr`` for a segment's first
+    item); the late decisions (beat formed? item accepted?) only select among the shifted
+    values.
 
     Parameters
     ----------
@@ -81,7 +97,7 @@ class BytePacker(wiring.Component):
     beat : Out(stream {data, strb, addr, seg_last})
         ``seg_last`` marks the last beat of a segment.
     idle : Out(1)
-        No bytes held and no segment open.
+        No bytes held, no segment open and no beat waiting in the output buffer.
     """
 
     def __init__(self, mem_bytes: int, item_bytes: int, addr_width: int = ADDR_W):
@@ -111,43 +127,86 @@ class BytePacker(wiring.Component):
         ending = Signal()
         baddr = Signal(self.addr_width)
 
+        # -- output skid buffer: beat from register r, overflow in register s ------------------
+        blay = beat_layout(mb, self.addr_width)
+        r_v, s_v = Signal(), Signal()
+        r_d, s_d = Signal(blay), Signal(blay)
         bt = self.beat
+        m.d.comb += [bt.valid.eq(r_v), bt.payload.eq(r_d)]
+        form = Signal()  # a beat is formed from the buffer this cycle
+        new_beat = Signal(blay)
+        has = Signal()
+        seg_last = Signal()
         m.d.comb += [
-            bt.valid.eq((cnt >= mb) | (ending & (cnt != 0))),
-            bt.payload.data.eq(buf[: 8 * mb]),
-            bt.payload.strb.eq(vb[:mb]),
-            bt.payload.addr.eq(baddr),
-            bt.payload.seg_last.eq(ending & (cnt <= mb)),
-            self.idle.eq((cnt == 0) & ~ending),
+            has.eq((cnt >= mb) | (ending & (cnt != 0))),
+            seg_last.eq(ending & (cnt <= mb)),
+            form.eq(has & ~s_v),
+            new_beat.data.eq(buf[: 8 * mb]),
+            new_beat.strb.eq(vb[:mb]),
+            new_beat.addr.eq(baddr),
+            new_beat.seg_last.eq(seg_last),
+            self.idle.eq((cnt == 0) & ~ending & ~r_v & ~s_v),
         ]
-        emit = Signal()
-        m.d.comb += emit.eq(bt.valid & bt.ready)
-        cnt1 = Signal(range(cap + 1))
-        buf1 = Signal(8 * cap)
-        vb1 = Signal(cap)
-        ending1 = Signal()
-        m.d.comb += [
-            cnt1.eq(Mux(emit, Mux(cnt >= mb, cnt - mb, 0), cnt)),
-            buf1.eq(Mux(emit, buf >> (8 * mb), buf)),
-            vb1.eq(Mux(emit, vb >> mb, vb)),
-            ending1.eq(ending & ~(emit & bt.payload.seg_last)),
-        ]
+        with m.If(~r_v | bt.ready):
+            with m.If(s_v):
+                m.d.sync += [r_d.eq(s_d), s_v.eq(0)]
+            with m.Elif(form):
+                m.d.sync += [r_d.eq(new_beat), r_v.eq(1)]
+            with m.Else():
+                m.d.sync += r_v.eq(0)
+        with m.Elif(form):
+            m.d.sync += [s_d.eq(new_beat), s_v.eq(1)]
+
+        # -- items --------------------------------------------------------------------------------
         it = self.item.payload
-        m.d.comb += self.item.ready.eq(~ending1 & Mux(it.start, cnt1 == 0, cnt1 + it.n <= cap))
-        pos = Signal(range(cap + 1))
-        m.d.comb += pos.eq(Mux(it.start, it.addr[:lmb] if lmb else 0, cnt1))
-        newv = Cat(*[(i >= pos) & (i < pos + it.n) for i in range(cap)])
-        baddr_next = Mux(emit, baddr + mb, baddr)
-        with m.If(self.item.valid & self.item.ready):
+        lo = it.addr[:lmb] if lmb else Const(0, 1)
+        cnt_f = Signal(range(cap + 1))  # cnt after a formed beat
+        m.d.comb += cnt_f.eq(Mux(cnt >= mb, cnt - mb, 0))
+        # acceptance with and without a beat formed this cycle (from registers and the item);
+        # a segment's first item needs the buffer empty, the others room after the held bytes
+        rdy_keep = Signal()
+        rdy_form = Signal()
+        m.d.comb += [
+            rdy_keep.eq(~ending & Mux(it.start, cnt == 0, cnt + it.n <= cap)),
+            rdy_form.eq(
+                ~(ending & (cnt > mb)) & Mux(it.start, cnt_f == 0, (cnt >= mb) & (cnt_f + it.n <= cap))
+            ),
+            self.item.ready.eq(Mux(form, rdy_form, rdy_keep)),
+        ]
+        take = Signal()
+        m.d.comb += take.eq(self.item.valid & self.item.ready)
+        # position of the item before the formed beat is removed: a first item is accepted with
+        # a beat formed exactly when bytes are held (cnt != 0), the others land at cnt
+        shp = Signal(range(cap + mb + 1))
+        m.d.comb += shp.eq(Mux(it.start, lo + Mux(cnt != 0, mb, 0), cnt))
+        wide = cap + mb
+        sh_d = Signal(8 * wide)
+        sh_v = Signal(wide)
+        m.d.comb += [
+            sh_d.eq(shl_bytes(take_bytes(it.data, it.n, ib), shp, wide)),
+            sh_v.eq((Cat(Const(0, wide), Cat(*[i < it.n for i in range(ib)])) >> (wide - shp).as_unsigned())[:wide]),
+        ]
+        all_d = Signal(8 * wide)
+        all_v = Signal(wide)
+        m.d.comb += [
+            all_d.eq(buf | Mux(take, sh_d, 0)),
+            all_v.eq(vb | Mux(take, sh_v, 0)),
+        ]
+        cnt1 = Mux(form, cnt_f, cnt)
+        ending1 = ending & ~(form & seg_last)
+        baddr1 = Mux(form, baddr + mb, baddr)
+        m.d.sync += [
+            buf.eq(Mux(form, all_d[8 * mb :], all_d[: 8 * cap])),
+            vb.eq(Mux(form, all_v[mb:], all_v[:cap])),
+        ]
+        with m.If(take):
             m.d.sync += [
-                buf.eq(buf1 | shl_bytes(take_bytes(it.data, it.n, ib), pos, cap)),
-                vb.eq(vb1 | newv),
-                cnt.eq(pos + it.n),
+                cnt.eq(Mux(it.start, lo, cnt1) + it.n),
                 ending.eq(it.end),
-                baddr.eq(Mux(it.start, it.addr & ~(mb - 1), baddr_next)),
+                baddr.eq(Mux(it.start, it.addr & ~(mb - 1), baddr1)),
             ]
         with m.Else():
-            m.d.sync += [buf.eq(buf1), vb.eq(vb1), cnt.eq(cnt1), ending.eq(ending1), baddr.eq(baddr_next)]
+            m.d.sync += [cnt.eq(cnt1), ending.eq(ending1), baddr.eq(baddr1)]
         return m
 
 
@@ -267,7 +326,7 @@ class StoreEngine(wiring.Component):
         m.d.comb += compact.line.eq(lf.r_data[: 8 * C])
         # counts of finished compressed rows, written by the burst former between bursts
         nf_layout = data.StructLayout({"addr": ADDR_W, "n": 16})
-        m.submodules.nf = nf = fifo.SyncFIFO(width=nf_layout.size, depth=4)
+        m.submodules.nf = nf = fifo.SyncFIFOBuffered(width=nf_layout.size, depth=4)
         nf_in = data.View(nf_layout, nf.w_data)
         nf_out = data.View(nf_layout, nf.r_data)
         if_act = Signal()
@@ -275,9 +334,18 @@ class StoreEngine(wiring.Component):
         if_x = Signal(10)
         if_base = Signal(ADDR_W)
         nacc = Signal(17)
-        it = packer.item
+        # item register between the item former (ZeroCompact, masking) and the packer's shifter
+        ir_valid = Signal()
+        ir = Signal(item_layout(IB, ADDR_W))
+        m.d.comb += [packer.item.valid.eq(ir_valid & ~halted), packer.item.payload.eq(ir)]
+        with m.If(packer.item.valid & packer.item.ready):
+            m.d.sync += ir_valid.eq(0)
+        it = stream.Signature(item_layout(IB, ADDR_W)).create()
+        m.d.comb += it.ready.eq(~ir_valid | packer.item.ready)
         item_fire = Signal()
         m.d.comb += item_fire.eq(it.valid & it.ready)
+        with m.If(item_fire):
+            m.d.sync += [ir_valid.eq(1), ir.eq(it.payload)]
         add_bytes = Signal(range(IB + 3))
         add_raw = Signal(range(ACCW + 1))
         row_end = Signal()
@@ -443,36 +511,34 @@ class StoreEngine(wiring.Component):
         m.d.comb += depth.eq(
             Mux(spad == Spad.ACT, cfg.act_depth, Mux(spad == Spad.WGT, cfg.wgt_depth, cfg.acc_depth))
         )
-        # Start-time checks in five registered steps (ck = 0..4), one add or one multiply per
-        # term and cycle; every compare sees registered operands.
+        # Start-time checks in four steps (ck = 0..3), one add or one multiply per term and
+        # cycle, registered; the compares of the registered ends decide at ck 3.
         ck = Signal(3)
         rows_m1 = Signal(10)
         rlb = Signal(15)
-        rlw = Signal(19)           # rl * (mask bytes + cols): compressed group capacity
-        worst = Signal(20)
+        worst = Signal(20)         # 2 + rl * (mask bytes + cols): compressed slot worst case
+        spad_r = Signal(15)        # spad_addr + rl
         sspan = Signal(20)
         span = Signal(26)
-        spad_e1 = Signal(21)
+        dram_a = Signal(ADDR_W + 1)   # dram_addr + the bytes of row 0
         spad_end = Signal(22)
-        dram_e1 = Signal(ADDR_W + 1)
         dram_end = Signal(ADDR_W + 2)
         slot_bad = Signal()
         spad_bad = Signal()
         with m.If(ck == 0):
-            m.d.sync += [rows_m1.eq(rows - 1), rlb.eq(rl * lb), rlw.eq(rl * (MBK + C))]
+            m.d.sync += [rows_m1.eq(rows - 1), rlb.eq(rl * lb), worst.eq(rl * (MBK + C) + 2),
+                         spad_r.eq(spad_addr + rl)]
         with m.If(ck == 1):
-            m.d.sync += [sspan.eq(rows_m1 * sstride), span.eq(rows_m1 * stride), worst.eq(rlw + 2)]
+            m.d.sync += [sspan.eq(rows_m1 * sstride), span.eq(rows_m1 * stride),
+                         dram_a.eq(dram_addr + Mux(comp, worst, rlb)), slot_bad.eq(comp & (stride < worst))]
         with m.If(ck == 2):
-            m.d.sync += [spad_e1.eq(spad_addr + sspan), dram_e1.eq(dram_addr + span),
-                         slot_bad.eq(comp & (stride < worst))]
-        with m.If(ck == 3):
-            m.d.sync += [spad_end.eq(spad_e1 + rl), dram_end.eq(dram_e1 + Mux(comp, worst, rlb))]
-        with m.If(ck == 4):
-            m.d.sync += spad_bad.eq(spad_end > depth)
+            m.d.sync += [spad_end.eq(spad_r + sspan), dram_end.eq(dram_a + span)]
+        m.d.comb += spad_bad.eq(spad_end > depth)
         all_idle = Signal()
         m.d.comb += all_idle.eq(
             ~if_act
             & ~rr_act
+            & ~ir_valid
             & packer.idle
             & (nf.level == 0)
             & ~cb_active
@@ -500,7 +566,7 @@ class StoreEngine(wiring.Component):
                     m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(ck != 5):
+                with m.If(ck != 3):
                     m.d.sync += ck.eq(ck + 1)
                 with m.Elif(slot_bad):
                     m.d.sync += err.eq(ErrorCode.ILLEGAL_FIELD)

@@ -9,8 +9,9 @@ in order. The two combinational units here convert one line per cycle:
 * :class:`ZeroExpand` (LOAD): a mask and the bytes that follow it -> the line.
 
 Also the byte-granular helpers :func:`shl_bytes` / :func:`take_bytes` used by the realigners (left
-shifts by a variable number of bytes are built from a right shift of a wider value so that the
-generated Verilog never contains a shift whose result width grows with the shift amount).
+shifts by a variable number of bytes are built as explicit mux stages truncated to the output
+width, so the generated Verilog never contains a shift whose result width grows with the shift
+amount and the shifter needs no subtraction in front of it).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -33,9 +34,16 @@ def popcount(bits):
 
 
 def shl_bytes(value, pos, out_bytes: int):
-    """``value << 8*pos`` truncated to ``out_bytes`` bytes, for a variable ``pos`` <= out_bytes."""
-    wide = Cat(Const(0, 8 * out_bytes), value)
-    return (wide >> ((out_bytes - pos) * 8).as_unsigned())[: 8 * out_bytes]
+    """``value << 8*pos`` truncated to ``out_bytes`` bytes, for a variable ``pos`` (zero when
+    ``pos >= out_bytes``): a logarithmic shifter, one 2:1 mux stage per bit of ``pos`` from the
+    LSB (so the low bits of a computed ``pos``, which settle first, are used first), every stage
+    truncated to ``out_bytes``."""
+    width = 8 * out_bytes
+    v = Cat(value, Const(0, max(0, width - len(value))))[:width]
+    for b in range(len(pos)):
+        step = 8 << b
+        v = Mux(pos[b], Cat(Const(0, min(step, width)), v)[:width], v)
+    return v
 
 
 def take_bytes(value, n, nbytes: int):

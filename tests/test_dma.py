@@ -95,6 +95,8 @@ def test_codec_units_reject_bad_parameters():
         ByteWindow(0, 4)
     with pytest.raises(ValueError, match="win_bytes"):
         ByteWindow(8, 0)
+    with pytest.raises(ValueError, match="late_bytes"):
+        ByteWindow(8, 8, -1)
     with pytest.raises(ValueError, match="mem_bytes"):
         BytePacker(6, 8)
     with pytest.raises(ValueError, match="item_bytes"):
@@ -108,11 +110,12 @@ def test_codec_units_reject_bad_parameters():
 # -- realigners --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mb,win", [(8, 16), (8, 9), (4, 32), (16, 12)])
-def test_byte_window_realigns(mb, win):
-    """Random beats (offset, count) pushed, random pops: the popped bytes are the pushed stream."""
-    rng = _rng(f"window{mb}-{win}")
-    dut = ByteWindow(mb, win)
+@pytest.mark.parametrize("mb,win,late", [(8, 16, 4), (8, 9, 0), (4, 32, 8), (16, 12, 3)])
+def test_byte_window_realigns(mb, win, late):
+    """Random beats (offset, count) pushed, random pops (split at random into the early and late
+    parts): the popped bytes are the pushed stream."""
+    rng = _rng(f"window{mb}-{win}-{late}")
+    dut = ByteWindow(mb, win, late)
     beats = []
     for _ in range(300):
         off = rng.randrange(mb)
@@ -130,7 +133,11 @@ def test_byte_window_realigns(mb, win):
             window = ctx.get(dut.window).to_bytes(win, "little")
             assert not any(window[min(level, win) :]), "bytes above level must be zero"
             want = rng.randrange(0, min(level, win) + 1) if rng.random() < 0.7 else 0
-            ctx.set(dut.pop, want)
+            lt = rng.randrange(0, min(late, want) + 1)
+            # pop_en low: pop / pop_late are ignored (random values)
+            ctx.set(dut.pop_en, int(want > 0 or rng.random() < 0.5))
+            ctx.set(dut.pop, want - lt if want else rng.randrange(win + 1) * (1 - ctx.get(dut.pop_en)))
+            ctx.set(dut.pop_late, lt if want else rng.randrange(late + 1) * (1 - ctx.get(dut.pop_en)))
             got += window[:want]
             if i < len(beats) and rng.random() < 0.8:
                 d, o, n = beats[i]
