@@ -96,6 +96,15 @@ class RequantUnit(wiring.Component):
             sync += valid[k].eq(valid[k - 1])
         m.d.comb += self.o_valid.eq(valid[-1])
 
+        # Stage k's registers load only when a line enters it (clock enable = the valid bit of
+        # its input): an idle pipeline holds still, which costs nothing on the FPGA (flip-flops
+        # with enable) and lets a simulator skip the arithmetic of idle cycles.
+        enables = [self.i_valid] + valid[:-1]
+
+        def at(k, stmts):
+            with m.If(enables[k - 1]):
+                m.d.sync += stmts
+
         for c in range(self.cols):
             def reg(shape, stage, what, _c=c):
                 return Signal(shape, name=f"s{stage}_{what}_{_c}")
@@ -103,7 +112,7 @@ class RequantUnit(wiring.Component):
             # S1: t = x + bias (exact, 33 bits); keep the ADD operands.
             t = reg(signed(33), 1, "t")
             a1, b1 = reg(signed(8), 1, "a"), reg(signed(8), 1, "b")
-            sync += [t.eq(self.i_x[c] + self.bias[c]), a1.eq(self.i_a[c]), b1.eq(self.i_b[c])]
+            at(1, [t.eq(self.i_x[c] + self.bias[c]), a1.eq(self.i_a[c]), b1.eq(self.i_b[c])])
 
             # S2: partial products. t = th*2**16 + tl, mult = mh*2**16 + ml.
             tl, th = t[0:16], t[16:33].as_signed()
@@ -113,18 +122,18 @@ class RequantUnit(wiring.Component):
             pp_hl = reg(signed(33), 2, "hl")
             pp_hh = reg(signed(32), 2, "hh")
             pa, pb = reg(signed(24), 2, "pa"), reg(signed(24), 2, "pb")
-            sync += [pp_ll.eq(tl * ml), pp_lh.eq(tl * mh), pp_hl.eq(th * ml), pp_hh.eq(th * mh),
-                     pa.eq(a1 * self.mult_a), pb.eq(b1 * self.mult_b)]
+            at(2, [pp_ll.eq(tl * ml), pp_lh.eq(tl * mh), pp_hl.eq(th * ml), pp_hh.eq(th * mh),
+                   pa.eq(a1 * self.mult_a), pb.eq(b1 * self.mult_b)])
 
             # S3: two partial sums and the ADD sum.
             s_lo = reg(unsigned(48), 3, "slo")
             s_hi = reg(signed(49), 3, "shi")
             s_add = reg(signed(25), 3, "sadd")
-            sync += [s_lo.eq(pp_ll + (pp_lh << 16)), s_hi.eq(pp_hl + (pp_hh << 16)), s_add.eq(pa + pb)]
+            at(3, [s_lo.eq(pp_ll + (pp_lh << 16)), s_hi.eq(pp_hl + (pp_hh << 16)), s_add.eq(pa + pb)])
 
             # S4: the exact 64-bit product (|t| <= 2**32, mult < 2**31) or the ADD sum.
             p = reg(signed(64), 4, "p")
-            sync += p.eq(Mux(self.use_add, s_add, s_lo + (s_hi << 16)))
+            at(4, p.eq(Mux(self.use_add, s_add, s_lo + (s_hi << 16))))
 
             # S5: coarse shift by 8*(s // 8); round bit = bit s-1 of p; sticky = any bit below s-1.
             sh = self.shift[c]
@@ -133,27 +142,27 @@ class RequantUnit(wiring.Component):
             rbit = reg(1, 5, "rbit")
             sticky = reg(1, 5, "sticky")
             below = Cat(*[sh > k for k in range(63)])   # bits 0..s-1 of pe = bits -1..s-2 of p
-            sync += [qc.eq(p >> Cat(Const(0, 3), sh[3:6])), rbit.eq(pe.bit_select(sh, 1)),
-                     sticky.eq((pe[:63] & below).any())]
+            at(5, [qc.eq(p >> Cat(Const(0, 3), sh[3:6])), rbit.eq(pe.bit_select(sh, 1)),
+                   sticky.eq((pe[:63] & below).any())])
 
             # S6: fine shift by s % 8: q = floor(p / 2**s).
             q = reg(signed(64), 6, "q")
             rbit6, sticky6 = reg(1, 6, "rbit"), reg(1, 6, "sticky")
-            sync += [q.eq(qc >> sh[0:3]), rbit6.eq(rbit), sticky6.eq(sticky)]
+            at(6, [q.eq(qc >> sh[0:3]), rbit6.eq(rbit), sticky6.eq(sticky)])
 
             # S7: saturate q to 16 bits (harmless: the int8 clamp decides the same) and round.
             qs = reg(signed(16), 7, "qs")
             up = reg(1, 7, "up")
-            sync += [qs.eq(Mux(q > 32767, 32767, Mux(q < -32768, -32768, q))),
-                     up.eq(rbit6 & (sticky6 | q[0]))]
+            at(7, [qs.eq(Mux(q > 32767, 32767, Mux(q < -32768, -32768, q))),
+                   up.eq(rbit6 & (sticky6 | q[0]))])
 
             # S8: + zp (registered, so the adds do not chain into the clamp compares).
             y = reg(signed(18), 8, "y")
-            sync += y.eq(qs + up + self.zp)
+            at(8, y.eq(qs + up + self.zp))
 
             # S9: min(max(y, lo), hi).
             ylo = Mux(y < self.lo, self.lo, y)
             out = reg(signed(8), 9, "out")
-            sync += out.eq(Mux(ylo > self.hi, self.hi, ylo))
+            at(9, out.eq(Mux(ylo > self.hi, self.hi, ylo)))
             m.d.comb += self.o_y[c].eq(out)
         return m
