@@ -520,8 +520,12 @@ class CompileCache:
                 os.makedirs(d, exist_ok=True)
                 fd = os.open(tmp, flags, 0o600)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(blob)
+                try:
+                    view = memoryview(blob)
+                    while view:
+                        view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
                 os.replace(tmp, p)
             except BaseException:
                 try:

@@ -97,6 +97,9 @@ def dependencies(records) -> list:
     return preds
 
 
+_MATMUL: dict = {}  # (cfg, costs, rows, k) -> perf.matmul_cycles of a dense MATMUL
+
+
 def estimate(cfg, mnemonic, v, costs=perf.DEFAULT_COSTS) -> int:
     """Estimated cycles of one instruction (dense data) from the golden cycle model."""
     cols = cfg.cols
@@ -114,7 +117,14 @@ def estimate(cfg, mnemonic, v, costs=perf.DEFAULT_COSTS) -> int:
                    - rows * rl)
         return perf.dma_cycles_uniform(cfg, rows, rb, rl, pad, costs, store=mnemonic == "store")
     if mnemonic == "matmul":  # dense: every row costs k cycles
-        return perf.matmul_cycles(cfg, np.full(v["m_outer"] * v["m_inner"], v["k"]), costs)
+        n, k = v["m_outer"] * v["m_inner"], v["k"]
+        key = (cfg, costs, n, k)  # a handful of shapes per model, each a NumPy call in the model
+        c = _MATMUL.get(key)
+        if c is None:
+            if len(_MATMUL) > 4096:
+                _MATMUL.clear()
+            c = _MATMUL[key] = perf.matmul_cycles(cfg, np.full(n, k), costs)
+        return c
     if mnemonic in ("requant", "vadd", "maxpool", "avgpool", "mask"):
         return perf.vector_cycles(perf.vector_lines_read(mnemonic, v), costs)
     return perf.nop_cycles(costs)
