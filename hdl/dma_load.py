@@ -11,7 +11,10 @@ same instruction, so the bus is kept busy while lines are written:
   count of the next row is fetched one row ahead, so its payload read can be issued as soon as
   the current one is, with no round trip per row. Every byte range is checked before it is read
   (count bytes inside memory, then ``N <= capacity`` and ``2 + N`` bytes inside memory); the
-  walker stops at the first failing row.
+  walker stops at the first failing row. A range is held as its next beat and a down-counter
+  of the beats left; a burst's length is the smallest of those, ``max_burst`` and the beats to
+  the 4 KiB boundary (the inverted low bits of the beat address), so issuing a burst needs
+  small compares and one increment, no address subtraction.
 * **unpacker** — takes read beats in order and pushes their useful bytes (offset, count) into
   the :class:`ByteWindow` realigner. Count beats are parked in a small stash (the look-ahead
   row's count arrives before the current row's payload) and the counts are extracted and
@@ -275,8 +278,12 @@ class LoadEngine(wiring.Component):
         cw_ret = Signal(range(3))
         cw_y = Signal(10)
         cw_base = Signal(ADDR_W)
-        cw_cur = Signal(ADDR_W)
-        cw_last = Signal(ADDR_W)
+        # the range being issued: its next beat (a beat address) and the beats left after it;
+        # the beats to the 4 KiB boundary are the inverted low bits of cw_cur, so a burst's
+        # length needs no address subtraction (only small compares)
+        REM_W = 22  # beats - 1 of a range: (MB - 1 + 2**20) >> LMB fits
+        cw_cur = Signal(ADDR_W - LMB)
+        cw_rem = Signal(REM_W)
         # counts: unpacker -> walker (wq) and unpacker -> its own drain step (uq)
         nq_layout = data.StructLayout({"n": 16, "ok": 1, "ce": range(MB + 1)})
         m.submodules.wq = wq = fifo.SyncFIFO(width=nq_layout.size, depth=4)
@@ -288,22 +295,21 @@ class LoadEngine(wiring.Component):
         xq_out = data.View(xq_layout, xq.r_data)
         uq_out = data.View(nq_layout, uq.r_data)
 
-        beats_m1 = Signal(ADDR_W)
-        to4k_m1 = Signal(12)
+        def lo_bits(a):
+            return a[:LMB] if LMB else Const(0, 1)
+
+        to4k_m1 = Signal(12 - LMB)  # beats to the 4 KiB boundary - 1
         blen = Signal(8)
-        m.d.comb += [
-            beats_m1.eq((cw_last - cw_cur) >> LMB),
-            to4k_m1.eq((4095 - cw_cur[:12]) >> LMB),
-        ]
-        lim = Signal(ADDR_W)
-        m.d.comb += lim.eq(Mux(beats_m1 < cfg.max_burst - 1, beats_m1, cfg.max_burst - 1))
+        m.d.comb += to4k_m1.eq(~cw_cur[: 12 - LMB])
+        lim = Signal(8)
+        m.d.comb += lim.eq(Mux(cw_rem < cfg.max_burst - 1, cw_rem, cfg.max_burst - 1))
         m.d.comb += blen.eq(Mux(to4k_m1 < lim, to4k_m1, lim))
         reach_last = Signal()
-        m.d.comb += reach_last.eq(blen == beats_m1)
+        m.d.comb += reach_last.eq(blen == cw_rem)
 
         cmd = self.bus.cmd
         m.d.comb += [
-            cmd.payload.addr.eq(cw_cur),
+            cmd.payload.addr.eq(Cat(Const(0, LMB), cw_cur)),
             cmd.payload.write.eq(0),
             cmd.payload.len.eq(blen),
             cmd.valid.eq((cw_st == CW_RANGE) & ~halted),
@@ -313,32 +319,37 @@ class LoadEngine(wiring.Component):
 
         cw_ahead = Signal(ADDR_W)
         cw_cend = Signal(ADDR_W)
-        cw_hi = Signal(ADDR_W)
+        cw_pay = Signal(REM_W)  # beats of the payload after the count beat(s)
         m.d.comb += [
             cw_ahead.eq(cw_base + stride),
             cw_cend.eq(((cw_base + 1) & AMASK) + MB),
-            cw_hi.eq(cw_base + 2 + wq_out.n),
+            cw_pay.eq((lo_bits(cw_base + 1) + wq_out.n) >> LMB),
         ]
 
-        def cw_range(lo, hi, ret):
-            return [cw_cur.eq(lo & AMASK), cw_last.eq((hi - 1) & AMASK), cw_ret.eq(ret), cw_st.eq(CW_RANGE)]
+        def cw_range(lo, rem_m1, ret):
+            """Issue the beats from the one holding byte ``lo``; ``rem_m1``: their number - 1."""
+            return [cw_cur.eq(lo[LMB:]), cw_rem.eq(rem_m1), cw_ret.eq(ret), cw_st.eq(CW_RANGE)]
+
+        def cw_span(lo, n, ret):
+            """Range of the ``n >= 1`` bytes from ``lo`` (beats - 1 from ``lo``'s low bits and ``n``)."""
+            return cw_range(lo, (lo_bits(lo) + n - 1) >> LMB, ret)
 
         cw_next = [cw_y.eq(cw_y + 1), cw_base.eq(cw_base + stride), cw_st.eq(CW_ROW)]
 
         cw_init = Signal()  # pulsed by the control FSM to start the walkers
 
         with m.If(cw_init):
-            # uncompressed: row 0's range straight away (dram_a = dram_addr + row_bytes)
+            # uncompressed: row 0's range straight away (rlb = row_bytes)
             m.d.sync += [cw_y.eq(0), cw_base.eq(dram_addr)]
             with m.If(comp):
                 m.d.sync += cw_st.eq(CW_FIRST)
             with m.Else():
-                m.d.sync += cw_range(dram_addr, dram_a, RET_NEXT)
+                m.d.sync += cw_span(dram_addr, rlb, RET_NEXT)
         with m.Elif(cw_st == CW_ROW):
             with m.If(cw_y == rows):
                 m.d.sync += cw_st.eq(CW_IDLE)
             with m.Elif(~comp):
-                m.d.sync += cw_range(cw_base, cw_base + row_bytes, RET_NEXT)
+                m.d.sync += cw_span(cw_base, row_bytes, RET_NEXT)
             with m.Elif(cw_base + 2 > DRAM):
                 m.d.sync += cw_st.eq(CW_STOP)
             with m.Else():
@@ -347,15 +358,15 @@ class LoadEngine(wiring.Component):
             with m.If(cw_base + 2 > DRAM):
                 m.d.sync += cw_st.eq(CW_STOP)
             with m.Else():
-                m.d.sync += cw_range(cw_base, cw_base + 2, RET_AHEAD)
+                m.d.sync += cw_span(cw_base, 2, RET_AHEAD)
         with m.Elif(cw_st == CW_AHEAD):
             with m.If((cw_y + 1 < rows) & (cw_ahead + 2 <= DRAM)):
-                m.d.sync += cw_range(cw_ahead, cw_ahead + 2, RET_WAITN)
+                m.d.sync += cw_span(cw_ahead, 2, RET_WAITN)
             with m.Else():
                 m.d.sync += cw_st.eq(CW_WAITN)
         with m.Elif(cw_st == CW_RANGE):
             with m.If(cmd_fire):
-                m.d.sync += cw_cur.eq(cw_cur + ((blen + 1) << LMB))
+                m.d.sync += [cw_cur.eq(cw_cur + blen + 1), cw_rem.eq(cw_rem - blen - 1)]
                 with m.If(reach_last):
                     with m.Switch(cw_ret):
                         with m.Case(RET_NEXT):
@@ -369,8 +380,8 @@ class LoadEngine(wiring.Component):
             with m.If(wq.r_rdy):
                 with m.If(~wq_out.ok):
                     m.d.sync += cw_st.eq(CW_STOP)
-                with m.Elif(cw_hi > cw_cend):
-                    m.d.sync += cw_range(cw_cend, cw_hi, RET_NEXT)
+                with m.Elif(cw_pay != 0):
+                    m.d.sync += cw_range(cw_cend, cw_pay - 1, RET_NEXT)
                 with m.Else():
                     m.d.sync += cw_next
 
