@@ -80,7 +80,9 @@ class BytePacker(wiring.Component):
     registers only. An item is shifted into place in the coordinates before that beat is
     removed (its position is known from registers: ``cnt``, or ``addr`` for a segment's first
     item); the late decisions (beat formed? item accepted?) only select among the shifted
-    values.
+    values. They come from flags registered with ``cnt`` (``cnt != 0``, ``cnt >= mem_bytes``,
+    ``cnt > mem_bytes`` and the room left with and without a beat formed, computed from the next
+    ``cnt``), so each is a LUT or two from registers plus one compare of the item's ``n``.
 
     Parameters
     ----------
@@ -125,6 +127,13 @@ class BytePacker(wiring.Component):
         vb = Signal(cap)
         cnt = Signal(range(cap + 1))
         ending = Signal()
+        # comparisons of cnt, registered with it (computed from its next value), so the accept
+        # and beat decisions are a LUT or two from registers
+        cnt_nz = Signal()  # cnt != 0
+        cnt_ge = Signal()  # cnt >= mb
+        cnt_gt = Signal()  # cnt > mb
+        room_k = Signal(range(cap + 1), init=cap)  # cap - cnt: room without a beat formed
+        room_f = Signal(range(cap + mb + 1), init=cap + mb)  # cap + mb - cnt: room with one
         baddr = Signal(self.addr_width)
 
         # -- output skid buffer: beat from register r, overflow in register s ------------------
@@ -138,14 +147,14 @@ class BytePacker(wiring.Component):
         has = Signal()
         seg_last = Signal()
         m.d.comb += [
-            has.eq((cnt >= mb) | (ending & (cnt != 0))),
-            seg_last.eq(ending & (cnt <= mb)),
+            has.eq(cnt_ge | (ending & cnt_nz)),
+            seg_last.eq(ending & ~cnt_gt),
             form.eq(has & ~s_v),
             new_beat.data.eq(buf[: 8 * mb]),
             new_beat.strb.eq(vb[:mb]),
             new_beat.addr.eq(baddr),
             new_beat.seg_last.eq(seg_last),
-            self.idle.eq((cnt == 0) & ~ending & ~r_v & ~s_v),
+            self.idle.eq(~cnt_nz & ~ending & ~r_v & ~s_v),
         ]
         with m.If(~r_v | bt.ready):
             with m.If(s_v):
@@ -161,16 +170,15 @@ class BytePacker(wiring.Component):
         it = self.item.payload
         lo = it.addr[:lmb] if lmb else Const(0, 1)
         cnt_f = Signal(range(cap + 1))  # cnt after a formed beat
-        m.d.comb += cnt_f.eq(Mux(cnt >= mb, cnt - mb, 0))
+        m.d.comb += cnt_f.eq(Mux(cnt_ge, cnt - mb, 0))
         # acceptance with and without a beat formed this cycle (from registers and the item);
         # a segment's first item needs the buffer empty, the others room after the held bytes
         rdy_keep = Signal()
         rdy_form = Signal()
         m.d.comb += [
-            rdy_keep.eq(~ending & Mux(it.start, cnt == 0, cnt + it.n <= cap)),
-            rdy_form.eq(
-                ~(ending & (cnt > mb)) & Mux(it.start, cnt_f == 0, (cnt >= mb) & (cnt_f + it.n <= cap))
-            ),
+            # with a beat formed: cnt_f == 0 is cnt <= mb, cnt_f + n <= cap is n <= cap + mb - cnt
+            rdy_keep.eq(~ending & Mux(it.start, ~cnt_nz, it.n <= room_k)),
+            rdy_form.eq(~(ending & cnt_gt) & Mux(it.start, ~cnt_gt, cnt_ge & (it.n <= room_f))),
             self.item.ready.eq(Mux(form, rdy_form, rdy_keep)),
         ]
         take = Signal()
@@ -178,7 +186,7 @@ class BytePacker(wiring.Component):
         # position of the item before the formed beat is removed: a first item is accepted with
         # a beat formed exactly when bytes are held (cnt != 0), the others land at cnt
         shp = Signal(range(cap + mb + 1))
-        m.d.comb += shp.eq(Mux(it.start, lo + Mux(cnt != 0, mb, 0), cnt))
+        m.d.comb += shp.eq(Mux(it.start, lo + Mux(cnt_nz, mb, 0), cnt))
         wide = cap + mb
         sh_d = Signal(8 * wide)
         sh_v = Signal(wide)
@@ -199,14 +207,24 @@ class BytePacker(wiring.Component):
             buf.eq(Mux(form, all_d[8 * mb :], all_d[: 8 * cap])),
             vb.eq(Mux(form, all_v[mb:], all_v[:cap])),
         ]
+        cnt_n = Signal(range(cap + 1))
         with m.If(take):
+            m.d.comb += cnt_n.eq(Mux(it.start, lo, cnt1) + it.n)
             m.d.sync += [
-                cnt.eq(Mux(it.start, lo, cnt1) + it.n),
                 ending.eq(it.end),
                 baddr.eq(Mux(it.start, it.addr & ~(mb - 1), baddr1)),
             ]
         with m.Else():
-            m.d.sync += [cnt.eq(cnt1), ending.eq(ending1), baddr.eq(baddr1)]
+            m.d.comb += cnt_n.eq(cnt1)
+            m.d.sync += [ending.eq(ending1), baddr.eq(baddr1)]
+        m.d.sync += [
+            cnt.eq(cnt_n),
+            cnt_nz.eq(cnt_n != 0),
+            cnt_ge.eq(cnt_n >= mb),
+            cnt_gt.eq(cnt_n > mb),
+            room_k.eq(cap - cnt_n),
+            room_f.eq(cap + mb - cnt_n),
+        ]
         return m
 
 
