@@ -18,7 +18,8 @@ same instruction, so the bus is kept busy while lines are written:
 * **unpacker** — takes read beats in order and pushes their useful bytes (offset, count) into
   the :class:`ByteWindow` realigner. Count beats are parked in a small stash (the look-ahead
   row's count arrives before the current row's payload) and the counts are extracted and
-  checked as they arrive (``N <= capacity``, ``2 + N`` bytes inside memory, and how many bytes
+  checked as they arrive (``N <= capacity``, ``2 + N`` bytes inside memory — ``N`` against
+  ``DRAM - 2 - slot``, registered when the count read starts — and how many bytes
   of the count beat lie beyond the group); a row's stashed count beats enter the window just
   before its payload, without the bytes beyond the group. Each row's count and checks are also
   queued for the writer.
@@ -394,6 +395,7 @@ class LoadEngine(wiring.Component):
         up_off = Signal(range(MB))
         up_rem = Signal(20)
         rc_base = Signal(ADDR_W)  # slot whose count is being received
+        rc_lim = Signal(range(DRAM))  # DRAM - 2 - rc_base: the largest count inside memory
         rc_second = Signal()  # waiting for the count's high byte in the next beat
         rc_nlow = Signal(8)
         dr_left = Signal(2)  # stashed count beats of row up_y still to drain
@@ -452,7 +454,7 @@ class LoadEngine(wiring.Component):
         rc_dram_bad = Signal()
         m.d.comb += [
             rc_cap_bad.eq(cnt_val > cap),
-            rc_dram_bad.eq(rc_base + 2 + cnt_val > DRAM),
+            rc_dram_bad.eq(cnt_val > rc_lim),
             rc_ok.eq(~rc_cap_bad & ~rc_dram_bad),
         ]
         # ce: bytes of the count beat(s) beyond the group (not pushed): the beat holding the
@@ -513,6 +515,7 @@ class LoadEngine(wiring.Component):
                 with m.If((up_y + 2 < rows) & (up_ahead2 + 2 <= DRAM)):
                     m.d.sync += [
                         rc_base.eq(up_ahead2),
+                        rc_lim.eq(DRAM - 2 - up_ahead2),
                         rc_second.eq(0),
                         up_ret_drain.eq(1),
                         up_st.eq(UP_RECV),
@@ -532,11 +535,23 @@ class LoadEngine(wiring.Component):
             with m.If(up_base + 2 > DRAM):
                 m.d.sync += up_st.eq(UP_STOP)
             with m.Else():
-                m.d.sync += [rc_base.eq(up_base), rc_second.eq(0), up_ret_drain.eq(0), up_st.eq(UP_RECV)]
+                m.d.sync += [
+                    rc_base.eq(up_base),
+                    rc_lim.eq(DRAM - 2 - up_base),
+                    rc_second.eq(0),
+                    up_ret_drain.eq(0),
+                    up_st.eq(UP_RECV),
+                ]
         with m.Elif(up_st == UP_AHEAD):
             m.d.sync += dr_left.eq(drain_beats(up_base))
             with m.If((up_y + 1 < rows) & (up_ahead + 2 <= DRAM)):
-                m.d.sync += [rc_base.eq(up_ahead), rc_second.eq(0), up_ret_drain.eq(1), up_st.eq(UP_RECV)]
+                m.d.sync += [
+                    rc_base.eq(up_ahead),
+                    rc_lim.eq(DRAM - 2 - up_ahead),
+                    rc_second.eq(0),
+                    up_ret_drain.eq(1),
+                    up_st.eq(UP_RECV),
+                ]
             with m.Else():
                 m.d.sync += up_st.eq(UP_DRAIN)
         with m.Elif(up_st == UP_RECV):
