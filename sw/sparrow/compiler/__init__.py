@@ -323,7 +323,7 @@ def _package(g, info, plan, cfg, options) -> CompiledProgram:
             n.name: n.op + ("+" + n.attrs["act"][0] if n.attrs.get("act") else "") for n in g.nodes
         },
     }
-    return CompiledProgram(manifest, plan["programs"], consts)
+    return CompiledProgram(manifest, plan["programs"], consts, cfg)
 
 
 def _save_names(g, info, save) -> set:

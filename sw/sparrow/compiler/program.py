@@ -173,14 +173,31 @@ class BreakState:
         return self._read_out(self.device, self.places[name])
 
 
+_CFGS: dict = {}
+
+
+def _cfg_from_dict(d: dict) -> HwConfig:
+    """``HwConfig.from_dict(d)``, made once per distinct dict (HwConfig is frozen; validating a
+    config is a noticeable part of loading a program from the compile cache)."""
+    try:
+        k = tuple(d.items())
+        got = _CFGS.get(k)
+    except (TypeError, AttributeError):  # unhashable values: from_dict reports what is wrong
+        return HwConfig.from_dict(d)
+    if got is None:
+        got = _CFGS[k] = HwConfig.from_dict(d)
+    return got
+
+
 class CompiledProgram:
     """A compiled model: ``run(inputs) -> outputs``, ``save(path)``, ``CompiledProgram.load(path)``."""
 
-    def __init__(self, manifest: dict, programs: list, consts: dict):
+    def __init__(self, manifest: dict, programs: list, consts: dict, cfg: HwConfig | None = None):
         self.manifest = manifest
         self.programs = programs  # list of {"program": bytes, "segments": [(addr, bytes)]}
         self.consts = consts
-        self.cfg = HwConfig.from_dict(manifest["cfg"])
+        # cfg: the compiler passes the config it compiled for (equal to the manifest's)
+        self.cfg = cfg if cfg is not None else _cfg_from_dict(manifest["cfg"])
         self.last_run = None
         self._devices = {}
 
