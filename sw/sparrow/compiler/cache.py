@@ -58,8 +58,13 @@ back-end change reuse the work its change does not touch:
     model's partition and quantize keys and the code of ``lower`` (so the node's weights, scales
     and attributes), the node, its fused group, the ``batch`` option, the placement of every
     tensor it reads, how its output is allocated (reuse, compressed) and the builder's allocator
-    state. A hit replays the instructions through the builder's hazard tracking, so their
-    semaphores are derived from the program before them exactly as when emitted.
+    state -- the input tensors' addresses and the allocator's next address only modulo the
+    allocation alignment: an entry recorded at another layout is relocated (every address in an
+    input's range moves with that input, every address the node allocated moves with the
+    allocator; an entry holding an address outside those ranges and the absolutely keyed ones
+    is used at its own layout only). A hit replays the instructions through the builder's
+    hazard tracking, so their semaphores are derived from the program before them exactly as
+    when emitted.
 ``schedule``
     Each accelerator program's scheduling and synchronisation (:func:`.schedule.schedule`,
     ``ProgramBuilder.finish``). Key: the instructions emitted for it, in order, with their node

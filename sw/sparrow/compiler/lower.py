@@ -528,7 +528,8 @@ def _lower_node_memo(memo, seg, g, n, place_of, new_out, opts, grp, out_args):
     The kernels see only the node (its weights, scales and attributes: the memo's base key is
     the model's partition and quantize keys and the back-end code), its fused group, the placed
     input tensors, how the output is allocated (``out_args``: name, reuse, compressed), the
-    ``batch`` option and the builder's allocators; that is the key. The entry is what the
+    ``batch`` option and the builder's allocators; that is the key (addresses of the inputs and
+    the allocator's next address modulo the alignment: an entry is relocated, :func:`_relocate`). The entry is what the
     emission did: its instructions (replayed through the builder's hazard tracking, so their
     semaphores follow from the program before them; for a program's first node, whose
     instructions depend on none before them, with the hazard tracking's result), constant
@@ -544,12 +545,18 @@ def _lower_node_memo(memo, seg, g, n, place_of, new_out, opts, grp, out_args):
                           list(meta) if meta else None])
     z = b._zero
     first = not b._records  # the program's first instructions: their waits are in the entry
+    # the key holds the inputs' addresses and the allocator's next address only modulo the
+    # allocation alignment: an entry made at another address is relocated (see _relocate)
+    layout = [t[1] for t in placed_in] + [b._dram_next]
+    rel_in = [[*t[:1], t[1] % _ALIGN, *t[2:]] for t in placed_in]
     key, got = memo.get(
-        n.name, n.op, _group_key(grp), bool(opts["batch"]), placed_in, list(out_args),
-        b._dram_next, b._dram_limit, [list(f) for f in b._free],
+        n.name, n.op, _group_key(grp), bool(opts["batch"]), rel_in, list(out_args),
+        b._dram_next % _ALIGN, b._dram_limit, [list(f) for f in b._free],
         None if z is None else [z.addr, list(z.shape), z.dtype, z.name],
         sorted(b._spad_free.items()), b.slack, b.tag, first,
     )
+    if got is not None and got["layout"] != layout:
+        got = _relocate(got, layout, b)  # None: not relocatable here, emit
     if got is not None:
         if first:
             for m, fields, e, acc, tag, waits, signals, vc in got["records"]:
@@ -568,10 +575,11 @@ def _lower_node_memo(memo, seg, g, n, place_of, new_out, opts, grp, out_args):
         b._dram_next, b._free, b._zero, b._spad_free = got["state"]
         return got["placed"]
     n_rec, n_seg, n_notes = len(b._records), len(b.segments), len(b.notes)
-    tensors, reused = dict(b.tensors), b.reused_bytes
+    tensors, reused, free0 = dict(b.tensors), b.reused_bytes, list(b._free)
     placed = _lower_node(seg, g, n, place_of, new_out, opts, grp)
     recs = b._records[n_rec:]
-    memo.put(key, {
+    entry = {
+        "layout": layout,
         "records": [(r.mnemonic, r.fields, r.engine, r.acc, r.tag, r.waits, r.signals, r.vc) for r in recs]
         if first else [(r.mnemonic, r.fields, r.engine, r.acc, r.tag) for r in recs],
         "segments": b.segments[n_seg:],
@@ -580,8 +588,108 @@ def _lower_node_memo(memo, seg, g, n, place_of, new_out, opts, grp, out_args):
         "reused": b.reused_bytes - reused,
         "state": (b._dram_next, list(b._free), b._zero, dict(b._spad_free)),
         "placed": placed,
-    })
+    }
+    entry["regions"] = _regions(entry, placed_in, layout[-1], free0, z, b.slack)
+    memo.put(key, entry)
     return placed
+
+
+_ALIGN = 16  # ProgramBuilder.alloc's alignment (the kernels allocate with the default only)
+
+
+def _dram_spans(entry):
+    """Every external-memory range ``(first, last byte)`` an entry's effect holds: load/store
+    addresses, DRAM footprints, constant segments, tensors."""
+    for r in entry["records"]:
+        a = r[1].get("dram_addr")
+        if a is not None:
+            yield a, a
+        for sp, _, lo, hi in r[3]:
+            if sp == "DRAM":
+                yield lo, hi
+    for a, d in entry["segments"]:
+        yield a, a + max(len(d), 1) - 1
+    for t in _tensors_of(entry):
+        yield t.addr, t.addr + max(t.dram_nbytes, 1) - 1
+
+
+def _tensors_of(entry):
+    ts = list(entry["tensors"].values())
+    z = entry["state"][2]
+    if z is not None:
+        ts.append(z)
+    ts.extend(x for x in entry["placed"] if isinstance(x, Tensor))
+    return ts
+
+
+def _regions(entry, placed_in, dram_next, free0, z0, slack):
+    """The relocatable address ranges ``[lo, hi)`` of an entry (one per input tensor, then the
+    space the node allocated from ``dram_next``), or ``None`` -- the entry is then used at its
+    own layout only -- when ranges overlap or some range the entry holds is not inside one of
+    them nor inside what the key holds absolutely (the zero tensor, freed space ``free0``)."""
+    regs = [(t[1], t[1] + Tensor(t[1], tuple(t[2]), t[3], t[4], t[5], t[6]).dram_nbytes + slack)
+            for t in placed_in]
+    regs.append((dram_next, entry["state"][0]))
+    fixed = [(a, a + n) for a, n in free0]
+    if z0 is not None:
+        fixed.append((z0.addr, z0.addr + max(z0.dram_nbytes, 1)))
+    spans = sorted(r for r in regs + fixed if r[1] > r[0])
+    if any(spans[k][1] > spans[k + 1][0] for k in range(len(spans) - 1)):
+        return None
+    inside = regs + fixed
+    for lo, hi in _dram_spans(entry):
+        if not any(a <= lo and hi < b for a, b in inside):
+            return None
+    return regs
+
+
+def _relocate(entry, layout, b):
+    """``entry`` (a :func:`_lower_node_memo` effect recorded at another ``layout``: input
+    addresses, allocator's next address) moved to ``layout``: every address in an input's range
+    moves with that input, every address the node allocated moves with the allocator. ``None``
+    when the entry is not relocatable or would not fit."""
+    regs = entry.get("regions")
+    if regs is None or len(regs) != len(layout):
+        return None
+    deltas = [new - old for new, old in zip(layout, entry["layout"])]
+    if any(d % _ALIGN for d in deltas) or entry["state"][0] + deltas[-1] > b._dram_limit:
+        return None
+    moved = [(lo + d, hi + d) for (lo, hi), d in zip(regs, deltas)]
+    if any(lo < 0 for lo, _ in moved):
+        return None
+    spans = sorted([r for r in moved if r[1] > r[0]] + [(a, a + n) for a, n in entry["state"][1]])
+    if any(spans[k][1] > spans[k + 1][0] for k in range(len(spans) - 1)):
+        return None
+
+    def mv(a):
+        for (lo, hi), d in zip(regs, deltas):
+            if lo <= a < hi:
+                return a + d
+        return a
+
+    def mvt(t):
+        return dataclasses.replace(t, addr=mv(t.addr)) if isinstance(t, Tensor) else t
+
+    recs = []
+    for r in entry["records"]:
+        f, acc = r[1], r[3]
+        if "dram_addr" in f:
+            f = dict(f)
+            f["dram_addr"] = mv(f["dram_addr"])
+        if any(x[0] == "DRAM" for x in acc):
+            acc = [(sp, w, mv(lo), mv(hi)) if sp == "DRAM" else (sp, w, lo, hi) for sp, w, lo, hi in acc]
+        recs.append((r[0], f, r[2], acc, *r[4:]))
+    dn, free, z, spad = entry["state"]
+    out = dict(entry)
+    out.update(
+        records=recs,
+        segments=[(mv(a), d) for a, d in entry["segments"]],
+        tensors={k: mvt(t) for k, t in entry["tensors"].items()},
+        state=(dn + deltas[-1], free, mvt(z), spad),
+        placed=tuple(mvt(x) for x in entry["placed"]),
+        layout=layout,
+    )
+    return out
 
 
 def _schedule_finish(b, opts, memo):
