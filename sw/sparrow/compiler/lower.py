@@ -545,13 +545,15 @@ def _lower_node_memo(memo, seg, g, n, place_of, new_out, opts, grp, out_args):
                           list(meta) if meta else None])
     z = b._zero
     first = not b._records  # the program's first instructions: their waits are in the entry
-    # the key holds the inputs' addresses and the allocator's next address only modulo the
-    # allocation alignment: an entry made at another address is relocated (see _relocate)
-    layout = [t[1] for t in placed_in] + [b._dram_next]
+    # the key holds the inputs' addresses modulo the allocation alignment and not where the
+    # node's first allocation lands (``base``): an entry made at another layout is relocated
+    # (see _relocate)
+    next0 = b._dram_next
+    layout = [t[1] for t in placed_in] + [-(-next0 // _ALIGN) * _ALIGN]
     rel_in = [[*t[:1], t[1] % _ALIGN, *t[2:]] for t in placed_in]
     key, got = memo.get(
         n.name, n.op, _group_key(grp), bool(opts["batch"]), rel_in, list(out_args),
-        b._dram_next % _ALIGN, b._dram_limit, [list(f) for f in b._free],
+        "base", b._dram_limit, [list(f) for f in b._free],
         None if z is None else [z.addr, list(z.shape), z.dtype, z.name],
         sorted(b._spad_free.items()), b.slack, b.tag, first,
     )
@@ -573,6 +575,8 @@ def _lower_node_memo(memo, seg, g, n, place_of, new_out, opts, grp, out_args):
         b.tensors.update(got["tensors"])
         b.reused_bytes += got["reused"]
         b._dram_next, b._free, b._zero, b._spad_free = got["state"]
+        if b._dram_next <= got["layout"][-1]:  # the node allocated nothing: the allocator stays
+            b._dram_next = next0
         return got["placed"]
     n_rec, n_seg, n_notes = len(b._records), len(b.segments), len(b.notes)
     tensors, reused, free0 = dict(b.tensors), b.reused_bytes, list(b._free)
@@ -654,6 +658,7 @@ def _relocate(entry, layout, b):
     deltas = [new - old for new, old in zip(layout, entry["layout"])]
     if any(d % _ALIGN for d in deltas) or entry["state"][0] + deltas[-1] > b._dram_limit:
         return None
+    # (the node allocated nothing when the allocator ends at or before base: the caller keeps it)
     moved = [(lo + d, hi + d) for (lo, hi), d in zip(regs, deltas)]
     if any(lo < 0 for lo, _ in moved):
         return None
