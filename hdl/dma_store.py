@@ -245,7 +245,7 @@ class StoreEngine(wiring.Component):
         Scratchpad read ports.
     bytes, bytes_raw : Out(32)
         Bus bytes per the spec (uncompressed ``LB`` per line; compressed ``2 + N`` per row) and
-        the uncompressed equivalent, accumulated as items are packed.
+        the uncompressed equivalent, accumulated as items are packed (in the cycle after).
     busy_cycles : Out(32)
     stall_cycles : Out(32)
         Busy cycles in which nothing moved (no scratchpad read, command, data beat or response).
@@ -366,8 +366,7 @@ class StoreEngine(wiring.Component):
             m.d.sync += [ir_valid.eq(1), ir.eq(it.payload)]
         add_bytes = Signal(range(IB + 3))
         add_raw = Signal(range(ACCW + 1))
-        row_end = Signal()
-        m.d.comb += row_end.eq(if_x == rl - 1)
+        row_end = Signal()  # if_x == rl - 1, registered (set with if_x)
         with m.If(if_act):
             m.d.comb += [
                 it.valid.eq(lf.r_rdy & ~halted & (nf.w_rdy | ~comp | ~row_end)),
@@ -382,17 +381,20 @@ class StoreEngine(wiring.Component):
                 nf.w_en.eq(item_fire & comp & row_end),
             ]
         with m.If(item_fire):
-            m.d.comb += [add_bytes.eq(it.payload.n + Mux(comp & row_end, 2, 0)), add_raw.eq(Mux(comp, C, lb))]
+            # counted a cycle later (registered), so the item handshake does not reach the adders
+            m.d.sync += [add_bytes.eq(it.payload.n + Mux(comp & row_end, 2, 0)), add_raw.eq(Mux(comp, C, lb))]
+        with m.Else():
+            m.d.sync += [add_bytes.eq(0), add_raw.eq(0)]
         with m.If(init):
-            m.d.sync += [if_act.eq(1), if_y.eq(0), if_x.eq(0), if_base.eq(dram_addr)]
+            m.d.sync += [if_act.eq(1), if_y.eq(0), if_x.eq(0), if_base.eq(dram_addr), row_end.eq(rl == 1)]
         with m.Elif(item_fire):
             m.d.sync += nacc.eq(Mux(if_x == 0, 0, nacc) + compact.n)
             with m.If(row_end):
-                m.d.sync += [if_x.eq(0), if_y.eq(if_y + 1), if_base.eq(if_base + stride)]
+                m.d.sync += [if_x.eq(0), if_y.eq(if_y + 1), if_base.eq(if_base + stride), row_end.eq(rl == 1)]
                 with m.If(if_y == rows - 1):
                     m.d.sync += if_act.eq(0)
             with m.Else():
-                m.d.sync += if_x.eq(if_x + 1)
+                m.d.sync += [if_x.eq(if_x + 1), row_end.eq(if_x + 2 == rl)]
 
         # ---- burst former ---------------------------------------------------------------------
         bf_layout = data.StructLayout({"data": 8 * MB, "strb": MB, "last": 1})
