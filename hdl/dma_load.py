@@ -466,21 +466,14 @@ class LoadEngine(wiring.Component):
             rc_room.eq(Mux(rc_lo == MB - 1, MB - 1, MB - 2 - rc_lo)),
             rc_ce.eq(Mux(cnt_val < rc_room, rc_room - cnt_val, 0)),
         ]
+        cnt_push = Signal()  # a row's count is complete: into wq, uq and xq
+        m.d.comb += cnt_push.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done)
         for q in (wq, uq):
             qin = data.View(nq_layout, q.w_data)
-            m.d.comb += [
-                qin.n.eq(cnt_val),
-                qin.ok.eq(rc_ok),
-                qin.ce.eq(rc_ce),
-                q.w_en.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done),
-            ]
+            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(rc_ok), qin.ce.eq(rc_ce), q.w_en.eq(cnt_push)]
         xin = data.View(xq_layout, xq.w_data)
-        m.d.comb += [
-            xin.n.eq(cnt_val),
-            xin.cap_bad.eq(rc_cap_bad),
-            xin.dram_bad.eq(rc_dram_bad),
-            xq.w_en.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done),
-        ]
+        m.d.comb += [xin.n.eq(cnt_val), xin.cap_bad.eq(rc_cap_bad), xin.dram_bad.eq(rc_dram_bad),
+                     xq.w_en.eq(cnt_push)]
 
         up_ahead = Signal(ADDR_W)
         up_ahead2 = Signal(ADDR_W)
