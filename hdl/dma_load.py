@@ -489,6 +489,12 @@ class LoadEngine(wiring.Component):
         def drain_beats(base):
             return Mux((base[:LMB] if LMB else 0) + 2 <= MB, 1, 2)
 
+        def recv_count(slot, ret_drain):
+            """Statements that start receiving the count at ``slot`` (its memory limit registered
+            now); afterwards drain (``ret_drain``) or go on to the look-ahead step."""
+            return [rc_base.eq(slot), rc_lim.eq(DRAM - 2 - slot), rc_second.eq(0),
+                    up_ret_drain.eq(ret_drain), up_st.eq(UP_RECV)]
+
         def up_next_row():
             """Move to row y+1 without a bubble (its look-ahead count read decided here)."""
             with m.If(up_y + 1 == rows):
@@ -506,13 +512,7 @@ class LoadEngine(wiring.Component):
             with m.Else():
                 m.d.sync += [up_y.eq(up_y + 1), up_base.eq(up_ahead), dr_left.eq(drain_beats(up_ahead))]
                 with m.If((up_y + 2 < rows) & (up_ahead2 + 2 <= DRAM)):
-                    m.d.sync += [
-                        rc_base.eq(up_ahead2),
-                        rc_lim.eq(DRAM - 2 - up_ahead2),
-                        rc_second.eq(0),
-                        up_ret_drain.eq(1),
-                        up_st.eq(UP_RECV),
-                    ]
+                    m.d.sync += recv_count(up_ahead2, ret_drain=1)
                 with m.Else():
                     m.d.sync += up_st.eq(UP_DRAIN)
 
@@ -528,23 +528,11 @@ class LoadEngine(wiring.Component):
             with m.If(up_base + 2 > DRAM):
                 m.d.sync += up_st.eq(UP_STOP)
             with m.Else():
-                m.d.sync += [
-                    rc_base.eq(up_base),
-                    rc_lim.eq(DRAM - 2 - up_base),
-                    rc_second.eq(0),
-                    up_ret_drain.eq(0),
-                    up_st.eq(UP_RECV),
-                ]
+                m.d.sync += recv_count(up_base, ret_drain=0)
         with m.Elif(up_st == UP_AHEAD):
             m.d.sync += dr_left.eq(drain_beats(up_base))
             with m.If((up_y + 1 < rows) & (up_ahead + 2 <= DRAM)):
-                m.d.sync += [
-                    rc_base.eq(up_ahead),
-                    rc_lim.eq(DRAM - 2 - up_ahead),
-                    rc_second.eq(0),
-                    up_ret_drain.eq(1),
-                    up_st.eq(UP_RECV),
-                ]
+                m.d.sync += recv_count(up_ahead, ret_drain=1)
             with m.Else():
                 m.d.sync += up_st.eq(UP_DRAIN)
         with m.Elif(up_st == UP_RECV):
