@@ -1,6 +1,6 @@
 """Bank of counting semaphores shared by the engines' issue stages."""
 
-from amaranth.hdl import Const, Module, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -91,30 +91,45 @@ class SemaphoreUnit(wiring.Component):
             oks.append(ok)
             takes_consume.append(cl.take & ok & cl.wait_consume)
 
+        # Each client touches at most one semaphore per cycle, so its signal and its consume are
+        # decoded once into one-hot vectors over the semaphores; a semaphore's increment is then
+        # a sum of bits and its decrement a select (at most one consume of a non-zero count per
+        # semaphore per cycle, see above; consumes of count 0 subtract nothing and are left out). The same logic as comparing every client's index against every
+        # semaphore, written so that a simulator evaluates a shift per client instead of
+        # n_semaphores x n_clients compares and masked adds.
+        nsem = cfg.n_semaphores
+        sig_oh = []
+        con_oh = []
+        for c, (tc, cl) in enumerate(zip(takes_consume, self.clients)):
+            so, co = Signal(nsem, name=f"sig_oh{c}"), Signal(nsem, name=f"con_oh{c}")
+            m.d.comb += [so.eq(Mux(cl.signal, Const(1, nsem) << cl.signal_sem, 0)),
+                         co.eq(Mux(tc & (cl.wait_count != 0), Const(1, nsem) << cl.wait_sem, 0))]
+            sig_oh.append(so)
+            con_oh.append(co)
+
         width = cfg.sem_bits + 4
         overflow_any = Signal()
         for i, s in enumerate(sems):
             inc = Signal(unsigned(4), name=f"inc{i}")
             dec = Signal(unsigned(cfg.sem_bits + 1), name=f"dec{i}")
-            m.d.comb += inc.eq(sum((cl.signal & (cl.signal_sem == i)) for cl in self.clients))
-            dec_terms = [((tc & (cl.wait_sem == i)).replicate(8) & cl.wait_count)
-                         for tc, cl in zip(takes_consume, self.clients)]
-            m.d.comb += dec.eq(sum(dec_terms))  # at most one consumer per semaphore per cycle
+            m.d.comb += inc.eq(sum(so[i] for so in sig_oh))
+            sel = Const(0, 8)
+            for co, cl in reversed(list(zip(con_oh, self.clients))):
+                sel = Mux(co[i], cl.wait_count, sel)
+            m.d.comb += dec.eq(sel)
             nxt = Signal(unsigned(width), name=f"next{i}")
             m.d.comb += nxt.eq(s + inc - dec)
             ovf = Signal(name=f"ovf{i}")
             m.d.comb += ovf.eq(nxt > cfg.sem_max)
+            touched = Cat(*(so[i] for so in sig_oh), *(co[i] for co in con_oh)).any()
             with m.If(self.clear):
                 m.d.sync += s.eq(0)
-            with m.Elif(ovf):
-                m.d.sync += s.eq(cfg.sem_max)
-            with m.Else():
-                m.d.sync += s.eq(nxt)
+            with m.Elif(touched):
+                m.d.sync += s.eq(Mux(ovf, cfg.sem_max, nxt))
             with m.If(ovf & ~self.clear):
                 m.d.comb += overflow_any.eq(1)
                 for c in reversed(range(n)):
-                    cl = self.clients[c]
-                    with m.If(cl.signal & (cl.signal_sem == i)):
+                    with m.If(sig_oh[c][i]):
                         m.d.comb += self.overflow_client.eq(c)
         m.d.comb += self.overflow.eq(overflow_any)
         return m
