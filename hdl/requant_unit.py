@@ -105,6 +105,9 @@ class RequantUnit(wiring.Component):
             with m.If(enables[k - 1]):
                 m.d.sync += stmts
 
+        lo_above_hi = Signal()
+        m.d.comb += lo_above_hi.eq(self.lo > self.hi)
+
         for c in range(self.cols):
             def reg(shape, stage, what, _c=c):
                 return Signal(shape, name=f"s{stage}_{what}_{_c}")
@@ -163,9 +166,10 @@ class RequantUnit(wiring.Component):
             y = reg(signed(18), 8, "y")
             at(8, y.eq(qs + up + self.zp))
 
-            # S9: min(max(y, lo), hi).
-            ylo = Mux(y < self.lo, self.lo, y)
+            # S9: min(max(y, lo), hi), with both compares on y side by side instead of chained
+            # (the chain was the vector engine's critical path on the FPGA): the result is hi
+            # when y > hi or when lo > hi (then max(y, lo) >= lo > hi), else max(y, lo).
             out = reg(signed(8), 9, "out")
-            at(9, out.eq(Mux(ylo > self.hi, self.hi, ylo)))
+            at(9, out.eq(Mux((y > self.hi) | lo_above_hi, self.hi, Mux(y < self.lo, self.lo, y))))
             m.d.comb += self.o_y[c].eq(out)
         return m
