@@ -16,7 +16,9 @@ The 33 x 31-bit product is split into four registered partial products of at mos
 bits (one ECP5 18x18 multiplier each) summed over two adder stages; the 64-bit rounding shift
 takes two stages (by ``8*(s//8)``, then by ``s%8``; round and sticky bits come from the
 product) and the rounded value is saturated to 16 bits before the final ``+ zp`` and clamp
-(saturation cannot change the clamped int8 result). The pipeline never stalls: a valid input
+(saturation cannot change the clamped int8 result); the clamp compares are made beside the
+``+ zp`` (against bounds minus ``zp``, registered from the configuration) and the last stage only
+selects. The pipeline never stalls: a valid input
 appears at the output exactly :attr:`LATENCY` cycles later.
 """
 
@@ -105,8 +107,16 @@ class RequantUnit(wiring.Component):
             with m.If(enables[k - 1]):
                 m.d.sync += stmts
 
+        # Clamp bounds relative to zp, registered: y = qs + up + zp is compared with lo and hi as
+        # qs against lo - zp and hi - zp (and those minus one, for up = 1) in S8, beside the add
+        # instead of after it. The configuration is held while lines are in flight and a line
+        # takes seven cycles to reach S8, so the registers are current when it gets there.
+        d_hi, d_hi_m1 = Signal(signed(10)), Signal(signed(10))
+        d_lo, d_lo_m1 = Signal(signed(10)), Signal(signed(10))
         lo_above_hi = Signal()
-        m.d.comb += lo_above_hi.eq(self.lo > self.hi)
+        sync += [d_hi.eq(self.hi - self.zp), d_hi_m1.eq(self.hi - self.zp - 1),
+                 d_lo.eq(self.lo - self.zp), d_lo_m1.eq(self.lo - self.zp - 1),
+                 lo_above_hi.eq(self.lo > self.hi)]
 
         for c in range(self.cols):
             def reg(shape, stage, what, _c=c):
@@ -162,14 +172,19 @@ class RequantUnit(wiring.Component):
             at(7, [qs.eq(Mux(q > 32767, 32767, Mux(q < -32768, -32768, q))),
                    up.eq(rbit6 & (sticky6 | q[0]))])
 
-            # S8: + zp (registered, so the adds do not chain into the clamp compares).
-            y = reg(signed(18), 8, "y")
-            at(8, y.eq(qs + up + self.zp))
+            # S8: y = qs + up + zp and its compares with the bounds, side by side: y > hi is
+            # qs + up > hi - zp, i.e. qs > hi - zp - up; y < lo is qs < lo - zp - up. Only y's low
+            # byte is kept: when lo <= y <= hi, y is an int8.
+            y8 = reg(signed(8), 8, "y")
+            gt, lt = reg(1, 8, "gt"), reg(1, 8, "lt")
+            at(8, [y8.eq(qs[:8] + up + self.zp),
+                   gt.eq(Mux(up, qs > d_hi_m1, qs > d_hi)),
+                   lt.eq(Mux(up, qs < d_lo_m1, qs < d_lo))])
 
-            # S9: min(max(y, lo), hi), with both compares on y side by side instead of chained
-            # (the chain was the vector engine's critical path on the FPGA): the result is hi
-            # when y > hi or when lo > hi (then max(y, lo) >= lo > hi), else max(y, lo).
+            # S9: min(max(y, lo), hi): hi when y > hi or when lo > hi (then max(y, lo) >= lo >
+            # hi), else lo when y < lo, else y. Selects only: the compares were made in S8 (a
+            # compare chained behind a select here was the vector engine's FPGA critical path).
             out = reg(signed(8), 9, "out")
-            at(9, out.eq(Mux((y > self.hi) | lo_above_hi, self.hi, Mux(y < self.lo, self.lo, y))))
+            at(9, out.eq(Mux(gt | lo_above_hi, self.hi, Mux(lt, self.lo, y8))))
             m.d.comb += self.o_y[c].eq(out)
         return m
