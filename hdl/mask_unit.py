@@ -43,7 +43,8 @@ class MaskUnit(wiring.Component):
     bitmap : In(unsigned(8*cols))
         LOADED mode: the bitmap line of the current group of 8 lines (bits LSB-first).
     mask : Out(cols)
-        Bit ``e`` set: element ``e`` of the current line is masked (combinational).
+        Bit ``e`` set: element ``e`` of the current line is masked (registered for CAUSAL and
+        PADDING; combinational from ``bitmap`` for LOADED). Valid from the cycle after ``start``.
     need_bitmap : Out(1)
         LOADED mode and the current line starts a group of 8 (a new bitmap line is due).
     """
@@ -72,22 +73,29 @@ class MaskUnit(wiring.Component):
         ebits = (cols - 1).bit_length()
 
         causal = self.mode == MaskMode.CAUSAL
+        # Next line's position, then the generated (CAUSAL / PADDING) bits for it, registered:
+        # the compares col > thr sit in front of a register instead of in front of the owner's
+        # data select (that chain was the vector block's FPGA critical path).
+        j_n, thr_n = Signal(8), Signal(signed(14))
+        m.d.comb += [j_n.eq(j), thr_n.eq(thr)]
         with m.If(self.start):
-            m.d.sync += [j.eq(0), grp.eq(0),
-                         thr.eq(Mux(causal, self.param, self.param - 1))]
+            m.d.comb += [j_n.eq(0), thr_n.eq(Mux(causal, self.param, self.param - 1))]
+            m.d.sync += grp.eq(0)
         with m.Elif(self.step):
             m.d.sync += grp.eq(grp + 1)
             with m.If(j == self.row_lines - 1):
-                m.d.sync += j.eq(0)
+                m.d.comb += j_n.eq(0)
                 with m.If(causal):
-                    m.d.sync += thr.eq(thr + 1)
+                    m.d.comb += thr_n.eq(thr + 1)
             with m.Else():
-                m.d.sync += j.eq(j + 1)
+                m.d.comb += j_n.eq(j + 1)
+        m.d.sync += [j.eq(j_n), thr.eq(thr_n)]
+        gen = Signal(cols)       # generated bits of the current line: col > thr
+        m.d.sync += gen.eq(Cat(*[(Cat(Const(e, ebits), j_n) if ebits else j_n).as_unsigned() > thr_n
+                                 for e in range(cols)]))
 
         loaded = self.mode == MaskMode.LOADED
         bits = self.bitmap.word_select(grp, cols)
-        for e in range(cols):
-            col = Cat(Const(e, ebits), j) if ebits else j   # j*cols + e
-            m.d.comb += self.mask[e].eq(Mux(loaded, bits[e], col.as_unsigned() > thr))
+        m.d.comb += self.mask.eq(Mux(loaded, bits, gen))
         m.d.comb += self.need_bitmap.eq(loaded & (grp == 0))
         return m
