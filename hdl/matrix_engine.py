@@ -546,14 +546,18 @@ class MatrixEngine(wiring.Component):
                      s_z.eq(sum((lane.z_inc for lane in lanes), Const(0, 1)))]
         m.d.sync += [self.macs.eq(self.macs + (s_nz << lshift)),
                      self.macs_skipped.eq(self.macs_skipped + (s_z << lshift))]
-        n_fired_rows = sum((lane.row_fire for lane in lanes), Const(0, 1))
+        # Rows fired are counted a cycle late (registered sum), so the lanes' select logic does
+        # not chain into the adder (that was the block's FPGA critical path); the stall count
+        # adds the cycle-late rows back and so counts the same cycles as before.
+        n_fired = Signal(range(rows + 1))
+        m.d.sync += n_fired.eq(sum((lane.row_fire for lane in lanes), Const(0, 1)))
         any_op = Signal()
         m.d.comb += any_op.eq(Cat(*[lane.op_fire for lane in lanes]) != 0)
         with m.If(state == _State.RUN):
-            m.d.sync += consumed.eq(consumed + n_fired_rows)
+            m.d.sync += consumed.eq(consumed + n_fired)
         with m.If(self.busy):
             m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
-        with m.If((state == _State.RUN) & (consumed != n_rows) & ~any_op):
+        with m.If((state == _State.RUN) & ((consumed + n_fired)[:len(consumed)] != n_rows) & ~any_op):
             m.d.sync += self.stall_cycles.eq(self.stall_cycles + 1)
         return m
 
