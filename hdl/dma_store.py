@@ -7,8 +7,9 @@ Semantics are exactly ``docs/isa.md`` (STORE). A chain of decoupled stages, one 
 * **item former** — turns each line into a byte *item*: uncompressed, its first ``LB`` bytes;
   compressed, its mask and non-zero bytes (:class:`~sparrow.hdl.zero_codec.ZeroCompact`). A
   compressed row's payload is one segment at ``slot + 2``; when its last line is packed, ``N``
-  is known and ``(slot, N)`` is queued for the burst former, which writes the two count bytes
-  (a 1-2 beat burst with strobes) between two bursts. So only ``2 + N`` bytes are written, the
+  is known and ``(slot, N)`` is queued for the burst former (``N`` as two terms, added where
+  the entry is read), which writes the two count bytes (a 1-2 beat burst with strobes) between
+  two bursts. So only ``2 + N`` bytes are written, the
   row is read once, and a row costs no extra cycle on the item path;
 * **item register** — holds the formed item, so the compaction and the packer's shifter are in
   different cycles;
@@ -81,9 +82,11 @@ class BytePacker(wiring.Component):
     registers only. An item is shifted into place in the coordinates before that beat is
     removed (its position is known from registers: ``cnt``, or ``addr`` for a segment's first
     item); the late decisions (beat formed? item accepted?) only select among the shifted
-    values. They come from flags registered with ``cnt`` (``cnt != 0``, ``cnt >= mem_bytes``,
-    ``cnt > mem_bytes`` and the room left with and without a beat formed, computed from the next
-    ``cnt``), so each is a LUT or two from registers plus one compare of the item's ``n``.
+    values, and the data register is merged by its valid bits, so acceptance reaches only the
+    valid bits and the counts. They come from flags registered with ``cnt`` (``cnt != 0``,
+    ``cnt >= mem_bytes``, ``cnt > mem_bytes`` and the room left with and without a beat formed,
+    computed from the next ``cnt``), so each is a LUT or two from registers plus one compare of
+    the item's ``n``.
 
     Parameters
     ----------
