@@ -48,7 +48,7 @@ per row: count bytes, then count <= capacity, then the ``2 + N`` bytes). A read 
 instruction and drains read data.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -318,11 +318,14 @@ class LoadEngine(wiring.Component):
         cmd_fire = Signal()
         m.d.comb += cmd_fire.eq(cmd.valid & cmd.ready)
 
-        cw_ahead = Signal(ADDR_W)
+        # the next row's slot and whether each slot's count bytes lie inside memory are
+        # registers, advanced with cw_base, so no 32-bit adder and compare precede the decisions
+        cw_ahead = Signal(ADDR_W)  # cw_base + stride
+        cw_ok = Signal()  # cw_base + 2 <= DRAM
+        cw_ok1 = Signal()  # cw_ahead + 2 <= DRAM
         cw_cend = Signal(ADDR_W)
         cw_pay = Signal(REM_W)  # beats of the payload after the count beat(s)
         m.d.comb += [
-            cw_ahead.eq(cw_base + stride),
             cw_cend.eq(((cw_base + 1) & AMASK) + MB),
             cw_pay.eq((lo_bits(cw_base + 1) + wq_out.n) >> LMB),
         ]
@@ -335,13 +338,15 @@ class LoadEngine(wiring.Component):
             """Range of the ``n >= 1`` bytes from ``lo`` (beats - 1 from ``lo``'s low bits and ``n``)."""
             return cw_range(lo, (lo_bits(lo) + n - 1) >> LMB, ret)
 
-        cw_next = [cw_y.eq(cw_y + 1), cw_base.eq(cw_base + stride), cw_st.eq(CW_ROW)]
+        cw_next = [cw_y.eq(cw_y + 1), cw_base.eq(cw_ahead), cw_ahead.eq(cw_ahead + stride),
+                   cw_ok.eq(cw_ok1), cw_ok1.eq(cw_ahead + stride + 2 <= DRAM), cw_st.eq(CW_ROW)]
 
         cw_init = Signal()  # pulsed by the control FSM to start the walkers
 
         with m.If(cw_init):
             # uncompressed: row 0's range straight away (rlb = row_bytes)
-            m.d.sync += [cw_y.eq(0), cw_base.eq(dram_addr)]
+            m.d.sync += [cw_y.eq(0), cw_base.eq(dram_addr), cw_ahead.eq(dram_addr + stride),
+                         cw_ok.eq(dram_addr + 2 <= DRAM), cw_ok1.eq(dram_addr + stride + 2 <= DRAM)]
             with m.If(comp):
                 m.d.sync += cw_st.eq(CW_FIRST)
             with m.Else():
@@ -351,17 +356,17 @@ class LoadEngine(wiring.Component):
                 m.d.sync += cw_st.eq(CW_IDLE)
             with m.Elif(~comp):
                 m.d.sync += cw_span(cw_base, row_bytes, RET_NEXT)
-            with m.Elif(cw_base + 2 > DRAM):
+            with m.Elif(~cw_ok):
                 m.d.sync += cw_st.eq(CW_STOP)
             with m.Else():
                 m.d.sync += cw_st.eq(CW_AHEAD)
         with m.Elif(cw_st == CW_FIRST):
-            with m.If(cw_base + 2 > DRAM):
+            with m.If(~cw_ok):
                 m.d.sync += cw_st.eq(CW_STOP)
             with m.Else():
                 m.d.sync += cw_span(cw_base, 2, RET_AHEAD)
         with m.Elif(cw_st == CW_AHEAD):
-            with m.If((cw_y + 1 < rows) & (cw_ahead + 2 <= DRAM)):
+            with m.If((cw_y + 1 < rows) & cw_ok1):
                 m.d.sync += cw_span(cw_ahead, 2, RET_WAITN)
             with m.Else():
                 m.d.sync += cw_st.eq(CW_WAITN)
@@ -459,11 +464,15 @@ class LoadEngine(wiring.Component):
         ]
         # ce: bytes of the count beat(s) beyond the group (not pushed): the beat holding the
         # count's second byte ends ``room + 2`` bytes after the slot, so ``ce = max(0, room - N)``
-        rc_lo = rc_base[:LMB] if LMB else Const(0, 1)
+        def count_room(slot):
+            """Bytes of the count beat(s) of ``slot`` after its two count bytes (from its low bits)."""
+            lo = slot[:LMB] if LMB else Const(0, 1)
+            return Mux(lo == MB - 1, MB - 1, MB - 2 - lo)
+
         rc_room = Signal(range(MB))
         rc_ce = Signal(range(MB + 1))
         m.d.comb += [
-            rc_room.eq(Mux(rc_lo == MB - 1, MB - 1, MB - 2 - rc_lo)),
+            rc_room.eq(count_room(rc_base)),
             rc_ce.eq(Mux(cnt_val < rc_room, rc_room - cnt_val, 0)),
         ]
         cnt_push = Signal()  # a row's count is complete: into wq, uq and xq
@@ -475,24 +484,31 @@ class LoadEngine(wiring.Component):
         m.d.comb += [xin.n.eq(cnt_val), xin.cap_bad.eq(rc_cap_bad), xin.dram_bad.eq(rc_dram_bad),
                      xq.w_en.eq(cnt_push)]
 
-        up_ahead = Signal(ADDR_W)
-        up_ahead2 = Signal(ADDR_W)
-        up_cend = Signal(ADDR_W)
-        up_hi = Signal(ADDR_W)
-        m.d.comb += [
-            up_ahead.eq(up_base + stride),
-            up_ahead2.eq(up_base + (stride << 1)),
-            up_cend.eq(((up_base + 1) & AMASK) + MB),
-            up_hi.eq(up_base + 2 + uq_out.n),
-        ]
+        # The slots of the next two rows and the memory left after each of the three slots'
+        # count bytes (DRAM - 2 - slot, negative when the count bytes lie beyond memory) are
+        # registers, advanced with up_base: so the row-to-row decisions are sign bits and small
+        # compares, with no 32-bit adder in front of them.
+        LIM_W = ADDR_W + 2
+        up_ahead = Signal(ADDR_W)  # up_base + stride
+        up_ahead2 = Signal(ADDR_W)  # up_base + 2*stride
+        up_lim = Signal(signed(LIM_W))  # DRAM - 2 - up_base
+        up_lim1 = Signal(signed(LIM_W))  # DRAM - 2 - up_ahead
+        up_lim2 = Signal(signed(LIM_W))  # DRAM - 2 - up_ahead2
+        up_adv = [up_base.eq(up_ahead), up_ahead.eq(up_ahead2), up_ahead2.eq(up_ahead2 + stride),
+                  up_lim.eq(up_lim1), up_lim1.eq(up_lim2), up_lim2.eq(up_lim2 - stride)]
+        # the row's payload after its count beat(s): room = bytes of those beats after the count
+        up_room = Signal(range(MB))
+        up_more = Signal()  # uq_out.n > up_room: payload beats follow
+        m.d.comb += [up_room.eq(count_room(up_base)), up_more.eq(uq_out.n > up_room)]
 
         def drain_beats(base):
             return Mux((base[:LMB] if LMB else 0) + 2 <= MB, 1, 2)
 
-        def recv_count(slot, ret_drain):
-            """Statements that start receiving the count at ``slot`` (its memory limit registered
-            now); afterwards drain (``ret_drain``) or go on to the look-ahead step."""
-            return [rc_base.eq(slot), rc_lim.eq(DRAM - 2 - slot), rc_second.eq(0),
+        def recv_count(slot, lim, ret_drain):
+            """Statements that start receiving the count at ``slot`` (``lim``: its memory limit,
+            ``DRAM - 2 - slot``); afterwards drain (``ret_drain``) or go on to the look-ahead
+            step."""
+            return [rc_base.eq(slot), rc_lim.eq(lim), rc_second.eq(0),
                     up_ret_drain.eq(ret_drain), up_st.eq(UP_RECV)]
 
         def up_next_row():
@@ -502,22 +518,30 @@ class LoadEngine(wiring.Component):
             with m.Elif(~comp):
                 m.d.sync += [
                     up_y.eq(up_y + 1),
-                    up_base.eq(up_ahead),
+                    *up_adv,
                     up_off.eq(up_ahead[:LMB] if LMB else 0),
                     up_rem.eq(row_bytes),
                     up_st.eq(UP_DATA),
                 ]
-            with m.Elif(up_ahead + 2 > DRAM):
+            with m.Elif(up_lim1 < 0):
                 m.d.sync += up_st.eq(UP_STOP)
             with m.Else():
-                m.d.sync += [up_y.eq(up_y + 1), up_base.eq(up_ahead), dr_left.eq(drain_beats(up_ahead))]
-                with m.If((up_y + 2 < rows) & (up_ahead2 + 2 <= DRAM)):
-                    m.d.sync += recv_count(up_ahead2, ret_drain=1)
+                m.d.sync += [up_y.eq(up_y + 1), *up_adv, dr_left.eq(drain_beats(up_ahead))]
+                with m.If((up_y + 2 < rows) & (up_lim2 >= 0)):
+                    m.d.sync += recv_count(up_ahead2, up_lim2, ret_drain=1)
                 with m.Else():
                     m.d.sync += up_st.eq(UP_DRAIN)
 
         with m.If(cw_init):
-            m.d.sync += [up_y.eq(0), up_base.eq(dram_addr)]
+            m.d.sync += [
+                up_y.eq(0),
+                up_base.eq(dram_addr),
+                up_ahead.eq(dram_addr + stride),
+                up_ahead2.eq(dram_addr + (stride << 1)),
+                up_lim.eq(DRAM - 2 - dram_addr),
+                up_lim1.eq(DRAM - 2 - stride - dram_addr),
+                up_lim2.eq(DRAM - 2 - (stride << 1) - dram_addr),
+            ]
             with m.If(comp):
                 m.d.sync += up_st.eq(UP_FIRST)
             with m.Else():
@@ -525,14 +549,14 @@ class LoadEngine(wiring.Component):
         with m.Elif(up_st == UP_ROW):
             m.d.sync += [up_off.eq(up_base[:LMB] if LMB else 0), up_rem.eq(row_bytes), up_st.eq(UP_DATA)]
         with m.Elif(up_st == UP_FIRST):
-            with m.If(up_base + 2 > DRAM):
+            with m.If(up_lim < 0):
                 m.d.sync += up_st.eq(UP_STOP)
             with m.Else():
-                m.d.sync += recv_count(up_base, ret_drain=0)
+                m.d.sync += recv_count(up_base, up_lim, ret_drain=0)
         with m.Elif(up_st == UP_AHEAD):
             m.d.sync += dr_left.eq(drain_beats(up_base))
-            with m.If((up_y + 1 < rows) & (up_ahead + 2 <= DRAM)):
-                m.d.sync += recv_count(up_ahead, ret_drain=1)
+            with m.If((up_y + 1 < rows) & (up_lim1 >= 0)):
+                m.d.sync += recv_count(up_ahead, up_lim1, ret_drain=1)
             with m.Else():
                 m.d.sync += up_st.eq(UP_DRAIN)
         with m.Elif(up_st == UP_RECV):
@@ -548,8 +572,10 @@ class LoadEngine(wiring.Component):
                     m.d.comb += uq.r_en.eq(1)
                     with m.If(~uq_out.ok):
                         m.d.sync += up_st.eq(UP_STOP)
-                    with m.Elif(up_hi > up_cend):
-                        m.d.sync += [up_rem.eq(up_hi - up_cend), up_off.eq(0), up_st.eq(UP_DATA)]
+                    with m.Elif(up_more):
+                        # the payload from the beat after the count beat(s) (that beat's first
+                        # byte is up_base + 2 + up_room): n - up_room bytes
+                        m.d.sync += [up_rem.eq(uq_out.n - up_room), up_off.eq(0), up_st.eq(UP_DATA)]
                     with m.Else():
                         up_next_row()
         with m.Elif(up_st == UP_DATA):
@@ -638,6 +664,14 @@ class LoadEngine(wiring.Component):
         room = Signal(range(WIN + 1))  # bytes held beyond kbase (when level >= kbase)
         fits = Signal()
         m.d.comb += [room.eq(level - kbase), fits.eq((level >= kbase) & (room >= expand.k))]
+        # The pop amounts only matter when pop_en is set, so they are driven whatever D decides:
+        # the early part from registers only (the window's buffer is shifted by it and its merge
+        # position is level - pop), the late part the mask's popcount. Only pop_en depends on
+        # the scratchpad port's ready and the checks below.
+        m.d.comb += [
+            win.pop.eq(Mux(comp, kbase, lb)),
+            win.pop_late.eq(Mux(comp, expand.k, 0)),
+        ]
 
         with m.If(d_go):
             with m.If(trail_err):
@@ -645,7 +679,6 @@ class LoadEngine(wiring.Component):
             with m.Elif(finished):
                 pass
             with m.Elif(in_data & ~comp):
-                m.d.comb += win.pop.eq(lb)
                 with m.If(level >= lb):
                     m.d.comb += [
                         pop_en.eq(1),
@@ -656,7 +689,6 @@ class LoadEngine(wiring.Component):
                         e_raw.eq(lb),
                     ]
             with m.Elif(in_data):
-                m.d.comb += [win.pop.eq(kbase), win.pop_late.eq(expand.k)]
                 with m.If(cfirst & cs_bad):
                     m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.DRAM_RANGE)]
                 with m.Elif(cfirst & ~xq.r_rdy):

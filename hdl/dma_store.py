@@ -7,8 +7,9 @@ Semantics are exactly ``docs/isa.md`` (STORE). A chain of decoupled stages, one 
 * **item former** — turns each line into a byte *item*: uncompressed, its first ``LB`` bytes;
   compressed, its mask and non-zero bytes (:class:`~sparrow.hdl.zero_codec.ZeroCompact`). A
   compressed row's payload is one segment at ``slot + 2``; when its last line is packed, ``N``
-  is known and ``(slot, N)`` is queued for the burst former, which writes the two count bytes
-  (a 1-2 beat burst with strobes) between two bursts. So only ``2 + N`` bytes are written, the
+  is known and ``(slot, N)`` is queued for the burst former (``N`` as two terms, added where
+  the entry is read), which writes the two count bytes (a 1-2 beat burst with strobes) between
+  two bursts. So only ``2 + N`` bytes are written, the
   row is read once, and a row costs no extra cycle on the item path;
 * **item register** — holds the formed item, so the compaction and the packer's shifter are in
   different cycles;
@@ -45,7 +46,7 @@ from sparrow.isa import Spad
 from .engine_port import engine_control_members
 from .membus import MemBusSignature
 from .spad_port import ReadPortSignature, acc_line, act_line
-from .zero_codec import ZeroCompact, mask_bytes, shl_bytes, take_bytes
+from .zero_codec import ZeroCompact, mask_bytes, shl_bits, shl_bytes, take_bytes
 
 __all__ = ["BytePacker", "StoreEngine"]
 
@@ -71,7 +72,8 @@ class BytePacker(wiring.Component):
 
     A *segment* is a contiguous byte range starting at ``addr`` of its first item (``start``) and
     ending with the item marked ``end``. Items carry ``n >= 1`` bytes (the low bytes of
-    ``data``); every segment's first item has ``start`` set. Beats are ``mem_bytes`` wide at
+    ``data``, the bytes at and above ``n`` zero, so they can be shifted into place without a
+    mask in front of the shifter); every segment's first item has ``start`` set. Beats are ``mem_bytes`` wide at
     aligned addresses; bytes outside the segment have their strobe clear. One item and one beat
     per cycle in steady state.
 
@@ -80,9 +82,11 @@ class BytePacker(wiring.Component):
     registers only. An item is shifted into place in the coordinates before that beat is
     removed (its position is known from registers: ``cnt``, or ``addr`` for a segment's first
     item); the late decisions (beat formed? item accepted?) only select among the shifted
-    values. They come from flags registered with ``cnt`` (``cnt != 0``, ``cnt >= mem_bytes``,
-    ``cnt > mem_bytes`` and the room left with and without a beat formed, computed from the next
-    ``cnt``), so each is a LUT or two from registers plus one compare of the item's ``n``.
+    values, and the data register is merged by its valid bits, so acceptance reaches only the
+    valid bits and the counts. They come from flags registered with ``cnt`` (``cnt != 0``,
+    ``cnt >= mem_bytes``, ``cnt > mem_bytes`` and the room left with and without a beat formed,
+    computed from the next ``cnt``), so each is a LUT or two from registers plus one compare of
+    the item's ``n``.
 
     Parameters
     ----------
@@ -96,6 +100,7 @@ class BytePacker(wiring.Component):
     Ports
     -----
     item : In(stream {data, n, start, end, addr})
+        Bytes of ``data`` at and above ``n`` must be zero.
     beat : Out(stream {data, strb, addr, seg_last})
         ``seg_last`` marks the last beat of a segment.
     idle : Out(1)
@@ -150,7 +155,9 @@ class BytePacker(wiring.Component):
             has.eq(cnt_ge | (ending & cnt_nz)),
             seg_last.eq(ending & ~cnt_gt),
             form.eq(has & ~s_v),
-            new_beat.data.eq(buf[: 8 * mb]),
+            # bytes without their strobe are zeroed here: the buffer holds stale bytes where its
+            # valid bit is clear (see the merge below)
+            new_beat.data.eq(Cat(*[Mux(vb[j], buf[8 * j : 8 * j + 8], 0) for j in range(mb)])),
             new_beat.strb.eq(vb[:mb]),
             new_beat.addr.eq(baddr),
             new_beat.seg_last.eq(seg_last),
@@ -184,21 +191,32 @@ class BytePacker(wiring.Component):
         take = Signal()
         m.d.comb += take.eq(self.item.valid & self.item.ready)
         # position of the item before the formed beat is removed: a first item is accepted with
-        # a beat formed exactly when bytes are held (cnt != 0), the others land at cnt
+        # a beat formed exactly when bytes are held (cnt != 0), the others land at cnt. The
+        # first item's ``lo + (mb if cnt_nz else 0)`` is written as a concatenation (lo < mb), so
+        # no adder sits in front of the shifter.
         shp = Signal(range(cap + mb + 1))
-        m.d.comb += shp.eq(Mux(it.start, lo + Mux(cnt_nz, mb, 0), cnt))
+        m.d.comb += shp.eq(Mux(it.start, Cat(lo[:lmb], cnt_nz) if lmb else cnt_nz, cnt))
         wide = cap + mb
         sh_d = Signal(8 * wide)
         sh_v = Signal(wide)
+        # the item's bytes at and above n are zero (see the item port), so the data is shifted
+        # as it is; its byte mask (a thermometer code of n) goes through the same kind of mux
+        # shifter, with no subtraction in front
         m.d.comb += [
-            sh_d.eq(shl_bytes(take_bytes(it.data, it.n, ib), shp, wide)),
-            sh_v.eq((Cat(Const(0, wide), Cat(*[i < it.n for i in range(ib)])) >> (wide - shp).as_unsigned())[:wide]),
+            sh_d.eq(shl_bytes(it.data, shp, wide)),
+            sh_v.eq(shl_bits(Cat(*[i < it.n for i in range(ib)]), shp, wide)),
         ]
+        # Merge: a byte whose valid bit is clear takes the shifted item's byte whether or not
+        # the item is taken (it stays invalid if not), so the data path needs no handshake: the
+        # late ``take`` (a compare of the item's n) only reaches the valid bits and the counts,
+        # not the wide data register. Invalid bytes may hold stale data; beats zero them.
         all_d = Signal(8 * wide)
         all_v = Signal(wide)
+        vb_w = Cat(vb, Const(0, wide - cap))
+        buf_w = Cat(buf, Const(0, 8 * (wide - cap)))
         m.d.comb += [
-            all_d.eq(buf | Mux(take, sh_d, 0)),
-            all_v.eq(vb | Mux(take, sh_v, 0)),
+            all_d.eq(Cat(*[Mux(vb_w[j], buf_w[8 * j : 8 * j + 8], sh_d[8 * j : 8 * j + 8]) for j in range(wide)])),
+            all_v.eq(vb_w | Mux(take, sh_v, 0)),
         ]
         cnt1 = Mux(form, cnt_f, cnt)
         ending1 = ending & ~(form & seg_last)
@@ -207,24 +225,24 @@ class BytePacker(wiring.Component):
             buf.eq(Mux(form, all_d[8 * mb :], all_d[: 8 * cap])),
             vb.eq(Mux(form, all_v[mb:], all_v[:cap])),
         ]
-        cnt_n = Signal(range(cap + 1))
         with m.If(take):
-            m.d.comb += cnt_n.eq(Mux(it.start, lo, cnt1) + it.n)
             m.d.sync += [
                 ending.eq(it.end),
                 baddr.eq(Mux(it.start, it.addr & ~(mb - 1), baddr1)),
             ]
         with m.Else():
-            m.d.comb += cnt_n.eq(cnt1)
             m.d.sync += [ending.eq(ending1), baddr.eq(baddr1)]
-        m.d.sync += [
-            cnt.eq(cnt_n),
-            cnt_nz.eq(cnt_n != 0),
-            cnt_ge.eq(cnt_n >= mb),
-            cnt_gt.eq(cnt_n > mb),
-            room_k.eq(cap - cnt_n),
-            room_f.eq(cap + mb - cnt_n),
-        ]
+        # the next cnt and its flags, computed for both outcomes from registers and the item;
+        # ``take`` only selects between them
+        cnt_t = Signal(range(cap + 1))  # item taken
+        m.d.comb += cnt_t.eq(Mux(it.start, lo, cnt1) + it.n)
+
+        def cnt_regs(v):
+            return [v, v != 0, v >= mb, v > mb, cap - v, cap + mb - v]
+
+        for reg, if_take, if_keep in zip((cnt, cnt_nz, cnt_ge, cnt_gt, room_k, room_f),
+                                         cnt_regs(cnt_t), cnt_regs(cnt1)):
+            m.d.sync += reg.eq(Mux(take, if_take, if_keep))
         return m
 
 
@@ -343,7 +361,10 @@ class StoreEngine(wiring.Component):
         m.submodules.packer = packer = BytePacker(MB, IB, ADDR_W)
         m.d.comb += compact.line.eq(lf.r_data[: 8 * C])
         # counts of finished compressed rows, written by the burst former between bursts
-        nf_layout = data.StructLayout({"addr": ADDR_W, "n": 16})
+        # an entry holds the row's count as two terms (the lines before its last, and the last
+        # line's n), added where the entry is read: so the compaction's popcount feeds a FIFO
+        # write and a register, not a 16-bit adder
+        nf_layout = data.StructLayout({"addr": ADDR_W, "base": 16, "last": range(MBK + C + 1)})
         m.submodules.nf = nf = fifo.SyncFIFOBuffered(width=nf_layout.size, depth=4)
         nf_in = data.View(nf_layout, nf.w_data)
         nf_out = data.View(nf_layout, nf.r_data)
@@ -351,7 +372,10 @@ class StoreEngine(wiring.Component):
         if_y = Signal(10)
         if_x = Signal(10)
         if_base = Signal(ADDR_W)
-        nacc = Signal(17)
+        nsum = Signal(16)  # sum of n over the row's fired lines before the last one
+        nlast = Signal(range(MBK + C + 1))  # n of the row's last fired line
+        row_base = Signal(16)  # sum of n over the row's fired lines (0 at its first line)
+        m.d.comb += row_base.eq(Mux(if_x == 0, 0, nsum + nlast))
         # item register between the item former (ZeroCompact, masking) and the packer's shifter
         ir_valid = Signal()
         ir = Signal(item_layout(IB, ADDR_W))
@@ -370,6 +394,7 @@ class StoreEngine(wiring.Component):
         with m.If(if_act):
             m.d.comb += [
                 it.valid.eq(lf.r_rdy & ~halted & (nf.w_rdy | ~comp | ~row_end)),
+                # zero at and above n, as the packer requires (ZeroCompact zero-fills)
                 it.payload.data.eq(Mux(comp, compact.data, take_bytes(lf.r_data, lb, ACCW))),
                 it.payload.n.eq(Mux(comp, compact.n, lb)),
                 it.payload.start.eq(if_x == 0),
@@ -377,7 +402,8 @@ class StoreEngine(wiring.Component):
                 it.payload.addr.eq(Mux(comp, if_base + 2, if_base)),
                 lf_pop.eq(item_fire),
                 nf_in.addr.eq(if_base),
-                nf_in.n.eq(Mux(if_x == 0, 0, nacc) + compact.n),
+                nf_in.base.eq(row_base),
+                nf_in.last.eq(compact.n),
                 nf.w_en.eq(item_fire & comp & row_end),
             ]
         with m.If(item_fire):
@@ -388,7 +414,7 @@ class StoreEngine(wiring.Component):
         with m.If(init):
             m.d.sync += [if_act.eq(1), if_y.eq(0), if_x.eq(0), if_base.eq(dram_addr), row_end.eq(rl == 1)]
         with m.Elif(item_fire):
-            m.d.sync += nacc.eq(Mux(if_x == 0, 0, nacc) + compact.n)
+            m.d.sync += [nsum.eq(row_base), nlast.eq(compact.n)]
             with m.If(row_end):
                 m.d.sync += [if_x.eq(0), if_y.eq(if_y + 1), if_base.eq(if_base + stride), row_end.eq(rl == 1)]
                 with m.If(if_y == rows - 1):
@@ -409,6 +435,8 @@ class StoreEngine(wiring.Component):
         cmode = Signal()
         m.d.comb += cmode.eq(cb_active | (nf.r_rdy & (bcount == 0)))
         c_off = nf_out.addr[:LMB] if LMB else Const(0, 1)
+        c_n = Signal(16)  # the row's count N
+        m.d.comb += c_n.eq(nf_out.base + nf_out.last)
         c_straddle = Signal()
         m.d.comb += c_straddle.eq(c_off == MB - 1)
         c_addr = Signal(ADDR_W)
@@ -418,14 +446,14 @@ class StoreEngine(wiring.Component):
         with m.If(cb_idx == 0):
             m.d.comb += [
                 c_addr.eq(nf_out.addr & ~(MB - 1)),
-                c_data.eq(nf_out.n << (c_off * 8)),
+                c_data.eq(c_n << (c_off * 8)),
                 c_strb.eq(Const(3, 2) << c_off),
                 c_seg_last.eq(~c_straddle),
             ]
         with m.Else():
             m.d.comb += [
                 c_addr.eq((nf_out.addr & ~(MB - 1)) + MB),
-                c_data.eq(nf_out.n[8:]),
+                c_data.eq(c_n[8:]),
                 c_strb.eq(1),
                 c_seg_last.eq(1),
             ]
@@ -455,8 +483,25 @@ class StoreEngine(wiring.Component):
                 b_seg_last.eq(Mux(cmode, c_seg_last, pb.seg_last)),
                 b_valid.eq(Mux(cmode, 1, packer.beat.valid)),
             ]
+        # A burst ends at max_burst beats, at a 4 KiB boundary or at a segment's end. The boundary
+        # test is made per source on the beat number within the page (bits LMB..11, beats are
+        # aligned), not on b_addr, so no address adder or source mux lies between the beat
+        # registers and b_ready (which steers the packer's output buffer); a closing beat is
+        # always last.
+        def page_end(addr, beats_after=0):
+            """The beat ``beats_after`` beats after the aligned ``addr`` is the last of its page."""
+            if LMB >= 12:
+                return Const(1, 1)
+            return addr[LMB:12] == (1 << (12 - LMB)) - 1 - beats_after
+
+        c_last = Signal()
+        p_last = Signal()
+        m.d.comb += [
+            c_last.eq(Mux(cb_idx == 0, page_end(nf_out.addr), page_end(nf_out.addr, 1)) | c_seg_last),
+            p_last.eq(page_end(pb.addr) | pb.seg_last),
+        ]
         last = Signal()
-        m.d.comb += last.eq((bcount == cfg.max_burst - 1) | (b_addr[:12] == 4096 - MB) | b_seg_last)
+        m.d.comb += last.eq((bcount == cfg.max_burst - 1) | closing | Mux(cmode, c_last, p_last))
         b_ready = Signal()
         m.d.comb += b_ready.eq(bf.w_rdy & (cf.w_rdy | ~last) & (~halted | closing))
         m.d.comb += packer.beat.ready.eq(b_ready & ~cmode & ~halted)

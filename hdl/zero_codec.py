@@ -8,17 +8,17 @@ in order. The two combinational units here convert one line per cycle:
   string of ``mask_bytes + k`` bytes (``k`` = non-zero count) zero-filled above;
 * :class:`ZeroExpand` (LOAD): a mask and the bytes that follow it -> the line.
 
-Also the byte-granular helpers :func:`shl_bytes` / :func:`take_bytes` used by the realigners (left
-shifts by a variable number of bytes are built as explicit mux stages truncated to the output
-width, so the generated Verilog never contains a shift whose result width grows with the shift
-amount and the shifter needs no subtraction in front of it).
+Also the byte-granular helpers :func:`shl_bytes` / :func:`take_bytes` used by the realigners, and
+:func:`shl_bits` for their byte masks (left shifts by a variable amount are built as explicit
+mux stages truncated to the output width, so the generated Verilog never contains a shift whose
+result width grows with the shift amount and the shifter needs no subtraction in front of it).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ZeroCompact", "ZeroExpand", "popcount", "shl_bytes", "take_bytes", "mask_bytes"]
+__all__ = ["ZeroCompact", "ZeroExpand", "popcount", "shl_bits", "shl_bytes", "take_bytes", "mask_bytes"]
 
 
 def mask_bytes(cols: int) -> int:
@@ -33,17 +33,30 @@ def popcount(bits):
     return total
 
 
+def _shl_units(value, pos, out_units: int, unit: int):
+    """``value << unit*pos`` truncated to ``out_units`` units of ``unit`` bits (see
+    :func:`shl_bytes`)."""
+    width = unit * out_units
+    v = Cat(value, Const(0, max(0, width - len(value))))[:width]
+    for b in range(len(pos)):
+        step = unit << b
+        v = Mux(pos[b], Cat(Const(0, min(step, width)), v)[:width], v)
+    return v
+
+
 def shl_bytes(value, pos, out_bytes: int):
     """``value << 8*pos`` truncated to ``out_bytes`` bytes, for a variable ``pos`` (zero when
     ``pos >= out_bytes``): a logarithmic shifter, one 2:1 mux stage per bit of ``pos`` from the
     LSB (so the low bits of a computed ``pos``, which settle first, are used first), every stage
     truncated to ``out_bytes``."""
-    width = 8 * out_bytes
-    v = Cat(value, Const(0, max(0, width - len(value))))[:width]
-    for b in range(len(pos)):
-        step = 8 << b
-        v = Mux(pos[b], Cat(Const(0, min(step, width)), v)[:width], v)
-    return v
+    return _shl_units(value, pos, out_bytes, 8)
+
+
+def shl_bits(value, pos, out_bits: int):
+    """``value << pos`` truncated to ``out_bits`` bits, built like :func:`shl_bytes` (mux stages,
+    no subtraction in front, no result wider than ``out_bits``): for byte masks that move with
+    the bytes they describe."""
+    return _shl_units(value, pos, out_bits, 1)
 
 
 def take_bytes(value, n, nbytes: int):
