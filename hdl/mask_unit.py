@@ -73,26 +73,24 @@ class MaskUnit(wiring.Component):
         ebits = (cols - 1).bit_length()
 
         causal = self.mode == MaskMode.CAUSAL
-        # Next line's position, then the generated (CAUSAL / PADDING) bits for it, registered:
-        # the compares col > thr sit in front of a register instead of in front of the owner's
-        # data select (that chain was the vector block's FPGA critical path).
-        j_n, thr_n = Signal(8), Signal(signed(14))
-        m.d.comb += [j_n.eq(j), thr_n.eq(thr)]
+        # The generated (CAUSAL / PADDING) bits are registered: they are computed for the start
+        # position and for the next line from registers and inputs, and start/step only select
+        # (comparing in front of the vector engine's data select, or behind its step decision,
+        # was the vector block's FPGA critical path).
+        def generated(jj, tt):      # bit e: col = jj*cols + e > tt
+            return Cat(*[(Cat(Const(e, ebits), jj) if ebits else jj).as_unsigned() > tt for e in range(cols)])
+
+        last_line = j == self.row_lines - 1
+        j_adv = Signal(8)
+        thr_adv, thr_start = Signal(signed(14)), Signal(signed(14))
+        m.d.comb += [j_adv.eq(Mux(last_line, 0, j + 1)),
+                     thr_adv.eq(Mux(last_line & causal, thr + 1, thr)),
+                     thr_start.eq(Mux(causal, self.param, self.param - 1))]
+        gen = Signal(cols)       # generated bits of the current line
         with m.If(self.start):
-            m.d.comb += [j_n.eq(0), thr_n.eq(Mux(causal, self.param, self.param - 1))]
-            m.d.sync += grp.eq(0)
+            m.d.sync += [j.eq(0), grp.eq(0), thr.eq(thr_start), gen.eq(generated(Const(0, 8), thr_start))]
         with m.Elif(self.step):
-            m.d.sync += grp.eq(grp + 1)
-            with m.If(j == self.row_lines - 1):
-                m.d.comb += j_n.eq(0)
-                with m.If(causal):
-                    m.d.comb += thr_n.eq(thr + 1)
-            with m.Else():
-                m.d.comb += j_n.eq(j + 1)
-        m.d.sync += [j.eq(j_n), thr.eq(thr_n)]
-        gen = Signal(cols)       # generated bits of the current line: col > thr
-        m.d.sync += gen.eq(Cat(*[(Cat(Const(e, ebits), j_n) if ebits else j_n).as_unsigned() > thr_n
-                                 for e in range(cols)]))
+            m.d.sync += [j.eq(j_adv), grp.eq(grp + 1), thr.eq(thr_adv), gen.eq(generated(j_adv, thr_adv))]
 
         loaded = self.mode == MaskMode.LOADED
         bits = self.bitmap.word_select(grp, cols)
