@@ -36,11 +36,15 @@ same instruction, so the bus is kept busy while lines are written:
 
 Timing: no path runs from the read data or the scratchpad port's ``ready`` through the
 window's shifter; the window's buffer is updated from registers, a popcount of the mask and the
-pop decision (see :class:`ByteWindow`). Latency: one cycle more for the line register and one
-for the window's input register than a single-stage writer; the start-time checks take four
-cycles and an uncompressed transfer issues its first read in the cycle after them, so an
-uncompressed LOAD takes as many cycles as before, a compressed one one more. One line per
-cycle as before.
+pop decision (see :class:`ByteWindow`): the early pop is an option selected by registers, and
+the decode stage's checks of a line against its popcount are bits selected by it from
+thermometer codes of registers. The walkers keep the next rows' slots, their memory limits and
+whether a row's payload goes on past its count beat(s) (stored with the count) in registers or
+FIFO entries, and the command walker a "few beats left" flag, so their decisions need no
+address adder. Latency: one cycle more for the line register and one for the window's input
+register than a single-stage writer; the start-time checks take four cycles and an
+uncompressed transfer issues its first read in the cycle after them, so an uncompressed LOAD
+takes as many cycles as before, a compressed one one more. One line per cycle as before.
 
 Start-time checks: ``SPAD_RANGE`` then ``DRAM_RANGE`` (uncompressed; compressed rows are checked
 per row: count bytes, then count <= capacity, then the ``2 + N`` bytes). A read beat with
@@ -77,10 +81,13 @@ class ByteWindow(wiring.Component):
     Timing: a pushed beat is aligned (``data >> 8*off``, bytes from ``n`` up zeroed) into an
     input register and merged behind the held bytes in the next cycle, so no path runs from
     ``push`` to the buffer; ``push.ready`` depends on registers only (not on this cycle's pop).
-    The bytes removed in a cycle are ``pop + pop_late`` (when ``pop_en``): ``pop`` should come
-    from registers (the buffer is shifted by it first, and the merge position is
-    ``level - pop``), ``pop_late`` is a small amount computed late in the cycle (only a shift
-    by ``0..late_bytes`` bytes follows it). So the pop-to-buffer path is a few mux levels.
+    The bytes removed in a cycle are ``pop + pop_late`` (when ``pop_en``). The early part
+    ``pop`` is one of a few options (``pop_opts[pop_sel]``, ``pop_sel`` from registers): the
+    buffer is shifted by each option and the result selected, so an option wired to a constant
+    costs no shifter, and the merge position after the early pop (``level - option``) is kept
+    in a register per option, so no subtraction precedes the merge shifter. ``pop_late`` is a
+    small amount computed late in the cycle (only a shift by ``0..late_bytes`` bytes follows
+    it). So the pop-to-buffer path is a few mux levels.
 
     Parameters
     ----------
@@ -90,6 +97,8 @@ class ByteWindow(wiring.Component):
         Bytes visible in ``window`` (the largest ``pop + pop_late``).
     late_bytes : int
         Largest ``pop_late`` (>= 0).
+    early_opts : int
+        Number of early pop options (>= 1).
 
     Ports
     -----
@@ -97,12 +106,16 @@ class ByteWindow(wiring.Component):
         Append bytes ``[off, off+n)`` of ``data``. ``ready`` when the input register is empty or
         is merged this cycle (merged when at most ``win_bytes`` bytes are held; capacity
         ``win_bytes + in_bytes`` plus the input register).
-    pop : In(range(win_bytes + 1))
-        Early part of the bytes removed from the front this cycle.
+    pop_opts : In(array of early_opts x range(win_bytes + 1))
+        The early pop options. The merge positions are registered from them, so a pop uses the
+        positions computed with the values of the cycle before: change an option only when no
+        pop follows in the next cycle (e.g. while ``clear`` is held).
+    pop_sel : In(range(early_opts))
+        The option that is the early part of the bytes removed this cycle.
     pop_late : In(range(late_bytes + 1))
         Late part of the bytes removed.
     pop_en : In(1)
-        Remove ``pop + pop_late`` bytes (must be <= ``level``) this cycle.
+        Remove ``pop_opts[pop_sel] + pop_late`` bytes (must be <= ``level``) this cycle.
     window : Out(8*win_bytes)
         The oldest ``win_bytes`` bytes (byte 0 oldest); bytes at and above ``level`` are zero.
     level : Out(range(cap + 1))
@@ -111,19 +124,23 @@ class ByteWindow(wiring.Component):
         Empty the window and the input register (takes precedence).
     """
 
-    def __init__(self, in_bytes: int, win_bytes: int, late_bytes: int = 0):
+    def __init__(self, in_bytes: int, win_bytes: int, late_bytes: int = 0, early_opts: int = 1):
         if not isinstance(in_bytes, int) or in_bytes < 1:
             raise ValueError(f"in_bytes must be a positive int, not {in_bytes!r}")
         if not isinstance(win_bytes, int) or win_bytes < 1:
             raise ValueError(f"win_bytes must be a positive int, not {win_bytes!r}")
         if not isinstance(late_bytes, int) or late_bytes < 0:
             raise ValueError(f"late_bytes must be a non-negative int, not {late_bytes!r}")
+        if not isinstance(early_opts, int) or early_opts < 1:
+            raise ValueError(f"early_opts must be a positive int, not {early_opts!r}")
         self.in_bytes, self.win_bytes, self.late_bytes = in_bytes, win_bytes, late_bytes
+        self.early_opts = early_opts
         self.cap = in_bytes + win_bytes
         super().__init__(
             {
                 "push": In(stream.Signature(push_layout(in_bytes))),
-                "pop": In(range(win_bytes + 1)),
+                "pop_opts": In(data.ArrayLayout(range(win_bytes + 1), early_opts)),
+                "pop_sel": In(range(early_opts)),
                 "pop_late": In(range(late_bytes + 1)),
                 "pop_en": In(1),
                 "window": Out(8 * win_bytes),
@@ -156,27 +173,43 @@ class ByteWindow(wiring.Component):
 
         new = Signal(8 * ib)
         new_n = Signal(range(ib + 1))
-        at_pop = Signal(range(cap + 1))  # merge position after the early pop (wraps if unused)
+        m.d.comb += [new.eq(Mux(merge, pend, 0)), new_n.eq(Mux(merge, pend_n, 0))]
+        # per option: the buffer shifted by it, and the merge position after it (cnt - option,
+        # registered with cnt; wraps if unused). After reset cnt is 0, and so is any option a
+        # pop may use then (the pop must not exceed the level).
+        opts = [self.pop_opts[i] for i in range(self.early_opts)]
+        at_r = [Signal(range(cap + 1), name=f"at_pop{i}") for i in range(self.early_opts)]
+        sel = self.pop_sel
+
+        def pick(values):
+            out = values[0]
+            for i in range(1, len(values)):
+                out = Mux(sel == i, values[i], out)
+            return out
+
+        at_pop = Signal(range(cap + 1))  # merge position after the early pop
+        early_buf = Signal(8 * cap)  # the buffer after the early pop
         m.d.comb += [
-            new.eq(Mux(merge, pend, 0)),
-            new_n.eq(Mux(merge, pend_n, 0)),
-            at_pop.eq(cnt - self.pop),
+            at_pop.eq(pick(at_r)),
+            early_buf.eq(pick([buf >> (o * 8) for o in opts])),
         ]
         kept = Signal(8 * cap)  # no pop: new bytes behind the held ones
         early = Signal(8 * cap)  # early pop done, new bytes behind
         m.d.comb += [
             kept.eq(buf | shl_bytes(new, cnt, cap)),
-            early.eq((buf >> (self.pop * 8)) | shl_bytes(new, at_pop, cap)),
+            early.eq(early_buf | shl_bytes(new, at_pop, cap)),
         ]
+        # the next cnt and merge positions: each sum is formed from registers before the late
+        # pop_late is subtracted and pop_en selects, so neither meets an adder after them
         with m.If(self.clear):
-            m.d.sync += [buf.eq(0), cnt.eq(0), pend_v.eq(0)]
+            m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0)]
+            m.d.sync += [a.eq(-o) for a, o in zip(at_r, opts)]
         with m.Elif(self.pop_en):
-            m.d.sync += [
-                buf.eq(early >> (self.pop_late * 8)),
-                cnt.eq(cnt + new_n - self.pop - self.pop_late),
-            ]
+            m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(at_pop + new_n - self.pop_late)]
+            m.d.sync += [a.eq((at_pop + new_n - o) - self.pop_late) for a, o in zip(at_r, opts)]
         with m.Else():
             m.d.sync += [buf.eq(kept), cnt.eq(cnt + new_n)]
+            m.d.sync += [a.eq(cnt + new_n - o) for a, o in zip(at_r, opts)]
         return m
 
 
@@ -266,7 +299,8 @@ class LoadEngine(wiring.Component):
         m.d.comb += halted.eq(err != ErrorCode.NONE)
 
         # ---- submodules -----------------------------------------------------------------------
-        m.submodules.win = win = ByteWindow(MB, WIN, late_bytes=C)
+        # early pop options: a line (uncompressed), a mask, a count and a mask (compressed)
+        m.submodules.win = win = ByteWindow(MB, WIN, late_bytes=C, early_opts=3)
         m.submodules.expand = expand = ZeroExpand(C)
 
         # ---- command walker -------------------------------------------------------------------
@@ -286,7 +320,9 @@ class LoadEngine(wiring.Component):
         cw_cur = Signal(ADDR_W - LMB)
         cw_rem = Signal(REM_W)
         # counts: unpacker -> walker (wq) and unpacker -> its own drain step (uq)
-        nq_layout = data.StructLayout({"n": 16, "ok": 1, "ce": range(MB + 1)})
+        # more: the payload goes on past the count beat(s) (n > count_room(slot)), decided when
+        # the count arrives, so the walker and the unpacker read it as a stored bit
+        nq_layout = data.StructLayout({"n": 16, "ok": 1, "ce": range(MB + 1), "more": 1})
         m.submodules.wq = wq = fifo.SyncFIFO(width=nq_layout.size, depth=4)
         m.submodules.uq = uq = fifo.SyncFIFO(width=nq_layout.size, depth=4)
         wq_out = data.View(nq_layout, wq.r_data)
@@ -299,14 +335,26 @@ class LoadEngine(wiring.Component):
         def lo_bits(a):
             return a[:LMB] if LMB else Const(0, 1)
 
+        def count_room(slot):
+            """Bytes of the count beat(s) of ``slot`` after its two count bytes (from its low bits):
+            the row's payload goes on past those beats exactly when its count exceeds this."""
+            lo = lo_bits(slot)
+            return Mux(lo == MB - 1, MB - 1, MB - 2 - lo)
+
         to4k_m1 = Signal(12 - LMB)  # beats to the 4 KiB boundary - 1
         blen = Signal(8)
         m.d.comb += to4k_m1.eq(~cw_cur[: 12 - LMB])
+        # cw_rem <= max_burst - 1 is a register (cw_rem_le, set with cw_rem), so the burst length
+        # needs one small compare, and whether the burst ends the range none: then cw_rem is
+        # small and ends it exactly when it fits before the 4 KiB boundary
+        MBU = cfg.max_burst
+        cw_rem_le = Signal()
+        rem_lo = cw_rem[: max(1, (MBU - 1).bit_length())]  # cw_rem itself when cw_rem_le
         lim = Signal(8)
-        m.d.comb += lim.eq(Mux(cw_rem < cfg.max_burst - 1, cw_rem, cfg.max_burst - 1))
+        m.d.comb += lim.eq(Mux(cw_rem_le, rem_lo, MBU - 1))
         m.d.comb += blen.eq(Mux(to4k_m1 < lim, to4k_m1, lim))
         reach_last = Signal()
-        m.d.comb += reach_last.eq(blen == cw_rem)
+        m.d.comb += reach_last.eq(cw_rem_le & (rem_lo <= to4k_m1))
 
         cmd = self.bus.cmd
         m.d.comb += [
@@ -325,14 +373,17 @@ class LoadEngine(wiring.Component):
         cw_ok1 = Signal()  # cw_ahead + 2 <= DRAM
         cw_cend = Signal(ADDR_W)
         cw_pay = Signal(REM_W)  # beats of the payload after the count beat(s)
+        cw_more = Signal()  # cw_pay != 0 (stored with the count: no adder before the decision)
         m.d.comb += [
             cw_cend.eq(((cw_base + 1) & AMASK) + MB),
             cw_pay.eq((lo_bits(cw_base + 1) + wq_out.n) >> LMB),
+            cw_more.eq(wq_out.more),
         ]
 
         def cw_range(lo, rem_m1, ret):
             """Issue the beats from the one holding byte ``lo``; ``rem_m1``: their number - 1."""
-            return [cw_cur.eq(lo[LMB:]), cw_rem.eq(rem_m1), cw_ret.eq(ret), cw_st.eq(CW_RANGE)]
+            return [cw_cur.eq(lo[LMB:]), cw_rem.eq(rem_m1), cw_rem_le.eq(rem_m1 <= MBU - 1), cw_ret.eq(ret),
+                    cw_st.eq(CW_RANGE)]
 
         def cw_span(lo, n, ret):
             """Range of the ``n >= 1`` bytes from ``lo`` (beats - 1 from ``lo``'s low bits and ``n``)."""
@@ -372,7 +423,13 @@ class LoadEngine(wiring.Component):
                 m.d.sync += cw_st.eq(CW_WAITN)
         with m.Elif(cw_st == CW_RANGE):
             with m.If(cmd_fire):
-                m.d.sync += [cw_cur.eq(cw_cur + blen + 1), cw_rem.eq(cw_rem - blen - 1)]
+                # cw_rem - blen - 1 <= max_burst - 1 follows from registers: already small, or
+                # cw_rem <= max_burst + blen with blen = min(to4k_m1, max_burst - 1)
+                m.d.sync += [
+                    cw_cur.eq(cw_cur + blen + 1),
+                    cw_rem.eq(cw_rem - blen - 1),
+                    cw_rem_le.eq(cw_rem_le | ((cw_rem <= MBU + to4k_m1) & (cw_rem <= 2 * MBU - 1))),
+                ]
                 with m.If(reach_last):
                     with m.Switch(cw_ret):
                         with m.Case(RET_NEXT):
@@ -386,7 +443,7 @@ class LoadEngine(wiring.Component):
             with m.If(wq.r_rdy):
                 with m.If(~wq_out.ok):
                     m.d.sync += cw_st.eq(CW_STOP)
-                with m.Elif(cw_pay != 0):
+                with m.Elif(cw_more):
                     m.d.sync += cw_range(cw_cend, cw_pay - 1, RET_NEXT)
                 with m.Else():
                     m.d.sync += cw_next
@@ -464,11 +521,6 @@ class LoadEngine(wiring.Component):
         ]
         # ce: bytes of the count beat(s) beyond the group (not pushed): the beat holding the
         # count's second byte ends ``room + 2`` bytes after the slot, so ``ce = max(0, room - N)``
-        def count_room(slot):
-            """Bytes of the count beat(s) of ``slot`` after its two count bytes (from its low bits)."""
-            lo = slot[:LMB] if LMB else Const(0, 1)
-            return Mux(lo == MB - 1, MB - 1, MB - 2 - lo)
-
         rc_room = Signal(range(MB))
         rc_ce = Signal(range(MB + 1))
         m.d.comb += [
@@ -479,7 +531,8 @@ class LoadEngine(wiring.Component):
         m.d.comb += cnt_push.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done)
         for q in (wq, uq):
             qin = data.View(nq_layout, q.w_data)
-            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(rc_ok), qin.ce.eq(rc_ce), q.w_en.eq(cnt_push)]
+            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(rc_ok), qin.ce.eq(rc_ce), qin.more.eq(cnt_val > rc_room),
+                         q.w_en.eq(cnt_push)]
         xin = data.View(xq_layout, xq.w_data)
         m.d.comb += [xin.n.eq(cnt_val), xin.cap_bad.eq(rc_cap_bad), xin.dram_bad.eq(rc_dram_bad),
                      xq.w_en.eq(cnt_push)]
@@ -498,8 +551,7 @@ class LoadEngine(wiring.Component):
                   up_lim.eq(up_lim1), up_lim1.eq(up_lim2), up_lim2.eq(up_lim2 - stride)]
         # the row's payload after its count beat(s): room = bytes of those beats after the count
         up_room = Signal(range(MB))
-        up_more = Signal()  # uq_out.n > up_room: payload beats follow
-        m.d.comb += [up_room.eq(count_room(up_base)), up_more.eq(uq_out.n > up_room)]
+        m.d.comb += up_room.eq(count_room(up_base))
 
         def drain_beats(base):
             return Mux((base[:LMB] if LMB else 0) + 2 <= MB, 1, 2)
@@ -572,7 +624,7 @@ class LoadEngine(wiring.Component):
                     m.d.comb += uq.r_en.eq(1)
                     with m.If(~uq_out.ok):
                         m.d.sync += up_st.eq(UP_STOP)
-                    with m.Elif(up_more):
+                    with m.Elif(uq_out.more):
                         # the payload from the beat after the count beat(s) (that beat's first
                         # byte is up_base + 2 + up_room): n - up_room bytes
                         m.d.sync += [up_rem.eq(uq_out.n - up_room), up_off.eq(0), up_st.eq(UP_DATA)]
@@ -654,22 +706,35 @@ class LoadEngine(wiring.Component):
 
         head = Signal(range(3))  # count bytes in front of this line's mask
         rem_eff = Signal(17)  # payload bytes left for this and later lines
-        kbase = Signal(range(WIN + 1))  # bytes popped besides the non-zero ones
         m.d.comb += [
             head.eq(Mux(cfirst, 2, 0)),
             rem_eff.eq(Mux(cfirst, xq_out.n, crem)),
-            kbase.eq(Mux(cfirst, 2 + MBK, MBK)),
             expand.data.eq(Mux(cfirst, win.window[16 : 16 + 8 * (MBK + C)], win.window[: 8 * (MBK + C)])),
         ]
-        room = Signal(range(WIN + 1))  # bytes held beyond kbase (when level >= kbase)
-        fits = Signal()
-        m.d.comb += [room.eq(level - kbase), fits.eq((level >= kbase) & (room >= expand.k))]
-        # The pop amounts only matter when pop_en is set, so they are driven whatever D decides:
-        # the early part from registers only (the window's buffer is shifted by it and its merge
-        # position is level - pop), the late part the mask's popcount. Only pop_en depends on
-        # the scratchpad port's ready and the checks below.
+        # The line's checks against its non-zero count k (the mask's popcount, computed late
+        # from the window) are bits selected by k from thermometer codes of registers, built in
+        # parallel with the popcount, instead of compares after it: the line fits when
+        # level >= head + MBK + k, and its bytes overrun the row's payload when MBK + k > rem_eff.
+        lv_ge = Signal(WIN + 1)  # bit j: level >= j
+        m.d.comb += lv_ge.eq(Cat(Const(1, 1), *[level >= j for j in range(1, WIN + 1)]))
+        fit_k = Signal(C + 1)  # bit k: level >= head + MBK + k
+        rem_ok = Signal(C + 1)  # bit k: rem_eff >= MBK + k
         m.d.comb += [
-            win.pop.eq(Mux(comp, kbase, lb)),
+            fit_k.eq(Mux(cfirst, lv_ge[2 + MBK : 3 + MBK + C], lv_ge[MBK : MBK + C + 1])),
+            rem_ok.eq(Cat(*[rem_eff >= MBK + k for k in range(C + 1)])),
+        ]
+        fits = Signal()
+        over = Signal()  # expand.n > rem_eff
+        m.d.comb += [fits.eq(fit_k.bit_select(expand.k, 1)), over.eq(~rem_ok.bit_select(expand.k, 1))]
+        # The pop amounts only matter when pop_en is set, so they are driven whatever D decides:
+        # the early part is an option chosen from registers (lb is constant while the window is
+        # in use: it is set before CHECK, which clears the window), the late part the mask's
+        # popcount. Only pop_en depends on the scratchpad port's ready and the checks below.
+        m.d.comb += [
+            win.pop_opts[0].eq(lb),
+            win.pop_opts[1].eq(MBK),
+            win.pop_opts[2].eq(2 + MBK),
+            win.pop_sel.eq(Mux(comp, Mux(cfirst, 2, 1), 0)),
             win.pop_late.eq(Mux(comp, expand.k, 0)),
         ]
 
@@ -699,10 +764,10 @@ class LoadEngine(wiring.Component):
                     m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.DRAM_RANGE)]
                 with m.Elif(rem_eff < MBK):
                     m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
-                with m.Elif(level >= head + MBK):
+                with m.Elif(Mux(cfirst, lv_ge[2 + MBK], lv_ge[MBK])):  # level >= head + MBK
                     # popping a corrupt line's bytes is harmless: S reports it and nothing moves
                     m.d.comb += pop_en.eq(fits)
-                    with m.If(expand.n > rem_eff):
+                    with m.If(over):
                         m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
                     with m.Elif(fits):
                         m.d.comb += [

@@ -97,6 +97,8 @@ def test_codec_units_reject_bad_parameters():
         ByteWindow(8, 0)
     with pytest.raises(ValueError, match="late_bytes"):
         ByteWindow(8, 8, -1)
+    with pytest.raises(ValueError, match="early_opts"):
+        ByteWindow(8, 8, 0, 0)
     with pytest.raises(ValueError, match="mem_bytes"):
         BytePacker(6, 8)
     with pytest.raises(ValueError, match="item_bytes"):
@@ -110,12 +112,16 @@ def test_codec_units_reject_bad_parameters():
 # -- realigners --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mb,win,late", [(8, 16, 4), (8, 9, 0), (4, 32, 8), (16, 12, 3)])
-def test_byte_window_realigns(mb, win, late):
-    """Random beats (offset, count) pushed, random pops (split at random into the early and late
-    parts): the popped bytes are the pushed stream."""
-    rng = _rng(f"window{mb}-{win}-{late}")
-    dut = ByteWindow(mb, win, late)
+@pytest.mark.parametrize("mb,win,late,nopts", [(8, 16, 4, 3), (8, 9, 0, 2), (4, 32, 8, 1), (16, 12, 3, 4)])
+def test_byte_window_realigns(mb, win, late, nopts):
+    """Random beats (offset, count) pushed, random pops (an early option chosen at random, with a
+    random late part): the popped bytes are the pushed stream."""
+    rng = _rng(f"window{mb}-{win}-{late}-{nopts}")
+    dut = ByteWindow(mb, win, late, nopts)
+    # fixed options (they may only change while no pop follows); 1 among them, so the tail of
+    # the stream can always be drained
+    opts = [1] + [rng.randrange(0, win + 1) for _ in range(nopts - 1)]
+    rng.shuffle(opts)
     beats = []
     for _ in range(300):
         off = rng.randrange(mb)
@@ -124,6 +130,8 @@ def test_byte_window_realigns(mb, win, late):
     expect = b"".join(d[o : o + n] for d, o, n in beats)
 
     async def bench(ctx):
+        for i, o in enumerate(opts):
+            ctx.set(dut.pop_opts[i], o)
         got = bytearray()
         i = 0
         for _ in range(20000):
@@ -132,13 +140,20 @@ def test_byte_window_realigns(mb, win, late):
             level = ctx.get(dut.level)
             window = ctx.get(dut.window).to_bytes(win, "little")
             assert not any(window[min(level, win) :]), "bytes above level must be zero"
-            want = rng.randrange(0, min(level, win) + 1) if rng.random() < 0.7 else 0
-            lt = rng.randrange(0, min(late, want) + 1)
-            # pop_en low: pop / pop_late are ignored (random values)
-            ctx.set(dut.pop_en, int(want > 0 or rng.random() < 0.5))
-            ctx.set(dut.pop, want - lt if want else rng.randrange(win + 1) * (1 - ctx.get(dut.pop_en)))
-            ctx.set(dut.pop_late, lt if want else rng.randrange(late + 1) * (1 - ctx.get(dut.pop_en)))
-            got += window[:want]
+            avail = min(level, win)
+            choices = [j for j, o in enumerate(opts) if o <= avail]
+            if choices and rng.random() < 0.7:
+                sel = rng.choice(choices)
+                lt = rng.randrange(0, min(late, avail - opts[sel]) + 1)
+                ctx.set(dut.pop_en, 1)
+                ctx.set(dut.pop_sel, sel)
+                ctx.set(dut.pop_late, lt)
+                got += window[: opts[sel] + lt]
+            else:
+                # pop_en low: pop_sel / pop_late are ignored (random values)
+                ctx.set(dut.pop_en, 0)
+                ctx.set(dut.pop_sel, rng.randrange(nopts))
+                ctx.set(dut.pop_late, rng.randrange(late + 1))
             if i < len(beats) and rng.random() < 0.8:
                 d, o, n = beats[i]
                 ctx.set(dut.push.payload, {"data": int.from_bytes(d, "little"), "off": o, "n": n})
