@@ -20,8 +20,9 @@ cycles (default 1,000,000), the final memory checked against the golden model; b
 Metrics per variant: ``<v>_cycles_per_cpu_s`` (cycles / process CPU time, which for
 ``threads2`` includes both threads), ``<v>_cycles_per_s`` (wall), ``<v>_build_s`` and
 ``<v>_build_cpu_s`` (Verilator + C++ compile, wall and CPU), ``<v>_speedup`` (cycles per CPU
-second over ``base``: the machine is shared, and CPU time is the less disturbed of the two). Builds go to ``build/simvariants/<preset>/<variant>`` (rebuilt on every
-run: the build time is one of the figures).
+second over ``base``: the machine is shared, and CPU time is the less disturbed of the two).
+Builds go to ``build/simvariants/<preset>/<variant>`` (rebuilt on every run: the build time is
+one of the figures).
 """
 
 from __future__ import annotations

@@ -94,9 +94,10 @@ class SemaphoreUnit(wiring.Component):
         # Each client touches at most one semaphore per cycle, so its signal and its consume are
         # decoded once into one-hot vectors over the semaphores; a semaphore's increment is then
         # a sum of bits and its decrement a select (at most one consume of a non-zero count per
-        # semaphore per cycle, see above; consumes of count 0 subtract nothing and are left out). The same logic as comparing every client's index against every
-        # semaphore, written so that a simulator evaluates a shift per client instead of
-        # n_semaphores x n_clients compares and masked adds.
+        # semaphore per cycle, see above; consumes of count 0 subtract nothing and are left
+        # out). The same logic as comparing every client's index against every semaphore,
+        # written so that a simulator evaluates a shift per client instead of n_semaphores x
+        # n_clients compares and masked adds.
         nsem = cfg.n_semaphores
         sig_oh = []
         con_oh = []
