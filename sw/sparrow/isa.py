@@ -250,13 +250,17 @@ for _k in KINDS.values():
 _BY_CODE = {(k.opcode, k.vop): k for k in KINDS.values()}
 
 
+_QUEUE_OF = {Opcode.LOAD: Engine.LOAD, Opcode.STORE: Engine.STORE, Opcode.MATMUL: Engine.MATMUL,
+             Opcode.VECTOR: Engine.VECTOR}
+_OWN_QUEUE = (Opcode.NOP, Opcode.DELAY)  # these name their engine in a field
+
+
 def engine_of(instr: "Instruction") -> Engine | None:
     """The engine queue an instruction is dispatched to (``None`` for HALT)."""
     op = instr.kind.opcode
-    if op in (Opcode.NOP, Opcode.DELAY):
-        return instr.engine
-    return {Opcode.LOAD: Engine.LOAD, Opcode.STORE: Engine.STORE, Opcode.MATMUL: Engine.MATMUL,
-            Opcode.VECTOR: Engine.VECTOR}.get(op)
+    if op in _OWN_QUEUE:
+        return instr.values["engine"]
+    return _QUEUE_OF.get(op)
 
 
 class Instruction:

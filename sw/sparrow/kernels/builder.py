@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import HwConfig
-from ..isa import KINDS, Engine, Instruction, Opcode, Program, Spad, make
+from ..isa import KINDS, Engine, Instruction, Opcode, Program, Spad, engine_of, make
 
 __all__ = ["ProgramBuilder", "Tensor", "Ring", "ENGINES", "footprint"]
 
@@ -48,10 +48,6 @@ ENGINES = (Engine.LOAD, Engine.MATMUL, Engine.VECTOR, Engine.STORE)
 _E = {e: i for i, e in enumerate(ENGINES)}
 _HEADER = ("wait_sem", "wait_count", "wait_consume", "signal_sem", "signal_en")
 _HEADER_SET = frozenset(_HEADER)
-# the engine queue of each opcode (as isa.engine_of; NOP and DELAY name theirs in a field)
-_QUEUE = {Opcode.LOAD: Engine.LOAD, Opcode.STORE: Engine.STORE, Opcode.MATMUL: Engine.MATMUL,
-          Opcode.VECTOR: Engine.VECTOR}
-_OWN_ENGINE = (Opcode.NOP, Opcode.DELAY)
 _DTYPES = {"int8": np.int8, "int32": np.int32, "uint8": np.uint8}
 
 
@@ -406,7 +402,7 @@ class ProgramBuilder:
         op = ins.kind.opcode
         if op == Opcode.HALT:
             raise ValueError("mnemonic: the builder appends HALT itself (finish())")
-        e = _E[ins.values["engine"] if op in _OWN_ENGINE else _QUEUE[op]]  # isa.engine_of
+        e = _E[engine_of(ins)]
         acc = footprint(ins, self.cfg)
         return self._append(_Record(mnemonic, ins.values, e, len(self._records), acc, self.tag))
 
