@@ -488,7 +488,7 @@ class LoadEngine(wiring.Component):
                 win.push.valid.eq(rd.valid & (up_st == UP_DATA) & ~halted),
             ]
         rc_off = Signal(range(MB))
-        m.d.comb += rc_off.eq(Mux(rc_second, 0, rc_base[:LMB] if LMB else 0))
+        m.d.comb += rc_off.eq(Mux(rc_second, 0, lo_bits(rc_base)))
         m.d.comb += [
             st_in.data.eq(rd.payload.data),
             st_in.off.eq(rc_off),
@@ -554,7 +554,7 @@ class LoadEngine(wiring.Component):
         m.d.comb += up_room.eq(count_room(up_base))
 
         def drain_beats(base):
-            return Mux((base[:LMB] if LMB else 0) + 2 <= MB, 1, 2)
+            return Mux(lo_bits(base) + 2 <= MB, 1, 2)
 
         def recv_count(slot, lim, ret_drain):
             """Statements that start receiving the count at ``slot`` (``lim``: its memory limit,
@@ -571,7 +571,7 @@ class LoadEngine(wiring.Component):
                 m.d.sync += [
                     up_y.eq(up_y + 1),
                     *up_adv,
-                    up_off.eq(up_ahead[:LMB] if LMB else 0),
+                    up_off.eq(lo_bits(up_ahead)),
                     up_rem.eq(row_bytes),
                     up_st.eq(UP_DATA),
                 ]
@@ -597,9 +597,9 @@ class LoadEngine(wiring.Component):
             with m.If(comp):
                 m.d.sync += up_st.eq(UP_FIRST)
             with m.Else():
-                m.d.sync += [up_off.eq(dram_addr[:LMB] if LMB else 0), up_rem.eq(rlb), up_st.eq(UP_DATA)]
+                m.d.sync += [up_off.eq(lo_bits(dram_addr)), up_rem.eq(rlb), up_st.eq(UP_DATA)]
         with m.Elif(up_st == UP_ROW):
-            m.d.sync += [up_off.eq(up_base[:LMB] if LMB else 0), up_rem.eq(row_bytes), up_st.eq(UP_DATA)]
+            m.d.sync += [up_off.eq(lo_bits(up_base)), up_rem.eq(row_bytes), up_st.eq(UP_DATA)]
         with m.Elif(up_st == UP_FIRST):
             with m.If(up_lim < 0):
                 m.d.sync += up_st.eq(UP_STOP)
