@@ -9,8 +9,8 @@ Semantics are exactly ``docs/isa.md`` (STORE). A chain of decoupled stages, one 
   compressed row's payload is one segment at ``slot + 2``; when its last line is packed, ``N``
   is known and ``(slot, N)`` is queued for the burst former (``N`` as two terms, added where
   the entry is read), which writes the two count bytes (a 1-2 beat burst with strobes) between
-  two bursts. So only ``2 + N`` bytes are written, the
-  row is read once, and a row costs no extra cycle on the item path;
+  two bursts. So only ``2 + N`` bytes are written, the row is read once, and a row costs no
+  extra cycle on the item path;
 * **item register** — holds the formed item, so the compaction and the packer's shifter are in
   different cycles;
 * :class:`BytePacker` — packs the items of a *segment* (one contiguous byte range) into aligned
@@ -73,9 +73,9 @@ class BytePacker(wiring.Component):
     A *segment* is a contiguous byte range starting at ``addr`` of its first item (``start``) and
     ending with the item marked ``end``. Items carry ``n >= 1`` bytes (the low bytes of
     ``data``, the bytes at and above ``n`` zero, so they can be shifted into place without a
-    mask in front of the shifter); every segment's first item has ``start`` set. Beats are ``mem_bytes`` wide at
-    aligned addresses; bytes outside the segment have their strobe clear. One item and one beat
-    per cycle in steady state.
+    mask in front of the shifter); every segment's first item has ``start`` set. Beats are
+    ``mem_bytes`` wide at aligned addresses; bytes outside the segment have their strobe clear.
+    One item and one beat per cycle in steady state.
 
     Timing: beats leave through a two-register skid buffer (``beat`` is driven from registers and
     ``beat.ready`` only steers them), so whether a beat is formed this cycle depends on

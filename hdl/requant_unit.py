@@ -18,8 +18,8 @@ takes two stages (by ``8*(s//8)``, then by ``s%8``; round and sticky bits come f
 product) and the rounded value is saturated to 16 bits before the final ``+ zp`` and clamp
 (saturation cannot change the clamped int8 result); the clamp compares are made beside the
 ``+ zp`` (against bounds minus ``zp``, registered from the configuration) and the last stage only
-selects. The pipeline never stalls: a valid input
-appears at the output exactly :attr:`LATENCY` cycles later.
+selects. The pipeline never stalls: a valid input appears at the output exactly
+:attr:`LATENCY` cycles later.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
