@@ -106,18 +106,20 @@ def test_concurrent_timeline_respects_semaphores_and_engine_order():
     res = m.run(prog, mode="concurrent")
     by_index = {i: (eng, s, e) for i, eng, s, e in res.timeline}
     assert len(by_index) == len(prog) - 1
+    gap = m.costs.issue_gap
+    assert gap >= 1                                     # the checks below then also test the gap
     last_end = {}
     for i in sorted(by_index):
         eng, s, e = by_index[i]
-        assert s >= last_end.get(eng, 0)                # one at a time, in program order per engine
+        assert s >= last_end.get(eng, -gap) + gap       # one at a time, in program order per engine
         last_end[eng] = e
         assert eng == prog[i].engine_queue
     # every MATMUL starts after the LOAD of its tile completes
     loads = [i for i in sorted(by_index) if prog[i].mnemonic == "load" and prog[i].spad.name == "ACT"]
     mms = [i for i in sorted(by_index) if prog[i].mnemonic == "matmul"]
     for ld, mm in zip(loads, mms, strict=True):
-        assert by_index[mm][1] >= by_index[ld][2]
-    assert res.cycles == max(e for _, _, _, e in res.timeline)
+        assert by_index[mm][1] >= by_index[ld][2] + gap
+    assert res.cycles == max(e for _, _, _, e in res.timeline) + gap
     busy = {}
     for _, eng, s, e in res.timeline:
         busy[eng] = busy.get(eng, 0) + e - s
@@ -133,9 +135,9 @@ def test_wait_counter_and_signal_release_time():
             make("vadd", wait_sem=4, wait_count=1)]
     res = m.run(prog, mode="concurrent")
     (_, _, ls, le), (_, _, vs, ve) = res.timeline
-    fetch = 16 // cfg.mem_bytes
-    assert (ls, vs) == (fetch, le)                       # released in the cycle of the signal
-    assert res.counters["vector_wait"] == le - 2 * fetch  # dispatched at 2*fetch, waited until le
+    fetch, lat, gap = 16 // cfg.mem_bytes, m.costs.fetch_latency, m.costs.issue_gap
+    assert (ls, vs) == (lat + fetch, le + gap)           # released in the cycle the signal is seen
+    assert res.counters["vector_wait"] == le + gap - (lat + 2 * fetch)  # dispatched at lat + 2*fetch
     assert m.sems[4] == 1                                # no consume
 
 
@@ -176,13 +178,13 @@ def test_stall_counter_charges_the_full_queue():
     prog = [make("delay", engine="vector", slot=2), make("nop", engine="vector"),
             make("nop", engine="vector"), make("nop", engine="load")]
     res = m.run(prog, mode="concurrent")
-    fetch = 16 // CFG.mem_bytes
-    delay_end = res.timeline[0][3]
-    # word 2 is ready at 3*fetch but the VECTOR queue holds word 1 until the DELAY completes
-    assert res.counters["vector_stall"] == delay_end - 3 * fetch
+    fetch, lat, gap = 16 // CFG.mem_bytes, m.costs.fetch_latency, m.costs.issue_gap
+    delay_done = res.timeline[0][3] + gap
+    # word 2 is ready at lat + 3*fetch but the VECTOR queue holds word 1 until the DELAY completes
+    assert res.counters["vector_stall"] == delay_done - (lat + 3 * fetch)
     assert res.counters["load_stall"] == res.counters["matmul_stall"] == res.counters["store_stall"] == 0
     load_start = [s for i, _, s, _ in res.timeline if i == 3][0]
-    assert load_start == delay_end + fetch              # in-order dispatch held the LOAD-queue NOP too
+    assert load_start == delay_done + fetch             # in-order dispatch held the LOAD-queue NOP too
 
 
 # -- race checker ---------------------------------------------------------------------------

@@ -57,9 +57,14 @@ def test_compressed_counts_group_bytes():
     st = make("store", rows=2, row_lines=2, dram_stride=worst, compressed=1)
     sizes = [len(codec.compress_group(r)) for r in data]           # 5 and 12 bytes
     beats = [max(ceil(n, CFG.mem_bytes), 2) for n in sizes]
-    assert duration(m, st) == K.store_start + sum(K.store_row_setup + b for b in beats)
+    assert duration(m, st) == K.store_start + sum(K.store_row_setup + K.store_compressed_row + b for b in beats)
     ld = make("load", spad_addr=100, rows=2, row_lines=2, dram_stride=worst, compressed=1)
-    assert duration(m, ld) == K.dma_start + sum(K.dma_row_setup + b for b in beats)
+    assert duration(m, ld) == K.dma_start + sum(K.dma_row_setup + K.load_compressed_row + b for b in beats)
+    # the per-row surcharge applies to compressed rows only
+    raw = make("load", spad_addr=100, rows=2, row_lines=2, dram_stride=worst)
+    before = duration(m, ld), duration(m, raw)
+    m.costs = Costs(load_compressed_row=K.load_compressed_row + 5)
+    assert (duration(m, ld), duration(m, raw)) == (before[0] + 2 * 5, before[1])
 
 
 def test_load_and_store_fixed_costs_are_separate():

@@ -3,7 +3,7 @@
 Event-driven model (times in cycles, all durations from :mod:`sparrow.golden.perf`):
 
 * **Fetch** reads one instruction word every ``fetch`` cycles: word ``i`` is available at
-  ``t_dispatch(i-1) + fetch`` (word 0 at ``fetch``). A word that fails decode faults
+  ``t_dispatch(i-1) + fetch`` (word 0 at ``fetch_latency + fetch``). A word that fails decode faults
   (``ILLEGAL_OPCODE``/``ILLEGAL_FIELD``) when it becomes available. HALT (or the end of the
   program) stops fetch. Any other word is dispatched to its engine's queue if the queue has fewer
   than ``queue_depth`` entries; otherwise fetch *stalls* until that queue has room (in-order
@@ -15,8 +15,9 @@ Event-driven model (times in cycles, all durations from :mod:`sparrow.golden.per
   engine's queue is *released* as soon as its wait is satisfied (not behind a running DELAY):
   the consume (and the race checker's join) happens then, and it starts when the engine is
   idle without waiting again — as the sequencer does. Cycles an idle engine's head spends waiting count in ``wait``.
-  An instruction's effects are applied when it starts; it *completes* ``duration`` cycles later,
-  when its signal (if any) increments the semaphore; a waiter may start in that same cycle.
+  An instruction's effects are applied when it starts; it is busy for ``duration`` cycles and
+  *completes* ``issue_gap`` cycles after that, when its engine becomes idle and its signal (if
+  any) increments the semaphore; a waiter may start in that same cycle.
   Within one cycle, completions are processed before starts, and engines are visited in the
   order LOAD, MATMUL, VECTOR, STORE (which decides who wins a consume race), fetch last.
 * **Done** when fetch has stopped and every queue and engine is idle; ``cycles`` is that time.
@@ -179,11 +180,12 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
     wait_since = [None] * n_eng
     pc = 0
     n_words = len(decoded)
-    fetch_ready = fetch_cost
+    fetch_ready = fetch_cost + costs.fetch_latency
+    gap = costs.issue_gap
     fetch_done = n_words == 0
     stall_since = None
     stall_eng = None
-    now = 0 if fetch_done else fetch_cost
+    now = 0 if fetch_done else fetch_ready
 
     def result(code=ErrorCode.NONE, index=None, engine=None, detail=""):
         counters["cycles"] = now
@@ -255,7 +257,7 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
                 if races is not None:
                     races.access(e, idx, clock, ex.accesses)
                 end = now + ex.duration
-                running[e] = (idx, ins, end, clock)
+                running[e] = (idx, ins, end + gap, clock)
                 timeline.append((idx, ENGINES[e], now, end))
                 counters["instructions"] += 1
                 counters[f"{names[e]}_busy"] += ex.duration
