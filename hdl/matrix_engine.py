@@ -395,8 +395,14 @@ class MatrixEngine(wiring.Component):
         # -- instruction latch and start-time footprint check -----------------------------------
         ins = Signal(self.instr.payload.body.matmul.shape())
         m.d.comb += self.instr.ready.eq((state == _State.IDLE) & (err == ErrorCode.NONE))
+        mi_last = Signal(8)        # m_inner - 1
+        mo_last = Signal(8)        # m_outer - 1
         with m.If(self.instr.valid & self.instr.ready):
-            m.d.sync += [ins.eq(self.instr.payload.body.matmul), state.eq(_State.CHECK1)]
+            new = self.instr.payload.body.matmul
+            # the decrements are latched with the instruction, so CHECK1's multiplies start from
+            # registers (a subtract in front of an 8 x 8 LUT multiplier was the critical path)
+            m.d.sync += [ins.eq(new), mi_last.eq((new.m_inner - 1)[:8]), mo_last.eq((new.m_outer - 1)[:8]),
+                         state.eq(_State.CHECK1)]
 
         # Footprint check in four registered steps (one multiply or one add per term and cycle,
         # so no multiply-add chain sits in front of a compare):
@@ -417,7 +423,6 @@ class MatrixEngine(wiring.Component):
         acc_max = Signal(18)
         wgt_bad = Signal()
         acc_bad = Signal()
-        mi_last = Signal(8)        # m_inner - 1
         kl = Signal(range(cols))
         m.d.comb += kl.eq((ins.k - 1)[:lshift] if lshift else 0)
 
@@ -432,13 +437,12 @@ class MatrixEngine(wiring.Component):
 
         with m.If(state == _State.CHECK1):
             m.d.sync += [
-                p_outer.eq((ins.m_outer - 1)[:8] * ins.a_outer_stride),     # unsigned 8 x 14 bits
-                p_inner.eq((ins.m_inner - 1)[:8] * ins.a_stride),           # unsigned 8 x 8 bits
+                p_outer.eq(mo_last * ins.a_outer_stride),                   # unsigned 8 x 14 bits
+                p_inner.eq(mi_last * ins.a_stride),                         # unsigned 8 x 8 bits
                 n_rows.eq(ins.m_outer * ins.m_inner),
                 n_lines.eq((ins.k + cols - 1) >> lshift),
                 last_mask.eq(Cat(Const(1, 1), *[Const(e, range(cols)) <= kl for e in range(1, cols)])),
                 wgt_max.eq(ins.w_addr + (ins.k - 1)[:12]),
-                mi_last.eq((ins.m_inner - 1)[:8]),
                 state.eq(_State.CHECK2),
             ]
         with m.If(state == _State.CHECK2):
@@ -501,21 +505,31 @@ class MatrixEngine(wiring.Component):
                 with m.Case(i):
                     m.d.comb += sel_data.eq(lane.res.payload)
 
-        take = Signal()
+        # The granted lane's result goes through a register (``hold``) before the pending FIFO
+        # and the accumulator read: the round-robin select and its data mux then end at a
+        # flip-flop instead of chaining into the FIFO's write port (the block's FPGA critical
+        # path). ``hold`` refills in the cycle it empties, so one row per cycle still retires.
+        hold = Signal(res_lay)
+        hold_v = Signal()
+        take = Signal()         # hold -> pendq (and the accumulator read)
+        grab = Signal()         # granted lane -> hold
         accum = ins.accumulate
         credit_ok = Signal()
         m.d.comb += [
             credit_ok.eq(pendq.level + wq.level < wd),
-            self.acc_rd.cmd.valid.eq(accum & sel_any & credit_ok),
-            self.acc_rd.cmd.payload.eq(sel_data.addr),
-            take.eq(sel_any & Mux(accum, credit_ok & self.acc_rd.cmd.ready, pendq.w_rdy)),
+            self.acc_rd.cmd.valid.eq(accum & hold_v & credit_ok),
+            self.acc_rd.cmd.payload.eq(hold.addr),
+            take.eq(hold_v & Mux(accum, credit_ok & self.acc_rd.cmd.ready, pendq.w_rdy)),
             pendq.w_en.eq(take),
-            pendq.w_data.eq(sel_data.as_value()),
+            pendq.w_data.eq(hold.as_value()),
+            grab.eq(sel_any & (~hold_v | take)),
         ]
         for i, lane in enumerate(lanes):
-            m.d.comb += lane.res.ready.eq(take & (sel == i))
-        with m.If(take):
-            m.d.sync += last_g.eq(sel)
+            m.d.comb += lane.res.ready.eq(grab & (sel == i))
+        with m.If(grab):
+            m.d.sync += [last_g.eq(sel), hold.eq(sel_data), hold_v.eq(1)]
+        with m.Elif(take):
+            m.d.sync += hold_v.eq(0)
 
         pend = res_lay(pendq.r_data)
         old = acc_line(cols)(self.acc_rd.rsp.payload)
