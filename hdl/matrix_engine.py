@@ -49,6 +49,7 @@ from sparrow.config import HwConfig
 from sparrow.errors import ErrorCode
 
 from .engine_port import engine_control_members
+from .multiplier import Multiplier
 from .spad_port import ReadPortSignature, WritePortSignature, acc_line, act_line
 
 __all__ = ["MatrixEngine", "MatrixLane", "result_layout"]
@@ -277,15 +278,18 @@ class MatrixLane(wiring.Component):
         wr = self.wgt_rd.rsp
         op = op_lay(opq.r_data)
         m.d.comb += opq.r_en.eq(wr.valid)
+        # operands registered (cycle p), product registered (cycle q): both registers are the
+        # Multiplier's, so an FPGA flow can keep them inside its DSP blocks
         p_v, p_first, p_last = Signal(), Signal(), Signal()
-        p_a = Signal(signed(8))
-        p_w = Signal(act_line(cols))
-        m.d.sync += [p_v.eq(wr.valid), p_a.eq(op.a), p_first.eq(op.first), p_last.eq(op.last),
-                     p_w.eq(wr.payload)]
+        m.d.sync += [p_v.eq(wr.valid), p_first.eq(op.first), p_last.eq(op.last)]
         q_v, q_first, q_last = Signal(), Signal(), Signal()
-        prod = [Signal(signed(16), name=f"prod{c}") for c in range(cols)]
         m.d.sync += [q_v.eq(p_v), q_first.eq(p_first), q_last.eq(p_last)]
-        m.d.sync += [prod[c].eq(p_a * p_w[c]) for c in range(cols)]
+        prod = []
+        for c in range(cols):
+            mul = Multiplier(signed(8), signed(8))
+            m.submodules[f"mul{c}"] = mul
+            m.d.comb += [mul.a.eq(op.a), mul.b.eq(wr.payload[c])]
+            prod.append(mul.p)
         acc = Signal(acc_line(cols))
         acc_next = Signal(acc_line(cols))
         for c in range(cols):
@@ -396,13 +400,20 @@ class MatrixEngine(wiring.Component):
         ins = Signal(self.instr.payload.body.matmul.shape())
         m.d.comb += self.instr.ready.eq((state == _State.IDLE) & (err == ErrorCode.NONE))
         mi_last = Signal(8)        # m_inner - 1
-        mo_last = Signal(8)        # m_outer - 1
-        with m.If(self.instr.valid & self.instr.ready):
-            new = self.instr.payload.body.matmul
-            # the decrements are latched with the instruction, so CHECK1's multiplies start from
-            # registers (a subtract in front of an 8 x 8 LUT multiplier was the critical path)
-            m.d.sync += [ins.eq(new), mi_last.eq((new.m_inner - 1)[:8]), mo_last.eq((new.m_outer - 1)[:8]),
-                         state.eq(_State.CHECK1)]
+        accept = Signal()
+        new = self.instr.payload.body.matmul
+        m.d.comb += accept.eq(self.instr.valid & self.instr.ready)
+        with m.If(accept):
+            m.d.sync += [ins.eq(new), mi_last.eq((new.m_inner - 1)[:8]), state.eq(_State.CHECK1)]
+        # The footprint's three products: operands registered with the instruction, products
+        # registered in CHECK1 (Multiplier registers, so an FPGA flow can keep them in its DSPs).
+        muls = {}
+        for name, a, b in (("p_outer", (new.m_outer - 1)[:8], new.a_outer_stride),   # 8 x 14 bits
+                           ("p_inner", (new.m_inner - 1)[:8], new.a_stride),         # 8 x 8 bits
+                           ("n_rows", new.m_outer, new.m_inner)):                    # 8 x 8 bits
+            mul = muls[name] = Multiplier(unsigned(len(a)), unsigned(len(b)))
+            m.submodules[f"mul_{name}"] = mul
+            m.d.comb += [mul.a.eq(a), mul.b.eq(b), mul.en_in.eq(accept), mul.en_out.eq(state == _State.CHECK1)]
 
         # Footprint check in four registered steps (one multiply or one add per term and cycle,
         # so no multiply-add chain sits in front of a compare):
@@ -413,9 +424,9 @@ class MatrixEngine(wiring.Component):
         #   CHECK4  SPAD_RANGE or start (compares against power-of-two depths are high-bit ORs)
         n_lines = Signal(_lines_bits(cfg))
         last_mask = Signal(cols)
-        p_outer = Signal(22)
-        p_inner = Signal(16)
-        n_rows = Signal(17)
+        p_outer = muls["p_outer"].p     # valid from CHECK2 on
+        p_inner = muls["p_inner"].p
+        n_rows = muls["n_rows"].p
         act_s1 = Signal(23)
         act_s2 = Signal(17)
         act_max = Signal(24)
@@ -437,9 +448,6 @@ class MatrixEngine(wiring.Component):
 
         with m.If(state == _State.CHECK1):
             m.d.sync += [
-                p_outer.eq(mo_last * ins.a_outer_stride),                   # unsigned 8 x 14 bits
-                p_inner.eq(mi_last * ins.a_stride),                         # unsigned 8 x 8 bits
-                n_rows.eq(ins.m_outer * ins.m_inner),
                 n_lines.eq((ins.k + cols - 1) >> lshift),
                 last_mask.eq(Cat(Const(1, 1), *[Const(e, range(cols)) <= kl for e in range(1, cols)])),
                 wgt_max.eq(ins.w_addr + (ins.k - 1)[:12]),

@@ -35,6 +35,7 @@ from pathlib import Path
 
 __all__ = ["DEVICES", "HEADROOM", "TARGET_MHZ", "Device", "verilog_ports", "io_wrapper", "parse_yosys_stat",
            "parse_nextpnr_report", "critical_path_summary", "pick_device", "synthesize", "place_route",
+           "ECP5Synthesis",
            "BLOCKS", "export_block", "run_preset", "table", "main"]
 
 TARGET_MHZ = 150.0
@@ -297,7 +298,8 @@ def export_verilog(preset_name: str, work: Path) -> tuple[Path, str]:
     from sparrow.config import preset
     from sparrow.hdl.top import Sparrow
     top, wrap = f"sparrow_{preset_name}", f"sparrow_{preset_name}_fpga"
-    text = verilog.convert(Sparrow(preset(preset_name), bus="axi"), name=top, emit_src=True)
+    text = verilog.convert(Sparrow(preset(preset_name), bus="axi"), name=top, platform=ECP5Synthesis(),
+                           emit_src=True)
     work.mkdir(parents=True, exist_ok=True)
     vfile = work / f"{wrap}.v"
     vfile.write_text(text + "\n" + io_wrapper(text, top, wrap))
@@ -314,6 +316,48 @@ BLOCKS = {
     "seq": ("sparrow.hdl.sequencer", "Sequencer"),
     "fetch": ("sparrow.hdl.fetch", "FetchUnit"),
 }
+
+
+class ECP5Synthesis:
+    """Elaboration platform of this flow: what the Verilog for ECP5 may use beyond plain logic.
+
+    Only :meth:`get_multiplier` (see :mod:`sparrow.hdl.multiplier`): a
+    :class:`~sparrow.hdl.multiplier.Multiplier` whose operands fit 18 bits becomes one MULT18X18D
+    with its A/B input registers (clock enable ``CE0`` = ``en_in``) and its output register
+    (``CE1`` = ``en_out``), synchronous reset from the domain's reset -- the same ports, latency
+    and reset values as the plain version. Wider operands keep the plain version.
+    """
+
+    DSP_WIDTH = 18
+
+    def get_multiplier(self, mul):
+        from amaranth import ClockSignal, Const, Instance, Module, ResetSignal, Signal
+        w = self.DSP_WIDTH
+        if mul.a_shape.width > w or mul.b_shape.width > w or mul.p_width > 2 * w:
+            return None
+        m = Module()
+        a18, b18, p36 = Signal(w), Signal(w), Signal(2 * w)
+        # operands sign- or zero-extended to 18 bits as their shapes say; SIGNEDA/B tell the DSP
+        m.d.comb += [a18.eq(mul.a), b18.eq(mul.b), mul.p.eq(p36[:mul.p_width])]
+        ports = {f"i_A{k}": a18[k] for k in range(w)}
+        ports.update({f"i_B{k}": b18[k] for k in range(w)})
+        ports.update({f"o_P{k}": p36[k] for k in range(2 * w)})
+        # C and the cascade inputs (SRIA/SRIB) stay unconnected: tied to 0 they become constant
+        # nets that nextpnr-ecp5 cannot route into the DSP tile
+        m.submodules.dsp = Instance(
+            "MULT18X18D",
+            p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+            p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+            p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
+            p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE1", p_REG_OUTPUT_RST="RST0",
+            p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT",
+            i_SIGNEDA=Const(int(mul.a_shape.signed), 1), i_SIGNEDB=Const(int(mul.b_shape.signed), 1),
+            i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
+            i_CLK0=ClockSignal(), i_CLK1=Const(0, 1), i_CLK2=Const(0, 1), i_CLK3=Const(0, 1),
+            i_CE0=mul.en_in, i_CE1=mul.en_out, i_CE2=Const(0, 1), i_CE3=Const(0, 1),
+            i_RST0=ResetSignal(), i_RST1=Const(0, 1), i_RST2=Const(0, 1), i_RST3=Const(0, 1),
+            **ports)
+        return m
 
 
 def _ports_of(component) -> dict:
@@ -343,7 +387,7 @@ def export_block(block: str, preset_name: str, work: Path) -> tuple[Path, str]:
     mod, cls = BLOCKS[block]
     comp = getattr(importlib.import_module(mod), cls)(preset(preset_name))
     top, wrap = f"{block}_{preset_name}", f"{block}_{preset_name}_fpga"
-    text = verilog.convert(comp, name=top, ports=_ports_of(comp), emit_src=True)
+    text = verilog.convert(comp, name=top, platform=ECP5Synthesis(), ports=_ports_of(comp), emit_src=True)
     work.mkdir(parents=True, exist_ok=True)
     vfile = work / f"{wrap}.v"
     vfile.write_text(text + "\n" + io_wrapper(text, top, wrap))
