@@ -67,30 +67,44 @@ class MaskUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cols = self.cols
-        j = Signal(8)            # line within the row
+        left = Signal(8)         # lines of the row after the current one
+        j1 = Signal(8)           # (line within the row) + 1
         grp = Signal(3)          # i % 8
         thr = Signal(signed(14))  # masked where col > thr
         ebits = (cols - 1).bit_length()
 
         causal = self.mode == MaskMode.CAUSAL
-        # The generated (CAUSAL / PADDING) bits are registered: they are computed for the start
-        # position and for the next line from registers and inputs, and start/step only select
-        # (comparing in front of the vector engine's data select, or behind its step decision,
-        # was the vector block's FPGA critical path).
+        # The generated (CAUSAL / PADDING) bits are registered, and every compare behind that
+        # register reads registers and the inputs only: the next line's bits are computed for
+        # both cases -- same row (line j + 1, kept as ``j1``) and next row (line 0, threshold
+        # +1 if causal, as a compare against a constant) -- and the row-end flag (a down-count
+        # reaching 0) only selects. Deriving the row end from ``row_lines - 1`` and comparing
+        # after the select was the vector block's FPGA critical path.
         def generated(jj, tt):      # bit e: col = jj*cols + e > tt
             return Cat(*[(Cat(Const(e, ebits), jj) if ebits else jj).as_unsigned() > tt for e in range(cols)])
 
-        last_line = j == self.row_lines - 1
-        j_adv = Signal(8)
-        thr_adv, thr_start = Signal(signed(14)), Signal(signed(14))
-        m.d.comb += [j_adv.eq(Mux(last_line, 0, j + 1)),
-                     thr_adv.eq(Mux(last_line & causal, thr + 1, thr)),
-                     thr_start.eq(Mux(causal, self.param, self.param - 1))]
+        def const_gt(offset, tt):   # bit e: e + offset > tt
+            return Cat(*[Const(e + offset, signed(16)) > tt for e in range(cols)])
+
+        last_line = left == 0
+        gen_same_row = Signal(cols)
+        gen_next_row = Signal(cols)
+        m.d.comb += [gen_same_row.eq(generated(j1, thr)),
+                     gen_next_row.eq(Mux(causal, const_gt(-1, thr), const_gt(0, thr)))]
         gen = Signal(cols)       # generated bits of the current line
         with m.If(self.start):
-            m.d.sync += [j.eq(0), grp.eq(0), thr.eq(thr_start), gen.eq(generated(Const(0, 8), thr_start))]
+            # line 0, threshold param (CAUSAL) or param - 1 (PADDING: e > param - 1 is e >= param)
+            m.d.sync += [left.eq(self.row_lines - 1), j1.eq(1), grp.eq(0),
+                         thr.eq(Mux(causal, self.param, self.param - 1)),
+                         gen.eq(Mux(causal, const_gt(0, self.param), const_gt(1, self.param)))]
         with m.Elif(self.step):
-            m.d.sync += [j.eq(j_adv), grp.eq(grp + 1), thr.eq(thr_adv), gen.eq(generated(j_adv, thr_adv))]
+            m.d.sync += [grp.eq(grp + 1), gen.eq(Mux(last_line, gen_next_row, gen_same_row))]
+            with m.If(last_line):
+                m.d.sync += [left.eq(self.row_lines - 1), j1.eq(1)]
+                with m.If(causal):
+                    m.d.sync += thr.eq(thr + 1)
+            with m.Else():
+                m.d.sync += [left.eq(left - 1), j1.eq(j1 + 1)]
 
         loaded = self.mode == MaskMode.LOADED
         bits = self.bitmap.word_select(grp, cols)

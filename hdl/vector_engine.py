@@ -130,10 +130,16 @@ class VectorEngine(wiring.Component):
         # ---- submodules -------------------------------------------------------------------
         m.submodules.unit = unit = RequantUnit(cols)
         m.submodules.maskgen = mgen = MaskUnit(cols)
-        m.submodules.fifo_a = fa = fifo.SyncFIFO(width=8 * cols, depth=self.rd_depth)
-        m.submodules.fifo_b = fb = fifo.SyncFIFO(width=8 * cols, depth=self.rd_depth)
-        m.submodules.fifo_c = fc = fifo.SyncFIFO(width=32 * cols, depth=self.rd_depth)
-        m.submodules.fifo_w = fw = fifo.SyncFIFO(width=8 * cols, depth=self.wr_depth)
+        # Every FIFO's output is a register (``SyncFIFOBuffered``): ``r_rdy`` and ``r_data`` come
+        # from flip-flops, not from a level compare and a LUT-RAM read, which chained into the
+        # pops and the unit's input registers (operand FIFOs) and into the write counters
+        # (write FIFO) -- the block's FPGA critical paths. Each is one entry deeper than its
+        # credits: the buffered FIFO refuses a write while its inner FIFO is full, even in the
+        # cycle that entry moves to the output register. Costs a cycle per instruction.
+        m.submodules.fifo_a = fa = fifo.SyncFIFOBuffered(width=8 * cols, depth=self.rd_depth + 1)
+        m.submodules.fifo_b = fb = fifo.SyncFIFOBuffered(width=8 * cols, depth=self.rd_depth + 1)
+        m.submodules.fifo_c = fc = fifo.SyncFIFOBuffered(width=32 * cols, depth=self.rd_depth + 1)
+        m.submodules.fifo_w = fw = fifo.SyncFIFOBuffered(width=8 * cols, depth=self.wr_depth + 1)
 
         for f, port in ((fa, self.act_rd_a), (fb, self.act_rd_b), (fc, self.acc_rd)):
             comb += [f.w_data.eq(port.rsp.payload.as_value()), f.w_en.eq(port.rsp.valid)]
@@ -240,6 +246,8 @@ class VectorEngine(wiring.Component):
         comb += credit.eq(inflight < self.wr_depth)
         pcnt = Signal(2)                 # REQUANT parameter lines received (0..3)
         wcnt = Signal(8)                 # pool: position in the window
+        w_last = Signal()                # registered wcnt == win_run: the pop and emit decisions
+        w_first = Signal()               # and the window start read flags, not 8-bit compares
         pool_acc = [Signal(signed(16), name=f"pool_acc_{c}") for c in range(cols)]
         bm_reg = Signal(8 * cols)
 
@@ -258,8 +266,7 @@ class VectorEngine(wiring.Component):
                 comb += [pop_a.eq(fa.r_rdy & (~mgen.need_bitmap | fb.r_rdy) & credit),
                          pop_b.eq(pop_a & mgen.need_bitmap), emit.eq(pop_a)]
             with m.Elif(is_pool):
-                last = wcnt == win_run
-                comb += [pop_a.eq(fa.r_rdy & (~last | credit)), emit.eq(pop_a & last)]
+                comb += [pop_a.eq(fa.r_rdy & (~w_last | credit)), emit.eq(pop_a & w_last)]
 
         # REQUANT parameters (bias, mult, shift) and the unit's per-instruction configuration.
         acc_words = [fc.r_data[32 * c:32 * (c + 1)] for c in range(cols)]
@@ -277,12 +284,15 @@ class VectorEngine(wiring.Component):
 
         # Pool window accumulation.
         with m.If(is_pool & pop_a):
-            sync += wcnt.eq(Mux(wcnt == win_run, 0, wcnt + 1))
+            with m.If(w_last):
+                sync += [wcnt.eq(0), w_last.eq(win_run == 0), w_first.eq(1)]
+            with m.Else():
+                sync += [wcnt.eq(wcnt + 1), w_last.eq(wcnt + 1 == win_run), w_first.eq(0)]
         pool_val = []
         for c in range(cols):
             d = a_elems[c]
             comb_v = Signal(signed(16), name=f"pool_v_{c}")
-            with m.If(wcnt == 0):
+            with m.If(w_first):
                 comb += comb_v.eq(d)
             with m.Elif(is_max):
                 comb += comb_v.eq(Mux(d > pool_acc[c], d, pool_acc[c]))
@@ -442,7 +452,7 @@ class VectorEngine(wiring.Component):
         with m.If(start):
             sync += win_run.eq(win_m1)
             sync += [acc_ptr.eq(rq.param), acc_cnt.eq(0), acc_left.eq(Mux(is_rq, rq.rows + 3, 0)),
-                     pcnt.eq(0), wcnt.eq(0),
+                     pcnt.eq(0), wcnt.eq(0), w_last.eq(win_m1 == 0), w_first.eq(1),
                      dx.eq(0), dy.eq(0), li.eq(0), ox.eq(0), oy.eq(0), a_more.eq(~is_rq)]
             # Unit defaults (REQUANT overwrites bias/mult/shift from its parameter lines).
             for c in range(cols):
