@@ -26,6 +26,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .multiplier import Multiplier
+
 __all__ = ["RequantUnit"]
 
 
@@ -122,21 +124,24 @@ class RequantUnit(wiring.Component):
             def reg(shape, stage, what, _c=c):
                 return Signal(shape, name=f"s{stage}_{what}_{_c}")
 
-            # S1: t = x + bias (exact, 33 bits); keep the ADD operands.
-            t = reg(signed(33), 1, "t")
-            a1, b1 = reg(signed(8), 1, "a"), reg(signed(8), 1, "b")
-            at(1, [t.eq(self.i_x[c] + self.bias[c]), a1.eq(self.i_a[c]), b1.eq(self.i_b[c])])
-
-            # S2: partial products. t = th*2**16 + tl, mult = mh*2**16 + ml.
+            # S1 + S2: t = x + bias (exact, 33 bits) split as t = th*2**16 + tl and mult as
+            # mult = mh*2**16 + ml; the four partial products and the ADD products. Each is a
+            # Multiplier: operands registered as the line enters S1, product as it enters S2 --
+            # the registers an FPGA flow keeps inside its DSP blocks.
+            t = Signal(signed(33), name=f"t_{c}")
+            m.d.comb += t.eq(self.i_x[c] + self.bias[c])
             tl, th = t[0:16], t[16:33].as_signed()
             ml, mh = self.mult[c][0:16], self.mult[c][16:31]
-            pp_ll = reg(unsigned(32), 2, "ll")
-            pp_lh = reg(unsigned(31), 2, "lh")
-            pp_hl = reg(signed(33), 2, "hl")
-            pp_hh = reg(signed(32), 2, "hh")
-            pa, pb = reg(signed(24), 2, "pa"), reg(signed(24), 2, "pb")
-            at(2, [pp_ll.eq(tl * ml), pp_lh.eq(tl * mh), pp_hl.eq(th * ml), pp_hh.eq(th * mh),
-                   pa.eq(a1 * self.mult_a), pb.eq(b1 * self.mult_b)])
+
+            def product(what, a, b, _c=c):
+                mul = Multiplier(a.shape(), b.shape())
+                m.submodules[f"mul_{what}_{_c}"] = mul
+                m.d.comb += [mul.a.eq(a), mul.b.eq(b), mul.en_in.eq(enables[0]), mul.en_out.eq(enables[1])]
+                return mul.p
+            pp_ll, pp_lh = product("ll", tl, ml), product("lh", tl, mh)             # 32 u, 31 u
+            pp_hl, pp_hh = product("hl", th, ml), product("hh", th, mh)             # 33 s, 32 s
+            pa = product("pa", self.i_a[c], self.mult_a)                              # 24 s
+            pb = product("pb", self.i_b[c], self.mult_b)
 
             # S3: two partial sums and the ADD sum.
             s_lo = reg(unsigned(48), 3, "slo")
@@ -169,7 +174,10 @@ class RequantUnit(wiring.Component):
             # S7: saturate q to 16 bits (harmless: the int8 clamp decides the same) and round.
             qs = reg(signed(16), 7, "qs")
             up = reg(1, 7, "up")
-            at(7, [qs.eq(Mux(q > 32767, 32767, Mux(q < -32768, -32768, q))),
+            # q > 32767: non-negative with a one in bits 15..62; q < -32768: negative with a zero
+            # there (bit tests: two 64-bit compares were carry chains of 67 levels on the FPGA)
+            hi_bits = q[15:63]
+            at(7, [qs.eq(Mux(~q[63] & hi_bits.any(), 32767, Mux(q[63] & ~hi_bits.all(), -32768, q))),
                    up.eq(rbit6 & (sticky6 | q[0]))])
 
             # S8: y = qs + up + zp and its compares with the bounds, side by side: y > hi is
