@@ -158,9 +158,12 @@ class ByteWindow(wiring.Component):
         pend = Signal(8 * ib)
         pend_n = Signal(range(ib + 1))
         pend_v = Signal()
+        # room: cnt <= cap - ib, a register set with cnt (from compares made beside its adders),
+        # so the merge decision that gates the input register is one gate after registers
+        room = Signal(init=1)
         merge = Signal()
         m.d.comb += [
-            merge.eq(pend_v & (cnt <= cap - ib)),
+            merge.eq(pend_v & room),
             self.push.ready.eq(~pend_v | merge),
             self.window.eq(buf[: 8 * self.win_bytes]),
             self.level.eq(cnt),
@@ -201,14 +204,21 @@ class ByteWindow(wiring.Component):
         ]
         # the next cnt and merge positions: each sum is formed from registers before the late
         # pop_late is subtracted and pop_en selects, so neither meets an adder after them
+        # after a pop the next cnt is at_pop + new_n - pop_late: whether it leaves room is one of
+        # late_bytes + 1 compares of the early sum, selected by pop_late
+        early_n = Signal(range(2 * cap + 1))
+        m.d.comb += early_n.eq(at_pop + new_n)
+        room_late = Signal(self.late_bytes + 1)
+        m.d.comb += room_late.eq(Cat(*[early_n <= cap - ib + j for j in range(self.late_bytes + 1)]))
         with m.If(self.clear):
-            m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0)]
+            m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0), room.eq(1)]
             m.d.sync += [a.eq(-o) for a, o in zip(at_r, opts)]
         with m.Elif(self.pop_en):
-            m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(at_pop + new_n - self.pop_late)]
+            m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(at_pop + new_n - self.pop_late),
+                         room.eq(room_late.bit_select(self.pop_late, 1))]
             m.d.sync += [a.eq((at_pop + new_n - o) - self.pop_late) for a, o in zip(at_r, opts)]
         with m.Else():
-            m.d.sync += [buf.eq(kept), cnt.eq(cnt + new_n)]
+            m.d.sync += [buf.eq(kept), cnt.eq(cnt + new_n), room.eq(cnt + new_n <= cap - ib)]
             m.d.sync += [a.eq(cnt + new_n - o) for a, o in zip(at_r, opts)]
         return m
 
