@@ -748,6 +748,13 @@ class LoadEngine(wiring.Component):
             win.pop_late.eq(Mux(comp, expand.k, 0)),
         ]
 
+        # The line, its bytes and raw bytes are D's result at a data line (zero at padding) and
+        # matter only when S holds a line without error, so they are driven whatever D decides.
+        m.d.comb += [
+            e_line.eq(Mux(in_data, Mux(comp, expand.line, take_bytes(win.window[: 8 * ACCW], lb, ACCW)), 0)),
+            e_bytes.eq(Mux(in_data, Mux(comp, head + expand.n, lb), 0)),
+            e_raw.eq(Mux(in_data, Mux(comp, C, lb), 0)),
+        ]
         with m.If(d_go):
             with m.If(trail_err):
                 m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
@@ -755,14 +762,7 @@ class LoadEngine(wiring.Component):
                 pass
             with m.Elif(in_data & ~comp):
                 with m.If(level >= lb):
-                    m.d.comb += [
-                        pop_en.eq(1),
-                        emit.eq(1),
-                        advance.eq(1),
-                        e_line.eq(take_bytes(win.window[: 8 * ACCW], lb, ACCW)),
-                        e_bytes.eq(lb),
-                        e_raw.eq(lb),
-                    ]
+                    m.d.comb += [pop_en.eq(1), emit.eq(1), advance.eq(1)]
             with m.Elif(in_data):
                 with m.If(cfirst & cs_bad):
                     m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.DRAM_RANGE)]
@@ -780,13 +780,7 @@ class LoadEngine(wiring.Component):
                     with m.If(over):
                         m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
                     with m.Elif(fits):
-                        m.d.comb += [
-                            emit.eq(1),
-                            advance.eq(1),
-                            e_line.eq(expand.line),
-                            e_bytes.eq(head + expand.n),
-                            e_raw.eq(C),
-                        ]
+                        m.d.comb += [emit.eq(1), advance.eq(1)]
                         m.d.sync += [crem.eq(rem_eff - expand.n), cfirst.eq(last_line)]
                         with m.If(cfirst):
                             m.d.comb += xq.r_en.eq(1)
@@ -807,17 +801,17 @@ class LoadEngine(wiring.Component):
             ]
             with m.If(col_end & row_in):
                 m.d.sync += [cs.eq(cs + stride), cs_bad.eq(cs + stride + 2 > DRAM)]
-        with m.If(emit):
+        # S takes D's result whenever it is free (emit implies s_free; without emit it empties),
+        # so only s_valid and s_err depend on D's checks, not the enable of the line register
+        with m.If(s_free):
             m.d.sync += [
-                s_valid.eq(1),
+                s_valid.eq(emit),
                 s_err.eq(e_err),
                 s_line.eq(e_line),
                 s_addr.eq(waddr),
                 s_bytes.eq(e_bytes),
                 s_raw.eq(e_raw),
             ]
-        with m.Elif(wfire):
-            m.d.sync += s_valid.eq(0)
 
         add_bytes = Signal(range(WIN + 2))
         add_raw = Signal(range(ACCW + 1))
