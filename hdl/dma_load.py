@@ -840,22 +840,21 @@ class LoadEngine(wiring.Component):
         )
         # Start-time checks in four steps (ck = 0..3), one add or one multiply per term and
         # cycle, registered: region = (pt+rows+pb)*(pl+rl+pr) and the last byte
-        # dram_addr + rl*lb + (rows-1)*stride; the compares of the registered ends decide at ck 3.
+        # dram_addr + rl*lb + (rows-1)*stride; the ends are compared as they are summed (ck 2), so
+        # at ck 3 the decision (and the walkers' start, cw_init) reads two registered flags.
         ck = Signal(3)
         ptb, plr = Signal(11), Signal(11)
         rows_m1 = Signal(10)
         region = Signal(22)
         span = Signal(26)
-        spad_end = Signal(23)
-        dram_e2 = Signal(ADDR_W + 2)
-        spad_bad = Signal()
-        dram_bad = Signal()
+        spad_bad = Signal()  # spad_addr + region > depth (registered at ck 2)
+        dram_bad = Signal()  # uncompressed and dram_a + span > DRAM (registered at ck 2)
         with m.If(ck == 0):
             m.d.sync += [ptb.eq(pt + rows + pb), plr.eq(pl + rl + pr), rows_m1.eq(rows - 1), rlb.eq(rl * lb)]
         with m.If(ck == 1):
             m.d.sync += [region.eq(ptb * plr), span.eq(rows_m1 * stride), dram_a.eq(dram_addr + rlb)]
         with m.If(ck == 2):
-            m.d.sync += [spad_end.eq(spad_addr + region), dram_e2.eq(dram_a + span)]
+            m.d.sync += [spad_bad.eq(spad_addr + region > depth), dram_bad.eq(~comp & (dram_a + span > DRAM))]
         line_size = Mux(ins.spad == Spad.ACC, ACCW, C)
 
         with m.If(rd.valid & rd.ready & rd.payload.err & ~halted):
@@ -885,8 +884,6 @@ class LoadEngine(wiring.Component):
                 m.d.comb += [
                     self.busy.eq(1),
                     win.clear.eq(1),
-                    spad_bad.eq(spad_end > depth),
-                    dram_bad.eq(~comp & (dram_e2 > DRAM)),
                 ]
                 with m.If(ck != 3):
                     m.d.sync += ck.eq(ck + 1)
