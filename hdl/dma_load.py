@@ -512,36 +512,51 @@ class LoadEngine(wiring.Component):
         push_fire = Signal()
         m.d.comb += push_fire.eq(win.push.valid & win.push.ready)
 
-        # count extraction while receiving count beats
-        b0 = rd.payload.data.word_select(rc_off, 8)
-        b1 = rd.payload.data.word_select(rc_off + 1, 8)
+        # count extraction while receiving count beats. The count lies at byte lo = lo_bits(rc_base)
+        # of the beat (lo <= MB - 2), or, for lo = MB - 1, is rc_nlow (the last byte of the
+        # previous beat) and byte 0 of this one: one candidate per lo, each checked straight from
+        # the read data (its room is a constant), and the register lo selects the results, so no
+        # byte select precedes the compares.
+        # ce: bytes of the count beat(s) beyond the group (not pushed): the beat holding the
+        # count's second byte ends ``room + 2`` bytes after the slot, so ``ce = max(0, room - N)``
+        rdd = rd.payload.data
+        cands = [Cat(rdd[8 * o : 8 * o + 8], rdd[8 * o + 8 : 8 * o + 16]) for o in range(MB - 1)]
+        cands.append(Cat(rc_nlow, rdd[:8]))
+        rooms = [MB - 2 - o for o in range(MB - 1)] + [MB - 1]  # count_room of each lo
         cnt_done = Signal()
+        m.d.comb += cnt_done.eq(rc_second | (rc_off + 2 <= MB))
+        c_val, c_cap_bad, c_dram_bad, c_ce, c_more = [], [], [], [], []
+        for o, (v, room) in enumerate(zip(cands, rooms)):
+            sv = Signal(16, name=f"rc_cand{o}")
+            ce = Signal(range(MB + 1), name=f"rc_ce{o}")
+            m.d.comb += sv.eq(v)
+            if room:
+                m.d.comb += ce.eq(Mux(sv < room, room - sv, 0))
+            c_val.append(sv)
+            c_cap_bad.append(sv > cap)
+            c_dram_bad.append(sv > rc_lim)
+            c_ce.append(ce)
+            c_more.append(sv > room)
+        rc_lo = lo_bits(rc_base)
         cnt_val = Signal(16)
-        with m.If(rc_second):
-            m.d.comb += [cnt_done.eq(1), cnt_val.eq(Cat(rc_nlow, rd.payload.data[:8]))]
-        with m.Elif(rc_off + 2 <= MB):
-            m.d.comb += [cnt_done.eq(1), cnt_val.eq(Cat(b0, b1))]
         rc_ok = Signal()
         rc_cap_bad = Signal()
         rc_dram_bad = Signal()
-        m.d.comb += [
-            rc_cap_bad.eq(cnt_val > cap),
-            rc_dram_bad.eq(cnt_val > rc_lim),
-            rc_ok.eq(~rc_cap_bad & ~rc_dram_bad),
-        ]
-        # ce: bytes of the count beat(s) beyond the group (not pushed): the beat holding the
-        # count's second byte ends ``room + 2`` bytes after the slot, so ``ce = max(0, room - N)``
-        rc_room = Signal(range(MB))
         rc_ce = Signal(range(MB + 1))
+        rc_more = Signal()
         m.d.comb += [
-            rc_room.eq(count_room(rc_base)),
-            rc_ce.eq(Mux(cnt_val < rc_room, rc_room - cnt_val, 0)),
+            cnt_val.eq(Cat(*c_val).word_select(rc_lo, 16)),
+            rc_cap_bad.eq(Cat(*c_cap_bad).bit_select(rc_lo, 1)),
+            rc_dram_bad.eq(Cat(*c_dram_bad).bit_select(rc_lo, 1)),
+            rc_ok.eq(~rc_cap_bad & ~rc_dram_bad),
+            rc_ce.eq(Cat(*c_ce).word_select(rc_lo, len(rc_ce))),
+            rc_more.eq(Cat(*c_more).bit_select(rc_lo, 1)),
         ]
         cnt_push = Signal()  # a row's count is complete: into wq, uq and xq
         m.d.comb += cnt_push.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done)
         for q in (wq, uq):
             qin = data.View(nq_layout, q.w_data)
-            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(rc_ok), qin.ce.eq(rc_ce), qin.more.eq(cnt_val > rc_room),
+            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(rc_ok), qin.ce.eq(rc_ce), qin.more.eq(rc_more),
                          q.w_en.eq(cnt_push)]
         xin = data.View(xq_layout, xq.w_data)
         m.d.comb += [xin.n.eq(cnt_val), xin.cap_bad.eq(rc_cap_bad), xin.dram_bad.eq(rc_dram_bad),
@@ -626,7 +641,7 @@ class LoadEngine(wiring.Component):
                 with m.If(cnt_done):
                     m.d.sync += [rc_second.eq(0), up_st.eq(Mux(up_ret_drain, UP_DRAIN, UP_AHEAD))]
                 with m.Else():
-                    m.d.sync += [rc_second.eq(1), rc_nlow.eq(b0)]
+                    m.d.sync += [rc_second.eq(1), rc_nlow.eq(rdd[8 * (MB - 1) :])]
         with m.Elif(up_st == UP_DRAIN):
             with m.If(push_fire):
                 m.d.sync += dr_left.eq(dr_left - 1)
