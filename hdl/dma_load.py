@@ -63,7 +63,7 @@ from sparrow.isa import Spad
 from .engine_port import engine_control_members
 from .membus import MemBusSignature
 from .spad_port import WritePortSignature, acc_line, act_line
-from .zero_codec import ZeroExpand, mask_bytes, shl_bytes, take_bytes
+from .zero_codec import ZeroExpand, mask_bytes, popcount, shl_bytes, take_bytes
 
 __all__ = ["ByteWindow", "LoadEngine"]
 
@@ -748,9 +748,29 @@ class LoadEngine(wiring.Component):
             fit_k.eq(Mux(cfirst, lv_ge[2 + MBK : 3 + MBK + C], lv_ge[MBK : MBK + C + 1])),
             rem_ok.eq(Cat(*[rem_eff >= MBK + k for k in range(C + 1)])),
         ]
+        # k (the mask's popcount) is counted at both mask positions (byte 0; byte 2 after a
+        # count) in parallel and each late decision is a bit of a register-built vector selected
+        # by the count at its position, then by cfirst: fits, over (the line's bytes overrun the
+        # row's payload), fits without overrunning (the line is taken) and fits or overruns (D
+        # emits: the line or the fault).
+        k_at = [popcount(win.window[8 * h : 8 * h + C]) for h in (0, 2)]
+        k = Signal(range(C + 1))
+        n_k = Signal(range(MBK + C + 1))  # the line's encoded bytes
+        m.d.comb += [k.eq(Mux(cfirst, k_at[1], k_at[0])), n_k.eq(MBK + k)]
+
+        def by_k(vec):
+            return Mux(cfirst, vec.bit_select(k_at[1], 1), vec.bit_select(k_at[0], 1))
+
         fits = Signal()
-        over = Signal()  # expand.n > rem_eff
-        m.d.comb += [fits.eq(fit_k.bit_select(expand.k, 1)), over.eq(~rem_ok.bit_select(expand.k, 1))]
+        over = Signal()
+        take = Signal()
+        emit_c = Signal()
+        m.d.comb += [
+            fits.eq(by_k(fit_k)),
+            over.eq(~by_k(rem_ok)),
+            take.eq(by_k(fit_k & rem_ok)),
+            emit_c.eq(by_k(fit_k | ~rem_ok)),
+        ]
         # The pop amounts only matter when pop_en is set, so they are driven whatever D decides:
         # the early part is an option chosen from registers (lb is constant while the window is
         # in use: it is set before CHECK, which clears the window), the late part the mask's
@@ -760,49 +780,65 @@ class LoadEngine(wiring.Component):
             win.pop_opts[1].eq(MBK),
             win.pop_opts[2].eq(2 + MBK),
             win.pop_sel.eq(Mux(comp, Mux(cfirst, 2, 1), 0)),
-            win.pop_late.eq(Mux(comp, expand.k, 0)),
+            win.pop_late.eq(Mux(comp, k, 0)),
         ]
 
         # The line, its bytes and raw bytes are D's result at a data line (zero at padding) and
         # matter only when S holds a line without error, so they are driven whatever D decides.
         m.d.comb += [
             e_line.eq(Mux(in_data, Mux(comp, expand.line, take_bytes(win.window[: 8 * ACCW], lb, ACCW)), 0)),
-            e_bytes.eq(Mux(in_data, Mux(comp, head + expand.n, lb), 0)),
+            e_bytes.eq(Mux(in_data, Mux(comp, head + n_k, lb), 0)),
             e_raw.eq(Mux(in_data, Mux(comp, C, lb), 0)),
         ]
-        with m.If(d_go):
-            with m.If(trail_err):
-                m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
-            with m.Elif(finished):
-                pass
-            with m.Elif(in_data & ~comp):
-                with m.If(level >= lb):
-                    m.d.comb += [pop_en.eq(1), emit.eq(1), advance.eq(1)]
-            with m.Elif(in_data):
-                with m.If(cfirst & cs_bad):
-                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.DRAM_RANGE)]
-                with m.Elif(cfirst & ~xq.r_rdy):
-                    pass
-                with m.Elif(cfirst & xq_out.cap_bad):
-                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
-                with m.Elif(cfirst & xq_out.dram_bad):
-                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.DRAM_RANGE)]
-                with m.Elif(rem_eff < MBK):
-                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
-                with m.Elif(Mux(cfirst, lv_ge[2 + MBK], lv_ge[MBK])):  # level >= head + MBK
-                    # popping a corrupt line's bytes is harmless: S reports it and nothing moves
-                    m.d.comb += pop_en.eq(fits)
-                    with m.If(over):
-                        m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
-                    with m.Elif(fits):
-                        m.d.comb += [emit.eq(1), advance.eq(1)]
-                        m.d.sync += [crem.eq(rem_eff - expand.n), cfirst.eq(last_line)]
-                        with m.If(cfirst):
-                            m.d.comb += xq.r_en.eq(1)
-                        with m.If(last_line & (rem_eff != expand.n)):
-                            m.d.sync += trail_err.eq(1)
-            with m.Else():
-                m.d.comb += [emit.eq(1), advance.eq(1)]
+        # D's decisions: everything that follows from registers is decided first (a padding line,
+        # an uncompressed line with its bytes held, a compressed row's faults found before its
+        # mask is looked at, in priority order, or the wait for its count); the popcount only
+        # enters through fits / over / take / emit_c, and the port's ready through d_go, last.
+        live = Signal()  # D has a line to decide: not finished, no trailing-bytes fault pending
+        u_go = Signal()  # padding line, or an uncompressed line whose bytes are held
+        c_err = Signal(ErrorCode)  # a compressed row's fault found from registers
+        c_stall = Signal()  # waiting for the row's count
+        c_try = Signal()  # a compressed line that depends on its popcount
+        m.d.comb += [
+            live.eq(~trail_err & ~finished),
+            u_go.eq(live & (~in_data | (~comp & (level >= lb)))),
+        ]
+        with m.If(cfirst & cs_bad):
+            m.d.comb += c_err.eq(ErrorCode.DRAM_RANGE)
+        with m.Elif(cfirst & ~xq.r_rdy):
+            m.d.comb += c_stall.eq(1)
+        with m.Elif(cfirst & xq_out.cap_bad):
+            m.d.comb += c_err.eq(ErrorCode.CORRUPT_DATA)
+        with m.Elif(cfirst & xq_out.dram_bad):
+            m.d.comb += c_err.eq(ErrorCode.DRAM_RANGE)
+        with m.Elif(rem_eff < MBK):
+            m.d.comb += c_err.eq(ErrorCode.CORRUPT_DATA)
+        c_row = Signal()  # a compressed data line is being decided
+        c_early = Signal()  # ... and a fault is found from registers
+        m.d.comb += [
+            c_row.eq(live & in_data & comp),
+            c_early.eq(c_row & (c_err != ErrorCode.NONE)),
+            c_try.eq(c_row & (c_err == ErrorCode.NONE) & ~c_stall & Mux(cfirst, lv_ge[2 + MBK], lv_ge[MBK])),
+        ]
+        c_take = Signal()  # a compressed line is taken
+        m.d.comb += [
+            emit.eq(d_go & (trail_err | u_go | c_early | (c_try & emit_c))),
+            advance.eq(d_go & (u_go | (c_try & take))),
+            # popping a corrupt line's bytes is harmless: S reports it and nothing moves
+            pop_en.eq(d_go & ((u_go & in_data) | (c_try & fits))),
+            c_take.eq(d_go & c_try & take),
+            xq.r_en.eq(c_take & cfirst),
+        ]
+        with m.If(trail_err):
+            m.d.comb += e_err.eq(ErrorCode.CORRUPT_DATA)
+        with m.Elif(c_early):
+            m.d.comb += e_err.eq(c_err)
+        with m.Elif(c_row & over):
+            m.d.comb += e_err.eq(ErrorCode.CORRUPT_DATA)
+        with m.If(c_take):
+            m.d.sync += [crem.eq(rem_eff - n_k), cfirst.eq(last_line)]
+            with m.If(last_line & (rem_eff != n_k)):
+                m.d.sync += trail_err.eq(1)
         with m.If(advance):
             m.d.sync += [
                 waddr.eq(waddr + 1),
