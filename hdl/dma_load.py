@@ -120,6 +120,9 @@ class ByteWindow(wiring.Component):
         The oldest ``win_bytes`` bytes (byte 0 oldest); bytes at and above ``level`` are zero.
     level : Out(range(cap + 1))
         Bytes held (not counting the input register).
+    level_ge : Out(win_bytes + 1)
+        Thermometer code of ``level`` (bit ``j`` set when ``level >= j``), a register, so
+        compares of the level with constants or registers need no carry chain.
     clear : In(1)
         Empty the window and the input register (takes precedence).
     """
@@ -145,6 +148,7 @@ class ByteWindow(wiring.Component):
                 "pop_en": In(1),
                 "window": Out(8 * win_bytes),
                 "level": Out(range(self.cap + 1)),
+                "level_ge": Out(win_bytes + 1),
                 "clear": In(1),
             }
         )
@@ -158,11 +162,15 @@ class ByteWindow(wiring.Component):
         pend = Signal(8 * ib)
         pend_n = Signal(range(ib + 1))
         pend_v = Signal()
-        # room: cnt <= cap - ib, a register set with cnt (from compares made beside its adders),
-        # so the merge decision that gates the input register is one gate after registers
-        room = Signal(init=1)
+        # thermometer code of cnt (bit j: cnt >= j), a register set with cnt from compares made
+        # beside its adders; room (cnt <= cap - ib) is one of its bits, so the merge decision
+        # that gates the input register is one gate after registers
+        cnt_ge = Signal(cap + 1, init=1)
+        room = Signal()
         merge = Signal()
         m.d.comb += [
+            room.eq(~cnt_ge[cap - ib + 1]),
+            self.level_ge.eq(cnt_ge[: self.win_bytes + 1]),
             merge.eq(pend_v & room),
             self.push.ready.eq(~pend_v | merge),
             self.window.eq(buf[: 8 * self.win_bytes]),
@@ -204,21 +212,22 @@ class ByteWindow(wiring.Component):
         ]
         # the next cnt and merge positions: each sum is formed from registers before the late
         # pop_late is subtracted and pop_en selects, so neither meets an adder after them
-        # after a pop the next cnt is at_pop + new_n - pop_late: whether it leaves room is one of
-        # late_bytes + 1 compares of the early sum, selected by pop_late
+        # after a pop the next cnt is at_pop + new_n - pop_late: its thermometer code is the
+        # early sum's (compares with constants), shifted down by pop_late
         early_n = Signal(range(2 * cap + 1))
-        m.d.comb += early_n.eq(at_pop + new_n)
-        room_late = Signal(self.late_bytes + 1)
-        m.d.comb += room_late.eq(Cat(*[early_n <= cap - ib + j for j in range(self.late_bytes + 1)]))
+        kept_n = Signal(range(2 * cap + 1))
+        m.d.comb += [early_n.eq(at_pop + new_n), kept_n.eq(cnt + new_n)]
+        early_ge = Signal(cap + 1 + self.late_bytes)
+        m.d.comb += early_ge.eq(Cat(Const(1, 1), *[early_n >= j for j in range(1, cap + 1 + self.late_bytes)]))
         with m.If(self.clear):
-            m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0), room.eq(1)]
+            m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0), cnt_ge.eq(1)]
             m.d.sync += [a.eq(-o) for a, o in zip(at_r, opts)]
         with m.Elif(self.pop_en):
             m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(at_pop + new_n - self.pop_late),
-                         room.eq(room_late.bit_select(self.pop_late, 1))]
+                         cnt_ge.eq(early_ge >> self.pop_late)]
             m.d.sync += [a.eq((at_pop + new_n - o) - self.pop_late) for a, o in zip(at_r, opts)]
         with m.Else():
-            m.d.sync += [buf.eq(kept), cnt.eq(cnt + new_n), room.eq(cnt + new_n <= cap - ib)]
+            m.d.sync += [buf.eq(kept), cnt.eq(kept_n), cnt_ge.eq(Cat(Const(1, 1), *[kept_n >= j for j in range(1, cap + 1)]))]
             m.d.sync += [a.eq(cnt + new_n - o) for a, o in zip(at_r, opts)]
         return m
 
@@ -726,7 +735,6 @@ class LoadEngine(wiring.Component):
         e_raw = Signal(range(ACCW + 1))
         advance = Signal()
         pop_en = Signal()
-        level = win.level
         m.d.comb += win.pop_en.eq(pop_en)
 
         head = Signal(range(3))  # count bytes in front of this line's mask
@@ -740,8 +748,7 @@ class LoadEngine(wiring.Component):
         # from the window) are bits selected by k from thermometer codes of registers, built in
         # parallel with the popcount, instead of compares after it: the line fits when
         # level >= head + MBK + k, and its bytes overrun the row's payload when MBK + k > rem_eff.
-        lv_ge = Signal(WIN + 1)  # bit j: level >= j
-        m.d.comb += lv_ge.eq(Cat(Const(1, 1), *[level >= j for j in range(1, WIN + 1)]))
+        lv_ge = win.level_ge  # bit j: level >= j (a register)
         fit_k = Signal(C + 1)  # bit k: level >= head + MBK + k
         rem_ok = Signal(C + 1)  # bit k: rem_eff >= MBK + k
         m.d.comb += [
@@ -801,7 +808,7 @@ class LoadEngine(wiring.Component):
         c_try = Signal()  # a compressed line that depends on its popcount
         m.d.comb += [
             live.eq(~trail_err & ~finished),
-            u_go.eq(live & (~in_data | (~comp & (level >= lb)))),
+            u_go.eq(live & (~in_data | (~comp & lv_ge.bit_select(lb, 1)))),
         ]
         with m.If(cfirst & cs_bad):
             m.d.comb += c_err.eq(ErrorCode.DRAM_RANGE)
