@@ -52,7 +52,7 @@ per row: count bytes, then count <= capacity, then the ``2 + N`` bytes). A read 
 instruction and drains read data.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -227,7 +227,8 @@ class ByteWindow(wiring.Component):
                          cnt_ge.eq(early_ge >> self.pop_late)]
             m.d.sync += [a.eq((at_pop + new_n - o) - self.pop_late) for a, o in zip(at_r, opts)]
         with m.Else():
-            m.d.sync += [buf.eq(kept), cnt.eq(kept_n), cnt_ge.eq(Cat(Const(1, 1), *[kept_n >= j for j in range(1, cap + 1)]))]
+            m.d.sync += [buf.eq(kept), cnt.eq(kept_n),
+                         cnt_ge.eq(Cat(Const(1, 1), *[kept_n >= j for j in range(1, cap + 1)]))]
             m.d.sync += [a.eq(cnt + new_n - o) for a, o in zip(at_r, opts)]
         return m
 
@@ -751,9 +752,23 @@ class LoadEngine(wiring.Component):
         lv_ge = win.level_ge  # bit j: level >= j (a register)
         fit_k = Signal(C + 1)  # bit k: level >= head + MBK + k
         rem_ok = Signal(C + 1)  # bit k: rem_eff >= MBK + k
+        # rem_eff's compares with the few thresholds D needs (0 .. MBK + C + 1) are a thermometer
+        # code: of the queued count (a table lookup of its low bits, no carry chain) or a
+        # register kept with crem (the codes of rem_eff - MBK - k for every k, selected by k)
+        TW = MBK + C + 2
+
+        def small_ge(v):
+            tb = (TW - 1).bit_length()
+            hi = v[tb:].any() if len(v) > tb else Const(0, 1)
+            table = Array(Const((1 << min(u + 1, TW)) - 1, TW) for u in range(1 << tb))
+            return Mux(hi, (1 << TW) - 1, table[v[:tb]])
+
+        crem_ge = Signal(TW)  # bit t: crem >= t
+        rem_ge = Signal(TW)  # bit t: rem_eff >= t
         m.d.comb += [
+            rem_ge.eq(Mux(cfirst, small_ge(xq_out.n), crem_ge)),
             fit_k.eq(Mux(cfirst, lv_ge[2 + MBK : 3 + MBK + C], lv_ge[MBK : MBK + C + 1])),
-            rem_ok.eq(Cat(*[rem_eff >= MBK + k for k in range(C + 1)])),
+            rem_ok.eq(rem_ge[MBK : MBK + C + 1]),
         ]
         # k (the mask's popcount) is counted at both mask positions (byte 0; byte 2 after a
         # count) in parallel and each late decision is a bit of a register-built vector selected
@@ -778,6 +793,9 @@ class LoadEngine(wiring.Component):
             take.eq(by_k(fit_k & rem_ok)),
             emit_c.eq(by_k(fit_k | ~rem_ok)),
         ]
+        rem_ne = Signal(C + 1)  # bit k: rem_eff != MBK + k (trailing bytes after a row's last line)
+        m.d.comb += rem_ne.eq(~(rem_ge[MBK : MBK + C + 1] & ~rem_ge[MBK + 1 : MBK + C + 2]))
+        crem_ge_k = Array(small_ge(rem_eff - (MBK + j)) for j in range(C + 1))
         # The pop amounts only matter when pop_en is set, so they are driven whatever D decides:
         # the early part is an option chosen from registers (lb is constant while the window is
         # in use: it is set before CHECK, which clears the window), the late part the mask's
@@ -818,7 +836,7 @@ class LoadEngine(wiring.Component):
             m.d.comb += c_err.eq(ErrorCode.CORRUPT_DATA)
         with m.Elif(cfirst & xq_out.dram_bad):
             m.d.comb += c_err.eq(ErrorCode.DRAM_RANGE)
-        with m.Elif(rem_eff < MBK):
+        with m.Elif(~rem_ge[MBK]):  # rem_eff < MBK
             m.d.comb += c_err.eq(ErrorCode.CORRUPT_DATA)
         c_row = Signal()  # a compressed data line is being decided
         c_early = Signal()  # ... and a fault is found from registers
@@ -843,8 +861,8 @@ class LoadEngine(wiring.Component):
         with m.Elif(c_row & over):
             m.d.comb += e_err.eq(ErrorCode.CORRUPT_DATA)
         with m.If(c_take):
-            m.d.sync += [crem.eq(rem_eff - n_k), cfirst.eq(last_line)]
-            with m.If(last_line & (rem_eff != n_k)):
+            m.d.sync += [crem.eq(rem_eff - n_k), crem_ge.eq(crem_ge_k[k]), cfirst.eq(last_line)]
+            with m.If(last_line & by_k(rem_ne)):
                 m.d.sync += trail_err.eq(1)
         with m.If(advance):
             m.d.sync += [
