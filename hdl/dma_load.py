@@ -52,7 +52,7 @@ per row: count bytes, then count <= capacity, then the ``2 + N`` bytes). A read 
 instruction and drains read data.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -63,7 +63,7 @@ from sparrow.isa import Spad
 from .engine_port import engine_control_members
 from .membus import MemBusSignature
 from .spad_port import WritePortSignature, acc_line, act_line
-from .zero_codec import ZeroExpand, mask_bytes, shl_bytes, take_bytes
+from .zero_codec import ZeroExpand, mask_bytes, popcount, shl_bytes, take_bytes
 
 __all__ = ["ByteWindow", "LoadEngine"]
 
@@ -120,6 +120,9 @@ class ByteWindow(wiring.Component):
         The oldest ``win_bytes`` bytes (byte 0 oldest); bytes at and above ``level`` are zero.
     level : Out(range(cap + 1))
         Bytes held (not counting the input register).
+    level_ge : Out(win_bytes + 1)
+        Thermometer code of ``level`` (bit ``j`` set when ``level >= j``), a register, so
+        compares of the level with constants or registers need no carry chain.
     clear : In(1)
         Empty the window and the input register (takes precedence).
     """
@@ -145,6 +148,7 @@ class ByteWindow(wiring.Component):
                 "pop_en": In(1),
                 "window": Out(8 * win_bytes),
                 "level": Out(range(self.cap + 1)),
+                "level_ge": Out(win_bytes + 1),
                 "clear": In(1),
             }
         )
@@ -158,9 +162,16 @@ class ByteWindow(wiring.Component):
         pend = Signal(8 * ib)
         pend_n = Signal(range(ib + 1))
         pend_v = Signal()
+        # thermometer code of cnt (bit j: cnt >= j), a register set with cnt from compares made
+        # beside its adders; room (cnt <= cap - ib) is one of its bits, so the merge decision
+        # that gates the input register is one gate after registers
+        cnt_ge = Signal(cap + 1, init=1)
+        room = Signal()
         merge = Signal()
         m.d.comb += [
-            merge.eq(pend_v & (cnt <= cap - ib)),
+            room.eq(~cnt_ge[cap - ib + 1]),
+            self.level_ge.eq(cnt_ge[: self.win_bytes + 1]),
+            merge.eq(pend_v & room),
             self.push.ready.eq(~pend_v | merge),
             self.window.eq(buf[: 8 * self.win_bytes]),
             self.level.eq(cnt),
@@ -201,14 +212,23 @@ class ByteWindow(wiring.Component):
         ]
         # the next cnt and merge positions: each sum is formed from registers before the late
         # pop_late is subtracted and pop_en selects, so neither meets an adder after them
+        # after a pop the next cnt is at_pop + new_n - pop_late: its thermometer code is the
+        # early sum's (compares with constants), shifted down by pop_late
+        early_n = Signal(range(2 * cap + 1))
+        kept_n = Signal(range(2 * cap + 1))
+        m.d.comb += [early_n.eq(at_pop + new_n), kept_n.eq(cnt + new_n)]
+        early_ge = Signal(cap + 1 + self.late_bytes)
+        m.d.comb += early_ge.eq(Cat(Const(1, 1), *[early_n >= j for j in range(1, cap + 1 + self.late_bytes)]))
         with m.If(self.clear):
-            m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0)]
+            m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0), cnt_ge.eq(1)]
             m.d.sync += [a.eq(-o) for a, o in zip(at_r, opts)]
         with m.Elif(self.pop_en):
-            m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(at_pop + new_n - self.pop_late)]
+            m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(at_pop + new_n - self.pop_late),
+                         cnt_ge.eq(early_ge >> self.pop_late)]
             m.d.sync += [a.eq((at_pop + new_n - o) - self.pop_late) for a, o in zip(at_r, opts)]
         with m.Else():
-            m.d.sync += [buf.eq(kept), cnt.eq(cnt + new_n)]
+            m.d.sync += [buf.eq(kept), cnt.eq(kept_n),
+                         cnt_ge.eq(Cat(Const(1, 1), *[kept_n >= j for j in range(1, cap + 1)]))]
             m.d.sync += [a.eq(cnt + new_n - o) for a, o in zip(at_r, opts)]
         return m
 
@@ -502,36 +522,51 @@ class LoadEngine(wiring.Component):
         push_fire = Signal()
         m.d.comb += push_fire.eq(win.push.valid & win.push.ready)
 
-        # count extraction while receiving count beats
-        b0 = rd.payload.data.word_select(rc_off, 8)
-        b1 = rd.payload.data.word_select(rc_off + 1, 8)
+        # count extraction while receiving count beats. The count lies at byte lo = lo_bits(rc_base)
+        # of the beat (lo <= MB - 2), or, for lo = MB - 1, is rc_nlow (the last byte of the
+        # previous beat) and byte 0 of this one: one candidate per lo, each checked straight from
+        # the read data (its room is a constant), and the register lo selects the results, so no
+        # byte select precedes the compares.
+        # ce: bytes of the count beat(s) beyond the group (not pushed): the beat holding the
+        # count's second byte ends ``room + 2`` bytes after the slot, so ``ce = max(0, room - N)``
+        rdd = rd.payload.data
+        cands = [Cat(rdd[8 * o : 8 * o + 8], rdd[8 * o + 8 : 8 * o + 16]) for o in range(MB - 1)]
+        cands.append(Cat(rc_nlow, rdd[:8]))
+        rooms = [MB - 2 - o for o in range(MB - 1)] + [MB - 1]  # count_room of each lo
         cnt_done = Signal()
+        m.d.comb += cnt_done.eq(rc_second | (rc_off + 2 <= MB))
+        c_val, c_cap_bad, c_dram_bad, c_ce, c_more = [], [], [], [], []
+        for o, (v, room) in enumerate(zip(cands, rooms)):
+            sv = Signal(16, name=f"rc_cand{o}")
+            ce = Signal(range(MB + 1), name=f"rc_ce{o}")
+            m.d.comb += sv.eq(v)
+            if room:
+                m.d.comb += ce.eq(Mux(sv < room, room - sv, 0))
+            c_val.append(sv)
+            c_cap_bad.append(sv > cap)
+            c_dram_bad.append(sv > rc_lim)
+            c_ce.append(ce)
+            c_more.append(sv > room)
+        rc_lo = lo_bits(rc_base)
         cnt_val = Signal(16)
-        with m.If(rc_second):
-            m.d.comb += [cnt_done.eq(1), cnt_val.eq(Cat(rc_nlow, rd.payload.data[:8]))]
-        with m.Elif(rc_off + 2 <= MB):
-            m.d.comb += [cnt_done.eq(1), cnt_val.eq(Cat(b0, b1))]
         rc_ok = Signal()
         rc_cap_bad = Signal()
         rc_dram_bad = Signal()
-        m.d.comb += [
-            rc_cap_bad.eq(cnt_val > cap),
-            rc_dram_bad.eq(cnt_val > rc_lim),
-            rc_ok.eq(~rc_cap_bad & ~rc_dram_bad),
-        ]
-        # ce: bytes of the count beat(s) beyond the group (not pushed): the beat holding the
-        # count's second byte ends ``room + 2`` bytes after the slot, so ``ce = max(0, room - N)``
-        rc_room = Signal(range(MB))
         rc_ce = Signal(range(MB + 1))
+        rc_more = Signal()
         m.d.comb += [
-            rc_room.eq(count_room(rc_base)),
-            rc_ce.eq(Mux(cnt_val < rc_room, rc_room - cnt_val, 0)),
+            cnt_val.eq(Cat(*c_val).word_select(rc_lo, 16)),
+            rc_cap_bad.eq(Cat(*c_cap_bad).bit_select(rc_lo, 1)),
+            rc_dram_bad.eq(Cat(*c_dram_bad).bit_select(rc_lo, 1)),
+            rc_ok.eq(~rc_cap_bad & ~rc_dram_bad),
+            rc_ce.eq(Cat(*c_ce).word_select(rc_lo, len(rc_ce))),
+            rc_more.eq(Cat(*c_more).bit_select(rc_lo, 1)),
         ]
         cnt_push = Signal()  # a row's count is complete: into wq, uq and xq
         m.d.comb += cnt_push.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done)
         for q in (wq, uq):
             qin = data.View(nq_layout, q.w_data)
-            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(rc_ok), qin.ce.eq(rc_ce), qin.more.eq(cnt_val > rc_room),
+            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(rc_ok), qin.ce.eq(rc_ce), qin.more.eq(rc_more),
                          q.w_en.eq(cnt_push)]
         xin = data.View(xq_layout, xq.w_data)
         m.d.comb += [xin.n.eq(cnt_val), xin.cap_bad.eq(rc_cap_bad), xin.dram_bad.eq(rc_dram_bad),
@@ -616,7 +651,7 @@ class LoadEngine(wiring.Component):
                 with m.If(cnt_done):
                     m.d.sync += [rc_second.eq(0), up_st.eq(Mux(up_ret_drain, UP_DRAIN, UP_AHEAD))]
                 with m.Else():
-                    m.d.sync += [rc_second.eq(1), rc_nlow.eq(b0)]
+                    m.d.sync += [rc_second.eq(1), rc_nlow.eq(rdd[8 * (MB - 1) :])]
         with m.Elif(up_st == UP_DRAIN):
             with m.If(push_fire):
                 m.d.sync += dr_left.eq(dr_left - 1)
@@ -701,7 +736,6 @@ class LoadEngine(wiring.Component):
         e_raw = Signal(range(ACCW + 1))
         advance = Signal()
         pop_en = Signal()
-        level = win.level
         m.d.comb += win.pop_en.eq(pop_en)
 
         head = Signal(range(3))  # count bytes in front of this line's mask
@@ -715,17 +749,53 @@ class LoadEngine(wiring.Component):
         # from the window) are bits selected by k from thermometer codes of registers, built in
         # parallel with the popcount, instead of compares after it: the line fits when
         # level >= head + MBK + k, and its bytes overrun the row's payload when MBK + k > rem_eff.
-        lv_ge = Signal(WIN + 1)  # bit j: level >= j
-        m.d.comb += lv_ge.eq(Cat(Const(1, 1), *[level >= j for j in range(1, WIN + 1)]))
+        lv_ge = win.level_ge  # bit j: level >= j (a register)
         fit_k = Signal(C + 1)  # bit k: level >= head + MBK + k
         rem_ok = Signal(C + 1)  # bit k: rem_eff >= MBK + k
+        # rem_eff's compares with the few thresholds D needs (0 .. MBK + C + 1) are a thermometer
+        # code: of the queued count (a table lookup of its low bits, no carry chain) or a
+        # register kept with crem (the codes of rem_eff - MBK - k for every k, selected by k)
+        TW = MBK + C + 2
+
+        def small_ge(v):
+            tb = (TW - 1).bit_length()
+            hi = v[tb:].any() if len(v) > tb else Const(0, 1)
+            table = Array(Const((1 << min(u + 1, TW)) - 1, TW) for u in range(1 << tb))
+            return Mux(hi, (1 << TW) - 1, table[v[:tb]])
+
+        crem_ge = Signal(TW)  # bit t: crem >= t
+        rem_ge = Signal(TW)  # bit t: rem_eff >= t
         m.d.comb += [
+            rem_ge.eq(Mux(cfirst, small_ge(xq_out.n), crem_ge)),
             fit_k.eq(Mux(cfirst, lv_ge[2 + MBK : 3 + MBK + C], lv_ge[MBK : MBK + C + 1])),
-            rem_ok.eq(Cat(*[rem_eff >= MBK + k for k in range(C + 1)])),
+            rem_ok.eq(rem_ge[MBK : MBK + C + 1]),
         ]
+        # k (the mask's popcount) is counted at both mask positions (byte 0; byte 2 after a
+        # count) in parallel and each late decision is a bit of a register-built vector selected
+        # by the count at its position, then by cfirst: fits, over (the line's bytes overrun the
+        # row's payload), fits without overrunning (the line is taken) and fits or overruns (D
+        # emits: the line or the fault).
+        k_at = [popcount(win.window[8 * h : 8 * h + C]) for h in (0, 2)]
+        k = Signal(range(C + 1))
+        n_k = Signal(range(MBK + C + 1))  # the line's encoded bytes
+        m.d.comb += [k.eq(Mux(cfirst, k_at[1], k_at[0])), n_k.eq(MBK + k)]
+
+        def by_k(vec):
+            return Mux(cfirst, vec.bit_select(k_at[1], 1), vec.bit_select(k_at[0], 1))
+
         fits = Signal()
-        over = Signal()  # expand.n > rem_eff
-        m.d.comb += [fits.eq(fit_k.bit_select(expand.k, 1)), over.eq(~rem_ok.bit_select(expand.k, 1))]
+        over = Signal()
+        take = Signal()
+        emit_c = Signal()
+        m.d.comb += [
+            fits.eq(by_k(fit_k)),
+            over.eq(~by_k(rem_ok)),
+            take.eq(by_k(fit_k & rem_ok)),
+            emit_c.eq(by_k(fit_k | ~rem_ok)),
+        ]
+        rem_ne = Signal(C + 1)  # bit k: rem_eff != MBK + k (trailing bytes after a row's last line)
+        m.d.comb += rem_ne.eq(~(rem_ge[MBK : MBK + C + 1] & ~rem_ge[MBK + 1 : MBK + C + 2]))
+        crem_ge_k = Array(small_ge(rem_eff - (MBK + j)) for j in range(C + 1))
         # The pop amounts only matter when pop_en is set, so they are driven whatever D decides:
         # the early part is an option chosen from registers (lb is constant while the window is
         # in use: it is set before CHECK, which clears the window), the late part the mask's
@@ -735,55 +805,65 @@ class LoadEngine(wiring.Component):
             win.pop_opts[1].eq(MBK),
             win.pop_opts[2].eq(2 + MBK),
             win.pop_sel.eq(Mux(comp, Mux(cfirst, 2, 1), 0)),
-            win.pop_late.eq(Mux(comp, expand.k, 0)),
+            win.pop_late.eq(Mux(comp, k, 0)),
         ]
 
-        with m.If(d_go):
-            with m.If(trail_err):
-                m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
-            with m.Elif(finished):
-                pass
-            with m.Elif(in_data & ~comp):
-                with m.If(level >= lb):
-                    m.d.comb += [
-                        pop_en.eq(1),
-                        emit.eq(1),
-                        advance.eq(1),
-                        e_line.eq(take_bytes(win.window[: 8 * ACCW], lb, ACCW)),
-                        e_bytes.eq(lb),
-                        e_raw.eq(lb),
-                    ]
-            with m.Elif(in_data):
-                with m.If(cfirst & cs_bad):
-                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.DRAM_RANGE)]
-                with m.Elif(cfirst & ~xq.r_rdy):
-                    pass
-                with m.Elif(cfirst & xq_out.cap_bad):
-                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
-                with m.Elif(cfirst & xq_out.dram_bad):
-                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.DRAM_RANGE)]
-                with m.Elif(rem_eff < MBK):
-                    m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
-                with m.Elif(Mux(cfirst, lv_ge[2 + MBK], lv_ge[MBK])):  # level >= head + MBK
-                    # popping a corrupt line's bytes is harmless: S reports it and nothing moves
-                    m.d.comb += pop_en.eq(fits)
-                    with m.If(over):
-                        m.d.comb += [emit.eq(1), e_err.eq(ErrorCode.CORRUPT_DATA)]
-                    with m.Elif(fits):
-                        m.d.comb += [
-                            emit.eq(1),
-                            advance.eq(1),
-                            e_line.eq(expand.line),
-                            e_bytes.eq(head + expand.n),
-                            e_raw.eq(C),
-                        ]
-                        m.d.sync += [crem.eq(rem_eff - expand.n), cfirst.eq(last_line)]
-                        with m.If(cfirst):
-                            m.d.comb += xq.r_en.eq(1)
-                        with m.If(last_line & (rem_eff != expand.n)):
-                            m.d.sync += trail_err.eq(1)
-            with m.Else():
-                m.d.comb += [emit.eq(1), advance.eq(1)]
+        # The line, its bytes and raw bytes are D's result at a data line (zero at padding) and
+        # matter only when S holds a line without error, so they are driven whatever D decides.
+        m.d.comb += [
+            e_line.eq(Mux(in_data, Mux(comp, expand.line, take_bytes(win.window[: 8 * ACCW], lb, ACCW)), 0)),
+            e_bytes.eq(Mux(in_data, Mux(comp, head + n_k, lb), 0)),
+            e_raw.eq(Mux(in_data, Mux(comp, C, lb), 0)),
+        ]
+        # D's decisions: everything that follows from registers is decided first (a padding line,
+        # an uncompressed line with its bytes held, a compressed row's faults found before its
+        # mask is looked at, in priority order, or the wait for its count); the popcount only
+        # enters through fits / over / take / emit_c, and the port's ready through d_go, last.
+        live = Signal()  # D has a line to decide: not finished, no trailing-bytes fault pending
+        u_go = Signal()  # padding line, or an uncompressed line whose bytes are held
+        c_err = Signal(ErrorCode)  # a compressed row's fault found from registers
+        c_stall = Signal()  # waiting for the row's count
+        c_try = Signal()  # a compressed line that depends on its popcount
+        m.d.comb += [
+            live.eq(~trail_err & ~finished),
+            u_go.eq(live & (~in_data | (~comp & lv_ge.bit_select(lb, 1)))),
+        ]
+        with m.If(cfirst & cs_bad):
+            m.d.comb += c_err.eq(ErrorCode.DRAM_RANGE)
+        with m.Elif(cfirst & ~xq.r_rdy):
+            m.d.comb += c_stall.eq(1)
+        with m.Elif(cfirst & xq_out.cap_bad):
+            m.d.comb += c_err.eq(ErrorCode.CORRUPT_DATA)
+        with m.Elif(cfirst & xq_out.dram_bad):
+            m.d.comb += c_err.eq(ErrorCode.DRAM_RANGE)
+        with m.Elif(~rem_ge[MBK]):  # rem_eff < MBK
+            m.d.comb += c_err.eq(ErrorCode.CORRUPT_DATA)
+        c_row = Signal()  # a compressed data line is being decided
+        c_early = Signal()  # ... and a fault is found from registers
+        m.d.comb += [
+            c_row.eq(live & in_data & comp),
+            c_early.eq(c_row & (c_err != ErrorCode.NONE)),
+            c_try.eq(c_row & (c_err == ErrorCode.NONE) & ~c_stall & Mux(cfirst, lv_ge[2 + MBK], lv_ge[MBK])),
+        ]
+        c_take = Signal()  # a compressed line is taken
+        m.d.comb += [
+            emit.eq(d_go & (trail_err | u_go | c_early | (c_try & emit_c))),
+            advance.eq(d_go & (u_go | (c_try & take))),
+            # popping a corrupt line's bytes is harmless: S reports it and nothing moves
+            pop_en.eq(d_go & ((u_go & in_data) | (c_try & fits))),
+            c_take.eq(d_go & c_try & take),
+            xq.r_en.eq(c_take & cfirst),
+        ]
+        with m.If(trail_err):
+            m.d.comb += e_err.eq(ErrorCode.CORRUPT_DATA)
+        with m.Elif(c_early):
+            m.d.comb += e_err.eq(c_err)
+        with m.Elif(c_row & over):
+            m.d.comb += e_err.eq(ErrorCode.CORRUPT_DATA)
+        with m.If(c_take):
+            m.d.sync += [crem.eq(rem_eff - n_k), crem_ge.eq(crem_ge_k[k]), cfirst.eq(last_line)]
+            with m.If(last_line & by_k(rem_ne)):
+                m.d.sync += trail_err.eq(1)
         with m.If(advance):
             m.d.sync += [
                 waddr.eq(waddr + 1),
@@ -797,17 +877,17 @@ class LoadEngine(wiring.Component):
             ]
             with m.If(col_end & row_in):
                 m.d.sync += [cs.eq(cs + stride), cs_bad.eq(cs + stride + 2 > DRAM)]
-        with m.If(emit):
+        # S takes D's result whenever it is free (emit implies s_free; without emit it empties),
+        # so only s_valid and s_err depend on D's checks, not the enable of the line register
+        with m.If(s_free):
             m.d.sync += [
-                s_valid.eq(1),
+                s_valid.eq(emit),
                 s_err.eq(e_err),
                 s_line.eq(e_line),
                 s_addr.eq(waddr),
                 s_bytes.eq(e_bytes),
                 s_raw.eq(e_raw),
             ]
-        with m.Elif(wfire):
-            m.d.sync += s_valid.eq(0)
 
         add_bytes = Signal(range(WIN + 2))
         add_raw = Signal(range(ACCW + 1))
@@ -836,22 +916,21 @@ class LoadEngine(wiring.Component):
         )
         # Start-time checks in four steps (ck = 0..3), one add or one multiply per term and
         # cycle, registered: region = (pt+rows+pb)*(pl+rl+pr) and the last byte
-        # dram_addr + rl*lb + (rows-1)*stride; the compares of the registered ends decide at ck 3.
+        # dram_addr + rl*lb + (rows-1)*stride; the ends are compared as they are summed (ck 2), so
+        # at ck 3 the decision (and the walkers' start, cw_init) reads two registered flags.
         ck = Signal(3)
         ptb, plr = Signal(11), Signal(11)
         rows_m1 = Signal(10)
         region = Signal(22)
         span = Signal(26)
-        spad_end = Signal(23)
-        dram_e2 = Signal(ADDR_W + 2)
-        spad_bad = Signal()
-        dram_bad = Signal()
+        spad_bad = Signal()  # spad_addr + region > depth (registered at ck 2)
+        dram_bad = Signal()  # uncompressed and dram_a + span > DRAM (registered at ck 2)
         with m.If(ck == 0):
             m.d.sync += [ptb.eq(pt + rows + pb), plr.eq(pl + rl + pr), rows_m1.eq(rows - 1), rlb.eq(rl * lb)]
         with m.If(ck == 1):
             m.d.sync += [region.eq(ptb * plr), span.eq(rows_m1 * stride), dram_a.eq(dram_addr + rlb)]
         with m.If(ck == 2):
-            m.d.sync += [spad_end.eq(spad_addr + region), dram_e2.eq(dram_a + span)]
+            m.d.sync += [spad_bad.eq(spad_addr + region > depth), dram_bad.eq(~comp & (dram_a + span > DRAM))]
         line_size = Mux(ins.spad == Spad.ACC, ACCW, C)
 
         with m.If(rd.valid & rd.ready & rd.payload.err & ~halted):
@@ -881,8 +960,6 @@ class LoadEngine(wiring.Component):
                 m.d.comb += [
                     self.busy.eq(1),
                     win.clear.eq(1),
-                    spad_bad.eq(spad_end > depth),
-                    dram_bad.eq(~comp & (dram_e2 > DRAM)),
                 ]
                 with m.If(ck != 3):
                     m.d.sync += ck.eq(ck + 1)

@@ -138,6 +138,7 @@ def test_byte_window_realigns(mb, win, late, nopts):
             if len(got) == len(expect):
                 break
             level = ctx.get(dut.level)
+            assert ctx.get(dut.level_ge) == (1 << (min(level, win) + 1)) - 1, "level_ge is level's thermometer code"
             window = ctx.get(dut.window).to_bytes(win, "little")
             assert not any(window[min(level, win) :]), "bytes above level must be zero"
             avail = min(level, win)
