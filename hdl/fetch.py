@@ -98,23 +98,31 @@ class FetchUnit(wiring.Component):
         cand = Signal(range(cfg.max_burst + 1))
         m.d.comb += cand.eq(Mux(beats_left > cfg.max_burst, cfg.max_burst, beats_left))
         m.d.comb += burst.eq(Mux(to_boundary < cand, to_boundary, cand))
+        # The burst size is registered: ``burst_r`` is ``burst`` of the previous cycle, and
+        # ``fresh`` says addr / beats_left did not change since (no request, start or stop), so
+        # a request waits one cycle after each change. Computed and used in one cycle, the
+        # 32-bit compare, the boundary minimum and the subtract formed a 43-level loop through
+        # ``beats_left`` (the fetch block's FPGA critical path).
+        burst_r = Signal(range(cfg.max_burst + 1))
+        fresh = Signal()
         bus = self.bus
         can_req = Signal()
         m.d.comb += [
-            can_req.eq((beats_left != 0) & ~stopping & ~self.error & (room >= burst) & (burst != 0)),
+            can_req.eq(fresh & (burst_r != 0) & ~stopping & ~self.error & (room >= burst_r)),
             bus.cmd.valid.eq(can_req),
             bus.cmd.payload.addr.eq(addr),
             bus.cmd.payload.write.eq(0),
-            bus.cmd.payload.len.eq(burst - 1),
+            bus.cmd.payload.len.eq(burst_r - 1),
             bus.wdata.valid.eq(0),
             bus.wresp.ready.eq(1),
             bus.rdata.ready.eq(1),
         ]
         req_fire = bus.cmd.valid & bus.cmd.ready
         rx_fire = bus.rdata.valid
+        m.d.sync += [burst_r.eq(burst), fresh.eq(~req_fire & ~self.start & ~self.stop)]
         with m.If(req_fire):
-            m.d.sync += [addr.eq(addr + (burst << beat_shift)), beats_left.eq(beats_left - burst)]
-        m.d.sync += inflight.eq(inflight + (req_fire * burst) - rx_fire)
+            m.d.sync += [addr.eq(addr + (burst_r << beat_shift)), beats_left.eq(beats_left - burst_r)]
+        m.d.sync += inflight.eq(inflight + (req_fire * burst_r) - rx_fire)
 
         m.d.comb += [beats.w_data.eq(bus.rdata.payload.data), beats.w_en.eq(rx_fire & ~stopping & ~self.error)]
         with m.If(rx_fire & bus.rdata.payload.err & ~stopping):

@@ -114,7 +114,7 @@ register(FormalCheck(
     "fetch.out_stream", lambda mutant: FetchStreams(mutant), "bmc", 10,
     ci_depth=6, description=
     "FetchUnit: out (word, index) and bus.cmd keep valid and payload until accepted (any memory data, "
-    "any back-pressure; start/stop exempt; bus.cmd also on a read error)", mutants=FETCH_MUTANTS, mutant_depth=8))
+    "any back-pressure; start/stop exempt; bus.cmd also on a read error)", mutants=FETCH_MUTANTS, mutant_depth=9))
 register(FormalCheck(
     "fetch.out_stream_cover", lambda mutant: FetchStreams(mutant, covers=True), "cover", 10,
     "reachability: a stalled instruction (index 1) and a stalled 2-beat read burst"))

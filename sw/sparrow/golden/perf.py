@@ -72,8 +72,8 @@ Tuning (``bench/system.py``, small preset, AXI top on Verilator)
     (+1 per compressed row), STORE 16 + 0/row, MATMUL 17, VECTOR 23. Total cycles are then
     within 5 % for 10 of 10 kernels: 1.1 % mean, 2.2 % worst. MATMUL became 18 when the
     writer gained a register in front of its pending FIFO, and VECTOR 25 when the vector
-    engine's FIFOs got registered outputs (both for FPGA timing; re-measured after both:
-    10 of 10 within 5 %, 1.1 % mean, 2.3 % worst).
+    engine's FIFOs got registered outputs, and ``fetch_latency`` 9 when fetch registered its
+    burst size (all for FPGA timing; re-measured after all three: 10 of 10 within 5 %).
     Known gap: LOAD and STORE share the memory bus with each other and with fetch; a transfer
     that overlaps another one takes up to ~12 cycles longer in the RTL, which the model ignores.
 
@@ -114,7 +114,7 @@ class Costs:
     vector_line_cycles: int = 1  #: per scratchpad line read by the vector unit
     nop: int = 1                #: NOP
     delay_overhead: int = 1     #: DELAY issue cycle on top of delay[slot]
-    fetch_latency: int = 8      #: concurrent mode: cycles from start to the first instruction word
+    fetch_latency: int = 9      #: concurrent mode: cycles from start to the first instruction word
     issue_gap: int = 1          #: concurrent mode: idle cycles after an instruction before its
                                 #: engine starts the next one and before its signal is seen
 
