@@ -393,11 +393,9 @@ class LoadEngine(wiring.Component):
         cw_ok1 = Signal()  # cw_ahead + 2 <= DRAM
         cw_cend = Signal(ADDR_W)
         cw_pay = Signal(REM_W)  # beats of the payload after the count beat(s)
-        cw_more = Signal()  # cw_pay != 0 (stored with the count: no adder before the decision)
         m.d.comb += [
             cw_cend.eq(((cw_base + 1) & AMASK) + MB),
             cw_pay.eq((lo_bits(cw_base + 1) + wq_out.n) >> LMB),
-            cw_more.eq(wq_out.more),
         ]
 
         def cw_range(lo, rem_m1, ret):
@@ -463,7 +461,7 @@ class LoadEngine(wiring.Component):
             with m.If(wq.r_rdy):
                 with m.If(~wq_out.ok):
                     m.d.sync += cw_st.eq(CW_STOP)
-                with m.Elif(cw_more):
+                with m.Elif(wq_out.more):  # cw_pay != 0, stored with the count (no adder here)
                     m.d.sync += cw_range(cw_cend, cw_pay - 1, RET_NEXT)
                 with m.Else():
                     m.d.sync += cw_next

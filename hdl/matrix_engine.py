@@ -402,14 +402,15 @@ class MatrixEngine(wiring.Component):
         mi_last = Signal(8)        # m_inner - 1
         accept = Signal()
         new = self.instr.payload.body.matmul
+        new_mi_last = (new.m_inner - 1)[:8]
         m.d.comb += accept.eq(self.instr.valid & self.instr.ready)
         with m.If(accept):
-            m.d.sync += [ins.eq(new), mi_last.eq((new.m_inner - 1)[:8]), state.eq(_State.CHECK1)]
+            m.d.sync += [ins.eq(new), mi_last.eq(new_mi_last), state.eq(_State.CHECK1)]
         # The footprint's three products: operands registered with the instruction, products
         # registered in CHECK1 (Multiplier registers, so an FPGA flow can keep them in its DSPs).
         muls = {}
         for name, a, b in (("p_outer", (new.m_outer - 1)[:8], new.a_outer_stride),   # 8 x 14 bits
-                           ("p_inner", (new.m_inner - 1)[:8], new.a_stride),         # 8 x 8 bits
+                           ("p_inner", new_mi_last, new.a_stride),                   # 8 x 8 bits
                            ("n_rows", new.m_outer, new.m_inner)):                    # 8 x 8 bits
             mul = muls[name] = Multiplier(unsigned(len(a)), unsigned(len(b)))
             m.submodules[f"mul_{name}"] = mul

@@ -100,7 +100,7 @@ __all__ = ["Costs", "DEFAULT_COSTS", "fetch_cycles", "dma_cycles", "dma_cycles_u
 @dataclass(frozen=True)
 class Costs:
     """Tunable constants of the cycle model (cycles)."""
-    dma_start: int = 10          #: per LOAD instruction: decode, checks, first read latency
+    dma_start: int = 10         #: per LOAD instruction: decode, checks, first read latency
     dma_row_setup: int = 1      #: per LOAD row: address/burst set-up
     store_start: int = 16       #: per STORE instruction: checks, scratchpad read latency, write drain
     store_row_setup: int = 0    #: per STORE row
