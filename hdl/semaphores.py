@@ -12,14 +12,15 @@ __all__ = ["SemaphoreUnit", "sem_client_signature"]
 def sem_client_signature(cfg: HwConfig) -> wiring.Signature:
     """One engine's connection to the semaphore unit (engine-side view).
 
-    ``wait_sem``/``wait_count``/``wait_consume``: the head instruction's wait; ``wait_ok`` is
-    high when it may issue now; raising ``take`` in a cycle where ``wait_ok`` is high issues it
-    (and consumes ``wait_count`` when ``wait_consume``). ``signal``/``signal_sem``: increment on
-    completion.
+    ``wait_sem``/``wait_count``/``wait_consume``: the head instruction's wait. ``request`` is high
+    when the head would be issued this cycle if its wait allowed it; ``wait_ok`` is high when the
+    wait allows it; ``take`` issues it (and consumes ``wait_count`` when ``wait_consume``) and may
+    only be raised together with ``request`` and ``wait_ok``. ``signal``/``signal_sem``: increment
+    on completion.
     """
     return wiring.Signature({
         "wait_sem": Out(4), "wait_count": Out(8), "wait_consume": Out(1),
-        "wait_ok": In(1), "take": Out(1),
+        "request": Out(1), "wait_ok": In(1), "take": Out(1),
         "signal": Out(1), "signal_sem": Out(4),
     })
 
@@ -30,9 +31,19 @@ class SemaphoreUnit(wiring.Component):
     Rules (``docs/isa.md``): a wait is satisfied when ``sem >= count`` (count 0 never waits); a
     consuming wait subtracts ``count`` when taken; signals add one each (several clients may
     signal the same semaphore in one cycle). Two consuming waits on one semaphore are never
-    granted in the same cycle (the lower client index wins), so a consume can never underflow.
-    A result above ``2**sem_bits - 1`` is an overflow: the counter saturates, ``overflow`` rises
-    and ``overflow_client`` names the lowest signalling client.
+    granted in the same cycle: a consuming wait is held back while a lower-indexed client
+    *requests* a satisfied consuming wait on the same semaphore, so a consume can never
+    underflow. The hold-back depends on the lower client's request, not on whether it takes, so
+    the grants are not chained through the clients' take decisions (timing); a request that
+    is not taken (the engine is not ready for it yet) costs the higher client cycles, never
+    correctness, and every request is eventually taken or withdrawn by its sequencer.
+    A consume is subtracted in the cycle after its take; in that cycle every wait with a non-zero
+    count on that semaphore is held back (its value is about to drop), so waiters never see a
+    stale value, and one semaphore is consumed at most every other cycle.
+    Overflow is judged on the value plus this cycle's signals, before this cycle's consumes
+    (the golden model processes completions before starts): a result above
+    ``2**sem_bits - 1`` saturates the counter, ``overflow`` rises and ``overflow_client`` names the
+    lowest client signalling an overflowing semaphore.
 
     Ports
     -----
@@ -74,22 +85,33 @@ class SemaphoreUnit(wiring.Component):
                         m.d.comb += v.eq(s)
             return v
 
-        # Grant waits; among consuming waits on one semaphore, the lowest client wins.
+        nsem = cfg.n_semaphores
+        # Consumes are applied a cycle after their take (timing: the take decision does not feed
+        # the counters' adders). `pend` marks the semaphores with such a consume in flight; any
+        # counted wait on them is held back for that cycle, as their value is about to drop.
+        con_r = [Signal(nsem, name=f"con_r{c}") for c in range(n)]
+        cnt_r = [Signal(8, name=f"cnt_r{c}") for c in range(n)]
+        pend = Signal(nsem)
+        m.d.comb += pend.eq(_or(con_r))
+
+        # Grant waits: a consuming wait (count != 0) is held back by a lower client's satisfied
+        # consuming request on the same semaphore.
         takes_consume = []
-        oks = []
+        enough, consuming = [], []
         for c, cl in enumerate(self.clients):
-            cur = value_of(cl.wait_sem)
-            ok = Signal(name=f"ok{c}")
+            en = Signal(name=f"enough{c}")
+            co = Signal(name=f"consuming{c}")
+            m.d.comb += [en.eq(value_of(cl.wait_sem) >= cl.wait_count),
+                         co.eq(cl.wait_consume & (cl.wait_count != 0))]
             blocked = Const(0)
             for p in range(c):
                 pc = self.clients[p]
-                blocked = blocked | (oks[p] & pc.take & pc.wait_consume & (pc.wait_count != 0)
-                                     & (pc.wait_sem == cl.wait_sem))
-            enough = cur >= cl.wait_count
-            m.d.comb += ok.eq(enough & ~(cl.wait_consume & (cl.wait_count != 0) & blocked))
-            m.d.comb += cl.wait_ok.eq(ok)
-            oks.append(ok)
-            takes_consume.append(cl.take & ok & cl.wait_consume)
+                blocked = blocked | (pc.request & enough[p] & consuming[p] & (pc.wait_sem == cl.wait_sem))
+            m.d.comb += cl.wait_ok.eq(en & ~((cl.wait_count != 0) & pend.bit_select(cl.wait_sem, 1))
+                                      & ~(co & blocked))
+            enough.append(en)
+            consuming.append(co)
+            takes_consume.append(cl.take & consuming[c])
 
         # Each client touches at most one semaphore per cycle, so its signal and its consume are
         # decoded once into one-hot vectors over the semaphores; a semaphore's increment is then
@@ -98,39 +120,46 @@ class SemaphoreUnit(wiring.Component):
         # out). The same logic as comparing every client's index against every semaphore,
         # written so that a simulator evaluates a shift per client instead of n_semaphores x
         # n_clients compares and masked adds.
-        nsem = cfg.n_semaphores
         sig_oh = []
         con_oh = []
         for c, (tc, cl) in enumerate(zip(takes_consume, self.clients)):
             so, co = Signal(nsem, name=f"sig_oh{c}"), Signal(nsem, name=f"con_oh{c}")
             m.d.comb += [so.eq(Mux(cl.signal, Const(1, nsem) << cl.signal_sem, 0)),
-                         co.eq(Mux(tc & (cl.wait_count != 0), Const(1, nsem) << cl.wait_sem, 0))]
+                         co.eq(Mux(tc, Const(1, nsem) << cl.wait_sem, 0))]
             sig_oh.append(so)
             con_oh.append(co)
+            m.d.sync += [con_r[c].eq(Mux(self.clear, 0, co)), cnt_r[c].eq(cl.wait_count)]
 
-        width = cfg.sem_bits + 4
-        overflow_any = Signal()
+        ovf_vec = Signal(nsem)
         for i, s in enumerate(sems):
             inc = Signal(unsigned(4), name=f"inc{i}")
             dec = Signal(unsigned(cfg.sem_bits + 1), name=f"dec{i}")
             m.d.comb += inc.eq(sum(so[i] for so in sig_oh))
             sel = Const(0, 8)
-            for co, cl in reversed(list(zip(con_oh, self.clients))):
-                sel = Mux(co[i], cl.wait_count, sel)
+            for co, cnt in reversed(list(zip(con_r, cnt_r))):
+                sel = Mux(co[i], cnt, sel)
             m.d.comb += dec.eq(sel)
-            nxt = Signal(unsigned(width), name=f"next{i}")
-            m.d.comb += nxt.eq(s + inc - dec)
-            ovf = Signal(name=f"ovf{i}")
-            m.d.comb += ovf.eq(nxt > cfg.sem_max)
-            touched = Cat(*(so[i] for so in sig_oh), *(co[i] for co in con_oh)).any()
+            # overflow from the signals alone, so it does not wait for the grants
+            m.d.comb += ovf_vec[i].eq(s + inc > cfg.sem_max)
+            touched = Cat(*(so[i] for so in sig_oh), *(co[i] for co in con_r)).any()
             with m.If(self.clear):
                 m.d.sync += s.eq(0)
+            with m.Elif(ovf_vec[i]):
+                m.d.sync += s.eq(cfg.sem_max)
             with m.Elif(touched):
-                m.d.sync += s.eq(Mux(ovf, cfg.sem_max, nxt))
-            with m.If(ovf & ~self.clear):
-                m.d.comb += overflow_any.eq(1)
-                for c in reversed(range(n)):
-                    with m.If(sig_oh[c][i]):
-                        m.d.comb += self.overflow_client.eq(c)
+                m.d.sync += s.eq((s + inc - dec)[:cfg.sem_bits])
+        overflow_any = Signal()
+        m.d.comb += overflow_any.eq(ovf_vec.any() & ~self.clear)
+        # the lowest client whose signal lands on an overflowing semaphore
+        for c in reversed(range(n)):
+            with m.If((sig_oh[c] & ovf_vec).any()):
+                m.d.comb += self.overflow_client.eq(c)
         m.d.comb += self.overflow.eq(overflow_any)
         return m
+
+
+def _or(values):
+    out = values[0]
+    for v in values[1:]:
+        out = out | v
+    return out

@@ -40,9 +40,12 @@ class Sequencer(wiring.Component):
       DELAY are executed here, after the engine has drained (they complete in order with the
       engine's other instructions); other instructions are offered to the engine and their signal
       fields queued until the engine's ``done`` pulse, which then signals the semaphore. An
-      engine instruction's wait is taken (a consuming wait subtracts its count) in the first
-      cycle it is offered, possibly while the engine is still busy; from then on it stays offered
-      until the engine accepts it (nothing withdraws it: not the semaphore, not the debugger).
+      engine instruction is *released* when its wait is met: its wait is taken (a consuming wait
+      subtracts its count) then, possibly while the engine is still busy, and from the next cycle
+      on it is offered until the engine accepts it (nothing withdraws it: not the semaphore, not
+      the debugger). NOP and DELAY likewise run the cycle after their wait is taken. Queue heads,
+      ``instr.valid`` and NOP/DELAY signals come from registers, so no combinational path runs
+      from a queue through the semaphore compares into an engine.
     * **Debug**: per-engine breakpoints, halt-all, resume and single step (see
       :mod:`sparrow.regmap`), program counters.
     * **Status**: done, first error (code, engine, instruction index), a deadlock watchdog
@@ -137,7 +140,8 @@ class Sequencer(wiring.Component):
         flush = Signal()
         m.d.comb += flush.eq(self.start | self.abort)
         for e in range(N_ENGINES):
-            q = fifo.SyncFIFO(width=entry_w, depth=cfg.queue_depth)
+            # registered head (timing: the head's wait fields feed the semaphore compares)
+            q = fifo.SyncFIFOBuffered(width=entry_w, depth=cfg.queue_depth)
             m.submodules[f"queue{e}"] = ResetInserter(flush)(q)
             queues.append(q)
 
@@ -216,23 +220,31 @@ class Sequencer(wiring.Component):
                 cl.wait_consume.eq(_hdr(head_word, "wait_consume")),
             ]
             issue = Signal(name=f"issue{e}")
-            # An engine instruction is *released* the first cycle it is offered: its wait is taken
-            # (a consuming wait subtracts its count) then, and ``committed`` keeps it offered until
+            # the head would issue this cycle if its wait allowed it (the semaphore unit holds
+            # back higher engines' consumes on the same semaphore while this is high)
+            request = Signal(name=f"request{e}")
+            # An engine instruction is *released* when its wait is met: its wait is taken (a
+            # consuming wait subtracts its count) then, and ``committed`` offers it from the next
+            # cycle until
             # the engine accepts it, whatever later happens to the semaphore or the debugger, so
             # the instr stream never withdraws valid (lib.stream rules). NOP/DELAY take their wait
-            # when they run (after the engine drained).
+            # once the engine has drained, and run the next cycle.
             committed = Signal(name=f"committed{e}")
             release = Signal(name=f"release{e}")
+            m.d.comb += [request.eq(can_go & ~committed & ~at_bp & Mux(local, drained, inflight.w_rdy)),
+                         cl.request.eq(request)]
             with m.If(running & ~has_error & committed):
-                m.d.comb += [eng.instr.valid.eq(1), issue.eq(eng.instr.ready)]
+                with m.If(local):
+                    m.d.comb += issue.eq(1)
+                with m.Else():
+                    m.d.comb += [eng.instr.valid.eq(1), issue.eq(eng.instr.ready)]
             with m.Elif(can_go & at_bp):
                 m.d.comb += bp_hit[e].eq(1)
-            with m.Elif(can_go & cl.wait_ok):
-                with m.If(local):
-                    m.d.comb += [issue.eq(drained), cl.take.eq(drained)]
-                with m.Else():
-                    m.d.comb += [eng.instr.valid.eq(inflight.w_rdy), release.eq(inflight.w_rdy),
-                                 issue.eq(eng.instr.ready & inflight.w_rdy), cl.take.eq(inflight.w_rdy)]
+            with m.Elif(request & cl.wait_ok):
+                # run (NOP/DELAY) or offered (others) from the next cycle on, from the
+                # `committed` register (timing: neither the engines' instr.valid nor the
+                # NOP/DELAY state hangs off the semaphore compare)
+                m.d.comb += [cl.take.eq(1), release.eq(1)]
             with m.If(flush | issue):
                 m.d.sync += committed.eq(0)
             with m.Elif(release):
@@ -247,38 +259,41 @@ class Sequencer(wiring.Component):
                 with m.If(step_armed):
                     m.d.comb += step_hit[e].eq(1)
                     m.d.sync += step_armed.eq(0)
-            # NOP completes at issue; DELAY counts down, then completes
+            # DELAY counts down delays[slot], then completes; a NOP is a DELAY of 0 (it completes,
+            # and signals, the cycle after its issue: a registered signal, for timing)
             local_signal = Signal(name=f"local_signal{e}")
             local_sem = Signal(4, name=f"local_sem{e}")
             local_index = Signal(INDEX_BITS, name=f"local_index{e}")
             n_retired = Signal(2, name=f"retired{e}")
-            with m.If(issue & is_nop):
-                m.d.comb += [local_signal.eq(_hdr(head_word, "signal_en")), local_sem.eq(_hdr(head_word, "signal_sem")),
-                             local_index.eq(head_index)]
-            with m.If(issue & is_delay):
-                with m.Switch(slot):
-                    for s in range(cfg.delay_slots):
-                        with m.Case(s):
-                            m.d.sync += delay_left.eq(self.delays[s])
+            # delay_zero == (delay_left == 0), kept in a register (timing: the completion and its
+            # signal do not wait for a 32-bit compare)
+            delay_zero = Signal(name=f"delay_zero{e}")
+            with m.If(issue & local):
+                with m.If(is_nop):
+                    m.d.sync += [delay_left.eq(0), delay_zero.eq(1)]
+                with m.Else():
+                    with m.Switch(slot):
+                        for s in range(cfg.delay_slots):
+                            with m.Case(s):
+                                m.d.sync += [delay_left.eq(self.delays[s]), delay_zero.eq(self.delays[s] == 0)]
                 m.d.sync += [delay_active.eq(1), delay_index.eq(head_index),
                              delay_sig.eq(Cat(_hdr(head_word, "signal_en"), _hdr(head_word, "signal_sem")))]
             with m.If(delay_active):
                 m.d.comb += progress.eq(1)
-                with m.If(delay_left == 0):
+                with m.If(delay_zero):
                     m.d.sync += delay_active.eq(0)
                     m.d.comb += [local_signal.eq(delay_sig[0]), local_sem.eq(delay_sig[1:]),
                                  local_index.eq(delay_index)]
                 with m.Else():
-                    m.d.sync += delay_left.eq(delay_left - 1)
+                    m.d.sync += [delay_left.eq(delay_left - 1), delay_zero.eq(delay_left == 1)]
             # completion of engine instructions
             done_sig = Signal(name=f"done_sig{e}")
             engine_done = Signal(name=f"engine_done{e}")
             with m.If(eng.done & inflight.r_rdy):
                 m.d.comb += [inflight.r_en.eq(1), progress.eq(1), done_sig.eq(inflight.r_data[0]),
                              engine_done.eq(1)]
-            nop_done = issue & is_nop
-            delay_done = delay_active & (delay_left == 0)
-            m.d.comb += n_retired.eq(engine_done + nop_done + delay_done)
+            delay_done = delay_active & delay_zero
+            m.d.comb += n_retired.eq(engine_done + delay_done)
             retired.append(n_retired)
             # an engine's completion and a NOP/DELAY of the same engine never coincide (NOP/DELAY
             # wait for the engine to drain), so one signal port per engine suffices
@@ -306,21 +321,31 @@ class Sequencer(wiring.Component):
                     m.d.sync += self.count_busy[e].eq(self.count_busy[e] + 1)
                 with m.Elif(q.r_rdy & ~halted[e] & ~cl.wait_ok & ~committed):
                     m.d.sync += self.count_wait[e].eq(self.count_wait[e] + 1)
-            m.d.comb += [pending[e].eq(q.r_rdy | inflight.r_rdy | eng.busy | delay_active),
+            # the queue's level, not r_rdy: an entry spends a cycle inside the buffered queue
+            # before its head register shows it
+            m.d.comb += [pending[e].eq((q.level != 0) | inflight.r_rdy | eng.busy | delay_active),
                          idle[e].eq(~pending[e])]
         m.d.comb += pending_any.eq(pending.any())
 
         # the blocked queue head with the lowest instruction index (what a watchdog error names,
-        # as the golden model does): a compare chain over the engines' queue heads
-        wd_valid, wd_index, wd_engine = queues[0].r_rdy, self.pc[0], Const(0, 3)
-        for e in range(1, N_ENGINES):
-            v, i = Signal(name=f"wd_valid{e}"), Signal(INDEX_BITS, name=f"wd_index{e}")
-            en = Signal(3, name=f"wd_engine{e}")
-            take = Signal(name=f"wd_take{e}")
-            m.d.comb += take.eq(queues[e].r_rdy & (~wd_valid | (self.pc[e] < wd_index)))
-            m.d.comb += [v.eq(wd_valid | queues[e].r_rdy), i.eq(Mux(take, self.pc[e], wd_index)),
-                         en.eq(Mux(take, e, wd_engine))]
-            wd_valid, wd_index, wd_engine = v, i, en
+        # as the golden model does): a two-level tournament over the engines' queue heads with a
+        # register after each level (timing; the watchdog reads it after `watchdog` quiet cycles,
+        # when the heads have long stopped changing)
+        def lower(a, b, level):
+            """(valid, index, engine) of the lower-indexed valid head of ``a`` and ``b``, registered."""
+            va, ia, ea = a
+            vb, ib, eb = b
+            pick_b = vb & (~va | (ib < ia))
+            out = (Signal(name=f"wd_valid_l{level}"), Signal(INDEX_BITS, name=f"wd_index_l{level}"),
+                   Signal(3, name=f"wd_engine_l{level}"))
+            m.d.sync += [out[0].eq(va | vb), out[1].eq(Mux(pick_b, ib, ia)), out[2].eq(Mux(pick_b, eb, ea))]
+            return out
+
+        heads = [(queues[e].r_rdy, self.pc[e], Const(e, 3)) for e in range(N_ENGINES)]
+        while len(heads) > 1:
+            heads = [lower(heads[i], heads[i + 1], f"{i}_{len(heads)}") if i + 1 < len(heads) else heads[i]
+                     for i in range(0, len(heads), 2)]
+        wd_valid_r, wd_index_r, wd_engine_r = heads[0]
 
         m.d.sync += self.count_instructions.eq(self.count_instructions + sum(retired))
 
@@ -332,28 +357,39 @@ class Sequencer(wiring.Component):
             m.d.comb += halted_next.eq(~0)
         m.d.sync += halted.eq(halted_next & ~resume_mask)
 
-        # semaphore overflow: charged to the instruction whose completion signalled
-        with m.If(sems.overflow & running):
-            with m.Switch(sems.overflow_client):
-                for e in range(N_ENGINES):
-                    with m.Case(e):
-                        set_error(ErrorCode.SEM_OVERFLOW, e, sig_index[e])
+        # semaphore overflow: charged to the instruction whose completion signalled; registered
+        # (timing), so the error is raised a cycle after the overflowing signal
+        ovf_seen = Signal()
+        ovf_engine = Signal(3)
+        ovf_index = Signal(INDEX_BITS)
+        m.d.sync += [ovf_seen.eq(sems.overflow & running & ~self.start), ovf_engine.eq(sems.overflow_client)]
+        sig_index_r = [Signal(INDEX_BITS, name=f"sig_index_r{e}") for e in range(N_ENGINES)]
+        m.d.sync += [r.eq(i) for r, i in zip(sig_index_r, sig_index)]
+        with m.Switch(ovf_engine):
+            for e in range(N_ENGINES):
+                with m.Case(e):
+                    m.d.comb += ovf_index.eq(sig_index_r[e])
+        with m.If(ovf_seen & running):
+            set_error(ErrorCode.SEM_OVERFLOW, ovf_engine, ovf_index)
 
         # -- watchdog, done ----------------------------------------------------------------------------
         quiet = Signal(32)
         debug_halted = Signal()
         m.d.comb += debug_halted.eq((halted & pending).any())
+        # quiet_hit == (quiet >= watchdog), kept in a register (timing: the 32-bit compare is
+        # made on the next value of `quiet`, in parallel with the decision to reset it)
+        quiet_hit = Signal()
         with m.If(~running | progress | debug_halted | ~(pending_any | self.fetched.valid)):
-            m.d.sync += quiet.eq(0)
+            m.d.sync += [quiet.eq(0), quiet_hit.eq(0)]
         with m.Else():
-            m.d.sync += quiet.eq(quiet + 1)
-        with m.If(running & (self.watchdog != 0) & (quiet >= self.watchdog)):
+            m.d.sync += [quiet.eq(quiet + 1), quiet_hit.eq(quiet + 1 >= self.watchdog)]
+        with m.If(running & (self.watchdog != 0) & quiet_hit):
             set_error(ErrorCode.WATCHDOG, NO_ENGINE, 0)
             m.d.sync += self.stuck.eq(pending)
             with m.If(~has_error):
-                with m.If(wd_valid):
+                with m.If(wd_valid_r):
                     # name the blocked queue head with the lowest instruction index
-                    m.d.sync += [self.error_engine.eq(wd_engine), self.error_index.eq(wd_index)]
+                    m.d.sync += [self.error_engine.eq(wd_engine_r), self.error_index.eq(wd_index_r)]
                 with m.Else():
                     # no queued instruction: the lowest-numbered engine still holding work
                     for e in reversed(range(N_ENGINES)):
@@ -379,7 +415,7 @@ class Sequencer(wiring.Component):
             m.d.sync += [
                 running.eq(1), self.done.eq(0), halt_seen.eq(0), halted.eq(0), self.stuck.eq(0),
                 self.error.eq(ErrorCode.NONE), self.error_engine.eq(NO_ENGINE), self.error_index.eq(0),
-                self.count_cycles.eq(0), self.count_instructions.eq(0), quiet.eq(0),
+                self.count_cycles.eq(0), self.count_instructions.eq(0), quiet.eq(0), quiet_hit.eq(0),
             ]
             for e in range(N_ENGINES):
                 m.d.sync += [self.count_busy[e].eq(0), self.count_wait[e].eq(0), self.count_stall[e].eq(0)]

@@ -1,17 +1,20 @@
 """Formal properties of :class:`sparrow.hdl.semaphores.SemaphoreUnit`.
 
 The wrapper drives every client port with free inputs (``AnySeq``) under the sequencer's
-contract (semaphore ids are legal — the decoder guarantees it — and ``take`` only while
-``wait_ok``), keeps a *shadow* of the semaphore values computed from the port events alone
-(the ISA rule: ``+1`` per signal, ``-count`` per granted consuming wait, saturate and flag
-overflow above ``2**sem_bits - 1``, zero on ``clear``), and asserts:
+contract (semaphore ids are legal — the decoder guarantees it — and ``take`` only together with
+``request`` and ``wait_ok``), keeps a *shadow* of the semaphore values computed from the port events alone
+(the ISA rule: ``+1`` per signal, ``-count`` per granted consuming wait — subtracted the cycle
+after its grant, the unit's pipelining — saturate and flag
+overflow when the value plus the cycle's signals exceeds ``2**sem_bits - 1``, zero on ``clear``),
+and asserts:
 
 * ``values`` equals the shadow every cycle (so no lost/duplicated signal or consume);
 * no underflow: the consumes granted on a semaphore in one cycle never exceed its value, and at
   most one consuming wait (count != 0) per semaphore is granted per cycle;
 * a wait is released exactly when its count is reached: ``wait_ok`` implies
-  ``sem[wait_sem] >= wait_count``, and ``sem >= count`` implies ``wait_ok`` unless a
-  lower-indexed client takes a consuming wait on the same semaphore in that cycle;
+  ``sem[wait_sem] >= wait_count``, and ``sem >= count`` implies ``wait_ok`` unless it is a
+  consuming wait and a lower-indexed client requests a satisfied consuming wait on the same
+  semaphore in that cycle, or a counted wait on a semaphore whose consume is being subtracted;
 * ``overflow`` pulses exactly when a result would exceed the maximum (the counter saturates) and
   ``overflow_client`` is a client signalling such a semaphore.
 
@@ -20,7 +23,7 @@ Because the shadow pins down the whole state, the properties are inductive: ``pr
 
 from __future__ import annotations
 
-from amaranth.hdl import Assert, Assume, Const, Cover, Signal, unsigned
+from amaranth.hdl import Assert, Assume, Const, Cover, Mux, Signal, unsigned
 from amaranth.hdl._ast import AnySeq
 
 from sparrow.config import HwConfig
@@ -57,7 +60,7 @@ class SemaphoreProps(FormalWrapper):
         env = []
         for c in range(n):
             e = {k: AnySeq(w) for k, w in (("wait_sem", 4), ("wait_count", 8), ("wait_consume", 1),
-                                             ("take", 1), ("signal", 1), ("signal_sem", 4))}
+                                             ("request", 1), ("take", 1), ("signal", 1), ("signal_sem", 4))}
             e["wait_ok"] = Signal(name=f"ok{c}")       # as presented to the client
             env.append(e)
             m.d.comb += [Assume(e["wait_sem"] < nsem), Assume(e["signal_sem"] < nsem)]
@@ -78,7 +81,7 @@ class SemaphoreProps(FormalWrapper):
             if mut == "lost_signal" and c == 3:
                 sig = e["signal"] & ~(env[0]["signal"] & (env[0]["signal_sem"] == e["signal_sem"]))
             m.d.comb += [cl.wait_sem.eq(e["wait_sem"]), cl.wait_count.eq(e["wait_count"]),
-                         cl.wait_consume.eq(e["wait_consume"]), cl.take.eq(e["take"]),
+                         cl.wait_consume.eq(e["wait_consume"]), cl.request.eq(e["request"]), cl.take.eq(e["take"]),
                          cl.signal.eq(sig), cl.signal_sem.eq(e["signal_sem"])]
             ok = cl.wait_ok
             if mut == "early_release" and c == 2:
@@ -86,28 +89,33 @@ class SemaphoreProps(FormalWrapper):
             if mut == "double_consume" and c == 1:
                 ok = cur(e["wait_sem"]) >= e["wait_count"]
             m.d.comb += e["wait_ok"].eq(ok)
-            # the sequencer raises take only while wait_ok (take = issue, gated by wait_ok)
-            m.d.comb += Assume(~e["take"] | e["wait_ok"])
+            # the sequencer raises take only with its request and wait_ok
+            m.d.comb += Assume(~e["take"] | (e["wait_ok"] & e["request"]))
 
         # -- shadow model from port events ---------------------------------------------------------
         width = cfg.sem_bits + 6
         shadow = [Signal(cfg.sem_bits, name=f"shadow{i}") for i in range(nsem)]
         ovf_any = Signal()
         ovf_clients = Signal(n)
+        pend = Signal(nsem)             # semaphores whose last-cycle consume is subtracted now
         for i in range(nsem):
             inc = sum(((e["signal"] & (e["signal_sem"] == i)) for e in env), Const(0, 4))
             granted = [e["take"] & e["wait_ok"] & e["wait_consume"] & (e["wait_sem"] == i) & (e["wait_count"] != 0)
                        for e in env]
+            now = Signal(unsigned(11), name=f"granted{i}")
+            m.d.comb += now.eq(sum((g.replicate(8) & e["wait_count"] for g, e in zip(granted, env)), Const(0, 11)))
             dec = Signal(unsigned(11), name=f"dec{i}")
-            m.d.comb += dec.eq(sum((g.replicate(8) & e["wait_count"] for g, e in zip(granted, env)), Const(0, 11)))
+            m.d.sync += dec.eq(Mux(clear, 0, now))
+            m.d.comb += pend[i].eq(dec != 0)
             n_granted = sum(granted, Const(0, 3))
             nxt = Signal(unsigned(width), name=f"shadow_next{i}")
             m.d.comb += nxt.eq(shadow[i] + inc - dec)
             ovf = Signal(name=f"shadow_ovf{i}")
-            m.d.comb += ovf.eq(~clear & (nxt > smax))
+            m.d.comb += ovf.eq(~clear & (shadow[i] + inc > smax))
             # no underflow: granted consumes never exceed the value, at most one consumer
             m.d.comb += [Assert(dec <= values[i], f"underflow on semaphore {i}"),
-                         Assert(n_granted <= 1, f"two consuming waits granted on semaphore {i}")]
+                         Assert(n_granted <= 1, f"two consuming waits granted on semaphore {i}"),
+                         Assert(~((now != 0) & pend[i]), f"consume granted on semaphore {i} while one lands")]
             with m.If(clear):
                 m.d.sync += shadow[i].eq(0)
             with m.Elif(ovf):
@@ -128,10 +136,11 @@ class SemaphoreProps(FormalWrapper):
             blocked = Const(0, 1)
             for p in range(c):
                 ep = env[p]
-                blocked = blocked | (ep["take"] & ep["wait_ok"] & ep["wait_consume"] & (ep["wait_count"] != 0)
-                                     & (ep["wait_sem"] == e["wait_sem"]))
+                blocked = blocked | (ep["request"] & (cur(ep["wait_sem"]) >= ep["wait_count"]) & ep["wait_consume"]
+                                     & (ep["wait_count"] != 0) & (ep["wait_sem"] == e["wait_sem"]))
+            landing = (e["wait_count"] != 0) & pend.bit_select(e["wait_sem"], 1)
             m.d.comb += [Assert(~e["wait_ok"] | reached, f"client {c} released before its count"),
-                         Assert(~(reached & ~(consuming & blocked)) | e["wait_ok"],
+                         Assert(~(reached & ~(consuming & blocked) & ~landing) | e["wait_ok"],
                                 f"client {c} not released although its count is reached")]
 
         m.d.comb += Assert(dut.overflow == ovf_any, "overflow flag differs from the ISA model")

@@ -135,8 +135,9 @@ def test_wait_counter_and_signal_release_time():
             make("vadd", wait_sem=4, wait_count=1)]
     res = m.run(prog, mode="concurrent")
     (_, _, ls, le), (_, _, vs, ve) = res.timeline
-    fetch, lat, gap = 16 // cfg.mem_bytes, m.costs.fetch_latency, m.costs.issue_gap
-    assert (ls, vs) == (lat + fetch, le + gap)           # released in the cycle the signal is seen
+    fetch, lat, gap, rel = 16 // cfg.mem_bytes, m.costs.fetch_latency, m.costs.issue_gap, m.costs.release_latency
+    assert rel >= 1
+    assert (ls, vs) == (lat + fetch + rel, le + gap + rel)   # released in the cycle the signal is seen
     assert res.counters["vector_wait"] == le + gap - (lat + 2 * fetch)  # dispatched at lat + 2*fetch
     assert m.sems[4] == 1                                # no consume
 
@@ -178,13 +179,15 @@ def test_stall_counter_charges_the_full_queue():
     prog = [make("delay", engine="vector", slot=2), make("nop", engine="vector"),
             make("nop", engine="vector"), make("nop", engine="load")]
     res = m.run(prog, mode="concurrent")
-    fetch, lat, gap = 16 // CFG.mem_bytes, m.costs.fetch_latency, m.costs.issue_gap
+    fetch, lat, gap, rel = 16 // CFG.mem_bytes, m.costs.fetch_latency, m.costs.issue_gap, m.costs.release_latency
     delay_done = res.timeline[0][3] + gap
-    # word 2 is ready at lat + 3*fetch but the VECTOR queue holds word 1 until the DELAY completes
-    assert res.counters["vector_stall"] == delay_done - (lat + 3 * fetch)
+    # word 2 is ready at lat + 3*fetch but the VECTOR queue holds word 1 until it starts, after
+    # the DELAY completes and its release latency
+    assert res.counters["vector_stall"] == delay_done + rel - (lat + 3 * fetch)
     assert res.counters["load_stall"] == res.counters["matmul_stall"] == res.counters["store_stall"] == 0
     load_start = [s for i, _, s, _ in res.timeline if i == 3][0]
-    assert load_start == delay_done + fetch             # in-order dispatch held the LOAD-queue NOP too
+    # in-order dispatch held the LOAD-queue NOP too: dispatched a fetch later, then released
+    assert load_start == delay_done + rel + fetch + rel
 
 
 # -- race checker ---------------------------------------------------------------------------

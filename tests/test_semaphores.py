@@ -27,39 +27,56 @@ def test_random_traffic_matches_rules():
     checked = {"ok": 0, "overflow": 0}
 
     async def tb(ctx):
+        pending = []            # (sem, count) consumed by last cycle's takes, subtracted now
         for _ in range(1500):
             acts = []
             for cl in dut.clients:
                 a = dict(wait_sem=rng.randrange(n), wait_count=rng.choice([0, 1, 2, 3, rng.randrange(16)]),
-                         wait_consume=rng.random() < 0.6, take=rng.random() < 0.7,
+                         wait_consume=rng.random() < 0.6, request=rng.random() < 0.8,
                          signal=rng.random() < 0.35, signal_sem=rng.randrange(n))
                 for k, v in a.items():
                     ctx.set(getattr(cl, k), int(v))
                 acts.append(a)
-            # reference: grants in client order, one consumer per semaphore per cycle
-            consumed = set()
+            # reference: a consuming wait is held back while a lower client requests a satisfied
+            # consuming wait on the same semaphore (whether or not that client takes); any
+            # counted wait is held back while last cycle's consume of its semaphore is applied
+            busy = {sem for sem, _ in pending}
             exp_ok = []
-            for a in acts:
-                enough = model[a["wait_sem"]] >= a["wait_count"]
+            for c, a in enumerate(acts):
                 consuming = a["wait_consume"] and a["wait_count"] != 0
-                ok = enough and not (consuming and a["wait_sem"] in consumed)
-                exp_ok.append(ok)
-                if ok and a["take"] and consuming:
-                    consumed.add(a["wait_sem"])
+                blocked = any(p["request"] and p["wait_consume"] and p["wait_count"] != 0
+                              and model[p["wait_sem"]] >= p["wait_count"] and p["wait_sem"] == a["wait_sem"]
+                              for p in acts[:c])
+                exp_ok.append(model[a["wait_sem"]] >= a["wait_count"] and not (consuming and blocked)
+                              and not (a["wait_count"] != 0 and a["wait_sem"] in busy))
             got_ok = [ctx.get(cl.wait_ok) for cl in dut.clients]
             assert got_ok == [int(o) for o in exp_ok], (got_ok, exp_ok, model, acts)
             checked["ok"] += sum(exp_ok)
-            nxt = list(model)
-            for a, ok in zip(acts, exp_ok):
-                if ok and a["take"] and a["wait_consume"]:
-                    nxt[a["wait_sem"]] -= a["wait_count"]
+            # take only with request and wait_ok (the sequencer's contract), not always
+            takes = [a["request"] and ok and rng.random() < 0.85 for a, ok in zip(acts, exp_ok)]
+            for cl, t in zip(dut.clients, takes):
+                ctx.set(cl.take, int(t))
+            # completions before starts: overflow is judged on the value plus the signals
+            inc = [0] * n
+            for a in acts:
                 if a["signal"]:
-                    nxt[a["signal_sem"]] += 1
-            overflow = any(v > CFG.sem_max for v in nxt)
+                    inc[a["signal_sem"]] += 1
+            ovf = [model[i] + inc[i] > CFG.sem_max for i in range(n)]
+            nxt = [model[i] + inc[i] for i in range(n)]
+            for sem, count in pending:
+                nxt[sem] -= count
+            pending = [(a["wait_sem"], a["wait_count"]) for a, t in zip(acts, takes)
+                       if t and a["wait_consume"] and a["wait_count"]]
+            assert min(nxt) >= 0, f"two consumes underflow a semaphore: {nxt}"
+            overflow = any(ovf)
             assert ctx.get(dut.overflow) == overflow
+            if overflow:
+                first = min(c for c, a in enumerate(acts) if a["signal"] and ovf[a["signal_sem"]])
+                assert ctx.get(dut.overflow_client) == first
             checked["overflow"] += overflow
+            nxt = [CFG.sem_max if o else v for o, v in zip(ovf, nxt)]
             await ctx.tick()
-            model[:] = [min(v, CFG.sem_max) for v in nxt]
+            model[:] = nxt
             assert [ctx.get(dut.values[i]) for i in range(n)] == model
 
     _sim(dut, tb)
@@ -81,9 +98,13 @@ def test_wait_released_exactly_at_count_and_clear():
             ctx.set(s.signal, 0)
         assert ctx.get(w.wait_ok) == 1
         ctx.set(w.wait_consume, 1)
+        ctx.set(w.request, 1)
         ctx.set(w.take, 1)
         await ctx.tick()
         ctx.set(w.take, 0)
+        # the consume lands a cycle after the take; meanwhile the waiter is held back
+        assert ctx.get(dut.values[2]) == 3 and ctx.get(w.wait_ok) == 0
+        await ctx.tick()
         assert ctx.get(dut.values[2]) == 0 and ctx.get(w.wait_ok) == 0
         ctx.set(s.signal, 1)
         await ctx.tick()

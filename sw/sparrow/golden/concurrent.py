@@ -9,12 +9,13 @@ Event-driven model (times in cycles, all durations from :mod:`sparrow.golden.per
   than ``queue_depth`` entries; otherwise fetch *stalls* until that queue has room (in-order
   dispatch: later words wait too). The stall cycles are charged to that engine's ``stall``
   counter.
-* **Engines** run their queue in order, one instruction at a time. The head instruction starts
-  as soon as the engine is idle and its wait is satisfied (``sem[wait_sem] >= wait_count``); the
-  consume happens at the start. An engine instruction (not NOP/DELAY) at the head of a busy
-  engine's queue is *released* as soon as its wait is satisfied (not behind a running DELAY):
-  the consume (and the race checker's join) happens then, and it starts when the engine is
-  idle without waiting again — as the sequencer does. Cycles an idle engine's head spends waiting count in ``wait``.
+* **Engines** run their queue in order, one instruction at a time. The head instruction of an
+  idle engine is *released* as soon as its wait is satisfied (``sem[wait_sem] >= wait_count``):
+  the consume (and the race checker's join) happens then, and it starts ``release_latency``
+  cycles later. An engine instruction (not NOP/DELAY) at the head of a busy engine's queue is
+  released the same way (not behind a running DELAY) and starts when the engine is idle, but
+  not before ``release_latency`` has passed, without waiting again — as the sequencer does.
+  Cycles an idle engine's head spends waiting (up to its release) count in ``wait``.
   An instruction's effects are applied when it starts; it is busy for ``duration`` cycles and
   *completes* ``issue_gap`` cycles after that, when its engine becomes idle and its signal (if
   any) increments the semaphore; a waiter may start in that same cycle.
@@ -170,7 +171,8 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
             it.wait_consume, it.signal_sem, it.signal_en) for it in decoded]
     queues = [deque() for _ in range(n_eng)]
     running = [None] * n_eng        # (index, instr, end, clock)
-    released = [None] * n_eng       # (clock,) of a head released early (wait taken), or None
+    released = [None] * n_eng       # (clock, start time) of a released head (wait taken), or None
+    lat = costs.release_latency
 
     def take_wait(e, wsem, wcount, wconsume):
         """Release engine ``e``'s head: consume its count; its race-checker clock (or None)."""
@@ -232,15 +234,14 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
                     # while the engine is still busy (not behind a DELAY, which the sequencer runs)
                     if (released[e] is None and met and ins.opcode not in _LOCAL
                             and running[e][1].opcode != Opcode.DELAY):
-                        released[e] = (take_wait(e, wsem, wcount, wconsume),)
+                        released[e] = (take_wait(e, wsem, wcount, wconsume), now + lat)
                         changed = True
                     continue
-                rel, released[e] = released[e], None
-                if rel is not None:
-                    clock = rel[0]
-                elif met:
-                    clock = take_wait(e, wsem, wcount, wconsume)
-                else:
+                if released[e] is None and met:
+                    # the wait is taken now; the instruction starts `release_latency` later
+                    released[e] = (take_wait(e, wsem, wcount, wconsume), now + lat)
+                    changed = True
+                elif released[e] is None:
                     if wait_since[e] is None:
                         wait_since[e] = now
                     continue
@@ -249,6 +250,10 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
                     if events is not None:
                         events.append(("wait", ENGINES[e], idx, wsem, wait_since[e], now))
                     wait_since[e] = None
+                if released[e][1] > now:
+                    continue
+                clock, _ = released[e]
+                released[e] = None
                 queues[e].popleft()
                 try:
                     ex = m.execute(ins, track=races is not None)
@@ -290,6 +295,7 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
                     fetch_done = True
         # 3. done, next event or deadlock
         ends = [r[2] for r in running if r is not None]
+        ends += [r[1] for e, r in enumerate(released) if r is not None and running[e] is None and r[1] > now]
         if fetch_done and not ends and not any(queues):
             return result()
         if not fetch_done and fetch_ready > now:

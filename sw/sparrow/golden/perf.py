@@ -117,6 +117,8 @@ class Costs:
     fetch_latency: int = 9      #: concurrent mode: cycles from start to the first instruction word
     issue_gap: int = 1          #: concurrent mode: idle cycles after an instruction before its
                                 #: engine starts the next one and before its signal is seen
+    release_latency: int = 1    #: concurrent mode: cycles from taking a wait to the start of
+                                #: its instruction (the sequencer registers the release)
 
 
 DEFAULT_COSTS = Costs()
