@@ -77,14 +77,6 @@ class SemaphoreUnit(wiring.Component):
         for i, s in enumerate(sems):
             m.d.comb += self.values[i].eq(s)
 
-        def value_of(idx):
-            v = Signal(cfg.sem_bits)
-            with m.Switch(idx):
-                for i, s in enumerate(sems):
-                    with m.Case(i):
-                        m.d.comb += v.eq(s)
-            return v
-
         nsem = cfg.n_semaphores
         # Consumes are applied a cycle after their take (timing: the take decision does not feed
         # the counters' adders). `pend` marks the semaphores with such a consume in flight; any
@@ -101,7 +93,11 @@ class SemaphoreUnit(wiring.Component):
         for c, cl in enumerate(self.clients):
             en = Signal(name=f"enough{c}")
             co = Signal(name=f"consuming{c}")
-            m.d.comb += [en.eq(value_of(cl.wait_sem) >= cl.wait_count),
+            # every semaphore against the count in parallel, then pick one bit (timing: no
+            # 8-bit select in front of the compare)
+            ge = Signal(nsem, name=f"ge{c}")
+            m.d.comb += ge.eq(Cat(*(sem >= cl.wait_count for sem in sems)))
+            m.d.comb += [en.eq(ge.bit_select(cl.wait_sem, 1)),
                          co.eq(cl.wait_consume & (cl.wait_count != 0))]
             blocked = Const(0)
             for p in range(c):
@@ -139,8 +135,12 @@ class SemaphoreUnit(wiring.Component):
             for co, cnt in reversed(list(zip(con_r, cnt_r))):
                 sel = Mux(co[i], cnt, sel)
             m.d.comb += dec.eq(sel)
-            # overflow from the signals alone, so it does not wait for the grants
-            m.d.comb += ovf_vec[i].eq(s + inc > cfg.sem_max)
+            # overflow from the signals alone, so it does not wait for the grants; written as
+            # "within k of the maximum and at least k+1 signals" (timing: compares of the
+            # registered value against constants, in parallel with the signal count, instead of
+            # an adder feeding a compare)
+            near = [(s == cfg.sem_max - k) & (inc > k) for k in range(min(n, cfg.sem_max + 1))]
+            m.d.comb += ovf_vec[i].eq(_or(near))
             touched = Cat(*(so[i] for so in sig_oh), *(co[i] for co in con_r)).any()
             with m.If(self.clear):
                 m.d.sync += s.eq(0)

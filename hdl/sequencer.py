@@ -32,10 +32,10 @@ def _hdr(word, name):
 class Sequencer(wiring.Component):
     """Everything between fetched words and the four execution engines.
 
-    * **Dispatch**: checks each fetched word with :class:`InstructionDecoder`; an illegal word
-      stops the program with its error (engine ``FETCH_ENGINE``); HALT stops fetch; every other
-      instruction goes to its engine's queue (``cfg.queue_depth`` deep) in program order, fetch
-      stalling while that queue is full.
+    * **Dispatch**: checks each fetched word with :class:`InstructionDecoder` into a register
+      stage; from there an illegal word stops the program with its error (engine
+      ``FETCH_ENGINE``), HALT stops fetch, and every other instruction goes to its engine's queue
+      (``cfg.queue_depth`` deep) in program order, fetch stalling while that queue is full.
     * **Issue**, per engine: the queue head waits for its semaphore (``SemaphoreUnit``); NOP and
       DELAY are executed here, after the engine has drained (they complete in order with the
       engine's other instructions); other instructions are offered to the engine and their signal
@@ -78,6 +78,7 @@ class Sequencer(wiring.Component):
     count_busy, count_wait, count_stall : Out(ArrayLayout(64, 4))
         Per engine: busy (has an instruction in flight or a DELAY running), waiting on its
         semaphore, stalled (fetch blocked on the engine's full queue — as the golden model counts).
+        Each event is added a cycle after it happens (registered, for timing).
     """
 
     def __init__(self, cfg: HwConfig):
@@ -131,6 +132,18 @@ class Sequencer(wiring.Component):
         progress = Signal()
         halt_seen = Signal()
 
+        # The per-engine event counters count a cycle late: the event is registered, then added
+        # (timing: the 64-bit counters' enables do not hang off the semaphore compares). `start`
+        # clears the registered events with the counters.
+        late_events = []
+
+        def count_late(counter, event, name):
+            ev = Signal(name=name)
+            m.d.sync += ev.eq(event)
+            with m.If(ev):
+                m.d.sync += counter.eq(counter + 1)
+            late_events.append(ev)
+
         def set_error(code, engine, index):
             with m.If(~has_error):
                 m.d.sync += [self.error.eq(code), self.error_engine.eq(engine), self.error_index.eq(index)]
@@ -145,33 +158,46 @@ class Sequencer(wiring.Component):
             m.submodules[f"queue{e}"] = ResetInserter(flush)(q)
             queues.append(q)
 
-        word = self.fetched.payload.word
-        index = self.fetched.payload.index
-        m.d.comb += dec.word.eq(word)
+        # A register stage between fetch and the queues (timing: the decoder's legality checks
+        # feed registers, not the queues' write enables and fetch's ready): a word is decoded
+        # into `d_*` as fetch delivers it and dispatched (or stops the program) from there.
+        m.d.comb += dec.word.eq(self.fetched.payload.word)
+        d_valid, d_legal, d_halt = Signal(), Signal(), Signal()
+        d_word, d_index = Signal(isa.WORD_BITS), Signal(INDEX_BITS)
+        d_engine, d_error = Signal(2), Signal(ErrorCode)
         target_ready = Signal()
-        with m.Switch(dec.engine):
+        with m.Switch(d_engine):
             for e in range(N_ENGINES):
                 with m.Case(e):
                     m.d.comb += target_ready.eq(queues[e].w_rdy)
         accepting = Signal()
         m.d.comb += accepting.eq(running & ~has_error & ~halt_seen)
         fire = Signal()
-        with m.If(self.fetched.valid & accepting):
-            with m.If(~dec.legal):
-                set_error(dec.error, FETCH_ENGINE, index)
+        with m.If(d_valid & accepting):
+            with m.If(~d_legal):
+                set_error(d_error, FETCH_ENGINE, d_index)
                 m.d.comb += self.fetch_stop.eq(1)
-            with m.Elif(dec.is_halt):
-                m.d.comb += [self.fetched.ready.eq(1), self.fetch_stop.eq(1), progress.eq(1)]
-                m.d.sync += halt_seen.eq(1)
+            with m.Elif(d_halt):
+                m.d.comb += [self.fetch_stop.eq(1), progress.eq(1)]
+                m.d.sync += [halt_seen.eq(1), d_valid.eq(0)]
             with m.Else():
-                m.d.comb += [self.fetched.ready.eq(target_ready), fire.eq(target_ready)]
+                m.d.comb += fire.eq(target_ready)
+        # refill when empty or dispatching (never behind a HALT or an illegal word)
+        load = Signal()
+        m.d.comb += [load.eq(self.fetched.valid & accepting & (~d_valid | fire)), self.fetched.ready.eq(load)]
+        with m.If(load):
+            m.d.sync += [d_valid.eq(1), d_legal.eq(dec.legal), d_halt.eq(dec.is_halt), d_error.eq(dec.error),
+                         d_engine.eq(dec.engine), d_word.eq(self.fetched.payload.word),
+                         d_index.eq(self.fetched.payload.index)]
+        with m.Elif(fire):
+            m.d.sync += d_valid.eq(0)
+        with m.If(flush):
+            m.d.sync += d_valid.eq(0)
         for e in range(N_ENGINES):
-            m.d.comb += [queues[e].w_data.eq(Cat(word, index)),
-                         queues[e].w_en.eq(fire & (dec.engine.as_value() == e))]
-            to_e = dec.engine.as_value() == e
-            stalled = self.fetched.valid & accepting & dec.legal & ~dec.is_halt & to_e & ~queues[e].w_rdy
-            with m.If(running & stalled):
-                m.d.sync += self.count_stall[e].eq(self.count_stall[e] + 1)
+            to_e = d_engine == e
+            m.d.comb += [queues[e].w_data.eq(Cat(d_word, d_index)), queues[e].w_en.eq(fire & to_e)]
+            stalled = d_valid & accepting & d_legal & ~d_halt & to_e & ~queues[e].w_rdy
+            count_late(self.count_stall[e], running & stalled, f"stall_event{e}")
         with m.If(fire):
             m.d.comb += progress.eq(1)
         with m.If(self.fetch_error & running):
@@ -185,6 +211,7 @@ class Sequencer(wiring.Component):
         resume_mask = Signal(N_ENGINES)
         retired = []
         sig_index = []
+        signals_r = []
         pending_any = Signal()
         pending = Signal(N_ENGINES)
         idle = Signal(N_ENGINES)
@@ -296,12 +323,17 @@ class Sequencer(wiring.Component):
             m.d.comb += n_retired.eq(engine_done + delay_done)
             retired.append(n_retired)
             # an engine's completion and a NOP/DELAY of the same engine never coincide (NOP/DELAY
-            # wait for the engine to drain), so one signal port per engine suffices
-            m.d.comb += [cl.signal.eq((done_sig | local_signal) & running),
-                         cl.signal_sem.eq(Mux(engine_done, inflight.r_data[1:5], local_sem))]
+            # wait for the engine to drain), so one signal port per engine suffices. The signal
+            # reaches the semaphores a cycle after the completion (registered, for timing: the
+            # in-flight FIFO's read does not feed the semaphore adders and overflow compares)
+            sig_r = Signal(name=f"signal_r{e}")
             idx = Signal(INDEX_BITS, name=f"sig_index{e}")
-            m.d.comb += idx.eq(Mux(engine_done, inflight.r_data[5:], local_index))
+            m.d.sync += [sig_r.eq((done_sig | local_signal) & running & ~flush),
+                         cl.signal_sem.eq(Mux(engine_done, inflight.r_data[1:5], local_sem)),
+                         idx.eq(Mux(engine_done, inflight.r_data[5:], local_index))]
+            m.d.comb += cl.signal.eq(sig_r)
             sig_index.append(idx)
+            signals_r.append(sig_r)
             # errors from the engine: the faulting instruction is the oldest in flight
             with m.If(eng.error != ErrorCode.NONE):
                 set_error(eng.error, e, inflight.r_data[5:])
@@ -316,11 +348,10 @@ class Sequencer(wiring.Component):
                 m.d.sync += [pass_bp.eq(0), step_armed.eq(0), delay_active.eq(0), last_pc.eq(0)]
             m.d.comb += self.pc[e].eq(Mux(q.r_rdy, head_index, last_pc))
             # counters
-            with m.If(running):
-                with m.If(inflight.r_rdy | eng.busy | delay_active):
-                    m.d.sync += self.count_busy[e].eq(self.count_busy[e] + 1)
-                with m.Elif(q.r_rdy & ~halted[e] & ~cl.wait_ok & ~committed):
-                    m.d.sync += self.count_wait[e].eq(self.count_wait[e] + 1)
+            busy_now = inflight.r_rdy | eng.busy | delay_active
+            count_late(self.count_busy[e], running & busy_now, f"busy_event{e}")
+            count_late(self.count_wait[e], running & ~busy_now & q.r_rdy & ~halted[e] & ~cl.wait_ok & ~committed,
+                       f"wait_event{e}")
             # the queue's level, not r_rdy: an entry spends a cycle inside the buffered queue
             # before its head register shows it
             m.d.comb += [pending[e].eq((q.level != 0) | inflight.r_rdy | eng.busy | delay_active),
@@ -358,7 +389,8 @@ class Sequencer(wiring.Component):
         m.d.sync += halted.eq(halted_next & ~resume_mask)
 
         # semaphore overflow: charged to the instruction whose completion signalled; registered
-        # (timing), so the error is raised a cycle after the overflowing signal
+        # (timing), so the error is raised a cycle after the overflowing signal lands (the program
+        # is not finished while a signal or its overflow report is on its way)
         ovf_seen = Signal()
         ovf_engine = Signal(3)
         ovf_index = Signal(INDEX_BITS)
@@ -379,7 +411,7 @@ class Sequencer(wiring.Component):
         # quiet_hit == (quiet >= watchdog), kept in a register (timing: the 32-bit compare is
         # made on the next value of `quiet`, in parallel with the decision to reset it)
         quiet_hit = Signal()
-        with m.If(~running | progress | debug_halted | ~(pending_any | self.fetched.valid)):
+        with m.If(~running | progress | debug_halted | ~(pending_any | self.fetched.valid | d_valid)):
             m.d.sync += [quiet.eq(0), quiet_hit.eq(0)]
         with m.Else():
             m.d.sync += [quiet.eq(quiet + 1), quiet_hit.eq(quiet + 1 >= self.watchdog)]
@@ -397,7 +429,8 @@ class Sequencer(wiring.Component):
                             m.d.sync += [self.error_engine.eq(e), self.error_index.eq(self.pc[e])]
 
         finished = Signal()
-        m.d.comb += finished.eq((halt_seen | ~self.fetch_busy) & ~self.fetched.valid & ~pending_any)
+        m.d.comb += finished.eq((halt_seen | ~self.fetch_busy) & ~self.fetched.valid & ~d_valid & ~pending_any
+                                & ~Cat(*signals_r).any() & ~ovf_seen)
         with m.If(running):
             m.d.sync += self.count_cycles.eq(self.count_cycles + 1)
             with m.If(has_error):
@@ -419,6 +452,7 @@ class Sequencer(wiring.Component):
             ]
             for e in range(N_ENGINES):
                 m.d.sync += [self.count_busy[e].eq(0), self.count_wait[e].eq(0), self.count_stall[e].eq(0)]
+            m.d.sync += [ev.eq(0) for ev in late_events]
         m.d.comb += sems.clear.eq(self.start)
         return m
 

@@ -17,8 +17,9 @@ Event-driven model (times in cycles, all durations from :mod:`sparrow.golden.per
   not before ``release_latency`` has passed, without waiting again — as the sequencer does.
   Cycles an idle engine's head spends waiting (up to its release) count in ``wait``.
   An instruction's effects are applied when it starts; it is busy for ``duration`` cycles and
-  *completes* ``issue_gap`` cycles after that, when its engine becomes idle and its signal (if
-  any) increments the semaphore; a waiter may start in that same cycle.
+  *completes* ``issue_gap`` cycles after that, when its engine becomes idle; its signal (if
+  any) increments the semaphore ``signal_latency`` cycles after the completion, and a waiter may
+  be released in that same cycle.
   Within one cycle, completions are processed before starts, and engines are visited in the
   order LOAD, MATMUL, VECTOR, STORE (which decides who wins a consume race), fetch last.
 * **Done** when fetch has stopped and every queue and engine is idle; ``cycles`` is that time.
@@ -173,6 +174,7 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
     running = [None] * n_eng        # (index, instr, end, clock)
     released = [None] * n_eng       # (clock, start time) of a released head (wait taken), or None
     lat = costs.release_latency
+    landing = []                    # signals on their way: (time, engine, index, sem, clock)
 
     def take_wait(e, wsem, wcount, wconsume):
         """Release engine ``e``'s head: consume its count; its race-checker clock (or None)."""
@@ -204,7 +206,7 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
         return RunResult(now, counters, code, index, engine, detail, timeline)
 
     while True:
-        # 1. completions at `now` (signals)
+        # 1. completions at `now`; their signals land `signal_latency` later
         for e in range(n_eng):
             r = running[e]
             if r is not None and r[2] == now:
@@ -212,13 +214,15 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
                 running[e] = None
                 h = hdr[idx]
                 if h[5]:
-                    s = h[4]
-                    if sems[s] >= cfg.sem_max:
-                        return result(ErrorCode.SEM_OVERFLOW, idx, ENGINES[e],
-                                      f"signal on semaphore {s} at its maximum {cfg.sem_max}")
-                    sems[s] += 1
-                    if races is not None:
-                        races.signal(s, clock)
+                    landing.append((now + costs.signal_latency, e, idx, h[4], clock))
+        while landing and landing[0][0] <= now:
+            _, e, idx, s, clock = landing.pop(0)
+            if sems[s] >= cfg.sem_max:
+                return result(ErrorCode.SEM_OVERFLOW, idx, ENGINES[e],
+                              f"signal on semaphore {s} at its maximum {cfg.sem_max}")
+            sems[s] += 1
+            if races is not None:
+                races.signal(s, clock)
         # 2. starts and dispatches until nothing changes
         changed = True
         while changed:
@@ -296,6 +300,7 @@ def run_concurrent(m, decoded, *, max_cycles=None, check_races=True, events=None
         # 3. done, next event or deadlock
         ends = [r[2] for r in running if r is not None]
         ends += [r[1] for e, r in enumerate(released) if r is not None and running[e] is None and r[1] > now]
+        ends += [t for t, *_ in landing]
         if fetch_done and not ends and not any(queues):
             return result()
         if not fetch_done and fetch_ready > now:

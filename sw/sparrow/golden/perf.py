@@ -119,6 +119,8 @@ class Costs:
                                 #: engine starts the next one and before its signal is seen
     release_latency: int = 1    #: concurrent mode: cycles from taking a wait to the start of
                                 #: its instruction (the sequencer registers the release)
+    signal_latency: int = 1     #: concurrent mode: cycles from an instruction's completion to
+                                #: its signal reaching the semaphore (registered)
 
 
 DEFAULT_COSTS = Costs()
