@@ -685,11 +685,24 @@ class LoadEngine(wiring.Component):
         # line, which is written (the fault is at line row_lines), and reported after it.
         wy = Signal(11)
         wx = Signal(11)
+        # The line address and the next data row's slot are kept lazily, so that advance (late:
+        # it follows the mask's popcount and the port's ready) enables two flags instead of ~50
+        # flip-flops: waddr_r + w_lag is the address of D's line and cs_r + cs_lag*stride the
+        # slot of the next data row, the pending increment is added in the next cycle whatever
+        # happens then (timing: fan-out of advance)
+        waddr_r = Signal(15)
+        w_lag = Signal()  # D advanced in the last cycle
         waddr = Signal(15)
+        m.d.comb += waddr.eq(waddr_r + w_lag)
+        m.d.sync += [waddr_r.eq(waddr), w_lag.eq(0)]
         cfirst = Signal()  # next data line is the first of its row (count ahead)
         crem = Signal(17)
-        cs = Signal(ADDR_W)  # slot of the current data row
-        cs_bad = Signal()  # its count bytes lie beyond DRAM (registered cs + 2 > DRAM)
+        cs_r = Signal(ADDR_W)  # with cs_lag: the slot of the next data row
+        cs_lag = Signal()  # D moved past a data row in the last cycle
+        cs_next = Signal(ADDR_W)  # the slot of the next data row
+        m.d.comb += cs_next.eq(Mux(cs_lag, cs_r + stride, cs_r))
+        m.d.sync += [cs_r.eq(cs_next), cs_lag.eq(0)]
+        cs_bad = Signal()  # the current data row's count bytes lie beyond DRAM (slot + 2 > DRAM)
         trail_err = Signal()
 
         finished = Signal()  # wy == prow_t
@@ -864,7 +877,7 @@ class LoadEngine(wiring.Component):
                 m.d.sync += trail_err.eq(1)
         with m.If(advance):
             m.d.sync += [
-                waddr.eq(waddr + 1),
+                w_lag.eq(1),
                 wx.eq(nwx),
                 wy.eq(nwy),
                 col_in.eq((nwx >= pl) & (nwx < pl_rl)),
@@ -874,7 +887,7 @@ class LoadEngine(wiring.Component):
                 finished.eq(nwy == prow_t),
             ]
             with m.If(col_end & row_in):
-                m.d.sync += [cs.eq(cs + stride), cs_bad.eq(cs + stride + 2 > DRAM)]
+                m.d.sync += [cs_lag.eq(1), cs_bad.eq(cs_next + 2 > DRAM)]
         # S takes D's result whenever it is free (emit implies s_free; without emit it empties),
         # so only s_valid and s_err depend on D's checks, not the enable of the line register
         with m.If(s_free):
@@ -983,10 +996,12 @@ class LoadEngine(wiring.Component):
                         col_end.eq(pl + rl + pr == 1),
                         row_in.eq((pt == 0) & (rows != 0)),
                         finished.eq(pt + rows + pb == 0),
-                        waddr.eq(spad_addr),
+                        waddr_r.eq(spad_addr),
+                        w_lag.eq(0),
                         cfirst.eq(1),
                         trail_err.eq(0),
-                        cs.eq(dram_addr),
+                        cs_r.eq(dram_addr),
+                        cs_lag.eq(1),
                         cs_bad.eq(dram_addr + 2 > DRAM),
                         s_valid.eq(0),
                     ]
