@@ -683,20 +683,30 @@ class LoadEngine(wiring.Component):
         # A fault found at a line goes to S instead of the line and is reported from there, so
         # every line before it is written first. A trailing-bytes fault is found with the last
         # line, which is written (the fault is at line row_lines), and reported after it.
+        # D's position (wx, wy), the line address and the next data row's slot are kept lazily,
+        # so that advance (late: it follows the mask's popcount and the port's ready) enables a
+        # few flags instead of ~80 flip-flops: the position is the one registered after the last
+        # cycle's move (*_n) when D advanced then (w_lag), else the one held (*_h); the address
+        # is waddr_r + w_lag and the slot cs_r + cs_lag*stride, the pending increment added in
+        # the next cycle whatever happens then (timing: fan-out of advance)
+        w_lag = Signal()  # D advanced in the last cycle
+        wx_n, wx_h, wy_n, wy_h = (Signal(11, name=n) for n in ("wx_n", "wx_h", "wy_n", "wy_h"))
         wy = Signal(11)
         wx = Signal(11)
-        # The line address and the next data row's slot are kept lazily, so that advance (late:
-        # it follows the mask's popcount and the port's ready) enables two flags instead of ~50
-        # flip-flops: waddr_r + w_lag is the address of D's line and cs_r + cs_lag*stride the
-        # slot of the next data row, the pending increment is added in the next cycle whatever
-        # happens then (timing: fan-out of advance)
+        m.d.comb += [wx.eq(Mux(w_lag, wx_n, wx_h)), wy.eq(Mux(w_lag, wy_n, wy_h))]
         waddr_r = Signal(15)
-        w_lag = Signal()  # D advanced in the last cycle
         waddr = Signal(15)
         m.d.comb += waddr.eq(waddr_r + w_lag)
-        m.d.sync += [waddr_r.eq(waddr), w_lag.eq(0)]
+        m.d.sync += [waddr_r.eq(waddr), w_lag.eq(0), wx_h.eq(wx), wy_h.eq(wy)]
         cfirst = Signal()  # next data line is the first of its row (count ahead)
+        # the payload bytes left in the row (crem) and their thermometer code (crem_ge) are kept
+        # lazily like the position: both values after a taken line are registered every cycle
+        # (*_n) and c_lag (a line was taken in the last cycle) selects them, else the ones held
+        # (timing: fan-out of the take decision)
+        c_lag = Signal()
+        crem_n, crem_h = Signal(17, name="crem_n"), Signal(17, name="crem_h")
         crem = Signal(17)
+        m.d.comb += crem.eq(Mux(c_lag, crem_n, crem_h))
         cs_r = Signal(ADDR_W)  # with cs_lag: the slot of the next data row
         cs_lag = Signal()  # D moved past a data row in the last cycle
         cs_next = Signal(ADDR_W)  # the slot of the next data row
@@ -715,6 +725,7 @@ class LoadEngine(wiring.Component):
         nwx = Signal(11)
         nwy = Signal(11)
         m.d.comb += [nwx.eq(Mux(col_end, 0, wx + 1)), nwy.eq(Mux(col_end, wy + 1, wy))]
+        m.d.sync += [wx_n.eq(nwx), wy_n.eq(nwy)]
         set_err = Signal(ErrorCode)
         w_ready = Signal()
         run = Signal()
@@ -774,7 +785,9 @@ class LoadEngine(wiring.Component):
             table = Array(Const((1 << min(u + 1, TW)) - 1, TW) for u in range(1 << tb))
             return Mux(hi, (1 << TW) - 1, table[v[:tb]])
 
+        crem_ge_n, crem_ge_h = Signal(TW, name="crem_ge_n"), Signal(TW, name="crem_ge_h")
         crem_ge = Signal(TW)  # bit t: crem >= t
+        m.d.comb += crem_ge.eq(Mux(c_lag, crem_ge_n, crem_ge_h))
         rem_ge = Signal(TW)  # bit t: rem_eff >= t
         m.d.comb += [
             rem_ge.eq(Mux(cfirst, small_ge(xq_out.n), crem_ge)),
@@ -871,15 +884,15 @@ class LoadEngine(wiring.Component):
             m.d.comb += e_err.eq(c_err)
         with m.Elif(c_row & over):
             m.d.comb += e_err.eq(ErrorCode.CORRUPT_DATA)
+        m.d.sync += [c_lag.eq(0), crem_h.eq(crem), crem_ge_h.eq(crem_ge),
+                     crem_n.eq(rem_eff - n_k), crem_ge_n.eq(crem_ge_k[k])]
         with m.If(c_take):
-            m.d.sync += [crem.eq(rem_eff - n_k), crem_ge.eq(crem_ge_k[k]), cfirst.eq(last_line)]
+            m.d.sync += [c_lag.eq(1), cfirst.eq(last_line)]
             with m.If(last_line & by_k(rem_ne)):
                 m.d.sync += trail_err.eq(1)
         with m.If(advance):
             m.d.sync += [
                 w_lag.eq(1),
-                wx.eq(nwx),
-                wy.eq(nwy),
                 col_in.eq((nwx >= pl) & (nwx < pl_rl)),
                 last_line.eq(nwx == pl_rl - 1),
                 col_end.eq(nwx == pcol_t - 1),
@@ -989,8 +1002,8 @@ class LoadEngine(wiring.Component):
                         pcol_t.eq(pl + rl + pr),
                         pt_rows.eq(pt + rows),
                         pl_rl.eq(pl + rl),
-                        wy.eq(0),
-                        wx.eq(0),
+                        wy_h.eq(0),
+                        wx_h.eq(0),
                         col_in.eq((pl == 0) & (rl != 0)),
                         last_line.eq(pl + rl == 1),
                         col_end.eq(pl + rl + pr == 1),
