@@ -41,7 +41,10 @@ the decode stage's checks of a line against its popcount are bits selected by it
 thermometer codes of registers. The walkers keep the next rows' slots, their memory limits and
 whether a row's payload goes on past its count beat(s) (stored with the count) in registers or
 FIFO entries, and the command walker a "few beats left" flag, so their decisions need no
-address adder. Latency: one cycle more for the line register and one for the window's input
+address adder. The writer's position, line address, next data row's slot and payload left are
+kept lazily (the values after a move are registered every cycle and a registered "moved" bit
+selects them), so its late decisions (advance, take) enable a few flags, not ~100 flip-flops.
+Latency: one cycle more for the line register and one for the window's input
 register than a single-stage writer; the start-time checks take four cycles and an
 uncompressed transfer issues its first read in the cycle after them, so an uncompressed LOAD
 takes as many cycles as before, a compressed one one more. One line per cycle as before.
