@@ -41,7 +41,10 @@ the decode stage's checks of a line against its popcount are bits selected by it
 thermometer codes of registers. The walkers keep the next rows' slots, their memory limits and
 whether a row's payload goes on past its count beat(s) (stored with the count) in registers or
 FIFO entries, and the command walker a "few beats left" flag, so their decisions need no
-address adder. Latency: one cycle more for the line register and one for the window's input
+address adder. The writer's position, line address, next data row's slot and payload left are
+kept lazily (the values after a move are registered every cycle and a registered "moved" bit
+selects them), so its late decisions (advance, take) enable a few flags, not ~100 flip-flops.
+Latency: one cycle more for the line register and one for the window's input
 register than a single-stage writer; the start-time checks take four cycles and an
 uncompressed transfer issues its first read in the cycle after them, so an uncompressed LOAD
 takes as many cycles as before, a compressed one one more. One line per cycle as before.
@@ -683,13 +686,36 @@ class LoadEngine(wiring.Component):
         # A fault found at a line goes to S instead of the line and is reported from there, so
         # every line before it is written first. A trailing-bytes fault is found with the last
         # line, which is written (the fault is at line row_lines), and reported after it.
+        # D's position (wx, wy), the line address and the next data row's slot are kept lazily,
+        # so that advance (late: it follows the mask's popcount and the port's ready) enables a
+        # few flags instead of ~80 flip-flops: the position is the one registered after the last
+        # cycle's move (*_n) when D advanced then (w_lag), else the one held (*_h); the address
+        # is waddr_r + w_lag and the slot cs_r + cs_lag*stride, the pending increment added in
+        # the next cycle whatever happens then (timing: fan-out of advance)
+        w_lag = Signal()  # D advanced in the last cycle
+        wx_n, wx_h, wy_n, wy_h = (Signal(11, name=n) for n in ("wx_n", "wx_h", "wy_n", "wy_h"))
         wy = Signal(11)
         wx = Signal(11)
+        m.d.comb += [wx.eq(Mux(w_lag, wx_n, wx_h)), wy.eq(Mux(w_lag, wy_n, wy_h))]
+        waddr_r = Signal(15)
         waddr = Signal(15)
+        m.d.comb += waddr.eq(waddr_r + w_lag)
+        m.d.sync += [waddr_r.eq(waddr), w_lag.eq(0), wx_h.eq(wx), wy_h.eq(wy)]
         cfirst = Signal()  # next data line is the first of its row (count ahead)
+        # the payload bytes left in the row (crem) and their thermometer code (crem_ge) are kept
+        # lazily like the position: both values after a taken line are registered every cycle
+        # (*_n) and c_lag (a line was taken in the last cycle) selects them, else the ones held
+        # (timing: fan-out of the take decision)
+        c_lag = Signal()
+        crem_n, crem_h = Signal(17, name="crem_n"), Signal(17, name="crem_h")
         crem = Signal(17)
-        cs = Signal(ADDR_W)  # slot of the current data row
-        cs_bad = Signal()  # its count bytes lie beyond DRAM (registered cs + 2 > DRAM)
+        m.d.comb += crem.eq(Mux(c_lag, crem_n, crem_h))
+        cs_r = Signal(ADDR_W)  # with cs_lag: the slot of the next data row
+        cs_lag = Signal()  # D moved past a data row in the last cycle
+        cs_next = Signal(ADDR_W)  # the slot of the next data row
+        m.d.comb += cs_next.eq(Mux(cs_lag, cs_r + stride, cs_r))
+        m.d.sync += [cs_r.eq(cs_next), cs_lag.eq(0)]
+        cs_bad = Signal()  # the current data row's count bytes lie beyond DRAM (slot + 2 > DRAM)
         trail_err = Signal()
 
         finished = Signal()  # wy == prow_t
@@ -702,6 +728,7 @@ class LoadEngine(wiring.Component):
         nwx = Signal(11)
         nwy = Signal(11)
         m.d.comb += [nwx.eq(Mux(col_end, 0, wx + 1)), nwy.eq(Mux(col_end, wy + 1, wy))]
+        m.d.sync += [wx_n.eq(nwx), wy_n.eq(nwy)]
         set_err = Signal(ErrorCode)
         w_ready = Signal()
         run = Signal()
@@ -761,7 +788,9 @@ class LoadEngine(wiring.Component):
             table = Array(Const((1 << min(u + 1, TW)) - 1, TW) for u in range(1 << tb))
             return Mux(hi, (1 << TW) - 1, table[v[:tb]])
 
+        crem_ge_n, crem_ge_h = Signal(TW, name="crem_ge_n"), Signal(TW, name="crem_ge_h")
         crem_ge = Signal(TW)  # bit t: crem >= t
+        m.d.comb += crem_ge.eq(Mux(c_lag, crem_ge_n, crem_ge_h))
         rem_ge = Signal(TW)  # bit t: rem_eff >= t
         m.d.comb += [
             rem_ge.eq(Mux(cfirst, small_ge(xq_out.n), crem_ge)),
@@ -858,15 +887,15 @@ class LoadEngine(wiring.Component):
             m.d.comb += e_err.eq(c_err)
         with m.Elif(c_row & over):
             m.d.comb += e_err.eq(ErrorCode.CORRUPT_DATA)
+        m.d.sync += [c_lag.eq(0), crem_h.eq(crem), crem_ge_h.eq(crem_ge),
+                     crem_n.eq(rem_eff - n_k), crem_ge_n.eq(crem_ge_k[k])]
         with m.If(c_take):
-            m.d.sync += [crem.eq(rem_eff - n_k), crem_ge.eq(crem_ge_k[k]), cfirst.eq(last_line)]
+            m.d.sync += [c_lag.eq(1), cfirst.eq(last_line)]
             with m.If(last_line & by_k(rem_ne)):
                 m.d.sync += trail_err.eq(1)
         with m.If(advance):
             m.d.sync += [
-                waddr.eq(waddr + 1),
-                wx.eq(nwx),
-                wy.eq(nwy),
+                w_lag.eq(1),
                 col_in.eq((nwx >= pl) & (nwx < pl_rl)),
                 last_line.eq(nwx == pl_rl - 1),
                 col_end.eq(nwx == pcol_t - 1),
@@ -874,7 +903,7 @@ class LoadEngine(wiring.Component):
                 finished.eq(nwy == prow_t),
             ]
             with m.If(col_end & row_in):
-                m.d.sync += [cs.eq(cs + stride), cs_bad.eq(cs + stride + 2 > DRAM)]
+                m.d.sync += [cs_lag.eq(1), cs_bad.eq(cs_next + 2 > DRAM)]
         # S takes D's result whenever it is free (emit implies s_free; without emit it empties),
         # so only s_valid and s_err depend on D's checks, not the enable of the line register
         with m.If(s_free):
@@ -976,17 +1005,19 @@ class LoadEngine(wiring.Component):
                         pcol_t.eq(pl + rl + pr),
                         pt_rows.eq(pt + rows),
                         pl_rl.eq(pl + rl),
-                        wy.eq(0),
-                        wx.eq(0),
+                        wy_h.eq(0),
+                        wx_h.eq(0),
                         col_in.eq((pl == 0) & (rl != 0)),
                         last_line.eq(pl + rl == 1),
                         col_end.eq(pl + rl + pr == 1),
                         row_in.eq((pt == 0) & (rows != 0)),
                         finished.eq(pt + rows + pb == 0),
-                        waddr.eq(spad_addr),
+                        waddr_r.eq(spad_addr),
+                        w_lag.eq(0),
                         cfirst.eq(1),
                         trail_err.eq(0),
-                        cs.eq(dram_addr),
+                        cs_r.eq(dram_addr),
+                        cs_lag.eq(1),
                         cs_bad.eq(dram_addr + 2 > DRAM),
                         s_valid.eq(0),
                     ]
