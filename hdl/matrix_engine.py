@@ -582,7 +582,9 @@ class MatrixEngine(wiring.Component):
         d_outer = Signal(16)
         d_mi = Signal(8)
         d_acc = Signal(16)
-        consumed = Signal(17)
+        unfired = Signal(17)       # rows whose last op has not been issued (counted a cycle late)
+        nb = rows.bit_length()     # n_fired < 2**nb
+        unfired_hi = Signal()      # unfired >= 2**nb
         written = Signal(17)
 
         with m.If(state == _State.CHECK1):
@@ -604,7 +606,8 @@ class MatrixEngine(wiring.Component):
                 m.d.sync += [err.eq(ErrorCode.SPAD_RANGE), state.eq(_State.HALTED)]
             with m.Else():
                 m.d.sync += [d_left.eq(n_rows), d_a.eq(ins.a_addr), d_outer.eq(ins.a_addr), d_mi.eq(0),
-                             d_acc.eq(ins.acc_addr), consumed.eq(0), written.eq(0),
+                             d_acc.eq(ins.acc_addr), unfired.eq(n_rows),
+                             unfired_hi.eq((n_rows >> nb) != 0), written.eq(0),
                              state.eq(_State.RUN)]
 
         # -- row dispenser (fixed priority among requesting lanes) -------------------------------
@@ -726,15 +729,24 @@ class MatrixEngine(wiring.Component):
         # Rows fired are counted a cycle late (each lane's registered ``row_fired``), so the
         # lanes' select logic does not chain into the adder (that was the block's FPGA critical
         # path); the stall count adds the cycle-late rows back and so counts the same cycles.
+        # "Rows remain" is ``unfired != n_fired``: the high part of ``unfired`` is a registered
+        # flag, so only a few bits are compared with the (late) sum in front of the counter's
+        # enable (the 17-bit add-and-compare there was the block's FPGA critical path).
         n_fired = Signal(range(rows + 1))
         m.d.comb += n_fired.eq(sum((lane.row_fired for lane in lanes), Const(0, 1)))
         any_op = Signal()
         m.d.comb += any_op.eq(Cat(*[lane.op_fire for lane in lanes]) != 0)
+        # unfired_hi of the next cycle without waiting for the subtraction: the high part
+        # drops by the borrow out of the low bits (``unfired >= n_fired`` always)
+        hi_part = unfired >> nb
+        borrow = Signal()
+        m.d.comb += borrow.eq(unfired[:nb] < n_fired)
         with m.If(state == _State.RUN):
-            m.d.sync += consumed.eq(consumed + n_fired)
+            m.d.sync += [unfired.eq(unfired - n_fired),
+                         unfired_hi.eq((hi_part >= 2) | ((hi_part == 1) & ~borrow))]
         with m.If(self.busy):
             m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
-        with m.If((state == _State.RUN) & ((consumed + n_fired)[:len(consumed)] != n_rows) & ~any_op):
+        with m.If((state == _State.RUN) & (unfired_hi | (unfired[:nb] != n_fired)) & ~any_op):
             m.d.sync += self.stall_cycles.eq(self.stall_cycles + 1)
         return m
 
