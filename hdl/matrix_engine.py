@@ -24,11 +24,14 @@ Microarchitecture
   4. *MAC*: weight response + activation (from an op FIFO written at issue) are registered,
      multiplied into ``cols`` registered 16-bit products, and accumulated into the lane's int32
      accumulator row (cleared by the row's first op). Latency after the weight response: 3
-     cycles. The row's last op pushes the finished accumulator row into the lane's output
-     buffer (``out_depth`` entries, reserved when the last op is issued so it never overflows).
+     cycles. The row's last op hands the finished accumulator row to the lane's output buffer
+     (:class:`LaneOutput`, ``out_depth`` entries, reserved when the last op is issued so it
+     never overflows). The buffer sits with the writer and takes the row from the lane's
+     registers; it behaves like a FIFO written in the cycle of the last product.
 
 * **Writer** (shared): a round-robin arbiter takes one finished row per cycle from the lanes'
-  output buffers into a pending FIFO; with ``accumulate`` it reads the old accumulator line
+  output buffers (grant registered a cycle ahead) through a register (``hold``) into a pending
+  FIFO; with ``accumulate`` it reads the old accumulator line
   through ``acc_rd`` at the same time (credits guarantee every response has room), adds it on
   the response, and writes through ``acc_wr``. The instruction is done when its last row is
   accepted by ``acc_wr``; instructions execute one at a time (the next one is accepted after
@@ -52,7 +55,7 @@ from .engine_port import engine_control_members
 from .multiplier import Multiplier
 from .spad_port import ReadPortSignature, WritePortSignature, acc_line, act_line
 
-__all__ = ["MatrixEngine", "MatrixLane", "result_layout"]
+__all__ = ["LaneOutput", "MatrixEngine", "MatrixLane", "connect_lane_output", "result_layout"]
 
 COUNTER_BITS = 32
 
@@ -64,6 +67,13 @@ def result_layout(cfg: HwConfig) -> data.StructLayout:
 
 def _popcount(bits, n):
     return sum((bits[i] for i in range(n)), Const(0, range(n + 1)))
+
+
+def _or_reduce(values):
+    out = values[0]
+    for v in values[1:]:
+        out = out | v
+    return out
 
 
 def _lines_bits(cfg):
@@ -101,15 +111,28 @@ class MatrixLane(wiring.Component):
     n_lines, last_mask, w_addr : In
         Instruction constants (stable while rows are in flight): ``ceil(k/cols)``, the mask of
         elements of the last line that are within ``k``, and the first weight line.
-    res : Out(stream.Signature(result_layout(cfg)))
-        Finished rows (accumulator line to write, before any accumulate).
+    fin_v : Out(1)
+        A finished row is presented in this cycle only (a register): its last product was
+        accumulated in the previous cycle. The row's output buffer (:class:`LaneOutput`, on the
+        writer's side) must take it now.
+    fin_addr : Out(acc_addr_bits)
+        The finished row's accumulator line (a register).
+    fin_data : Out(acc_line(cols))
+        The finished row (the lane's accumulator register).
+    fin_next : Out(1)
+        ``fin_v`` of the next cycle (from registers only).
+    room, room_fired : In(1)
+        The output buffer has room for one more row's reservation; ``room`` counts the rows
+        reserved up to two cycles ago, ``room_fired`` one more (the lane uses it when it reserved a
+        row in the previous cycle). Both are :class:`LaneOutput` registers.
     nz_inc, z_inc : Out(range(cols + 1))
         Registered per-cycle counts of non-zero / zero activation elements (within ``k``) of the
         line that arrived in the previous cycle.
     op_fire : Out(1)
         An op (``cols`` MACs) was issued this cycle.
-    row_fire : Out(1)
-        The last op of a row was issued this cycle.
+    row_fired : Out(1)
+        The last op of a row (which reserves a place in the output buffer) was issued in the
+        previous cycle (a register).
 
     Parameters
     ----------
@@ -147,11 +170,16 @@ class MatrixLane(wiring.Component):
             "n_lines": In(_lines_bits(cfg)),
             "last_mask": In(cols),
             "w_addr": In(cfg.wgt_addr_bits),
-            "res": Out(stream.Signature(result_layout(cfg))),
+            "fin_v": Out(1),
+            "fin_addr": Out(cfg.acc_addr_bits),
+            "fin_data": Out(acc_line(cols)),
+            "fin_next": Out(1),
+            "room": In(1),
+            "room_fired": In(1),
             "nz_inc": Out(range(cols + 1)),
             "z_inc": Out(range(cols + 1)),
             "op_fire": Out(1),
-            "row_fire": Out(1),
+            "row_fired": Out(1),
         })
 
     def elaborate(self, platform):
@@ -163,13 +191,11 @@ class MatrixLane(wiring.Component):
         line_lay = data.StructLayout({"data": act_line(cols), "mask": unsigned(cols), "last": 1,
                                       "wbase": unsigned(wbits)})
         op_lay = data.StructLayout({"a": signed(8), "first": 1, "last": 1})
-        res_lay = result_layout(cfg)
 
         m.submodules.tagq = tagq = SyncFIFO(width=tag_lay.size, depth=self.line_depth)
         m.submodules.lineq = lineq = SyncFIFO(width=line_lay.size, depth=self.line_depth)
         m.submodules.opq = opq = SyncFIFO(width=op_lay.size, depth=self.op_depth)
         m.submodules.rowq = rowq = SyncFIFO(width=cfg.acc_addr_bits, depth=self.row_depth)
-        m.submodules.outq = outq = SyncFIFO(width=res_lay.size, depth=self.out_depth)
 
         # -- fetch ------------------------------------------------------------------------
         f_active = Signal()
@@ -228,7 +254,6 @@ class MatrixLane(wiring.Component):
         cur_last = Signal()
         cur_wbase = Signal(wbits)
         row_started = Signal()
-        resv = Signal(range(self.out_depth + 1))
 
         low = Signal(cols)
         rest = Signal(cols)
@@ -251,16 +276,16 @@ class MatrixLane(wiring.Component):
         can = Signal()
         fire = Signal()
         m.d.comb += [
-            can.eq(cur_valid & opq.w_rdy & (~op_last | (resv < self.out_depth))),
+            can.eq(cur_valid & opq.w_rdy & (~op_last | Mux(self.row_fired, self.room_fired, self.room))),
             self.wgt_rd.cmd.valid.eq(can),
             self.wgt_rd.cmd.payload.eq(cur_wbase + j),
             fire.eq(can & self.wgt_rd.cmd.ready),
             self.op_fire.eq(fire),
-            self.row_fire.eq(fire & op_last),
         ]
         op_in = Signal(op_lay)
         m.d.comb += [op_in.a.eq(a_sel), op_in.first.eq(~row_started), op_in.last.eq(op_last),
                      opq.w_data.eq(op_in.as_value()), opq.w_en.eq(fire)]
+        m.d.sync += self.row_fired.eq(fire & op_last)
         with m.If(fire):
             m.d.sync += [row_started.eq(~op_last), cur_rem.eq(rest)]
 
@@ -296,16 +321,123 @@ class MatrixLane(wiring.Component):
             m.d.comb += acc_next[c].eq(Mux(q_first, 0, acc[c]) + prod[c])
         with m.If(q_v):
             m.d.sync += acc.eq(acc_next)
-        res_in = Signal(res_lay)
-        m.d.comb += [res_in.addr.eq(rowq.r_data), res_in.data.eq(acc_next),
-                     outq.w_data.eq(res_in.as_value()), outq.w_en.eq(q_v & q_last),
-                     rowq.r_en.eq(q_v & q_last)]
-
-        # -- output buffer ----------------------------------------------------------------------
-        m.d.comb += [self.res.valid.eq(outq.r_rdy), self.res.payload.eq(outq.r_data),
-                     outq.r_en.eq(self.res.ready)]
-        m.d.sync += resv.eq(resv + (fire & op_last) - (self.res.valid & self.res.ready))
+        # The finished row leaves from registers: ``acc`` holds it in the cycle after its last
+        # product (the next row's first product lands a cycle later), the address is latched
+        # here. The output buffer sits with the writer (:class:`LaneOutput`), so that the writer's
+        # late "row taken" decision does not travel to every lane.
+        m.d.comb += [rowq.r_en.eq(q_v & q_last), self.fin_next.eq(q_v & q_last), self.fin_data.eq(acc)]
+        m.d.sync += self.fin_v.eq(q_v & q_last)
+        with m.If(q_v & q_last):
+            m.d.sync += self.fin_addr.eq(rowq.r_data)
         return m
+
+
+class LaneOutput(wiring.Component):
+    """A lane's output buffer, placed with the writer: finished rows waiting for the write port.
+
+    Holds up to ``depth`` rows: the row the lane presents (``fin_v``, taken straight from the
+    lane's registers when nothing older is stored) and the rows stored here. Seen from the writer
+    it behaves exactly like a ``SyncFIFO(depth)`` written with the lane's finished row in the
+    cycle of its last product. It also keeps the lane's reservation count (rows whose last op was
+    issued and that have not been taken) and hands the lane registered "room" flags, so the
+    writer's late ``res.ready`` stays here, next to the writer.
+
+    Storage is ``depth`` slots written in turn, every presented row into the next slot whether
+    or not it is taken in the same cycle (there is always a free one), so the slots' write
+    enables come from the lane's registers; taking a row only moves the read pointer. The
+    writer's late ``res.ready`` thus drives a few flip-flops here instead of every data bit.
+
+    Ports
+    -----
+    fin_v, fin_addr, fin_data, fin_next, row_fired : In
+        From the lane (see :class:`MatrixLane`).
+    room, room_fired : Out(1)
+        To the lane (registers).
+    res : Out(stream.Signature(result_layout(cfg)))
+        Finished rows in order; ``valid`` and ``payload`` are a little logic over registers.
+    res_keep, res_pop : Out(1)
+        ``res.valid`` of the next cycle if no row / the current row is taken in this cycle; from
+        registers only (for the writer's one-cycle-ahead round robin).
+
+    Parameters
+    ----------
+    cfg : HwConfig
+    depth : int >= 1
+    """
+
+    def __init__(self, cfg: HwConfig, depth: int):
+        _check_depth(self, "depth", depth, 1)
+        self.cfg, self.depth = cfg, depth
+        super().__init__({
+            "fin_v": In(1),
+            "fin_addr": In(cfg.acc_addr_bits),
+            "fin_data": In(acc_line(cfg.cols)),
+            "fin_next": In(1),
+            "row_fired": In(1),
+            "room": Out(1, init=1),
+            "room_fired": Out(1, init=int(depth > 1)),
+            "res": Out(stream.Signature(result_layout(cfg))),
+            "res_keep": Out(1),
+            "res_pop": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self.depth
+        lay = result_layout(self.cfg)
+        fin = Signal(lay)
+        m.d.comb += [fin.addr.eq(self.fin_addr), fin.data.eq(self.fin_data)]
+        slots = [Signal(lay, name=f"slot{k}") for k in range(d)]
+        n = Signal(range(d + 1))            # rows stored (the presented one not counted)
+        take = Signal()
+
+        def step(ptr):
+            return Mux(ptr == d - 1, 0, ptr + 1)
+
+        if d == 1:
+            head = slots[0]
+            with m.If(self.fin_v):
+                m.d.sync += slots[0].eq(fin)
+        else:
+            rp = Signal(range(d))           # oldest stored row
+            wp = Signal(range(d))           # next free slot (rp + n)
+            head = Signal(lay)
+            with m.Switch(rp):
+                for k in range(d):
+                    with m.Case(k):
+                        m.d.comb += head.eq(slots[k])
+            with m.If(self.fin_v):
+                m.d.sync += wp.eq(step(wp))
+                with m.Switch(wp):
+                    for k in range(d):
+                        with m.Case(k):
+                            m.d.sync += slots[k].eq(fin)
+            with m.If(take):
+                m.d.sync += rp.eq(step(rp))
+        stored = Signal()
+        m.d.comb += [
+            stored.eq(n != 0),
+            self.res.valid.eq(stored | self.fin_v),
+            self.res.payload.eq(Mux(stored, head, fin)),
+            take.eq(self.res.valid & self.res.ready),
+            self.res_keep.eq(stored | self.fin_v | self.fin_next),
+            self.res_pop.eq((n + self.fin_v >= 2) | self.fin_next),
+        ]
+        m.d.sync += n.eq(n + self.fin_v - take)
+        # Reservations: ``resv`` (rows reserved, not yet taken) is ``w + row_fired``; the lane
+        # compares it against the depth with ``row_fired`` as the select between the two flags.
+        w = Signal(range(d + 1))
+        w_next = Signal(range(d + 2))
+        m.d.comb += w_next.eq(w + self.row_fired - take)
+        m.d.sync += [w.eq(w_next), self.room.eq(w_next < d), self.room_fired.eq(w_next + 1 < d)]
+        return m
+
+
+def connect_lane_output(m, lane: MatrixLane, out: LaneOutput):
+    """Wire a lane to its output buffer (combinational connections in ``m``)."""
+    m.d.comb += [out.fin_v.eq(lane.fin_v), out.fin_addr.eq(lane.fin_addr), out.fin_data.eq(lane.fin_data),
+                 out.fin_next.eq(lane.fin_next), out.row_fired.eq(lane.row_fired),
+                 lane.room.eq(out.room), lane.room_fired.eq(out.room_fired)]
 
 
 class _State(enum.Enum, shape=3):
@@ -391,6 +523,12 @@ class MatrixEngine(wiring.Component):
             wiring.connect(m, wiring.flipped(self.act_rd[i]), lane.act_rd)
             wiring.connect(m, wiring.flipped(self.wgt_rd[i]), lane.wgt_rd)
             lanes.append(lane)
+        outs = []
+        for i, lane in enumerate(lanes):
+            out = LaneOutput(cfg, self._lane_args["out_depth"])
+            m.submodules[f"out{i}"] = out
+            connect_lane_output(m, lane, out)
+            outs.append(out)
 
         state = Signal(_State)
         err = Signal(ErrorCode)
@@ -444,7 +582,9 @@ class MatrixEngine(wiring.Component):
         d_outer = Signal(16)
         d_mi = Signal(8)
         d_acc = Signal(16)
-        consumed = Signal(17)
+        unfired = Signal(17)       # rows whose last op has not been issued (counted a cycle late)
+        nb = rows.bit_length()     # n_fired < 2**nb
+        unfired_hi = Signal()      # unfired >= 2**nb
         written = Signal(17)
 
         with m.If(state == _State.CHECK1):
@@ -466,7 +606,8 @@ class MatrixEngine(wiring.Component):
                 m.d.sync += [err.eq(ErrorCode.SPAD_RANGE), state.eq(_State.HALTED)]
             with m.Else():
                 m.d.sync += [d_left.eq(n_rows), d_a.eq(ins.a_addr), d_outer.eq(ins.a_addr), d_mi.eq(0),
-                             d_acc.eq(ins.acc_addr), consumed.eq(0), written.eq(0),
+                             d_acc.eq(ins.acc_addr), unfired.eq(n_rows),
+                             unfired_hi.eq((n_rows >> nb) != 0), written.eq(0),
                              state.eq(_State.RUN)]
 
         # -- row dispenser (fixed priority among requesting lanes) -------------------------------
@@ -491,52 +632,68 @@ class MatrixEngine(wiring.Component):
         wd = self.write_depth
         m.submodules.pendq = pendq = SyncFIFO(width=res_lay.size, depth=wd)
         m.submodules.wq = wq = SyncFIFO(width=res_lay.size, depth=wd)
-        reqs = Signal(rows)
-        m.d.comb += reqs.eq(Cat(*[lane.res.valid for lane in lanes]))
-        last_g = Signal(range(rows))
-        sel = Signal(range(rows))
+        # Round robin over the lanes' finished rows: the lowest requesting lane after the last
+        # granted one, else the lowest requesting lane. The decision is a one-hot register
+        # (``gnt``) computed a cycle ahead from the lanes' next-cycle ``res.valid`` (``res_keep`` /
+        # ``res_pop``, registers only) for both outcomes of this cycle's ``grab``, the late
+        # signal choosing between the two: the data mux into ``hold`` then starts at flip-flops
+        # (the select computed from the lanes' FIFO levels was the block's FPGA critical path).
+        def round_robin(req, last):
+            above = Cat(Const(0, 1), *[last[:i] != 0 for i in range(1, rows)])
+            hi = Signal(rows)
+            pick = Signal(rows)
+            m.d.comb += [hi.eq(req & above), pick.eq(Mux(hi != 0, hi, req))]
+            return pick & (~pick + 1)           # lowest set bit
+
+        gnt = Signal(rows)                       # one-hot: the lane granted if ``grab``, else 0
+        last_g = Signal(rows, init=1)            # one-hot: the lane granted last
+        keep = Cat(*[out.res_keep for out in outs])
+        after = Cat(*[Mux(gnt[i], out.res_pop, out.res_keep) for i, out in enumerate(outs)])
+        gnt_stay = Signal(rows)
+        gnt_move = Signal(rows)
+        m.d.comb += [gnt_stay.eq(round_robin(keep, last_g)), gnt_move.eq(round_robin(after, gnt))]
         sel_any = Signal()
-        m.d.comb += sel_any.eq(reqs != 0)
-        # lowest requester, then overridden by the lowest requester after last_g (round robin)
-        for i in reversed(range(rows)):
-            with m.If(reqs[i]):
-                m.d.comb += sel.eq(i)
-        hi_reqs = Signal(rows)
-        above_last = Cat(Const(0, 1), *[Const(i, range(rows + 1)) > last_g for i in range(1, rows)])
-        m.d.comb += hi_reqs.eq(reqs & above_last)
-        with m.If(hi_reqs != 0):
-            for i in reversed(range(rows)):
-                with m.If(hi_reqs[i]):
-                    m.d.comb += sel.eq(i)
+        m.d.comb += sel_any.eq(gnt != 0)
         sel_data = Signal(res_lay)
-        with m.Switch(sel):
-            for i, lane in enumerate(lanes):
-                with m.Case(i):
-                    m.d.comb += sel_data.eq(lane.res.payload)
+        m.d.comb += sel_data.eq(_or_reduce(
+            [out.res.payload.as_value() & gnt[i].replicate(res_lay.size) for i, out in enumerate(outs)]))
 
         # The granted lane's result goes through a register (``hold``) before the pending FIFO
-        # and the accumulator read: the round-robin select and its data mux then end at a
-        # flip-flop instead of chaining into the FIFO's write port (the block's FPGA critical
-        # path). ``hold`` refills in the cycle it empties, so one row per cycle still retires.
+        # and the accumulator read: the data mux then ends at a flip-flop instead of chaining
+        # into the FIFO's write port. ``hold`` refills in the cycle it empties, so one row per
+        # cycle still retires.
         hold = Signal(res_lay)
         hold_v = Signal()
         take = Signal()         # hold -> pendq (and the accumulator read)
         grab = Signal()         # granted lane -> hold
         accum = ins.accumulate
-        credit_ok = Signal()
+        # Rows in pendq and wq together, kept in a register of its own with the "room for one
+        # more" flag registered next to it (instead of adding the two FIFO levels in front of
+        # ``take``): a row moving from pendq to wq leaves the sum unchanged.
+        inflight = Signal(range(wd + 1))
+        inflight_next = Signal(range(wd + 2))
+        credit_ok = Signal(init=1)
+        m.d.comb += inflight_next.eq(inflight + (pendq.w_en & pendq.w_rdy) - (wq.r_en & wq.r_rdy))
+        m.d.sync += [inflight.eq(inflight_next), credit_ok.eq(inflight_next < wd)]
+        # pendq's "not full" likewise from a registered copy of its level
+        pend_n = Signal(range(wd + 1))
+        pend_n_next = Signal(range(wd + 2))
+        pend_room = Signal(init=1)
+        m.d.comb += pend_n_next.eq(pend_n + (pendq.w_en & pendq.w_rdy) - (pendq.r_en & pendq.r_rdy))
+        m.d.sync += [pend_n.eq(pend_n_next), pend_room.eq(pend_n_next != wd)]
         m.d.comb += [
-            credit_ok.eq(pendq.level + wq.level < wd),
             self.acc_rd.cmd.valid.eq(accum & hold_v & credit_ok),
             self.acc_rd.cmd.payload.eq(hold.addr),
-            take.eq(hold_v & Mux(accum, credit_ok & self.acc_rd.cmd.ready, pendq.w_rdy)),
+            take.eq(hold_v & Mux(accum, credit_ok & self.acc_rd.cmd.ready, pend_room)),
             pendq.w_en.eq(take),
             pendq.w_data.eq(hold.as_value()),
             grab.eq(sel_any & (~hold_v | take)),
         ]
-        for i, lane in enumerate(lanes):
-            m.d.comb += lane.res.ready.eq(grab & (sel == i))
+        for i, out in enumerate(outs):
+            m.d.comb += out.res.ready.eq(grab & gnt[i])
+        m.d.sync += gnt.eq(Mux(grab, gnt_move, gnt_stay))
         with m.If(grab):
-            m.d.sync += [last_g.eq(sel), hold.eq(sel_data), hold_v.eq(1)]
+            m.d.sync += [last_g.eq(gnt), hold.eq(sel_data), hold_v.eq(1)]
         with m.Elif(take):
             m.d.sync += hold_v.eq(0)
 
@@ -569,18 +726,27 @@ class MatrixEngine(wiring.Component):
                      s_z.eq(sum((lane.z_inc for lane in lanes), Const(0, 1)))]
         m.d.sync += [self.macs.eq(self.macs + (s_nz << lshift)),
                      self.macs_skipped.eq(self.macs_skipped + (s_z << lshift))]
-        # Rows fired are counted a cycle late (registered sum), so the lanes' select logic does
-        # not chain into the adder (that was the block's FPGA critical path); the stall count
-        # adds the cycle-late rows back and so counts the same cycles as before.
+        # Rows fired are counted a cycle late (each lane's registered ``row_fired``), so the
+        # lanes' select logic does not chain into the adder (that was the block's FPGA critical
+        # path); the stall count adds the cycle-late rows back and so counts the same cycles.
+        # "Rows remain" is ``unfired != n_fired``: the high part of ``unfired`` is a registered
+        # flag, so only a few bits are compared with the (late) sum in front of the counter's
+        # enable (the 17-bit add-and-compare there was the block's FPGA critical path).
         n_fired = Signal(range(rows + 1))
-        m.d.sync += n_fired.eq(sum((lane.row_fire for lane in lanes), Const(0, 1)))
+        m.d.comb += n_fired.eq(sum((lane.row_fired for lane in lanes), Const(0, 1)))
         any_op = Signal()
         m.d.comb += any_op.eq(Cat(*[lane.op_fire for lane in lanes]) != 0)
+        # unfired_hi of the next cycle without waiting for the subtraction: the high part
+        # drops by the borrow out of the low bits (``unfired >= n_fired`` always)
+        hi_part = unfired >> nb
+        borrow = Signal()
+        m.d.comb += borrow.eq(unfired[:nb] < n_fired)
         with m.If(state == _State.RUN):
-            m.d.sync += consumed.eq(consumed + n_fired)
+            m.d.sync += [unfired.eq(unfired - n_fired),
+                         unfired_hi.eq((hi_part >= 2) | ((hi_part == 1) & ~borrow))]
         with m.If(self.busy):
             m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
-        with m.If((state == _State.RUN) & ((consumed + n_fired)[:len(consumed)] != n_rows) & ~any_op):
+        with m.If((state == _State.RUN) & (unfired_hi | (unfired[:nb] != n_fired)) & ~any_op):
             m.d.sync += self.stall_cycles.eq(self.stall_cycles + 1)
         return m
 

@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 import pytest
+from amaranth import Elaboratable, Module
 from amaranth.sim import Simulator
 
 from sparrow.sim.cocotb_run import default_seed
@@ -11,7 +12,7 @@ from sparrow import isa
 from sparrow.config import HwConfig, preset
 from sparrow.errors import ErrorCode
 from sparrow.golden.numerics import matmul_acc
-from sparrow.hdl.matrix_engine import MatrixEngine, MatrixLane, verilog_text
+from sparrow.hdl.matrix_engine import LaneOutput, MatrixEngine, MatrixLane, connect_lane_output, verilog_text
 from sparrow.sim.cocotb_run import run_cocotb
 
 TINY = HwConfig(rows=2, cols=4, act_depth=64, wgt_depth=32, acc_depth=32, act_banks=1, acc_banks=1,
@@ -185,17 +186,32 @@ def test_cocotb_default():
     _cocotb("default", True, ["random_matmuls_at_sparsities", "edge_tiles"])
 
 
+class _LaneWithOutput(Elaboratable):
+    """A lane and its output buffer, as the engine wires them."""
+
+    def __init__(self, cfg, **kw):
+        self.lane = MatrixLane(cfg, **kw)
+        self.out = LaneOutput(cfg, self.lane.out_depth)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.lane, m.submodules.out = self.lane, self.out
+        connect_lane_output(m, self.lane, self.out)
+        return m
+
+
 @pytest.mark.parametrize("zero_skip", [True, False])
 def test_lane_amaranth_sim(zero_skip):
-    """One lane on its own: rows granted whenever it asks, random port stalls and output
-    back-pressure. Checks every finished row against matmul_acc, and that the lane issues exactly
+    """One lane on its own (with its output buffer): rows granted whenever it asks, random port
+    stalls and output back-pressure. Checks every finished row against matmul_acc, and that the lane issues exactly
     one weight read per non-zero activation (plus one for a row whose last line has none), or
     one per element within k for the dense variant: all-zero lines cost no weight read."""
     rng = random.Random(SEED + 1)
     nrng = np.random.default_rng(SEED + 1)
     cfg = TINY
     cols = cfg.cols
-    dut = MatrixLane(cfg, zero_skip=zero_skip)
+    top = _LaneWithOutput(cfg, zero_skip=zero_skip)
+    dut, res = top.lane, top.out.res
     act = nrng.integers(-128, 128, size=(cfg.act_depth, cols)).astype(np.int8)
     act[nrng.random(act.shape) < 0.5] = 0
     act[nrng.random(cfg.act_depth) < 0.3] = 0
@@ -244,15 +260,89 @@ def test_lane_amaranth_sim(zero_skip):
                 ctx.set(dut.row_a, todo[0][0])
                 ctx.set(dut.row_acc, todo.pop(0)[1])
             rdy = rng.random() < 0.5
-            ctx.set(dut.res.ready, rdy)
-            if rdy and ctx.get(dut.res.valid):
-                r = ctx.get(dut.res.payload)
+            ctx.set(res.ready, rdy)
+            if rdy and ctx.get(res.valid):
+                r = ctx.get(res.payload)
                 got[int(r.addr)] = [int(x) for x in r.data]
             await ctx.tick()
 
-    sim = Simulator(dut)
+    sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
     assert got == want
     assert ops[0] == want_ops
+
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_lane_output_matches_fifo(depth):
+    """LaneOutput against the buffer it replaces, cycle by cycle: a SyncFIFO(depth) written in
+    the cycle of a row's last product (``fin_next``) while the lane reserves a place per row
+    (``row_fired``) and may only do so while fewer than ``depth`` rows are reserved. Random
+    rows and read back-pressure; checks valid, payload, the one-cycle-ahead res_keep/res_pop
+    and the room flags the lane sees."""
+    from amaranth.lib.fifo import SyncFIFO
+
+    from sparrow.hdl.matrix_engine import result_layout
+
+    cfg = TINY
+    lay = result_layout(cfg)
+
+    class Pair(Elaboratable):
+        def __init__(self):
+            self.ref, self.dut = SyncFIFO(width=lay.size, depth=depth), LaneOutput(cfg, depth)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.ref, m.submodules.dut = self.ref, self.dut
+            return m
+
+    top = Pair()
+    ref, dut = top.ref, top.dut
+    rng = random.Random(SEED + 10 * depth)
+
+    async def tb(ctx):
+        resv, fired, pipe = 0, 0, []      # rows reserved; row_fired now; rows in the MAC pipeline
+        fin_v, fin_word = 0, 0
+        expect_next = None
+        for cycle in range(800):
+            # the lane: reserve (fire) a row when it sees room, finish it a few cycles later
+            room = ctx.get(dut.room_fired) if fired else ctx.get(dut.room)
+            assert room == (resv < depth), cycle
+            fire = room and rng.random() < 0.4
+            finish = bool(pipe) and pipe[0] <= cycle
+            if finish:
+                pipe.pop(0)
+            word = rng.getrandbits(lay.size)
+            ctx.set(dut.row_fired, fired)
+            ctx.set(dut.fin_v, fin_v)
+            ctx.set(dut.fin_addr, fin_word & ((1 << cfg.acc_addr_bits) - 1))
+            ctx.set(dut.fin_data.as_value(), fin_word >> cfg.acc_addr_bits)
+            ctx.set(dut.fin_next, finish)
+            ctx.set(ref.w_en, finish)
+            ctx.set(ref.w_data, word)
+            rdy = rng.random() < 0.5
+            ctx.set(dut.res.ready, rdy)
+            ctx.set(ref.r_en, rdy)
+            valid = ctx.get(dut.res.valid)
+            assert valid == ctx.get(ref.r_rdy), cycle
+            if expect_next is not None:
+                assert valid == expect_next, cycle
+            if valid:
+                assert ctx.get(dut.res.payload.as_value()) == ctx.get(ref.r_data), cycle
+            if finish:
+                assert ctx.get(ref.w_rdy), cycle
+            taken = valid and rdy
+            expect_next = ctx.get(dut.res_pop) if taken else ctx.get(dut.res_keep)
+            resv += fire - taken
+            if fire:
+                pipe.append(cycle + rng.randint(1, 4))
+                pipe.sort()
+            fired, fin_v, fin_word = int(fire), int(finish), word
+            await ctx.tick()
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
