@@ -47,7 +47,8 @@ REUSE = os.environ.get("SPARROW_SYSTEM_RERUN", "0") != "1"     # 1: always simul
 BASELINE_COSTS = perf.Costs(dma_start=4, dma_row_setup=2, store_start=4, store_row_setup=2, line_cycles=1,
                             pad_line_cycles=1, matmul_start=4, matmul_row_cycles=0, vector_start=3,
                             vector_line_cycles=1, nop=1, delay_overhead=1, load_compressed_row=0,
-                            store_compressed_row=0, fetch_latency=0, issue_gap=0)
+                            store_compressed_row=0, fetch_latency=0, issue_gap=0,
+                            release_latency=0, signal_latency=0)
 
 
 def _top(cfg):
