@@ -33,10 +33,10 @@ class SemaphoreUnit(wiring.Component):
     signal the same semaphore in one cycle). Two consuming waits on one semaphore are never
     granted in the same cycle: a consuming wait is held back while a lower-indexed client
     *requests* a satisfied consuming wait on the same semaphore, so a consume can never
-    underflow. The hold-back depends on the lower client's request, not on whether it takes, so
-    the grants are not chained through the clients' take decisions (timing); a request that
-    is not taken (the engine is not ready for it yet) costs the higher client cycles, never
-    correctness, and every request is eventually taken or withdrawn by its sequencer.
+    underflow. The hold-back depends on the lower client's request and count, not on its grant,
+    so the grants are not chained from client to client (timing); a lower request that is not
+    granted itself (a consume of its semaphore is landing, below) costs the higher client a
+    cycle, never correctness.
     A consume is subtracted in the cycle after its take; in that cycle every wait with a non-zero
     count on that semaphore is held back (its value is about to drop), so waiters never see a
     stale value, and one semaphore is consumed at most every other cycle.

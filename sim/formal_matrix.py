@@ -8,8 +8,8 @@ to keep the solver's memory muxes small), scratchpad responses after any latency
 order), free ``cmd.ready`` / ``res.ready`` back-pressure.
 
 An *op* is observable on the lane's ports: a weight-line read ``wgt_rd.cmd`` accepted at
-address ``w_addr + j`` is the ``cols`` products of activation element ``j``; ``row_fire`` marks
-a row's last op. Asserted:
+address ``w_addr + j`` is the ``cols`` products of activation element ``j``; ``row_fired`` marks,
+a cycle later, a row's last op. The results leave through the lane's ``LaneOutput``. Asserted:
 
 * activation reads stay inside the lines of the row being fetched;
 * every op's element index is ``< k`` and no element of a row is performed twice;
@@ -30,7 +30,7 @@ from amaranth.hdl._ast import AnyConst, AnySeq
 from amaranth.lib.fifo import SyncFIFO
 
 from sparrow.config import HwConfig
-from sparrow.hdl.matrix_engine import MatrixLane
+from sparrow.hdl.matrix_engine import LaneOutput, MatrixLane, connect_lane_output
 
 from .formal import FormalCheck, FormalWrapper, register
 
@@ -76,6 +76,9 @@ class LaneProps(FormalWrapper):
         cfg, mut, cols = self.cfg, self.mutant, self.cfg.cols
         zs = self.zero_skip and mut != "dense"
         m.submodules.lane = lane = MatrixLane(cfg, zero_skip=zs)
+        # the lane's results leave through its output buffer, as in the engine
+        m.submodules.out = out = LaneOutput(cfg, lane.out_depth)
+        connect_lane_output(m, lane, out)
         lb = 8 * cols
         act_mem = AnyConst(lb * MEM_LINES)
         wgt_mem = AnyConst(lb * MEM_LINES)
@@ -143,7 +146,15 @@ class LaneProps(FormalWrapper):
                          wfifo.r_data[:2] ^ (1 if mut == "swapped_weights" else 0), lb))]
 
         # -- op accounting (scratchpad's view of accepted weight reads) -------------------------------
-        r_iss = Signal(range(N_ROWS + 1))
+        # The lane reports a row's last op a cycle late (`row_fired`): the row being issued is
+        # `r_cnt` plus that late report, and the checks tied to a row's end run a cycle late.
+        r_cnt = Signal(range(N_ROWS + 1))
+        r_iss = Signal(range(N_ROWS + 2))
+        m.d.comb += r_iss.eq(r_cnt + lane.row_fired)
+        zero_prev = Signal()            # last cycle's op was a zero product
+        fire_prev = Signal()
+        r_prev = Signal(range(N_ROWS + 2))
+        m.d.sync += [zero_prev.eq(0), fire_prev.eq(mem_fire), r_prev.eq(r_iss)]
         j_op = Signal(cfg.wgt_addr_bits)
         m.d.comb += j_op.eq(lane.wgt_rd.cmd.payload - w_addr)
         done = [Signal(K_MAX, name=f"performed{r}") for r in range(N_ROWS)]
@@ -159,34 +170,34 @@ class LaneProps(FormalWrapper):
                             m.d.sync += done[r][j].eq(1)
                             if self.zero_skip:      # the property asked of a zero-skipping lane
                                 with m.If(A[r][j] == 0):
-                                    m.d.comb += Assert(lane.row_fire, "zero product performed (not the row's last op)")
                                     m.d.comb += Assert(zero_ops[r] == 0, "two zero products in one row")
-                                    m.d.sync += zero_ops[r].eq(zero_ops[r] + 1)
-            with m.If(lane.row_fire):
-                m.d.sync += r_iss.eq(r_iss + 1)
-                for r in range(N_ROWS):
-                    with m.If(r_iss == r):
-                        for j in range(K_MAX):
-                            with m.If(A[r][j] != 0):
-                                m.d.comb += Assert(done[r][j] | (j_op == j), "non-zero product never performed")
-        m.d.comb += Assert(~lane.row_fire | mem_fire, "row_fire without an accepted op")
+                                    m.d.sync += [zero_ops[r].eq(zero_ops[r] + 1), zero_prev.eq(1)]
+        m.d.comb += Assert(~zero_prev | lane.row_fired, "zero product performed (not the row's last op)")
+        with m.If(lane.row_fired):
+            m.d.sync += r_cnt.eq(r_cnt + 1)
+            for r in range(N_ROWS):
+                with m.If(r_prev == r):
+                    for j in range(K_MAX):
+                        with m.If(A[r][j] != 0):
+                            m.d.comb += Assert(done[r][j], "non-zero product never performed")
+        m.d.comb += Assert(~lane.row_fired | fire_prev, "row_fired without an accepted op")
 
         # -- results -----------------------------------------------------------------------------------
         res_ready = AnySeq(1)
-        m.d.comb += lane.res.ready.eq(res_ready)
+        m.d.comb += out.res.ready.eq(res_ready)
         r_out = Signal(range(N_ROWS + 1))
-        res_fire = lane.res.valid & res_ready
+        res_fire = out.res.valid & res_ready
         with m.If(res_fire):
             m.d.sync += r_out.eq(r_out + 1)
             m.d.comb += [Assert(r_out < granted, "result for a row never granted"),
-                         Assert(lane.res.payload.addr == r_out + 5, "results out of grant order")]
+                         Assert(out.res.payload.addr == r_out + 5, "results out of grant order")]
             if self.check_data:
                 for r in range(N_ROWS):
                     with m.If(r_out == r):
                         for c in range(1):     # columns are one generated loop: column 0 stands for all
                             ref = sum((A[r][j] * wgt_mem.word_select((w_addr + j)[:2], lb)[8 * c: 8 * c + 8].as_signed()
                                        for j in range(K_MAX)), Const(0, signed(32)))
-                            m.d.comb += Assert(lane.res.payload.data[c] == ref[:32].as_signed(),
+                            m.d.comb += Assert(out.res.payload.data[c] == ref[:32].as_signed(),
                                                f"result column {c} is not sum A[j]*W[j][c]")
         if self.covers:
             nz_rows = [Cat(*[A[r][j] != 0 for j in range(K_MAX)]) for r in range(N_ROWS)]

@@ -174,10 +174,10 @@ class SequencerStreams(FormalWrapper):
 
 
 register(FormalCheck(
-    "sequencer.engine_streams", lambda mutant: SequencerStreams(mutant), "bmc", 6,
-    ci_depth=4, description=
+    "sequencer.engine_streams", lambda mutant: SequencerStreams(mutant), "bmc", 10,
+    ci_depth=8, description=
     "Sequencer: each engine's instr stream (queue head released by its semaphore wait) keeps valid and "
     "payload until the engine takes it, while the run goes on (no start/abort/error), whatever the "
     "semaphores (other engines' consuming waits) and the debugger (breakpoints, halt-all, resume, "
     "step) do",
-    mutants=SEQ_MUTANTS, mutant_depth=4))
+    mutants=SEQ_MUTANTS, mutant_depth=7))
