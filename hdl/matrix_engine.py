@@ -43,6 +43,9 @@ within ``k`` costs a cycle.
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -67,13 +70,6 @@ def result_layout(cfg: HwConfig) -> data.StructLayout:
 
 def _popcount(bits, n):
     return sum((bits[i] for i in range(n)), Const(0, range(n + 1)))
-
-
-def _or_reduce(values):
-    out = values[0]
-    for v in values[1:]:
-        out = out | v
-    return out
 
 
 def _lines_bits(cfg):
@@ -655,7 +651,7 @@ class MatrixEngine(wiring.Component):
         sel_any = Signal()
         m.d.comb += sel_any.eq(gnt != 0)
         sel_data = Signal(res_lay)
-        m.d.comb += sel_data.eq(_or_reduce(
+        m.d.comb += sel_data.eq(reduce(operator.or_,
             [out.res.payload.as_value() & gnt[i].replicate(res_lay.size) for i, out in enumerate(outs)]))
 
         # The granted lane's result goes through a register (``hold``) before the pending FIFO

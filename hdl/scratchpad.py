@@ -38,6 +38,9 @@ Clients must not derive any port's ``valid`` or ``payload`` combinationally from
 of this scratchpad (``ready`` depends on all ports' requests, so that would form a loop).
 """
 
+import operator
+from functools import reduce
+
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.hdl import Shape
 from amaranth.lib import wiring
@@ -186,9 +189,9 @@ class BankedScratchpad(wiring.Component):
                                      wp.data.eq(port.cmd.payload.data)]
 
         for i, port in enumerate(self.wr):
-            m.d.comb += port.cmd.ready.eq(_or(wr_ready[i]))
+            m.d.comb += port.cmd.ready.eq(reduce(operator.or_, wr_ready[i]))
         for i, port in enumerate(self.rd):
-            m.d.comb += port.cmd.ready.eq(_or(rd_ready[i]))
+            m.d.comb += port.cmd.ready.eq(reduce(operator.or_, rd_ready[i]))
             rsp_valid = Signal(name=f"rsp_valid_{i}")
             rsp_bank = Signal(range(max(nb, 2)), name=f"rsp_bank_{i}")
             m.d.sync += rsp_valid.eq(port.cmd.valid & port.cmd.ready)
@@ -200,13 +203,6 @@ class BankedScratchpad(wiring.Component):
                     with _case(m, b, nb):
                         m.d.comb += port.rsp.payload.eq(rdata[b])
         return m
-
-
-def _or(bits):
-    out = bits[0]
-    for b in bits[1:]:
-        out = out | b
-    return out
 
 
 class ReplicatedScratchpad(wiring.Component):

@@ -1,5 +1,8 @@
 """Bank of counting semaphores shared by the engines' issue stages."""
 
+import operator
+from functools import reduce
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -84,7 +87,7 @@ class SemaphoreUnit(wiring.Component):
         con_r = [Signal(nsem, name=f"con_r{c}") for c in range(n)]
         cnt_r = [Signal(8, name=f"cnt_r{c}") for c in range(n)]
         pend = Signal(nsem)
-        m.d.comb += pend.eq(_or(con_r))
+        m.d.comb += pend.eq(reduce(operator.or_, con_r))
 
         # Grant waits: a consuming wait (count != 0) is held back by a lower client's satisfied
         # consuming request on the same semaphore.
@@ -140,7 +143,7 @@ class SemaphoreUnit(wiring.Component):
             # registered value against constants, in parallel with the signal count, instead of
             # an adder feeding a compare)
             near = [(s == cfg.sem_max - k) & (inc > k) for k in range(min(n, cfg.sem_max + 1))]
-            m.d.comb += ovf_vec[i].eq(_or(near))
+            m.d.comb += ovf_vec[i].eq(reduce(operator.or_, near))
             touched = Cat(*(so[i] for so in sig_oh), *(co[i] for co in con_r)).any()
             with m.If(self.clear):
                 m.d.sync += s.eq(0)
@@ -157,9 +160,3 @@ class SemaphoreUnit(wiring.Component):
         m.d.comb += self.overflow.eq(overflow_any)
         return m
 
-
-def _or(values):
-    out = values[0]
-    for v in values[1:]:
-        out = out | v
-    return out

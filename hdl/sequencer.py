@@ -214,7 +214,6 @@ class Sequencer(wiring.Component):
         signals_r = []
         pending_any = Signal()
         pending = Signal(N_ENGINES)
-        idle = Signal(N_ENGINES)
         for e in range(N_ENGINES):
             q = queues[e]
             eng = self.engines[e]
@@ -354,8 +353,7 @@ class Sequencer(wiring.Component):
                        f"wait_event{e}")
             # the queue's level, not r_rdy: an entry spends a cycle inside the buffered queue
             # before its head register shows it
-            m.d.comb += [pending[e].eq((q.level != 0) | inflight.r_rdy | eng.busy | delay_active),
-                         idle[e].eq(~pending[e])]
+            m.d.comb += pending[e].eq((q.level != 0) | inflight.r_rdy | eng.busy | delay_active)
         m.d.comb += pending_any.eq(pending.any())
 
         # the blocked queue head with the lowest instruction index (what a watchdog error names,
