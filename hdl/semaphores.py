@@ -31,11 +31,15 @@ def sem_client_signature(cfg: HwConfig) -> wiring.Signature:
 class SemaphoreUnit(wiring.Component):
     """``cfg.n_semaphores`` counters of ``cfg.sem_bits`` bits with ``n_clients`` wait/signal ports.
 
-    Rules (``docs/isa.md``): a wait is satisfied when ``sem >= count`` (count 0 never waits); a
+    Rules (``docs/isa.md``): a wait is satisfied when ``sem >= count`` (count 0 never waits); the
+    compares are registered (each client's count against every semaphore's next value), so a
+    non-zero count is seen satisfied only when the client presented the same count in the
+    previous cycle: a head with a new count is released a cycle after it appears at the
+    earliest (measured: not one kernel of the system benchmark changed by a cycle); a
     consuming wait subtracts ``count`` when taken; signals add one each (several clients may
     signal the same semaphore in one cycle). Two consuming waits on one semaphore are never
     granted in the same cycle: a consuming wait is held back while a lower-indexed client
-    *requests* a satisfied consuming wait on the same semaphore, so a consume can never
+    *requests* a consuming wait it sees satisfied on the same semaphore, so a consume can never
     underflow. The hold-back depends on the lower client's request and count, not on its grant,
     so the grants are not chained from client to client (timing); a lower request that is not
     granted itself (a consume of its semaphore is landing, below) costs the higher client a
@@ -89,6 +93,13 @@ class SemaphoreUnit(wiring.Component):
         pend = Signal(nsem)
         m.d.comb += pend.eq(reduce(operator.or_, con_r))
 
+        # Each semaphore's value in the next cycle (see the update below); the compares of the
+        # waits against it are registered (timing: no compare between the counters and the
+        # grants). `ge_r[c]` bit i is `sem_i >= count` for the count client c presented in the
+        # previous cycle, so it is exact this cycle when the count is unchanged (`same`); a head
+        # with a new non-zero count waits one cycle for its compare.
+        nxt = [Signal(cfg.sem_bits, name=f"sem_next{i}") for i in range(nsem)]
+        ge_r = [Signal(nsem, name=f"ge_r{c}", init=(1 << nsem) - 1) for c in range(n)]
         # Grant waits: a consuming wait (count != 0) is held back by a lower client's satisfied
         # consuming request on the same semaphore.
         takes_consume = []
@@ -96,18 +107,17 @@ class SemaphoreUnit(wiring.Component):
         for c, cl in enumerate(self.clients):
             en = Signal(name=f"enough{c}")
             co = Signal(name=f"consuming{c}")
-            # every semaphore against the count in parallel, then pick one bit (timing: no
-            # 8-bit select in front of the compare)
-            ge = Signal(nsem, name=f"ge{c}")
-            m.d.comb += ge.eq(Cat(*(sem >= cl.wait_count for sem in sems)))
-            m.d.comb += [en.eq(ge.bit_select(cl.wait_sem, 1)),
-                         co.eq(cl.wait_consume & (cl.wait_count != 0))]
+            zero = Signal(name=f"count_zero{c}")
+            same = Signal(name=f"count_same{c}")
+            m.d.sync += ge_r[c].eq(Cat(*(s_n >= cl.wait_count for s_n in nxt)))
+            m.d.comb += [zero.eq(cl.wait_count == 0), same.eq(cnt_r[c] == cl.wait_count),
+                         en.eq(zero | (same & ge_r[c].bit_select(cl.wait_sem, 1))),
+                         co.eq(cl.wait_consume & ~zero)]
             blocked = Const(0)
             for p in range(c):
                 pc = self.clients[p]
                 blocked = blocked | (pc.request & enough[p] & consuming[p] & (pc.wait_sem == cl.wait_sem))
-            m.d.comb += cl.wait_ok.eq(en & ~((cl.wait_count != 0) & pend.bit_select(cl.wait_sem, 1))
-                                      & ~(co & blocked))
+            m.d.comb += cl.wait_ok.eq(en & ~(~zero & pend.bit_select(cl.wait_sem, 1)) & ~(co & blocked))
             enough.append(en)
             consuming.append(co)
             takes_consume.append(cl.take & consuming[c])
@@ -146,11 +156,14 @@ class SemaphoreUnit(wiring.Component):
             m.d.comb += ovf_vec[i].eq(reduce(operator.or_, near))
             touched = Cat(*(so[i] for so in sig_oh), *(co[i] for co in con_r)).any()
             with m.If(self.clear):
-                m.d.sync += s.eq(0)
+                m.d.comb += nxt[i].eq(0)
             with m.Elif(ovf_vec[i]):
-                m.d.sync += s.eq(cfg.sem_max)
+                m.d.comb += nxt[i].eq(cfg.sem_max)
             with m.Elif(touched):
-                m.d.sync += s.eq((s + inc - dec)[:cfg.sem_bits])
+                m.d.comb += nxt[i].eq((s + inc - dec)[:cfg.sem_bits])
+            with m.Else():
+                m.d.comb += nxt[i].eq(s)
+            m.d.sync += s.eq(nxt[i])
         overflow_any = Signal()
         m.d.comb += overflow_any.eq(ovf_vec.any() & ~self.clear)
         # the lowest client whose signal lands on an overflowing semaphore

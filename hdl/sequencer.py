@@ -257,8 +257,12 @@ class Sequencer(wiring.Component):
             # once the engine has drained, and run the next cycle.
             committed = Signal(name=f"committed{e}")
             release = Signal(name=f"release{e}")
-            m.d.comb += [request.eq(can_go & ~committed & ~at_bp & Mux(local, drained, inflight.w_rdy)),
-                         cl.request.eq(request)]
+            # the semaphore unit's `request` leaves out the breakpoint compare (timing: the index
+            # compare does not feed the other engines' hold-back); a head waiting at a
+            # breakpoint only holds back a higher engine's consume for the one cycle before
+            # every engine halts
+            m.d.comb += [cl.request.eq(can_go & ~committed & Mux(local, drained, inflight.w_rdy)),
+                         request.eq(cl.request & ~at_bp)]
             with m.If(running & ~has_error & committed):
                 with m.If(local):
                     m.d.comb += issue.eq(1)

@@ -12,8 +12,9 @@ and asserts:
 * no underflow: the consumes granted on a semaphore in one cycle never exceed its value, and at
   most one consuming wait (count != 0) per semaphore is granted per cycle;
 * a wait is released exactly when its count is reached: ``wait_ok`` implies
-  ``sem[wait_sem] >= wait_count``, and ``sem >= count`` implies ``wait_ok`` unless it is a
-  consuming wait and a lower-indexed client requests a satisfied consuming wait on the same
+  ``sem[wait_sem] >= wait_count``, and ``sem >= count`` with a count of 0 or the same count as
+  in the previous cycle (the unit registers its compares) implies ``wait_ok`` unless it is a
+  consuming wait and a lower-indexed client requests a consuming wait seen satisfied on the same
   semaphore in that cycle, or a counted wait on a semaphore whose consume is being subtracted;
 * ``overflow`` pulses exactly when a result would exceed the maximum (the counter saturates) and
   ``overflow_client`` is a client signalling such a semaphore.
@@ -130,17 +131,25 @@ class SemaphoreProps(FormalWrapper):
             m.d.comb += Assert(values[i] == shadow[i], f"semaphore {i} differs from the ISA model")
 
         # -- release exactly when the count is reached ---------------------------------------------
+        # the unit's compares are registered: a non-zero count is seen reached only when the
+        # client presented the same count in the previous cycle
+        seen = []
+        for c, e in enumerate(env):
+            prev = Signal(8, name=f"prev_count{c}")
+            m.d.sync += prev.eq(e["wait_count"])
+            seen.append((e["wait_count"] == 0)
+                        | ((e["wait_count"] == prev) & (cur(e["wait_sem"]) >= e["wait_count"])))
         for c, e in enumerate(env):
             reached = cur(e["wait_sem"]) >= e["wait_count"]
             consuming = e["wait_consume"] & (e["wait_count"] != 0)
             blocked = Const(0, 1)
             for p in range(c):
                 ep = env[p]
-                blocked = blocked | (ep["request"] & (cur(ep["wait_sem"]) >= ep["wait_count"]) & ep["wait_consume"]
+                blocked = blocked | (ep["request"] & seen[p] & ep["wait_consume"]
                                      & (ep["wait_count"] != 0) & (ep["wait_sem"] == e["wait_sem"]))
             landing = (e["wait_count"] != 0) & pend.bit_select(e["wait_sem"], 1)
             m.d.comb += [Assert(~e["wait_ok"] | reached, f"client {c} released before its count"),
-                         Assert(~(reached & ~(consuming & blocked) & ~landing) | e["wait_ok"],
+                         Assert(~(seen[c] & ~(consuming & blocked) & ~landing) | e["wait_ok"],
                                 f"client {c} not released although its count is reached")]
 
         m.d.comb += Assert(dut.overflow == ovf_any, "overflow flag differs from the ISA model")

@@ -28,26 +28,37 @@ def test_random_traffic_matches_rules():
 
     async def tb(ctx):
         pending = []            # (sem, count) consumed by last cycle's takes, subtracted now
+        prev_count = [0] * len(dut.clients)    # the count each client presented last cycle
         for _ in range(1500):
             acts = []
-            for cl in dut.clients:
-                a = dict(wait_sem=rng.randrange(n), wait_count=rng.choice([0, 1, 2, 3, rng.randrange(16)]),
+            for c, cl in enumerate(dut.clients):
+                # a head's count mostly stays (the compares are registered: a new count is
+                # compared in the cycle after it appears)
+                count = (prev_count[c] if rng.random() < 0.6 else
+                         rng.choice([0, 1, 2, 3, rng.randrange(16)]))
+                a = dict(wait_sem=rng.randrange(n), wait_count=count,
                          wait_consume=rng.random() < 0.6, request=rng.random() < 0.8,
                          signal=rng.random() < 0.35, signal_sem=rng.randrange(n))
                 for k, v in a.items():
                     ctx.set(getattr(cl, k), int(v))
                 acts.append(a)
-            # reference: a consuming wait is held back while a lower client requests a satisfied
-            # consuming wait on the same semaphore (whether or not that client takes); any
-            # counted wait is held back while last cycle's consume of its semaphore is applied
+            # reference: a wait is seen satisfied when its count is 0, or when sem >= count and
+            # the count was presented in the previous cycle too; a consuming wait is held back
+            # while a lower client requests a consuming wait seen satisfied on the same semaphore
+            # (whether or not that client takes); any counted wait is held back while last
+            # cycle's consume of its semaphore is applied
             busy = {sem for sem, _ in pending}
+
+            def seen(c, a):
+                return a["wait_count"] == 0 or (a["wait_count"] == prev_count[c]
+                                                and model[a["wait_sem"]] >= a["wait_count"])
             exp_ok = []
             for c, a in enumerate(acts):
                 consuming = a["wait_consume"] and a["wait_count"] != 0
                 blocked = any(p["request"] and p["wait_consume"] and p["wait_count"] != 0
-                              and model[p["wait_sem"]] >= p["wait_count"] and p["wait_sem"] == a["wait_sem"]
-                              for p in acts[:c])
-                exp_ok.append(model[a["wait_sem"]] >= a["wait_count"] and not (consuming and blocked)
+                              and seen(q, p) and p["wait_sem"] == a["wait_sem"]
+                              for q, p in enumerate(acts[:c]))
+                exp_ok.append(seen(c, a) and not (consuming and blocked)
                               and not (a["wait_count"] != 0 and a["wait_sem"] in busy))
             got_ok = [ctx.get(cl.wait_ok) for cl in dut.clients]
             assert got_ok == [int(o) for o in exp_ok], (got_ok, exp_ok, model, acts)
@@ -77,6 +88,7 @@ def test_random_traffic_matches_rules():
             nxt = [CFG.sem_max if o else v for o, v in zip(ovf, nxt)]
             await ctx.tick()
             model[:] = nxt
+            prev_count = [a["wait_count"] for a in acts]
             assert [ctx.get(dut.values[i]) for i in range(n)] == model
 
     _sim(dut, tb)
@@ -112,5 +124,37 @@ def test_wait_released_exactly_at_count_and_clear():
         ctx.set(dut.clear, 1)
         await ctx.tick()
         assert ctx.get(dut.values[2]) == 0
+
+    _sim(dut, tb)
+
+
+def test_new_count_is_compared_a_cycle_later():
+    """The compares are registered: a head whose non-zero count differs from last cycle's is
+    released one cycle after it appears, even if its semaphore already holds the count; a count
+    of 0 is released at once."""
+    dut = SemaphoreUnit(CFG, n_clients=2)
+
+    async def tb(ctx):
+        w, s = dut.clients[0], dut.clients[1]
+        ctx.set(s.signal_sem, 1)
+        ctx.set(s.signal, 1)
+        await ctx.tick()
+        await ctx.tick()
+        ctx.set(s.signal, 0)
+        assert ctx.get(dut.values[1]) == 2
+        ctx.set(w.wait_sem, 1)
+        ctx.set(w.wait_count, 2)
+        assert ctx.get(w.wait_ok) == 0, "a new count released before its compare was registered"
+        await ctx.tick()
+        assert ctx.get(w.wait_ok) == 1
+        ctx.set(w.wait_count, 3)                # not reached: stays held
+        await ctx.tick()
+        assert ctx.get(w.wait_ok) == 0
+        ctx.set(w.wait_count, 0)                # no wait: at once
+        assert ctx.get(w.wait_ok) == 1
+        ctx.set(w.wait_count, 1)
+        assert ctx.get(w.wait_ok) == 0
+        await ctx.tick()
+        assert ctx.get(w.wait_ok) == 1
 
     _sim(dut, tb)
