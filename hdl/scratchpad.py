@@ -11,7 +11,10 @@ Timing (both blocks)
   not depend on ready" is respected: nothing here looks at a port's ``ready`` to drive ``valid``).
 * Read latency is exactly **1 cycle** from acceptance to ``rsp.valid``, always (bank conflicts
   show up as ``cmd.ready`` low, never as extra response latency), so responses are trivially in
-  request order. ``rsp`` is never back-pressured.
+  request order. ``rsp`` is never back-pressured. Exception: a port named in ``sliced_reads``
+  passes its commands through a register slice first (``cmd.ready`` is then a register); its
+  responses come 2 cycles after acceptance at the earliest, more under bank conflicts, still
+  in order, and its read sees the line as of the cycle the slice's command is granted.
 * A write accepted in cycle *t* is visible to reads accepted in cycle *t + 1* and later. A read
   and a write of the **same line accepted in the same cycle: the read returns the old data**.
 
@@ -48,6 +51,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In
 
 from .round_robin import RoundRobin
+from .skid_buffer import SkidBuffer
 from .spad_port import ReadPortSignature, WritePortSignature, act_line, acc_line
 
 __all__ = ["BankedScratchpad", "ReplicatedScratchpad", "act_scratchpad", "acc_scratchpad", "wgt_scratchpad"]
@@ -94,11 +98,16 @@ class BankedScratchpad(wiring.Component):
         Shape of one line (e.g. :func:`sparrow.hdl.spad_port.act_line`).
     read_ports, write_ports : int or list of str
         Client ports: a count (named ``r0, r1, ...`` / ``w0, w1, ...``) or their names in order.
+    sliced_reads : iterable of str
+        Read ports whose commands pass a :class:`~sparrow.hdl.skid_buffer.SkidBuffer` before
+        arbitration (timing: their ``cmd.ready`` is a register and their requests reach the
+        arbiters from registers, so no path runs from one client's logic through the arbiters
+        into another's). A sliced port's response comes at least 2 cycles after acceptance.
 
     Attributes
     ----------
     read_latency : int
-        Cycles from an accepted read command to its response: always 1.
+        Cycles from an accepted read command to its response on an unsliced port: always 1.
     read_names, write_names : list of str
         Port names by index.
     read_index, write_index : dict
@@ -114,7 +123,7 @@ class BankedScratchpad(wiring.Component):
         = ``addr`` in the low ``addr_width`` bits, line data above.
     """
 
-    def __init__(self, depth: int, banks: int, line_shape, *, read_ports, write_ports):
+    def __init__(self, depth: int, banks: int, line_shape, *, read_ports, write_ports, sliced_reads=()):
         _check_depth(depth)
         if not _is_pow2(banks) or banks > depth:
             raise ValueError(f"banks must be a power of two <= depth ({depth}), not {banks!r}")
@@ -123,6 +132,10 @@ class BankedScratchpad(wiring.Component):
         self.read_names = _port_names(read_ports, "read_ports", "r")
         self.write_names = _port_names(write_ports, "write_ports", "w")
         self.read_latency = 1
+        self.sliced_reads = list(sliced_reads)
+        for name in self.sliced_reads:
+            if name not in self.read_names:
+                raise ValueError(f"sliced_reads: no read port {name!r}; have {self.read_names}")
         self.read_index = {n: i for i, n in enumerate(self.read_names)}
         self.write_index = {n: i for i, n in enumerate(self.write_names)}
         self.addr_width = (depth - 1).bit_length()
@@ -155,6 +168,16 @@ class BankedScratchpad(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         nb, n_rd, n_wr = self.banks, len(self.rd), len(self.wr)
+        # the command stream each read port's arbitration sees: the port's, or its slice's output
+        cmds = []
+        for i, port in enumerate(self.rd):
+            name = self.read_names[i]
+            if name in self.sliced_reads:
+                sb = m.submodules[f"rd_slice_{name}"] = SkidBuffer(self.addr_width)
+                wiring.connect(m, wiring.flipped(port.cmd), sb.i)
+                cmds.append(sb.o)
+            else:
+                cmds.append(port.cmd)
         rdata = []
         rd_ready = [[] for _ in range(n_rd)]
         wr_ready = [[] for _ in range(n_wr)]
@@ -166,16 +189,16 @@ class BankedScratchpad(wiring.Component):
             rdata.append(rp.data)
 
             m.submodules[f"rd_arb{b}"] = ra = RoundRobin(n_rd)
-            for i, port in enumerate(self.rd):
-                m.d.comb += ra.requests[i].eq(port.cmd.valid & (self._bank(port.cmd.payload) == b))
+            for i, cmd in enumerate(cmds):
+                m.d.comb += ra.requests[i].eq(cmd.valid & (self._bank(cmd.payload) == b))
             m.d.comb += [ra.advance.eq(1), rp.en.eq(ra.valid)]
             with m.Switch(ra.index):
-                for i, port in enumerate(self.rd):
+                for i, cmd in enumerate(cmds):
                     with _case(m, i, n_rd):
-                        m.d.comb += rp.addr.eq(self._row(port.cmd.payload))
+                        m.d.comb += rp.addr.eq(self._row(cmd.payload))
             # the winner, and every other reader of the very same line (read merging)
-            for i, port in enumerate(self.rd):
-                rd_ready[i].append(ra.valid & ra.requests[i] & (self._row(port.cmd.payload) == rp.addr))
+            for i, cmd in enumerate(cmds):
+                rd_ready[i].append(ra.valid & ra.requests[i] & (self._row(cmd.payload) == rp.addr))
 
             m.submodules[f"wr_arb{b}"] = wa = RoundRobin(n_wr)
             for i, port in enumerate(self.wr):
@@ -190,13 +213,13 @@ class BankedScratchpad(wiring.Component):
 
         for i, port in enumerate(self.wr):
             m.d.comb += port.cmd.ready.eq(reduce(operator.or_, wr_ready[i]))
-        for i, port in enumerate(self.rd):
-            m.d.comb += port.cmd.ready.eq(reduce(operator.or_, rd_ready[i]))
+        for i, (port, cmd) in enumerate(zip(self.rd, cmds)):
+            m.d.comb += cmd.ready.eq(reduce(operator.or_, rd_ready[i]))
             rsp_valid = Signal(name=f"rsp_valid_{i}")
             rsp_bank = Signal(range(max(nb, 2)), name=f"rsp_bank_{i}")
-            m.d.sync += rsp_valid.eq(port.cmd.valid & port.cmd.ready)
-            with m.If(port.cmd.valid & port.cmd.ready):
-                m.d.sync += rsp_bank.eq(self._bank(port.cmd.payload))
+            m.d.sync += rsp_valid.eq(cmd.valid & cmd.ready)
+            with m.If(cmd.valid & cmd.ready):
+                m.d.sync += rsp_bank.eq(self._bank(cmd.payload))
             m.d.comb += port.rsp.valid.eq(rsp_valid)
             with m.Switch(rsp_bank):
                 for b in range(nb):
@@ -274,16 +297,16 @@ class ReplicatedScratchpad(wiring.Component):
         return m
 
 
-def act_scratchpad(cfg, read_ports, write_ports) -> BankedScratchpad:
+def act_scratchpad(cfg, read_ports, write_ports, sliced_reads=()) -> BankedScratchpad:
     """The ACT scratchpad of ``cfg``: ``act_depth`` lines of ``cols`` int8 over ``act_banks`` banks."""
     return BankedScratchpad(cfg.act_depth, cfg.act_banks, act_line(cfg.cols),
-                            read_ports=read_ports, write_ports=write_ports)
+                            read_ports=read_ports, write_ports=write_ports, sliced_reads=sliced_reads)
 
 
-def acc_scratchpad(cfg, read_ports, write_ports) -> BankedScratchpad:
+def acc_scratchpad(cfg, read_ports, write_ports, sliced_reads=()) -> BankedScratchpad:
     """The ACC scratchpad of ``cfg``: ``acc_depth`` lines of ``cols`` int32 over ``acc_banks`` banks."""
     return BankedScratchpad(cfg.acc_depth, cfg.acc_banks, acc_line(cfg.cols),
-                            read_ports=read_ports, write_ports=write_ports)
+                            read_ports=read_ports, write_ports=write_ports, sliced_reads=sliced_reads)
 
 
 def wgt_scratchpad(cfg) -> ReplicatedScratchpad:

@@ -102,7 +102,7 @@ class Costs:
     """Tunable constants of the cycle model (cycles)."""
     dma_start: int = 10         #: per LOAD instruction: decode, checks, first read latency
     dma_row_setup: int = 1      #: per LOAD row: address/burst set-up
-    store_start: int = 16       #: per STORE instruction: checks, scratchpad read latency, write drain
+    store_start: int = 17       #: per STORE instruction: checks, scratchpad read latency, write drain
     store_row_setup: int = 0    #: per STORE row
     load_compressed_row: int = 1  #: per compressed LOAD row: the count bytes are read before the group
     store_compressed_row: int = 0  #: per compressed STORE row
@@ -110,7 +110,7 @@ class Costs:
     pad_line_cycles: int = 1    #: per zero padding line written by LOAD
     matmul_start: int = 18      #: per MATMUL: footprint check, lane fill, MAC latency, write-back drain
     matmul_row_cycles: int = 1  #: per output row: accumulator write-back bound (rows * this)
-    vector_start: int = 25      #: per VECTOR: parameter reads, pipeline fill and drain
+    vector_start: int = 26      #: per VECTOR: parameter reads, pipeline fill and drain
     vector_line_cycles: int = 1  #: per scratchpad line read by the vector unit
     nop: int = 1                #: NOP
     delay_overhead: int = 1     #: DELAY issue cycle on top of delay[slot]
