@@ -1,6 +1,7 @@
 """The FPGA flow (sparrow.fpga) on a tiny design: port parsing, I/O wrapper, tool runs, report parsing."""
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -180,3 +181,28 @@ def test_flow_on_tiny_design(mac_verilog, tmp_path, monkeypatch):
         (tmp_path / "result.json").read_text())
     with pytest.raises(AssertionError, match="tools run again"):
         fpga.run_preset("tiny", tmp_path, freq=100.0, nice=0, log=lambda *_: None)
+
+    # the same logic with other source locations (a docstring edit) reuses it; other logic does not
+    def export_moved(name, work):
+        v, top = export(name, work)
+        v.write_text(re.sub(r"^module ", '(* src = "/x/hdl/mac.py:7" *)\nmodule ', v.read_text(), flags=re.M))
+        return v, top
+    monkeypatch.setattr(fpga, "export_verilog", export_moved)
+    moved = fpga.run_preset("tiny", tmp_path, nice=0, log=lambda *_: None)
+    assert moved["fmax_mhz"] == rec["fmax_mhz"]
+
+    def export_other(name, work):
+        v, top = export(name, work)
+        v.write_text(v.read_text().replace("mac_fpga", "mac_fpga2"))
+        return v, top
+    monkeypatch.setattr(fpga, "export_verilog", export_other)
+    with pytest.raises(AssertionError, match="tools run again"):
+        fpga.run_preset("tiny", tmp_path, nice=0, log=lambda *_: None)
+
+
+def test_logic_sha_ignores_source_locations_only():
+    a = (b'(* src = "/x/hdl/top.py:68" *)\nmodule t(input a, output b);\n'
+         b'  (* src = "/x/y.py:3" *) assign b = a;\nendmodule\n')
+    b = a.replace(b"top.py:68", b"top.py:71").replace(b"y.py:3", b"y.py:9")
+    c = a.replace(b"assign b = a", b"assign b = ~a")
+    assert fpga.logic_sha256(a) == fpga.logic_sha256(b) != fpga.logic_sha256(c)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["DEVICES", "HEADROOM", "TARGET_MHZ", "Device", "verilog_ports", "io_wrapper", "parse_yosys_stat",
+           "logic_sha256",
            "parse_nextpnr_report", "critical_path_summary", "pick_device", "synthesize", "place_route",
            "ECP5Synthesis",
            "BLOCKS", "export_block", "run_preset", "table", "main"]
@@ -394,6 +395,17 @@ def export_block(block: str, preset_name: str, work: Path) -> tuple[Path, str]:
     return vfile, wrap
 
 
+_SRC_ATTR = re.compile(rb'\(\*\s*src\s*=\s*"[^"]*"\s*\*\)\s*')
+
+
+def logic_sha256(verilog: bytes) -> str:
+    """SHA-256 of Verilog text without its ``(* src = "file:line" *)`` attributes: the same for
+    two exports that differ only in source locations (a docstring edit shifts every line number
+    below it), so a finished place and route is reused for the same logic. The attributes do
+    not steer synthesis; the reused record's critical-path ``sources`` name the older lines."""
+    return hashlib.sha256(_SRC_ATTR.sub(b"", verilog)).hexdigest()
+
+
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
                nice: int = 10, reuse: bool = True, log=print, block: str | None = None,
                timeout: float | None = None, cached_only: bool = False) -> dict:
@@ -403,14 +415,19 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     Verilog; with ``reuse`` a later call whose Verilog, frequency and device request are the same
     returns that record instead of running the tools again (``make fpga`` then ``make bench``)."""
     vfile, wrap = export_block(block, preset_name, work) if block else export_verilog(preset_name, work)
-    sha = hashlib.sha256(vfile.read_bytes()).hexdigest()
+    text = vfile.read_bytes()
+    sha = hashlib.sha256(text).hexdigest()
+    logic_sha = logic_sha256(text)
     key = {"verilog_sha256": sha, "target_mhz": freq, "device_request": device, "synth_flags": SYNTH_FLAGS}
     cached = work / "result.json"
     if reuse and cached.exists():
         old = json.loads(cached.read_text())
         old.setdefault("synth_flags", "")            # records from before the option existed
-        if all(old.get(k) == v for k, v in key.items()):
-            log(f"[fpga] {preset_name}: same Verilog as {cached}, reusing its figures")
+        same_logic = old.get("verilog_logic_sha256") == logic_sha
+        if all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256") and (
+                old.get("verilog_sha256") == sha or same_logic):
+            log(f"[fpga] {preset_name}: same Verilog as {cached}"
+                f"{'' if old.get('verilog_sha256') == sha else ' but for source locations'}, reusing its figures")
             return old
     if cached_only:
         stat, synth_sha = work / f"{wrap}.stat", work / f"{wrap}.synth.sha256"
@@ -452,6 +469,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
         "pnr_ramw": used("TRELLIS_RAMW"),
         "critical_path": pnr["critical_path"], "cells": cells,
         "synth_seconds": syn["seconds"], "pnr_seconds": pnr["seconds"], "lut_mapper": syn["lut_mapper"], **key,
+        "verilog_logic_sha256": logic_sha,
     }
     cached.write_text(json.dumps(record, indent=2))
     return record
