@@ -49,8 +49,8 @@ def test_random_traffic_matches_rules():
             # cycle's consume of its semaphore is applied
             busy = {sem for sem, _ in pending}
 
-            def seen(c, a):
-                return a["wait_count"] == 0 or (a["wait_count"] == prev_count[c]
+            def seen(c, a, prev=prev_count):
+                return a["wait_count"] == 0 or (a["wait_count"] == prev[c]
                                                 and model[a["wait_sem"]] >= a["wait_count"])
             exp_ok = []
             for c, a in enumerate(acts):
