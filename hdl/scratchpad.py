@@ -14,7 +14,8 @@ Timing (both blocks)
   request order. ``rsp`` is never back-pressured. Exception: a port named in ``sliced_reads``
   passes its commands through a register slice first (``cmd.ready`` is then a register); its
   responses come 2 cycles after acceptance at the earliest, more under bank conflicts, still
-  in order, and its read sees the line as of the cycle the slice's command is granted.
+  in order, and its read sees the line as of the cycle the slice's command is granted. A port
+  named in ``registered_reads`` gets its response a cycle later, from a register.
 * A write accepted in cycle *t* is visible to reads accepted in cycle *t + 1* and later. A read
   and a write of the **same line accepted in the same cycle: the read returns the old data**.
 
@@ -103,6 +104,10 @@ class BankedScratchpad(wiring.Component):
         arbitration (timing: their ``cmd.ready`` is a register and their requests reach the
         arbiters from registers, so no path runs from one client's logic through the arbiters
         into another's). A sliced port's response comes at least 2 cycles after acceptance.
+    registered_reads : iterable of str
+        Read ports whose responses are registered once more (timing: the memory's slow
+        clock-to-output does not run into the client's logic); their responses come one cycle
+        later.
 
     Attributes
     ----------
@@ -123,7 +128,8 @@ class BankedScratchpad(wiring.Component):
         = ``addr`` in the low ``addr_width`` bits, line data above.
     """
 
-    def __init__(self, depth: int, banks: int, line_shape, *, read_ports, write_ports, sliced_reads=()):
+    def __init__(self, depth: int, banks: int, line_shape, *, read_ports, write_ports, sliced_reads=(),
+                 registered_reads=()):
         _check_depth(depth)
         if not _is_pow2(banks) or banks > depth:
             raise ValueError(f"banks must be a power of two <= depth ({depth}), not {banks!r}")
@@ -133,9 +139,11 @@ class BankedScratchpad(wiring.Component):
         self.write_names = _port_names(write_ports, "write_ports", "w")
         self.read_latency = 1
         self.sliced_reads = list(sliced_reads)
-        for name in self.sliced_reads:
-            if name not in self.read_names:
-                raise ValueError(f"sliced_reads: no read port {name!r}; have {self.read_names}")
+        self.registered_reads = list(registered_reads)
+        for arg, names in (("sliced_reads", self.sliced_reads), ("registered_reads", self.registered_reads)):
+            for name in names:
+                if name not in self.read_names:
+                    raise ValueError(f"{arg}: no read port {name!r}; have {self.read_names}")
         self.read_index = {n: i for i, n in enumerate(self.read_names)}
         self.write_index = {n: i for i, n in enumerate(self.write_names)}
         self.addr_width = (depth - 1).bit_length()
@@ -220,11 +228,15 @@ class BankedScratchpad(wiring.Component):
             m.d.sync += rsp_valid.eq(cmd.valid & cmd.ready)
             with m.If(cmd.valid & cmd.ready):
                 m.d.sync += rsp_bank.eq(self._bank(cmd.payload))
-            m.d.comb += port.rsp.valid.eq(rsp_valid)
+            line = Signal(self.line_shape, name=f"rsp_line_{i}")
             with m.Switch(rsp_bank):
                 for b in range(nb):
                     with _case(m, b, nb):
-                        m.d.comb += port.rsp.payload.eq(rdata[b])
+                        m.d.comb += line.eq(rdata[b])
+            if self.read_names[i] in self.registered_reads:
+                m.d.sync += [port.rsp.valid.eq(rsp_valid), port.rsp.payload.eq(line)]
+            else:
+                m.d.comb += [port.rsp.valid.eq(rsp_valid), port.rsp.payload.eq(line)]
         return m
 
 
@@ -297,10 +309,11 @@ class ReplicatedScratchpad(wiring.Component):
         return m
 
 
-def act_scratchpad(cfg, read_ports, write_ports, sliced_reads=()) -> BankedScratchpad:
+def act_scratchpad(cfg, read_ports, write_ports, sliced_reads=(), registered_reads=()) -> BankedScratchpad:
     """The ACT scratchpad of ``cfg``: ``act_depth`` lines of ``cols`` int8 over ``act_banks`` banks."""
     return BankedScratchpad(cfg.act_depth, cfg.act_banks, act_line(cfg.cols),
-                            read_ports=read_ports, write_ports=write_ports, sliced_reads=sliced_reads)
+                            read_ports=read_ports, write_ports=write_ports, sliced_reads=sliced_reads,
+                            registered_reads=registered_reads)
 
 
 def acc_scratchpad(cfg, read_ports, write_ports, sliced_reads=()) -> BankedScratchpad:

@@ -82,9 +82,11 @@ class Sparrow(wiring.Component):
         act_reads = [f"mx{i}" for i in range(cfg.rows)] + ["vec_a", "vec_b", "dma"]
         # the VECTOR and STORE read ports are sliced (timing: their requests and the arbiters'
         # grants no longer form one combinational path through both engines, measured on the
-        # whole design); MATMUL's lanes keep the 1-cycle read
+        # whole design); MATMUL's lanes get registered responses (timing: the block RAM's slow
+        # output does not run into the lanes' zero-skip and credit logic)
         m.submodules.act = act = dp(act_scratchpad(cfg, act_reads, ["vec", "dma"],
-                                                   sliced_reads=["vec_a", "vec_b", "dma"]))
+                                                   sliced_reads=["vec_a", "vec_b", "dma"],
+                                                   registered_reads=[f"mx{i}" for i in range(cfg.rows)]))
         m.submodules.acc = acc = dp(acc_scratchpad(cfg, ["mx", "vec", "dma"], ["mx", "dma"],
                                                    sliced_reads=["vec", "dma"]))
         m.submodules.wgt = wgt = dp(wgt_scratchpad(cfg))

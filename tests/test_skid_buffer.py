@@ -1,5 +1,5 @@
 """SkidBuffer: order and no loss under random back-pressure, full throughput, registered outputs;
-a scratchpad with sliced read ports returns the right lines in order."""
+a scratchpad with sliced and registered read ports returns the right lines in order."""
 
 import random
 
@@ -62,14 +62,17 @@ def test_random_backpressure_keeps_order(p_in, p_out):
     assert len(got) > 300
 
 
-def test_sliced_read_ports_return_lines_in_order():
-    """Lines written first, then read at random through two sliced and one plain port: every
-    response is the line asked for, in order; the sliced ports answer 2+ cycles after acceptance."""
+def test_sliced_and_registered_read_ports_return_lines_in_order():
+    """Lines written first, then read at random through sliced, plain, registered and sliced +
+    registered ports: every response is the line asked for, in order; a plain port answers 1
+    cycle after acceptance, a registered one 2, a sliced one 2 or more, both 3 or more."""
     print(f"SPARROW_SEED={SEED}")
     rng = random.Random(f"{SEED}-spad")
     depth = 32
-    dut = BankedScratchpad(depth, 2, act_line(4), read_ports=["a", "b", "c"], write_ports=1,
-                           sliced_reads=["a", "c"])
+    dut = BankedScratchpad(depth, 2, act_line(4), read_ports=["a", "b", "c", "d", "e"], write_ports=1,
+                           sliced_reads=["a", "c", "e"], registered_reads=["d", "e"])
+    # (least, exact?) latency per port
+    lat = [(2, False), (1, True), (2, False), (2, True), (3, False)]
     mem = [rng.getrandbits(32) for _ in range(depth)]
 
     async def tb(ctx):
@@ -79,8 +82,8 @@ def test_sliced_read_ports_return_lines_in_order():
             ctx.set(wr.cmd.payload.as_value(), a | (line << 5))
             await ctx.tick().until(wr.cmd.ready)
         ctx.set(wr.cmd.valid, 0)
-        cur = [None] * 3
-        expect = [[] for _ in range(3)]
+        cur = [None] * 5
+        expect = [[] for _ in range(5)]
         served = 0
         for cycle in range(1500):
             for i, p in enumerate(dut.rd):
@@ -93,14 +96,15 @@ def test_sliced_read_ports_return_lines_in_order():
                 if ctx.get(p.rsp.valid):
                     acc, line = expect[i].pop(0)
                     assert ctx.get(p.rsp.payload.as_value()) == line, f"port {i} cycle {cycle}"
-                    assert cycle - acc >= (2 if i in (0, 2) else 1) and (i in (0, 2) or cycle - acc == 1)
+                    least, exact = lat[i]
+                    assert cycle - acc == least if exact else cycle - acc >= least, f"port {i} cycle {cycle}"
                     served += 1
             for i, p in enumerate(dut.rd):
                 if cur[i] is not None and ctx.get(p.cmd.ready):
                     expect[i].append((cycle, mem[cur[i]]))
                     cur[i] = None
             await ctx.tick()
-        assert served > 1500
+        assert served > 2500
 
     _sim(dut, tb)
 
@@ -108,3 +112,5 @@ def test_sliced_read_ports_return_lines_in_order():
 def test_sliced_reads_name_existing_ports():
     with pytest.raises(ValueError, match="sliced_reads"):
         BankedScratchpad(32, 2, act_line(4), read_ports=["a"], write_ports=1, sliced_reads=["z"])
+    with pytest.raises(ValueError, match="registered_reads"):
+        BankedScratchpad(32, 2, act_line(4), read_ports=["a"], write_ports=1, registered_reads=["z"])

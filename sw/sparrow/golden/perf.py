@@ -108,7 +108,7 @@ class Costs:
     store_compressed_row: int = 0  #: per compressed STORE row
     line_cycles: int = 1        #: scratchpad lines per cycle bound of a DMA (cycles per line)
     pad_line_cycles: int = 1    #: per zero padding line written by LOAD
-    matmul_start: int = 18      #: per MATMUL: footprint check, lane fill, MAC latency, write-back drain
+    matmul_start: int = 19      #: per MATMUL: footprint check, lane fill, MAC latency, write-back drain
     matmul_row_cycles: int = 1  #: per output row: accumulator write-back bound (rows * this)
     vector_start: int = 26      #: per VECTOR: parameter reads, pipeline fill and drain
     vector_line_cycles: int = 1  #: per scratchpad line read by the vector unit
