@@ -5,7 +5,18 @@ from __future__ import annotations
 import random
 from collections import deque
 
-__all__ = ["MembusModel"]
+__all__ = ["MembusModel", "run_testbench"]
+
+
+def run_testbench(dut, *testbenches, period: float = 1e-6):
+    """Simulate ``dut`` with one clock of ``period`` seconds until every async testbench
+    (``async def tb(ctx)``) has returned."""
+    from amaranth.sim import Simulator
+    sim = Simulator(dut)
+    sim.add_clock(period)
+    for tb in testbenches:
+        sim.add_testbench(tb)
+    sim.run()
 
 
 class MembusModel:

@@ -10,9 +10,9 @@ from collections import deque
 
 import pytest
 from amaranth.hdl import Fragment, Shape
-from amaranth.sim import Simulator
 
 from sparrow.sim.cocotb_run import default_seed
+from sparrow.sim.amsim import run_testbench
 from sparrow.config import preset
 from sparrow.hdl.round_robin import RoundRobin
 from sparrow.hdl.scratchpad import (BankedScratchpad, ReplicatedScratchpad, acc_scratchpad,
@@ -108,12 +108,6 @@ class SpadHarness:
             assert len(q) <= 1, f"read port {i}: {len(q)} responses outstanding at the end"
 
 
-def _simulate(dut, body):
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(body)
-    sim.run()
-
 
 def _line_width(spad):
     return Shape.cast(spad.line_shape).width
@@ -173,7 +167,7 @@ def test_round_robin_is_cyclic_and_starvation_free():
     async def tb(ctx):
         await h.run(ctx, 200, lambda i, c: banks * (i + n_rd * rng.randrange(6)), lambda i, c: None)
 
-    _simulate(dut, tb)
+    run_testbench(dut, tb)
     order = sorted((c, i) for i, cs in enumerate(h.grants_rd) for c in cs)
     cycles = [c for c, _ in order]
     assert cycles == list(range(len(cycles))), "bank 0 was idle while requested, or granted twice"
@@ -193,7 +187,7 @@ def test_readers_of_one_line_are_served_together():
         await h.run(ctx, 60, lambda i, c: 2 * (c % 8) if i < 3 else 2 * (8 + c % 8),
                     lambda i, c: (2 * rng.randrange(32), rng.getrandbits(32)))
 
-    _simulate(dut, tb)
+    run_testbench(dut, tb)
     h.finish_check()
     assert h.grants_rd[0] == h.grants_rd[1] == h.grants_rd[2]
     assert sorted(h.grants_rd[0] + h.grants_rd[3]) == list(range(60)), "bank 0 idle or double-granted"
@@ -212,7 +206,7 @@ def test_no_conflicts_gives_one_access_per_port_per_cycle():
         await h.run(ctx, 100, lambda i, c: i + banks * rng.randrange(16),
                     lambda i, c: ((i + 1) % banks + banks * rng.randrange(16), rng.getrandbits(32)))
 
-    _simulate(dut, tb)
+    run_testbench(dut, tb)
     for g in h.grants_rd + h.grants_wr:
         assert g == list(range(100))
 
@@ -240,7 +234,7 @@ def test_same_cycle_read_and_write_of_a_line_returns_old_data():
         await ctx.tick()
         assert not ctx.get(rd.rsp.valid)
 
-    _simulate(dut, tb)
+    run_testbench(dut, tb)
 
 
 @pytest.mark.parametrize("banks, n_rd, n_wr", [(1, 2, 1), (4, 7, 2), (2, 3, 3)])
@@ -258,7 +252,7 @@ def test_banked_random_traffic_matches_model(banks, n_rd, n_wr):
         await h.run(ctx, 1500, lambda i, c: addr() if rng.random() < 0.7 else None,
                     lambda i, c: (addr(), rng.getrandbits(32)) if rng.random() < 0.5 else None)
 
-    _simulate(dut, tb)
+    run_testbench(dut, tb)
     h.finish_check()
     assert h.responses > 500 and sum(map(len, h.grants_wr)) > 300
 
@@ -276,7 +270,7 @@ def test_replicated_random_traffic_and_shared_port():
         await h.run(ctx, 1500, lambda i, c: rng.randrange(depth) if rng.random() < 0.8 else None,
                     lambda i, c: (rng.randrange(depth), rng.getrandbits(32)) if rng.random() < 0.6 else None)
 
-    _simulate(dut, tb)
+    run_testbench(dut, tb)
     h.finish_check()
     # private ports 1.. never wait; the write port never waits
     for i in range(1, reps):
@@ -293,7 +287,7 @@ def test_replicated_shared_port_alternates_with_lane0():
     async def tb(ctx):
         await h.run(ctx, 40, lambda i, c: c % 16, lambda i, c: None)
 
-    _simulate(dut, tb)
+    run_testbench(dut, tb)
     assert h.grants_rd[1] == list(range(40))
     assert sorted(h.grants_rd[0] + h.grants_rd[2]) == list(range(40))
     assert h.grants_rd[0] == list(range(0, 40, 2)) and h.grants_rd[2] == list(range(1, 40, 2))

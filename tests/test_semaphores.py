@@ -2,19 +2,13 @@
 
 import random
 
-from amaranth.sim import Simulator
 
+from sparrow.sim.amsim import run_testbench
 from sparrow.config import preset
 from sparrow.hdl.semaphores import SemaphoreUnit
 
 CFG = preset("small").replace(n_semaphores=4, sem_bits=4)
 
-
-def _sim(dut, tb):
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
 
 
 def test_random_traffic_matches_rules():
@@ -91,7 +85,7 @@ def test_random_traffic_matches_rules():
             prev_count = [a["wait_count"] for a in acts]
             assert [ctx.get(dut.values[i]) for i in range(n)] == model
 
-    _sim(dut, tb)
+    run_testbench(dut, tb)
     assert checked["ok"] > 1000 and checked["overflow"] > 0
 
 
@@ -125,7 +119,7 @@ def test_wait_released_exactly_at_count_and_clear():
         await ctx.tick()
         assert ctx.get(dut.values[2]) == 0
 
-    _sim(dut, tb)
+    run_testbench(dut, tb)
 
 
 def test_new_count_is_compared_a_cycle_later():
@@ -157,4 +151,4 @@ def test_new_count_is_compared_a_cycle_later():
         await ctx.tick()
         assert ctx.get(w.wait_ok) == 1
 
-    _sim(dut, tb)
+    run_testbench(dut, tb)

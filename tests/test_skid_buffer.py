@@ -4,8 +4,8 @@ a scratchpad with sliced and registered read ports returns the right lines in or
 import random
 
 import pytest
-from amaranth.sim import Simulator
 
+from sparrow.sim.amsim import run_testbench
 from sparrow.hdl.scratchpad import BankedScratchpad
 from sparrow.hdl.skid_buffer import SkidBuffer
 from sparrow.hdl.spad_port import act_line
@@ -13,12 +13,6 @@ from sparrow.sim.cocotb_run import default_seed
 
 SEED = default_seed("test_skid_buffer")
 
-
-def _sim(dut, tb):
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
 
 
 def test_rejects_bad_shape():
@@ -57,7 +51,7 @@ def test_random_backpressure_keeps_order(p_in, p_out):
         if p_in == p_out == 1.0:
             assert cycles_full >= 1998, "not one item per cycle without back-pressure"
 
-    _sim(dut, tb)
+    run_testbench(dut, tb)
     assert got == sent[:len(got)] and len(sent) - len(got) <= 2, (len(sent), len(got))
     assert len(got) > 300
 
@@ -106,7 +100,7 @@ def test_sliced_and_registered_read_ports_return_lines_in_order():
             await ctx.tick()
         assert served > 2500
 
-    _sim(dut, tb)
+    run_testbench(dut, tb)
 
 
 def test_sliced_reads_name_existing_ports():
