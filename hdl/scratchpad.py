@@ -15,8 +15,12 @@ Timing (both blocks)
   passes its commands through a register slice first (``cmd.ready`` is then a register); its
   responses come 2 cycles after acceptance at the earliest, more under bank conflicts, still
   in order, and its read sees the line as of the cycle the slice's command is granted. A port
-  named in ``registered_reads`` gets its response a cycle later, from a register.
-* A write accepted in cycle *t* is visible to reads accepted in cycle *t + 1* and later. A read
+  named in ``registered_reads`` gets its response a cycle later, from a register. A port named
+  in ``sliced_writes`` accepts a write into a register slice; the write reaches memory when the
+  slice's command is granted (the next cycle at the earliest), and ``wr_pending`` is high until
+  then.
+* A write accepted in cycle *t* (on an unsliced port) is visible to reads accepted in cycle
+  *t + 1* and later. A read
   and a write of the **same line accepted in the same cycle: the read returns the old data**.
 
 Banking and double buffering
@@ -49,11 +53,11 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.hdl import Shape
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 
 from .round_robin import RoundRobin
 from .skid_buffer import SkidBuffer
-from .spad_port import ReadPortSignature, WritePortSignature, act_line, acc_line
+from .spad_port import ReadPortSignature, WritePortSignature, act_line, acc_line, write_cmd_layout
 
 __all__ = ["BankedScratchpad", "ReplicatedScratchpad", "act_scratchpad", "acc_scratchpad", "wgt_scratchpad"]
 
@@ -104,6 +108,10 @@ class BankedScratchpad(wiring.Component):
         arbitration (timing: their ``cmd.ready`` is a register and their requests reach the
         arbiters from registers, so no path runs from one client's logic through the arbiters
         into another's). A sliced port's response comes at least 2 cycles after acceptance.
+    sliced_writes : iterable of str
+        Write ports whose commands pass a :class:`~sparrow.hdl.skid_buffer.SkidBuffer` before
+        arbitration (timing, as ``sliced_reads``); their writes land a cycle or more after
+        ``cmd`` accepts them; ``wr_pending`` tells the client when they have landed.
     registered_reads : iterable of str
         Read ports whose responses are registered once more (timing: the memory's slow
         clock-to-output does not run into the client's logic); their responses come one cycle
@@ -123,13 +131,16 @@ class BankedScratchpad(wiring.Component):
     rd : In(ReadPortSignature(addr_width, line_shape)).array(len(read_names))
         Read ports (scratchpad side). Verilog: ``rd__<i>__cmd__{valid,ready,payload}``,
         ``rd__<i>__rsp__{valid,payload}``.
+    wr_pending : Out(len(write_names))
+        Bit ``i``: write port ``i``'s slice holds a write not yet in memory (always 0 for an
+        unsliced port). A client whose completion means "written" waits for it.
     wr : In(WritePortSignature(addr_width, line_shape)).array(len(write_names))
         Write ports (scratchpad side). Verilog: ``wr__<i>__cmd__{valid,ready,payload}``, payload
         = ``addr`` in the low ``addr_width`` bits, line data above.
     """
 
     def __init__(self, depth: int, banks: int, line_shape, *, read_ports, write_ports, sliced_reads=(),
-                 registered_reads=()):
+                 registered_reads=(), sliced_writes=()):
         _check_depth(depth)
         if not _is_pow2(banks) or banks > depth:
             raise ValueError(f"banks must be a power of two <= depth ({depth}), not {banks!r}")
@@ -140,10 +151,13 @@ class BankedScratchpad(wiring.Component):
         self.read_latency = 1
         self.sliced_reads = list(sliced_reads)
         self.registered_reads = list(registered_reads)
-        for arg, names in (("sliced_reads", self.sliced_reads), ("registered_reads", self.registered_reads)):
+        self.sliced_writes = list(sliced_writes)
+        for arg, names, have in (("sliced_reads", self.sliced_reads, self.read_names),
+                                 ("registered_reads", self.registered_reads, self.read_names),
+                                 ("sliced_writes", self.sliced_writes, self.write_names)):
             for name in names:
-                if name not in self.read_names:
-                    raise ValueError(f"{arg}: no read port {name!r}; have {self.read_names}")
+                if name not in have:
+                    raise ValueError(f"{arg}: no port {name!r}; have {have}")
         self.read_index = {n: i for i, n in enumerate(self.read_names)}
         self.write_index = {n: i for i, n in enumerate(self.write_names)}
         self.addr_width = (depth - 1).bit_length()
@@ -151,6 +165,7 @@ class BankedScratchpad(wiring.Component):
         super().__init__({
             "rd": In(ReadPortSignature(self.addr_width, line_shape)).array(len(self.read_names)),
             "wr": In(WritePortSignature(self.addr_width, line_shape)).array(len(self.write_names)),
+            "wr_pending": Out(len(self.write_names)),
         })
 
     def read_port(self, name: str):
@@ -186,6 +201,17 @@ class BankedScratchpad(wiring.Component):
                 cmds.append(sb.o)
             else:
                 cmds.append(port.cmd)
+        wcmds = []
+        for i, port in enumerate(self.wr):
+            name = self.write_names[i]
+            if name in self.sliced_writes:
+                sb = m.submodules[f"wr_slice_{name}"] = SkidBuffer(write_cmd_layout(self.addr_width,
+                                                                                   self.line_shape))
+                wiring.connect(m, wiring.flipped(port.cmd), sb.i)
+                m.d.comb += self.wr_pending[i].eq(sb.o.valid)
+                wcmds.append(sb.o)
+            else:
+                wcmds.append(port.cmd)
         rdata = []
         rd_ready = [[] for _ in range(n_rd)]
         wr_ready = [[] for _ in range(n_wr)]
@@ -209,18 +235,18 @@ class BankedScratchpad(wiring.Component):
                 rd_ready[i].append(ra.valid & ra.requests[i] & (self._row(cmd.payload) == rp.addr))
 
             m.submodules[f"wr_arb{b}"] = wa = RoundRobin(n_wr)
-            for i, port in enumerate(self.wr):
-                m.d.comb += wa.requests[i].eq(port.cmd.valid & (self._bank(port.cmd.payload.addr) == b))
+            for i, cmd in enumerate(wcmds):
+                m.d.comb += wa.requests[i].eq(cmd.valid & (self._bank(cmd.payload.addr) == b))
                 wr_ready[i].append(wa.grant[i])
             m.d.comb += [wa.advance.eq(1), wp.en.eq(wa.valid)]
             with m.Switch(wa.index):
-                for i, port in enumerate(self.wr):
+                for i, cmd in enumerate(wcmds):
                     with _case(m, i, n_wr):
-                        m.d.comb += [wp.addr.eq(self._row(port.cmd.payload.addr)),
-                                     wp.data.eq(port.cmd.payload.data)]
+                        m.d.comb += [wp.addr.eq(self._row(cmd.payload.addr)),
+                                     wp.data.eq(cmd.payload.data)]
 
-        for i, port in enumerate(self.wr):
-            m.d.comb += port.cmd.ready.eq(reduce(operator.or_, wr_ready[i]))
+        for i, cmd in enumerate(wcmds):
+            m.d.comb += cmd.ready.eq(reduce(operator.or_, wr_ready[i]))
         for i, (port, cmd) in enumerate(zip(self.rd, cmds)):
             m.d.comb += cmd.ready.eq(reduce(operator.or_, rd_ready[i]))
             rsp_valid = Signal(name=f"rsp_valid_{i}")
@@ -309,17 +335,17 @@ class ReplicatedScratchpad(wiring.Component):
         return m
 
 
-def act_scratchpad(cfg, read_ports, write_ports, sliced_reads=(), registered_reads=()) -> BankedScratchpad:
-    """The ACT scratchpad of ``cfg``: ``act_depth`` lines of ``cols`` int8 over ``act_banks`` banks."""
+def act_scratchpad(cfg, read_ports, write_ports, **options) -> BankedScratchpad:
+    """The ACT scratchpad of ``cfg``: ``act_depth`` lines of ``cols`` int8 over ``act_banks`` banks
+    (``options``: the slicing/registering keywords of :class:`BankedScratchpad`)."""
     return BankedScratchpad(cfg.act_depth, cfg.act_banks, act_line(cfg.cols),
-                            read_ports=read_ports, write_ports=write_ports, sliced_reads=sliced_reads,
-                            registered_reads=registered_reads)
+                            read_ports=read_ports, write_ports=write_ports, **options)
 
 
-def acc_scratchpad(cfg, read_ports, write_ports, sliced_reads=()) -> BankedScratchpad:
+def acc_scratchpad(cfg, read_ports, write_ports, **options) -> BankedScratchpad:
     """The ACC scratchpad of ``cfg``: ``acc_depth`` lines of ``cols`` int32 over ``acc_banks`` banks."""
     return BankedScratchpad(cfg.acc_depth, cfg.acc_banks, acc_line(cfg.cols),
-                            read_ports=read_ports, write_ports=write_ports, sliced_reads=sliced_reads)
+                            read_ports=read_ports, write_ports=write_ports, **options)
 
 
 def wgt_scratchpad(cfg) -> ReplicatedScratchpad:

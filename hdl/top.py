@@ -84,11 +84,15 @@ class Sparrow(wiring.Component):
         # grants no longer form one combinational path through both engines, measured on the
         # whole design); MATMUL's lanes get registered responses (timing: the block RAM's slow
         # output does not run into the lanes' zero-skip and credit logic)
+        # LOAD's and VECTOR's writes are sliced too (timing: the write arbiters' grants no
+        # longer run from one engine into another's next state); MATMUL's accumulator
+        # read-modify-write keeps its unsliced ports
         m.submodules.act = act = dp(act_scratchpad(cfg, act_reads, ["vec", "dma"],
                                                    sliced_reads=["vec_a", "vec_b", "dma"],
-                                                   registered_reads=[f"mx{i}" for i in range(cfg.rows)]))
+                                                   registered_reads=[f"mx{i}" for i in range(cfg.rows)],
+                                                   sliced_writes=["vec", "dma"]))
         m.submodules.acc = acc = dp(acc_scratchpad(cfg, ["mx", "vec", "dma"], ["mx", "dma"],
-                                                   sliced_reads=["vec", "dma"]))
+                                                   sliced_reads=["vec", "dma"], sliced_writes=["dma"]))
         m.submodules.wgt = wgt = dp(wgt_scratchpad(cfg))
 
         # -- engines ----------------------------------------------------------------------------
@@ -138,7 +142,21 @@ class Sparrow(wiring.Component):
         for e, eng in enumerate((load_c, mx_c, vec_c, store_c)):
             port = seq.engines[e]
             connect(m, port.instr, eng.instr)
-            m.d.comb += [port.done.eq(eng.done), port.busy.eq(eng.busy), port.error.eq(eng.error)]
+            m.d.comb += [port.busy.eq(eng.busy), port.error.eq(eng.error)]
+        # A LOAD or VECTOR completion is passed on once its engine's sliced writes have landed
+        # (the ISA's "signal when the last line is written"): completions are counted while a
+        # slice holds a write and passed on one per cycle once none does.
+        for e, eng, pending in ((0, load_c, act_c.wr_pending[act_c.write_index["dma"]]
+                                 | acc_c.wr_pending[acc_c.write_index["dma"]]),
+                                (2, vec_c, act_c.wr_pending[act_c.write_index["vec"]])):
+            held = Signal(2, name=f"done_held{e}")
+            total = Signal(3, name=f"done_total{e}")
+            emit = Signal(name=f"done_emit{e}")
+            m.d.comb += [total.eq(held + eng.done), emit.eq((total != 0) & ~pending),
+                         seq.engines[e].done.eq(emit)]
+            m.d.sync += held.eq(total - emit)
+        for e, eng in ((1, mx_c), (3, store_c)):
+            m.d.comb += seq.engines[e].done.eq(eng.done)
 
         # -- external memory -----------------------------------------------------------------------
         # The arbiter and the AXI adapter are not soft-reset: transactions still outstanding on
