@@ -191,27 +191,23 @@ class BankedScratchpad(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         nb, n_rd, n_wr = self.banks, len(self.rd), len(self.wr)
-        # the command stream each read port's arbitration sees: the port's, or its slice's output
-        cmds = []
-        for i, port in enumerate(self.rd):
-            name = self.read_names[i]
-            if name in self.sliced_reads:
-                sb = m.submodules[f"rd_slice_{name}"] = SkidBuffer(self.addr_width)
-                wiring.connect(m, wiring.flipped(port.cmd), sb.i)
-                cmds.append(sb.o)
-            else:
-                cmds.append(port.cmd)
-        wcmds = []
-        for i, port in enumerate(self.wr):
-            name = self.write_names[i]
+        # the command stream each port's arbitration sees: the port's, or its slice's output
+        def commands(ports, names, sliced, kind, shape):
+            out = []
+            for port, name in zip(ports, names):
+                if name in sliced:
+                    sb = m.submodules[f"{kind}_slice_{name}"] = SkidBuffer(shape)
+                    wiring.connect(m, wiring.flipped(port.cmd), sb.i)
+                    out.append(sb.o)
+                else:
+                    out.append(port.cmd)
+            return out
+        cmds = commands(self.rd, self.read_names, self.sliced_reads, "rd", self.addr_width)
+        wcmds = commands(self.wr, self.write_names, self.sliced_writes, "wr",
+                         write_cmd_layout(self.addr_width, self.line_shape))
+        for i, name in enumerate(self.write_names):
             if name in self.sliced_writes:
-                sb = m.submodules[f"wr_slice_{name}"] = SkidBuffer(write_cmd_layout(self.addr_width,
-                                                                                   self.line_shape))
-                wiring.connect(m, wiring.flipped(port.cmd), sb.i)
-                m.d.comb += self.wr_pending[i].eq(sb.o.valid)
-                wcmds.append(sb.o)
-            else:
-                wcmds.append(port.cmd)
+                m.d.comb += self.wr_pending[i].eq(wcmds[i].valid)
         rdata = []
         rd_ready = [[] for _ in range(n_rd)]
         wr_ready = [[] for _ in range(n_wr)]

@@ -251,10 +251,9 @@ class Sequencer(wiring.Component):
             request = Signal(name=f"request{e}")
             # An engine instruction is *released* when its wait is met: its wait is taken (a
             # consuming wait subtracts its count) then, and ``committed`` offers it from the next
-            # cycle until
-            # the engine accepts it, whatever later happens to the semaphore or the debugger, so
-            # the instr stream never withdraws valid (lib.stream rules). NOP/DELAY take their wait
-            # once the engine has drained, and run the next cycle.
+            # cycle until the engine accepts it, whatever later happens to the semaphore or the
+            # debugger, so the instr stream never withdraws valid (lib.stream rules). NOP/DELAY
+            # take their wait once the engine has drained, and run the next cycle.
             committed = Signal(name=f"committed{e}")
             release = Signal(name=f"release{e}")
             # the semaphore unit's `request` leaves out the breakpoint compare (timing: the index

@@ -80,13 +80,11 @@ class Sparrow(wiring.Component):
 
         # -- scratchpads -------------------------------------------------------------------------
         act_reads = [f"mx{i}" for i in range(cfg.rows)] + ["vec_a", "vec_b", "dma"]
-        # the VECTOR and STORE read ports are sliced (timing: their requests and the arbiters'
-        # grants no longer form one combinational path through both engines, measured on the
-        # whole design); MATMUL's lanes get registered responses (timing: the block RAM's slow
-        # output does not run into the lanes' zero-skip and credit logic)
-        # LOAD's and VECTOR's writes are sliced too (timing: the write arbiters' grants no
-        # longer run from one engine into another's next state); MATMUL's accumulator
-        # read-modify-write keeps its unsliced ports
+        # Timing, measured on the whole design: VECTOR's and STORE's read ports and LOAD's and
+        # VECTOR's write ports are sliced, so the arbiters' grants no longer form combinational
+        # paths from one engine into another; MATMUL's lanes get registered responses, so the
+        # block RAM's slow output does not run into their zero-skip and credit logic. MATMUL's
+        # accumulator read-modify-write keeps its unsliced ports.
         m.submodules.act = act = dp(act_scratchpad(cfg, act_reads, ["vec", "dma"],
                                                    sliced_reads=["vec_a", "vec_b", "dma"],
                                                    registered_reads=[f"mx{i}" for i in range(cfg.rows)],
@@ -145,7 +143,8 @@ class Sparrow(wiring.Component):
             m.d.comb += [port.busy.eq(eng.busy), port.error.eq(eng.error)]
         # A LOAD or VECTOR completion is passed on once its engine's sliced writes have landed
         # (the ISA's "signal when the last line is written"): completions are counted while a
-        # slice holds a write and passed on one per cycle once none does.
+        # slice holds a write and passed on one per cycle once none does (a slice drains within
+        # a few cycles and an instruction takes far longer, so the 2-bit count does not fill).
         for e, eng, pending in ((0, load_c, act_c.wr_pending[act_c.write_index["dma"]]
                                  | acc_c.wr_pending[acc_c.write_index["dma"]]),
                                 (2, vec_c, act_c.wr_pending[act_c.write_index["vec"]])):

@@ -423,11 +423,11 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     if reuse and cached.exists():
         old = json.loads(cached.read_text())
         old.setdefault("synth_flags", "")            # records from before the option existed
-        same_logic = old.get("verilog_logic_sha256") == logic_sha
-        if all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256") and (
-                old.get("verilog_sha256") == sha or same_logic):
+        same_text = old.get("verilog_sha256") == sha
+        same_logic = same_text or old.get("verilog_logic_sha256") == logic_sha
+        if same_logic and all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256"):
             log(f"[fpga] {preset_name}: same Verilog as {cached}"
-                f"{'' if old.get('verilog_sha256') == sha else ' but for source locations'}, reusing its figures")
+                f"{'' if same_text else ' but for source locations'}, reusing its figures")
             return old
     if cached_only:
         stat, synth_sha = work / f"{wrap}.stat", work / f"{wrap}.synth.sha256"
