@@ -12,7 +12,6 @@ import pytest
 from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In
-from amaranth.sim import Simulator
 
 from sparrow.sim.cocotb_run import default_seed
 from sparrow.config import preset
@@ -20,6 +19,7 @@ from sparrow.hdl.axi4 import Axi4Master
 from sparrow.hdl.membus import MemBusSignature
 from sparrow.hdl.membus_arbiter import MembusArbiter
 from sparrow.sim.cocotb_run import run_cocotb
+from sparrow.sim.amsim import run_testbench
 
 SEED = default_seed("test_axi4")
 
@@ -235,10 +235,7 @@ def _run_arbiter(n_masters, data_bytes, n_cmds, *, p_err, idle, stall, salt, dep
             if all(mm.done() for mm in masters):
                 break
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    run_testbench(dut, tb)
     for i, mm in enumerate(masters):
         assert mm.done(), f"master {i} did not finish: {len(mm.to_issue)} cmds, {len(mm.exp_r)} beats left"
     expected = dict(initial)
@@ -314,10 +311,7 @@ def test_arbiter_flush_orphans_outstanding_transactions(salt):
             await ctx.tick()
 
     last_cmds = None
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    run_testbench(dut, tb)
     assert not (slave.reads or slave.writes or slave.wbeats or slave.wresps or slave.b_cur), \
         "orphaned transactions left outstanding on the slave"
     assert any(sum(f) for f in flushes), f"no flush hit outstanding traffic ({salt}): {flushes}"
@@ -357,10 +351,7 @@ def test_arbiter_grants_round_robin():
             await ctx.tick()
         assert order == [k % 3 for k in range(60)]
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    run_testbench(dut, tb)
 
 
 # -- Verilator + cocotb with cocotbext-axi ------------------------------------------------------

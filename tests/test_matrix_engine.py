@@ -5,7 +5,6 @@ import random
 import numpy as np
 import pytest
 from amaranth import Elaboratable, Module
-from amaranth.sim import Simulator
 
 from sparrow.sim.cocotb_run import default_seed
 from sparrow import isa
@@ -14,6 +13,7 @@ from sparrow.errors import ErrorCode
 from sparrow.golden.numerics import matmul_acc
 from sparrow.hdl.matrix_engine import LaneOutput, MatrixEngine, MatrixLane, connect_lane_output, verilog_text
 from sparrow.sim.cocotb_run import run_cocotb
+from sparrow.sim.amsim import run_testbench
 
 TINY = HwConfig(rows=2, cols=4, act_depth=64, wgt_depth=32, acc_depth=32, act_banks=1, acc_banks=1,
                 name="tiny")
@@ -91,10 +91,7 @@ def _run_engine(cfg, zero_skip, instrs, act, wgt, acc, *, seed, stall=0.3, max_c
         out.update(dones=dones, error=ctx.get(dut.error), macs=ctx.get(dut.macs),
                    skipped=ctx.get(dut.macs_skipped), busy=ctx.get(dut.busy))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    run_testbench(dut, tb)
     return acc, out
 
 
@@ -266,10 +263,7 @@ def test_lane_amaranth_sim(zero_skip):
                 got[int(r.addr)] = [int(x) for x in r.data]
             await ctx.tick()
 
-    sim = Simulator(top)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    run_testbench(top, tb)
     assert got == want
     assert ops[0] == want_ops
 
@@ -342,7 +336,4 @@ def test_lane_output_matches_fifo(depth):
             fired, fin_v, fin_word = int(fire), int(finish), word
             await ctx.tick()
 
-    sim = Simulator(top)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    run_testbench(top, tb)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from amaranth import Module, ResetInserter, Signal, signed, unsigned
 from amaranth.back import verilog
-from amaranth.sim import Simulator
 
 from sparrow import fpga
 from sparrow.hdl.multiplier import Multiplier
+from sparrow.sim.amsim import run_testbench
 
 SEED = 20261122
 
@@ -66,10 +66,7 @@ def test_plain_multiplier_latency_enables_and_reset(a_shape, b_shape, p_width):
                     a_r, b_r = a, b
             assert ctx.get(dut.p) == p, f"cycle {cycle}: p {ctx.get(dut.p)} != {p} (seed {SEED})"
 
-    sim = Simulator(top)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    run_testbench(top, bench)
 
 
 def test_parameters_are_checked():
