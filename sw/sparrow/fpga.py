@@ -408,7 +408,7 @@ def logic_sha256(verilog: bytes) -> str:
 
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
                nice: int = 10, reuse: bool = True, log=print, block: str | None = None,
-               timeout: float | None = None, cached_only: bool = False) -> dict:
+               timeout: float | None = None, cached_only: bool = False, synth_only: bool = False) -> dict:
     """Full flow for one preset; returns a flat result record.
 
     The record is also written to ``work/result.json`` with the SHA-256 of the synthesized
@@ -444,6 +444,15 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     syn = synthesize(vfile, wrap, nice=nice, timeout=timeout)
     (work / f"{wrap}.synth.sha256").write_text(sha + "\n")     # which Verilog the .stat/netlist belong to
     cells = syn["cells"]
+    paths = estimate_paths(syn["netlist"])
+    if synth_only:
+        record = {"preset": preset_name if not block else f"{block}/{preset_name}", "synth_only": True,
+                  "lut4": cells.get("LUT4", 0), "carry_ccu2c": cells.get("CCU2C", 0),
+                  "ff": cells.get("TRELLIS_FF", 0), "dsp_mult18": cells.get("MULT18X18D", 0),
+                  "bram_dp16kd": cells.get("DP16KD", 0), "lutram_dpr16x4": cells.get("TRELLIS_DPR16X4", 0),
+                  "cells": cells, "estimated_paths": paths, "synth_seconds": syn["seconds"], **key}
+        (work / "synth.json").write_text(json.dumps(record, indent=2))
+        return record
     if device:
         dev = next((d for d in DEVICES if device in (d.flag, d.name)), None)
     else:
@@ -467,7 +476,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
         "pnr_comb": used("TRELLIS_COMB"), "pnr_comb_available": util.get("TRELLIS_COMB", (0, 0))[1],
         "pnr_ff": used("TRELLIS_FF"), "pnr_dsp": used("MULT18X18D"), "pnr_bram": used("DP16KD"),
         "pnr_ramw": used("TRELLIS_RAMW"),
-        "critical_path": pnr["critical_path"], "cells": cells,
+        "critical_path": pnr["critical_path"], "estimated_paths": paths, "cells": cells,
         "synth_seconds": syn["seconds"], "pnr_seconds": pnr["seconds"], "lut_mapper": syn["lut_mapper"], **key,
         "verilog_logic_sha256": logic_sha,
     }
@@ -475,16 +484,36 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     return record
 
 
+def estimate_paths(netlist: Path, limit: int = 12) -> dict:
+    """Pre-route estimate of the synthesized netlist's long paths (:mod:`sparrow.fpga_paths`):
+    how many register inputs miss each of a few clock periods, and the worst path per pair of
+    blocks. nextpnr names one critical path per run; this names the others it would meet next."""
+    from sparrow import fpga_paths
+    eps = fpga_paths.analyse(json.loads(netlist.read_text()))
+    return {"endpoints_over_ns": {str(ns): sum(e.estimate_ns > ns for e in eps) for ns in (6.67, 10.0, 13.3)},
+            "worst": fpga_paths.summarise(eps, limit=limit)}
+
+
 def table(results: list[dict]) -> str:
     head = (f"{'preset':<8}{'device':<11}{'LUT4':>7}{'CCU2C':>7}{'FF':>7}{'DSP':>5}{'BRAM':>6}"
             f"{'LUTRAM':>7}{'comb/avail':>15}{'Fmax MHz':>10}  target")
     rows = [head]
     for r in results:
+        if r.get("synth_only"):
+            rows.append(f"{r['preset']:<8}{'-':<11}{r['lut4']:>7}{r['carry_ccu2c']:>7}{r['ff']:>7}"
+                        f"{r['dsp_mult18']:>5}{r['bram_dp16kd']:>6}{r['lutram_dpr16x4']:>7}{'-':>15}{'-':>10}")
+            continue
         rows.append(f"{r['preset']:<8}{r['device']:<11}{r['lut4']:>7}{r['carry_ccu2c']:>7}{r['ff']:>7}"
                     f"{r['dsp_mult18']:>5}{r['bram_dp16kd']:>6}{r['lutram_dpr16x4']:>7}"
                     f"{str(r['pnr_comb']) + '/' + str(r['pnr_comb_available']):>15}{r['fmax_mhz']:>10.1f}  "
                     f"{'ok' if r['meets_target'] else 'MISS'} ({r['target_mhz']:.0f})")
     for r in results:
+        est = r.get("estimated_paths") or {}
+        if est and r.get("synth_only"):
+            over = ", ".join(f"{n} over {ns} ns" for ns, n in est["endpoints_over_ns"].items())
+            rows.append(f"{r['preset']}: synthesized only; estimated register inputs {over}; worst paths:")
+            for w in est["worst"]:
+                rows.append(f"  {w['estimate_ns']:6.2f} ns  {' > '.join(w['blocks'])}   ({w['start']} -> {w['end']})")
         cp = r.get("critical_path") or {}
         if cp:
             rows.append(f"{r['preset']}: critical path {cp['delay_ns']} ns, {cp['logic_levels']} logic levels"
@@ -505,9 +534,12 @@ def main(argv=None):
     ap.add_argument("--nice", type=int, default=int(os.environ.get("SPARROW_NICE", "10")))
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--block", default=None, choices=sorted(BLOCKS), help="one block on its own")
+    ap.add_argument("--synth-only", action="store_true",
+                    help="stop after synthesis and print the estimated long paths (minutes, not half an hour)")
     args = ap.parse_args(argv)
     results = [run_preset(p, args.out / (f"{args.block}_{p}" if args.block else p), freq=args.freq,
-                          device=args.device, nice=args.nice, block=args.block)
+                          device=args.device, nice=args.nice, block=args.block, synth_only=args.synth_only,
+                          reuse=not args.synth_only)
                for p in args.presets]
     print(table(results))
     if args.json:
