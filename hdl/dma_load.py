@@ -918,8 +918,9 @@ class LoadEngine(wiring.Component):
 
         add_bytes = Signal(range(WIN + 2))
         add_raw = Signal(range(ACCW + 1))
-        with m.If(wfire):
-            m.d.comb += [add_bytes.eq(s_bytes), add_raw.eq(s_raw)]
+        # registered, so the byte counters count a cycle late (timing: the write handshake ran
+        # into the counters' carry chains)
+        m.d.sync += [add_bytes.eq(Mux(wfire, s_bytes, 0)), add_raw.eq(Mux(wfire, s_raw, 0))]
 
         # write ports
         for name, sp, width in (("act_wr", Spad.ACT, C), ("wgt_wr", Spad.WGT, C), ("acc_wr", Spad.ACC, ACCW)):

@@ -1,11 +1,12 @@
 """Membus arbiter: several membus masters share one membus (fetch, LOAD DMA, STORE DMA -> AXI)."""
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from .membus import MemBusSignature
 from .round_robin import RoundRobin
+from .skid_buffer import SkidBuffer
 
 __all__ = ["MembusArbiter"]
 
@@ -51,6 +52,12 @@ class MembusArbiter(wiring.Component):
         Masters (>= 1).
     depth : int
         Outstanding reads and outstanding writes tracked (>= 1, default 4).
+    sliced : bool
+        Pass every master's commands and read data through a register slice
+        (:class:`~sparrow.hdl.skid_buffer.SkidBuffer`, full throughput, one cycle more latency
+        each way), so no combinational path runs from one master through the arbitration into
+        another master or from the read-routing FIFO into a master (default False). ``flush``
+        empties the slices.
 
     Ports
     -----
@@ -62,7 +69,8 @@ class MembusArbiter(wiring.Component):
         Orphan every outstanding transaction (see above).
     """
 
-    def __init__(self, addr_width: int, data_bytes: int, n_masters: int, *, depth: int = 4):
+    def __init__(self, addr_width: int, data_bytes: int, n_masters: int, *, depth: int = 4,
+                 sliced: bool = False):
         if not isinstance(addr_width, int) or isinstance(addr_width, bool) or not 1 <= addr_width <= 64:
             raise ValueError(f"addr_width must be an int in 1..64, not {addr_width!r}")
         if (not isinstance(data_bytes, int) or isinstance(data_bytes, bool) or data_bytes < 1
@@ -73,13 +81,27 @@ class MembusArbiter(wiring.Component):
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"depth must be a positive int, not {depth!r}")
         self.addr_width, self.data_bytes = addr_width, data_bytes
-        self.n_masters, self.depth = n_masters, depth
+        if not isinstance(sliced, bool):
+            raise TypeError(f"sliced must be a bool, not {sliced!r}")
+        self.n_masters, self.depth, self.sliced = n_masters, depth, sliced
         sig = MemBusSignature(addr_width, data_bytes)
         super().__init__({"masters": In(sig).array(n_masters), "bus": Out(sig), "flush": In(1)})
 
     def elaborate(self, platform):
         m = Module()
-        n, masters, bus = self.n_masters, self.masters, self.bus
+        n, bus = self.n_masters, self.bus
+        # What the arbitration sees of each master: its own port, or register slices between them.
+        masters = []
+        for i, p in enumerate(self.masters):
+            if not self.sliced:
+                masters.append(p)
+                continue
+            cmd_sb, rd_sb = SkidBuffer(p.cmd.payload.shape()), SkidBuffer(p.rdata.payload.shape())
+            m.submodules[f"cmd_slice{i}"] = ResetInserter(self.flush)(cmd_sb)
+            m.submodules[f"rdata_slice{i}"] = ResetInserter(self.flush)(rd_sb)
+            wiring.connect(m, wiring.flipped(p.cmd), cmd_sb.i)
+            wiring.connect(m, rd_sb.o, wiring.flipped(p.rdata))
+            masters.append(_SlicedView(cmd_sb.o, p.wdata, rd_sb.i, p.wresp))
         id_w = max(1, (n - 1).bit_length())
         m.submodules.rd_ids = rd_ids = fifo.SyncFIFO(width=id_w, depth=self.depth)
         m.submodules.wd_ids = wd_ids = fifo.SyncFIFO(width=id_w + 8, depth=self.depth)  # id, len
@@ -174,6 +196,14 @@ class MembusArbiter(wiring.Component):
             with m.Elif(q.r_en & (count != 0)):
                 m.d.sync += count.eq(count - 1)
         return m
+
+
+class _SlicedView:
+    """A master port as the arbitration sees it when sliced: slice outputs and inputs in place
+    of its ``cmd`` and ``rdata``."""
+
+    def __init__(self, cmd, wdata, rdata, wresp):
+        self.cmd, self.wdata, self.rdata, self.wresp = cmd, wdata, rdata, wresp
 
 
 def _case(m, i, n):

@@ -208,6 +208,16 @@ class BankedScratchpad(wiring.Component):
         for i, name in enumerate(self.write_names):
             if name in self.sliced_writes:
                 m.d.comb += self.wr_pending[i].eq(wcmds[i].valid)
+        # Read merging: a reader of the very line the bank's winner reads is served too. Which
+        # ports ask for the same row is compared pairwise, beside the arbitration rather than
+        # after it (timing: comparing with the winner's muxed address put the arbiter, the mux
+        # and the compare in series before every port's ready).
+        rows = [self._row(cmd.payload) for cmd in cmds]
+        same_row = {}
+        for i in range(n_rd):
+            for j in range(i + 1, n_rd):
+                same_row[i, j] = same_row[j, i] = Signal(name=f"same_row_{i}_{j}")
+                m.d.comb += same_row[i, j].eq(rows[i] == rows[j])
         rdata = []
         rd_ready = [[] for _ in range(n_rd)]
         wr_ready = [[] for _ in range(n_wr)]
@@ -227,8 +237,9 @@ class BankedScratchpad(wiring.Component):
                     with _case(m, i, n_rd):
                         m.d.comb += rp.addr.eq(self._row(cmd.payload))
             # the winner, and every other reader of the very same line (read merging)
-            for i, cmd in enumerate(cmds):
-                rd_ready[i].append(ra.valid & ra.requests[i] & (self._row(cmd.payload) == rp.addr))
+            for i in range(n_rd):
+                hit = reduce(operator.or_, [ra.grant[j] & (same_row[i, j] if j != i else 1) for j in range(n_rd)])
+                rd_ready[i].append(ra.requests[i] & hit)
 
             m.submodules[f"wr_arb{b}"] = wa = RoundRobin(n_wr)
             for i, cmd in enumerate(wcmds):

@@ -379,7 +379,10 @@ class Sequencer(wiring.Component):
                      for i in range(0, len(heads), 2)]
         wd_valid_r, wd_index_r, wd_engine_r = heads[0]
 
-        m.d.sync += self.count_instructions.eq(self.count_instructions + sum(retired))
+        # counted a cycle late, like the event counters (timing: completions from the engines
+        # ran into the 64-bit adder's carry chain)
+        retired_r = Signal(range(2 * N_ENGINES + 1))
+        m.d.sync += [retired_r.eq(sum(retired)), self.count_instructions.eq(self.count_instructions + retired_r)]
 
         # breakpoints: a hit halts that engine, or all of them with bp_halt_all; RESUME/STEP
         # release the engines in their mask
@@ -454,6 +457,7 @@ class Sequencer(wiring.Component):
             for e in range(N_ENGINES):
                 m.d.sync += [self.count_busy[e].eq(0), self.count_wait[e].eq(0), self.count_stall[e].eq(0)]
             m.d.sync += [ev.eq(0) for ev in late_events]
+            m.d.sync += retired_r.eq(0)
         m.d.comb += sems.clear.eq(self.start)
         return m
 

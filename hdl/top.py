@@ -71,11 +71,15 @@ class Sparrow(wiring.Component):
         m.submodules.csr = csr = CsrBank()
         connect(m, wiring.flipped(self.csr), csr.bus)
 
-        # start: reset the datapath for one cycle, then go; abort: reset it and stop
-        go = Signal()
-        soft_reset = Signal()
-        m.d.sync += go.eq(csr.ctrl_stb & csr.ctrl[0])
-        m.d.comb += soft_reset.eq(csr.ctrl_stb & (csr.ctrl[0] | csr.ctrl[1]))
+        # start: reset the datapath for one cycle, then go; abort: reset it and stop. The reset
+        # and the abort come from registers (timing: the CSR write decode fanned out
+        # combinationally into the reset logic of every engine), so go follows the strobe by two
+        # cycles.
+        go, go_early = Signal(), Signal()
+        soft_reset, abort = Signal(), Signal()
+        m.d.sync += [go_early.eq(csr.ctrl_stb & csr.ctrl[0]), go.eq(go_early),
+                     soft_reset.eq(csr.ctrl_stb & (csr.ctrl[0] | csr.ctrl[1])),
+                     abort.eq(csr.ctrl_stb & csr.ctrl[1])]
         dp = ResetInserter(soft_reset)
 
         # -- scratchpads -------------------------------------------------------------------------
@@ -127,7 +131,7 @@ class Sparrow(wiring.Component):
             fetch_c.stop.eq(seq.fetch_stop),
             seq.fetch_busy.eq(fetch_c.busy), seq.fetch_error.eq(fetch_c.error),
             seq.fetch_error_index.eq(fetch_c.error_index),
-            seq.start.eq(go), seq.abort.eq(csr.ctrl_stb & csr.ctrl[1]),
+            seq.start.eq(go), seq.abort.eq(abort),
             seq.watchdog.eq(csr.watchdog),
             seq.bp_enable.eq(csr.bp_enable), seq.bp_halt_all.eq(csr.bp_halt_all[0]),
             seq.resume.eq(csr.resume_stb.replicate(N_ENGINES) & csr.resume),
@@ -137,10 +141,15 @@ class Sparrow(wiring.Component):
             m.d.comb += seq.bp_index[e].eq(getattr(csr, f"bp_index_{name}"))
         for s in range(cfg.delay_slots):
             m.d.comb += seq.delays[s].eq(getattr(csr, f"delay_{s}"))
+        # Engine completions and errors reach the sequencer a cycle late, from registers (timing:
+        # they ran from deep inside each engine into the sequencer's retire logic, the semaphores
+        # and the 64-bit counters).
         for e, eng in enumerate((load_c, mx_c, vec_c, store_c)):
             port = seq.engines[e]
             connect(m, port.instr, eng.instr)
-            m.d.comb += [port.busy.eq(eng.busy), port.error.eq(eng.error)]
+            err_r = Signal.like(eng.error, name=f"error_r{e}")
+            m.d.sync += err_r.eq(eng.error)
+            m.d.comb += [port.busy.eq(eng.busy), port.error.eq(err_r)]
         # A LOAD or VECTOR completion is passed on once its engine's sliced writes have landed
         # (the ISA's "signal when the last line is written"): completions are counted while a
         # slice holds a write and passed on one per cycle once none does (a slice drains within
@@ -151,17 +160,18 @@ class Sparrow(wiring.Component):
             held = Signal(2, name=f"done_held{e}")
             total = Signal(3, name=f"done_total{e}")
             emit = Signal(name=f"done_emit{e}")
-            m.d.comb += [total.eq(held + eng.done), emit.eq((total != 0) & ~pending),
-                         seq.engines[e].done.eq(emit)]
-            m.d.sync += held.eq(total - emit)
+            m.d.comb += [total.eq(held + eng.done), emit.eq((total != 0) & ~pending)]
+            m.d.sync += [held.eq(total - emit), seq.engines[e].done.eq(emit)]
         for e, eng in ((1, mx_c), (3, store_c)):
-            m.d.comb += seq.engines[e].done.eq(eng.done)
+            m.d.sync += seq.engines[e].done.eq(eng.done)
 
         # -- external memory -----------------------------------------------------------------------
         # The arbiter and the AXI adapter are not soft-reset: transactions still outstanding on
         # the external bus when the masters are reset are completed by the arbiter (``flush``),
         # so the slave never sees a protocol violation and no stale response reaches a new run.
-        m.submodules.arb = arb_c = MembusArbiter(cfg.dram_addr_bits, cfg.mem_bytes, 3)
+        # sliced (timing: the arbitration and the read routing formed combinational paths from
+        # one DMA master into another and from the read-ID FIFO into LOAD)
+        m.submodules.arb = arb_c = MembusArbiter(cfg.dram_addr_bits, cfg.mem_bytes, 3, sliced=True)
         m.d.comb += arb_c.flush.eq(soft_reset)
         connect(m, fetch_c.bus, arb_c.masters[0])
         connect(m, load_c.bus, arb_c.masters[1])

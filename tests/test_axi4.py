@@ -209,10 +209,10 @@ class MembusMasterModel:
         self.cycle += 1
 
 
-def _run_arbiter(n_masters, data_bytes, n_cmds, *, p_err, idle, stall, salt, depth=4):
+def _run_arbiter(n_masters, data_bytes, n_cmds, *, p_err, idle, stall, salt, depth=4, sliced=False):
     rng = _rng(salt)
     err_base = 0x100000
-    dut = MembusArbiter(24, data_bytes, n_masters, depth=depth)
+    dut = MembusArbiter(24, data_bytes, n_masters, depth=depth, sliced=sliced)
     mem = {}
     for i in range(n_masters):       # preload the read pages
         for a in range(0x1000 * 2 * i, 0x1000 * (2 * i + 1)):
@@ -247,18 +247,27 @@ def _run_arbiter(n_masters, data_bytes, n_cmds, *, p_err, idle, stall, salt, dep
     return masters, slave
 
 
+@pytest.mark.parametrize("sliced", [False, True])
 @pytest.mark.parametrize("n_masters, data_bytes", [(3, 8), (1, 4), (2, 16)])
-def test_arbiter_routes_random_traffic(n_masters, data_bytes):
-    _run_arbiter(n_masters, data_bytes, 40, p_err=0.15, idle=0.3, stall=0.3, salt=f"arb{n_masters}")
+def test_arbiter_routes_random_traffic(n_masters, data_bytes, sliced):
+    _run_arbiter(n_masters, data_bytes, 40, p_err=0.15, idle=0.3, stall=0.3, salt=f"arb{n_masters}",
+                 sliced=sliced)
 
 
-def test_arbiter_keeps_several_reads_outstanding():
-    _, slave = _run_arbiter(2, 8, 30, p_err=0.0, idle=0.0, stall=0.0, salt="outst")
+@pytest.mark.parametrize("sliced", [False, True])
+def test_arbiter_keeps_several_reads_outstanding(sliced):
+    _, slave = _run_arbiter(2, 8, 30, p_err=0.0, idle=0.0, stall=0.0, salt="outst", sliced=sliced)
     assert slave.outstanding_max >= 2
 
 
+def test_arbiter_rejects_a_non_bool_sliced():
+    with pytest.raises(TypeError, match="sliced"):
+        MembusArbiter(24, 8, 2, sliced=1)
+
+
+@pytest.mark.parametrize("sliced", [False, True])
 @pytest.mark.parametrize("salt", ["flush-a", "flush-b", "flush-c"])
-def test_arbiter_flush_orphans_outstanding_transactions(salt):
+def test_arbiter_flush_orphans_outstanding_transactions(salt, sliced):
     """Masters are reset (``flush``) at random points with reads, writes and held commands
     outstanding; new masters start at once. Every orphaned transaction must still complete on
     the slave side (read beats drained, remaining write beats supplied with zero strobes,
@@ -266,7 +275,7 @@ def test_arbiter_flush_orphans_outstanding_transactions(salt):
     data_bytes, n_masters, n_cmds = 8, 3, 12
     rng = _rng(salt)
     err_base = 0x100000
-    dut = MembusArbiter(24, data_bytes, n_masters, depth=4)
+    dut = MembusArbiter(24, data_bytes, n_masters, depth=4, sliced=sliced)
     mem = {}
     for i in range(n_masters):
         for a in range(0x1000 * 2 * i, 0x1000 * (2 * i + 1)):
