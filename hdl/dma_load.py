@@ -214,21 +214,29 @@ class ByteWindow(wiring.Component):
             early.eq(early_buf | shl_bytes(new, at_pop, cap)),
         ]
         # the next cnt and merge positions: each sum is formed from registers before the late
-        # pop_late is subtracted and pop_en selects, so neither meets an adder after them
-        # after a pop the next cnt is at_pop + new_n - pop_late: its thermometer code is the
-        # early sum's (compares with constants), shifted down by pop_late
+        # pop_late is subtracted and pop_en selects, so neither meets an adder after them.
+        # After a pop the next cnt is at_pop + new_n - pop_late: the sum and its thermometer
+        # code (compares with constants) are formed per option from registers (at_r[i] + new_n),
+        # and pop_sel selects after them, so it meets no adder or compare (timing: pop_sel comes
+        # from the writer's registers through a few gates, and the level code is a late input of
+        # the writer's decisions); the code is then shifted down by pop_late.
+        early_w = cap + 1 + self.late_bytes
+        sums = [Signal(range(2 * cap + 1), name=f"early_n{i}") for i in range(self.early_opts)]
+        ges = [Signal(early_w, name=f"early_ge{i}") for i in range(self.early_opts)]
+        for s, g, a in zip(sums, ges, at_r):
+            m.d.comb += [s.eq(a + new_n), g.eq(Cat(Const(1, 1), *[s >= j for j in range(1, early_w)]))]
         early_n = Signal(range(2 * cap + 1))
         kept_n = Signal(range(2 * cap + 1))
-        m.d.comb += [early_n.eq(at_pop + new_n), kept_n.eq(cnt + new_n)]
-        early_ge = Signal(cap + 1 + self.late_bytes)
-        m.d.comb += early_ge.eq(Cat(Const(1, 1), *[early_n >= j for j in range(1, cap + 1 + self.late_bytes)]))
+        m.d.comb += [early_n.eq(pick(sums)), kept_n.eq(cnt + new_n)]
+        early_ge = Signal(early_w)
+        m.d.comb += early_ge.eq(pick(ges))
         with m.If(self.clear):
             m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0), cnt_ge.eq(1)]
             m.d.sync += [a.eq(-o) for a, o in zip(at_r, opts)]
         with m.Elif(self.pop_en):
-            m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(at_pop + new_n - self.pop_late),
+            m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(early_n - self.pop_late),
                          cnt_ge.eq(early_ge >> self.pop_late)]
-            m.d.sync += [a.eq((at_pop + new_n - o) - self.pop_late) for a, o in zip(at_r, opts)]
+            m.d.sync += [a.eq(pick([s - o for s in sums]) - self.pop_late) for a, o in zip(at_r, opts)]
         with m.Else():
             m.d.sync += [buf.eq(kept), cnt.eq(kept_n),
                          cnt_ge.eq(Cat(Const(1, 1), *[kept_n >= j for j in range(1, cap + 1)]))]
