@@ -39,12 +39,14 @@ Timing: no path runs from the read data or the scratchpad port's ``ready`` throu
 window's shifter; the window's buffer is updated from registers, a popcount of the mask and the
 pop decision (see :class:`ByteWindow`): the early pop is an option selected by registers, and
 the decode stage's checks of a line against its popcount are bits selected by it from
-thermometer codes of registers. The walkers keep the next rows' slots, their memory limits and
-whether a row's payload goes on past its count beat(s) (stored with the count) in registers or
-FIFO entries, and the command walker a "few beats left" flag, so their decisions need no
-address adder. The writer's position, line address, next data row's slot and payload left are
-kept lazily (the values after a move are registered every cycle and a registered "moved" bit
-selects them), so its late decisions (advance, take) enable a few flags, not ~100 flip-flops.
+thermometer codes of registers; whether an uncompressed line's bytes are held is a register
+of the window (``level_ge_opt0``, level >= ``lb``), not a bit selected by ``lb``. The walkers
+keep the next rows' slots, their memory limits and whether a row's payload goes on past its
+count beat(s) (stored with the count) in registers or FIFO entries, and the command walker a
+"few beats left" flag, so their decisions need no address adder. The writer's position, line
+address, next data row's slot and payload left are kept lazily (the values after a move are
+registered every cycle and a registered "moved" bit selects them), so its late decisions
+(advance, take) enable a few flags, not ~100 flip-flops.
 Latency: one cycle more for the line register and one for the window's input
 register than a single-stage writer; the start-time checks take four cycles and an
 uncompressed transfer issues its first read in the cycle after them, so an uncompressed LOAD
@@ -127,6 +129,10 @@ class ByteWindow(wiring.Component):
     level_ge : Out(win_bytes + 1)
         Thermometer code of ``level`` (bit ``j`` set when ``level >= j``), a register, so
         compares of the level with constants or registers need no carry chain.
+    level_ge_opt0 : Out(1)
+        ``level >= pop_opts[0]`` and ``pop_opts[0] <= win_bytes`` (``level_ge`` bit
+        ``pop_opts[0]``), a register formed with the level from the option's value of the cycle
+        before, so it needs no bit select by the option (valid while ``pop_opts[0]`` is held).
     clear : In(1)
         Empty the window and the input register (takes precedence).
     """
@@ -153,6 +159,7 @@ class ByteWindow(wiring.Component):
                 "window": Out(8 * win_bytes),
                 "level": Out(range(self.cap + 1)),
                 "level_ge": Out(win_bytes + 1),
+                "level_ge_opt0": Out(1),
                 "clear": In(1),
             }
         )
@@ -231,6 +238,18 @@ class ByteWindow(wiring.Component):
         m.d.comb += [early_n.eq(pick(sums)), kept_n.eq(cnt + new_n)]
         early_ge = Signal(early_w)
         m.d.comb += early_ge.eq(pick(ges))
+        # level >= pop_opts[0], registered with cnt: after a pop, per pop_late value l the
+        # early sums' compares with opts[0] + l (from registers), selected by pop_sel, then l
+        ge0 = Signal()
+        ge0_ok = Signal()  # bit opts[0] of level_ge exists
+        m.d.comb += [self.level_ge_opt0.eq(ge0), ge0_ok.eq(opts[0] <= self.win_bytes)]
+        ge0_pop = Cat(*[pick([s >= opts[0] + j for s in sums]) for j in range(self.late_bytes + 1)])
+        with m.If(self.clear):
+            m.d.sync += ge0.eq(ge0_ok & (opts[0] == 0))
+        with m.Elif(self.pop_en):
+            m.d.sync += ge0.eq(ge0_ok & ge0_pop.bit_select(self.pop_late, 1))
+        with m.Else():
+            m.d.sync += ge0.eq(ge0_ok & (kept_n >= opts[0]))
         with m.If(self.clear):
             m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0), cnt_ge.eq(1)]
             m.d.sync += [a.eq(-o) for a, o in zip(at_r, opts)]
@@ -876,7 +895,7 @@ class LoadEngine(wiring.Component):
         c_try = Signal()  # a compressed line that depends on its popcount
         m.d.comb += [
             live.eq(~trail_err & ~finished),
-            u_go.eq(live & (~in_data | (~comp & lv_ge.bit_select(lb, 1)))),
+            u_go.eq(live & (~in_data | (~comp & win.level_ge_opt0))),  # level >= lb
         ]
         with m.If(cfirst & cs_bad):
             m.d.comb += c_err.eq(ErrorCode.DRAM_RANGE)
