@@ -18,8 +18,9 @@ same instruction, so the bus is kept busy while lines are written:
 * **unpacker** — takes read beats in order and pushes their useful bytes (offset, count) into
   the :class:`ByteWindow` realigner. Count beats are parked in a small stash (the look-ahead
   row's count arrives before the current row's payload) and the counts are extracted and
-  checked as they arrive (``N <= capacity``, ``2 + N`` bytes inside memory — ``N`` against
-  ``DRAM - 2 - slot``, registered when the count read starts — and how many bytes
+  checked as they arrive (``N <= capacity``, ``2 + N`` bytes inside memory — both at once as
+  ``N`` against ``min(capacity, DRAM - 2 - slot)``, registered when the count read starts, and
+  the capacity alone for the error code — and how many bytes
   of the count beat lie beyond the group); a row's stashed count beats enter the window just
   before its payload, without the bytes beyond the group. Each row's count and checks are also
   queued for the writer.
@@ -38,12 +39,14 @@ Timing: no path runs from the read data or the scratchpad port's ``ready`` throu
 window's shifter; the window's buffer is updated from registers, a popcount of the mask and the
 pop decision (see :class:`ByteWindow`): the early pop is an option selected by registers, and
 the decode stage's checks of a line against its popcount are bits selected by it from
-thermometer codes of registers. The walkers keep the next rows' slots, their memory limits and
-whether a row's payload goes on past its count beat(s) (stored with the count) in registers or
-FIFO entries, and the command walker a "few beats left" flag, so their decisions need no
-address adder. The writer's position, line address, next data row's slot and payload left are
-kept lazily (the values after a move are registered every cycle and a registered "moved" bit
-selects them), so its late decisions (advance, take) enable a few flags, not ~100 flip-flops.
+thermometer codes of registers; whether an uncompressed line's bytes are held is a register
+of the window (``level_ge_opt0``, level >= ``lb``), not a bit selected by ``lb``. The walkers
+keep the next rows' slots, their memory limits and whether a row's payload goes on past its
+count beat(s) (stored with the count) in registers or FIFO entries, and the command walker a
+"few beats left" flag, so their decisions need no address adder. The writer's position, line
+address, next data row's slot and payload left are kept lazily (the values after a move are
+registered every cycle and a registered "moved" bit selects them), so its late decisions
+(advance, take) enable a few flags, not ~100 flip-flops.
 Latency: one cycle more for the line register and one for the window's input
 register than a single-stage writer; the start-time checks take four cycles and an
 uncompressed transfer issues its first read in the cycle after them, so an uncompressed LOAD
@@ -126,6 +129,10 @@ class ByteWindow(wiring.Component):
     level_ge : Out(win_bytes + 1)
         Thermometer code of ``level`` (bit ``j`` set when ``level >= j``), a register, so
         compares of the level with constants or registers need no carry chain.
+    level_ge_opt0 : Out(1)
+        ``level >= pop_opts[0]`` and ``pop_opts[0] <= win_bytes`` (``level_ge`` bit
+        ``pop_opts[0]``), a register formed with the level from the option's value of the cycle
+        before, so it needs no bit select by the option (valid while ``pop_opts[0]`` is held).
     clear : In(1)
         Empty the window and the input register (takes precedence).
     """
@@ -152,6 +159,7 @@ class ByteWindow(wiring.Component):
                 "window": Out(8 * win_bytes),
                 "level": Out(range(self.cap + 1)),
                 "level_ge": Out(win_bytes + 1),
+                "level_ge_opt0": Out(1),
                 "clear": In(1),
             }
         )
@@ -214,21 +222,41 @@ class ByteWindow(wiring.Component):
             early.eq(early_buf | shl_bytes(new, at_pop, cap)),
         ]
         # the next cnt and merge positions: each sum is formed from registers before the late
-        # pop_late is subtracted and pop_en selects, so neither meets an adder after them
-        # after a pop the next cnt is at_pop + new_n - pop_late: its thermometer code is the
-        # early sum's (compares with constants), shifted down by pop_late
+        # pop_late is subtracted and pop_en selects, so neither meets an adder after them.
+        # After a pop the next cnt is at_pop + new_n - pop_late: the sum and its thermometer
+        # code (compares with constants) are formed per option from registers (at_r[i] + new_n),
+        # and pop_sel selects after them, so it meets no adder or compare (timing: pop_sel comes
+        # from the writer's registers through a few gates, and the level code is a late input of
+        # the writer's decisions); the code is then shifted down by pop_late.
+        early_w = cap + 1 + self.late_bytes
+        sums = [Signal(range(2 * cap + 1), name=f"early_n{i}") for i in range(self.early_opts)]
+        ges = [Signal(early_w, name=f"early_ge{i}") for i in range(self.early_opts)]
+        for s, g, a in zip(sums, ges, at_r):
+            m.d.comb += [s.eq(a + new_n), g.eq(Cat(Const(1, 1), *[s >= j for j in range(1, early_w)]))]
         early_n = Signal(range(2 * cap + 1))
         kept_n = Signal(range(2 * cap + 1))
-        m.d.comb += [early_n.eq(at_pop + new_n), kept_n.eq(cnt + new_n)]
-        early_ge = Signal(cap + 1 + self.late_bytes)
-        m.d.comb += early_ge.eq(Cat(Const(1, 1), *[early_n >= j for j in range(1, cap + 1 + self.late_bytes)]))
+        m.d.comb += [early_n.eq(pick(sums)), kept_n.eq(cnt + new_n)]
+        early_ge = Signal(early_w)
+        m.d.comb += early_ge.eq(pick(ges))
+        # level >= pop_opts[0], registered with cnt: after a pop, per pop_late value l the
+        # early sums' compares with opts[0] + l (from registers), selected by pop_sel, then l
+        ge0 = Signal()
+        ge0_ok = Signal()  # bit opts[0] of level_ge exists
+        m.d.comb += [self.level_ge_opt0.eq(ge0), ge0_ok.eq(opts[0] <= self.win_bytes)]
+        ge0_pop = Cat(*[pick([s >= opts[0] + j for s in sums]) for j in range(self.late_bytes + 1)])
+        with m.If(self.clear):
+            m.d.sync += ge0.eq(ge0_ok & (opts[0] == 0))
+        with m.Elif(self.pop_en):
+            m.d.sync += ge0.eq(ge0_ok & ge0_pop.bit_select(self.pop_late, 1))
+        with m.Else():
+            m.d.sync += ge0.eq(ge0_ok & (kept_n >= opts[0]))
         with m.If(self.clear):
             m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0), cnt_ge.eq(1)]
             m.d.sync += [a.eq(-o) for a, o in zip(at_r, opts)]
         with m.Elif(self.pop_en):
-            m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(at_pop + new_n - self.pop_late),
+            m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(early_n - self.pop_late),
                          cnt_ge.eq(early_ge >> self.pop_late)]
-            m.d.sync += [a.eq((at_pop + new_n - o) - self.pop_late) for a, o in zip(at_r, opts)]
+            m.d.sync += [a.eq(pick([s - o for s in sums]) - self.pop_late) for a, o in zip(at_r, opts)]
         with m.Else():
             m.d.sync += [buf.eq(kept), cnt.eq(kept_n),
                          cnt_ge.eq(Cat(Const(1, 1), *[kept_n >= j for j in range(1, cap + 1)]))]
@@ -308,7 +336,7 @@ class LoadEngine(wiring.Component):
         comp = Signal()
         # derived at CHECK
         row_bytes = Signal(20)
-        cap = Signal(18)
+        cap = Signal(16)  # rl*(MBK + C), clamped to 0xffff (a count has 16 bits)
         prow_t = Signal(11)  # padded rows
         pcol_t = Signal(11)  # padded lines per row
         pt_rows = Signal(11)
@@ -350,7 +378,8 @@ class LoadEngine(wiring.Component):
         m.submodules.uq = uq = fifo.SyncFIFO(width=nq_layout.size, depth=4)
         wq_out = data.View(nq_layout, wq.r_data)
         # counts and their checks: unpacker -> writer (registered output)
-        xq_layout = data.StructLayout({"n": 16, "cap_bad": 1, "dram_bad": 1})
+        # (bad: the count fails a check, cap_bad: the capacity one; so DRAM_RANGE is bad & ~cap_bad)
+        xq_layout = data.StructLayout({"n": 16, "cap_bad": 1, "bad": 1})
         m.submodules.xq = xq = fifo.SyncFIFOBuffered(width=xq_layout.size, depth=8)
         xq_out = data.View(xq_layout, xq.r_data)
         uq_out = data.View(nq_layout, uq.r_data)
@@ -477,8 +506,20 @@ class LoadEngine(wiring.Component):
         up_base = Signal(ADDR_W)
         up_off = Signal(range(MB))
         up_rem = Signal(20)
+        # up_rem <= MB - up_off (the next beat ends the row's data), registered with up_rem and
+        # up_off (from the values they are set to), so the beat's byte count and the step to the
+        # next row follow from a flag, not from a 20-bit compare after them (timing: the step
+        # enables ~200 flip-flops of the row registers)
+        up_last = Signal(init=1)
+
+        def up_span(off, rem):
+            """Statements that set the data bytes left (``rem``) from byte ``off`` of the next beat."""
+            return [up_off.eq(off), up_rem.eq(rem), up_last.eq(rem <= MB - off)]
         rc_base = Signal(ADDR_W)  # slot whose count is being received
-        rc_lim = Signal(range(DRAM))  # DRAM - 2 - rc_base: the largest count inside memory
+        # the largest count that passes both checks, min(cap, DRAM - 2 - rc_base) (<= 0xffff as
+        # cap is clamped), registered when the count read starts: so a count's pass/fail is one
+        # 16-bit compare with the read data, not two compares (one 22 bits wide) and a gate
+        rc_lim = Signal(16)
         rc_second = Signal()  # waiting for the count's high byte in the next beat
         rc_nlow = Signal(8)
         dr_left = Signal(2)  # stashed count beats of row up_y still to drain
@@ -490,7 +531,7 @@ class LoadEngine(wiring.Component):
 
         rd = self.bus.rdata
         beat_n = Signal(range(MB + 1))
-        m.d.comb += beat_n.eq(Mux(up_rem < MB - up_off, up_rem, MB - up_off))
+        m.d.comb += beat_n.eq(Mux(up_last, up_rem, MB - up_off))
         with m.If(up_st == UP_DRAIN):
             # a row's count beats up to the end of its group: the bytes of the last one beyond
             # the group (ce of the row's uq entry) are not pushed
@@ -536,7 +577,7 @@ class LoadEngine(wiring.Component):
         rooms = [MB - 2 - o for o in range(MB - 1)] + [MB - 1]  # count_room of each lo
         cnt_done = Signal()
         m.d.comb += cnt_done.eq(rc_second | (rc_off + 2 <= MB))
-        c_val, c_cap_bad, c_dram_bad, c_ce, c_more = [], [], [], [], []
+        c_val, c_cap_bad, c_bad, c_ce, c_more = [], [], [], [], []
         for o, (v, room) in enumerate(zip(cands, rooms)):
             sv = Signal(16, name=f"rc_cand{o}")
             ce = Signal(range(MB + 1), name=f"rc_ce{o}")
@@ -545,21 +586,19 @@ class LoadEngine(wiring.Component):
                 m.d.comb += ce.eq(Mux(sv < room, room - sv, 0))
             c_val.append(sv)
             c_cap_bad.append(sv > cap)
-            c_dram_bad.append(sv > rc_lim)
+            c_bad.append(sv > rc_lim)
             c_ce.append(ce)
             c_more.append(sv > room)
         rc_lo = lo_bits(rc_base)
         cnt_val = Signal(16)
-        rc_ok = Signal()
         rc_cap_bad = Signal()
-        rc_dram_bad = Signal()
+        rc_bad = Signal()
         rc_ce = Signal(range(MB + 1))
         rc_more = Signal()
         m.d.comb += [
             cnt_val.eq(Cat(*c_val).word_select(rc_lo, 16)),
             rc_cap_bad.eq(Cat(*c_cap_bad).bit_select(rc_lo, 1)),
-            rc_dram_bad.eq(Cat(*c_dram_bad).bit_select(rc_lo, 1)),
-            rc_ok.eq(~rc_cap_bad & ~rc_dram_bad),
+            rc_bad.eq(Cat(*c_bad).bit_select(rc_lo, 1)),
             rc_ce.eq(Cat(*c_ce).word_select(rc_lo, len(rc_ce))),
             rc_more.eq(Cat(*c_more).bit_select(rc_lo, 1)),
         ]
@@ -567,10 +606,10 @@ class LoadEngine(wiring.Component):
         m.d.comb += cnt_push.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done)
         for q in (wq, uq):
             qin = data.View(nq_layout, q.w_data)
-            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(rc_ok), qin.ce.eq(rc_ce), qin.more.eq(rc_more),
+            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(~rc_bad), qin.ce.eq(rc_ce), qin.more.eq(rc_more),
                          q.w_en.eq(cnt_push)]
         xin = data.View(xq_layout, xq.w_data)
-        m.d.comb += [xin.n.eq(cnt_val), xin.cap_bad.eq(rc_cap_bad), xin.dram_bad.eq(rc_dram_bad),
+        m.d.comb += [xin.n.eq(cnt_val), xin.cap_bad.eq(rc_cap_bad), xin.bad.eq(rc_bad),
                      xq.w_en.eq(cnt_push)]
 
         # The slots of the next two rows and the memory left after each of the three slots'
@@ -596,7 +635,7 @@ class LoadEngine(wiring.Component):
             """Statements that start receiving the count at ``slot`` (``lim``: its memory limit,
             ``DRAM - 2 - slot``); afterwards drain (``ret_drain``) or go on to the look-ahead
             step."""
-            return [rc_base.eq(slot), rc_lim.eq(lim), rc_second.eq(0),
+            return [rc_base.eq(slot), rc_lim.eq(Mux(lim < cap, lim, cap)), rc_second.eq(0),
                     up_ret_drain.eq(ret_drain), up_st.eq(UP_RECV)]
 
         def up_next_row():
@@ -607,8 +646,7 @@ class LoadEngine(wiring.Component):
                 m.d.sync += [
                     up_y.eq(up_y + 1),
                     *up_adv,
-                    up_off.eq(lo_bits(up_ahead)),
-                    up_rem.eq(row_bytes),
+                    *up_span(lo_bits(up_ahead), row_bytes),
                     up_st.eq(UP_DATA),
                 ]
             with m.Elif(up_lim1 < 0):
@@ -633,9 +671,9 @@ class LoadEngine(wiring.Component):
             with m.If(comp):
                 m.d.sync += up_st.eq(UP_FIRST)
             with m.Else():
-                m.d.sync += [up_off.eq(lo_bits(dram_addr)), up_rem.eq(rlb), up_st.eq(UP_DATA)]
+                m.d.sync += [*up_span(lo_bits(dram_addr), rlb), up_st.eq(UP_DATA)]
         with m.Elif(up_st == UP_ROW):
-            m.d.sync += [up_off.eq(lo_bits(up_base)), up_rem.eq(row_bytes), up_st.eq(UP_DATA)]
+            m.d.sync += [*up_span(lo_bits(up_base), row_bytes), up_st.eq(UP_DATA)]
         with m.Elif(up_st == UP_FIRST):
             with m.If(up_lim < 0):
                 m.d.sync += up_st.eq(UP_STOP)
@@ -662,14 +700,18 @@ class LoadEngine(wiring.Component):
                         m.d.sync += up_st.eq(UP_STOP)
                     with m.Elif(uq_out.more):
                         # the payload from the beat after the count beat(s) (that beat's first
-                        # byte is up_base + 2 + up_room): n - up_room bytes
-                        m.d.sync += [up_rem.eq(uq_out.n - up_room), up_off.eq(0), up_st.eq(UP_DATA)]
+                        # byte is up_base + 2 + up_room): n - up_room bytes (> 0 as more is set;
+                        # they end within that beat when n <= MB + up_room)
+                        m.d.sync += [up_rem.eq(uq_out.n - up_room), up_off.eq(0),
+                                     up_last.eq(uq_out.n <= MB + up_room), up_st.eq(UP_DATA)]
                     with m.Else():
                         up_next_row()
         with m.Elif(up_st == UP_DATA):
             with m.If(push_fire):
-                m.d.sync += [up_rem.eq(up_rem - beat_n), up_off.eq(0)]
-                with m.If(up_rem == beat_n):
+                # not the row's last beat: up_rem - (MB - up_off) bytes are left, from byte 0
+                m.d.sync += [up_rem.eq(up_rem - beat_n), up_off.eq(0),
+                             up_last.eq(up_last | (up_rem + up_off <= 2 * MB))]
+                with m.If(up_last):  # up_rem == beat_n
                     up_next_row()
 
         # ---- writer ---------------------------------------------------------------------------
@@ -853,7 +895,7 @@ class LoadEngine(wiring.Component):
         c_try = Signal()  # a compressed line that depends on its popcount
         m.d.comb += [
             live.eq(~trail_err & ~finished),
-            u_go.eq(live & (~in_data | (~comp & lv_ge.bit_select(lb, 1)))),
+            u_go.eq(live & (~in_data | (~comp & win.level_ge_opt0))),  # level >= lb
         ]
         with m.If(cfirst & cs_bad):
             m.d.comb += c_err.eq(ErrorCode.DRAM_RANGE)
@@ -861,7 +903,7 @@ class LoadEngine(wiring.Component):
             m.d.comb += c_stall.eq(1)
         with m.Elif(cfirst & xq_out.cap_bad):
             m.d.comb += c_err.eq(ErrorCode.CORRUPT_DATA)
-        with m.Elif(cfirst & xq_out.dram_bad):
+        with m.Elif(cfirst & xq_out.bad):  # not cap_bad: beyond memory
             m.d.comb += c_err.eq(ErrorCode.DRAM_RANGE)
         with m.Elif(~rem_ge[MBK]):  # rem_eff < MBK
             m.d.comb += c_err.eq(ErrorCode.CORRUPT_DATA)
@@ -960,6 +1002,8 @@ class LoadEngine(wiring.Component):
         with m.If(ck == 2):
             m.d.sync += [spad_bad.eq(spad_addr + region > depth), dram_bad.eq(~comp & (dram_a + span > DRAM))]
         line_size = Mux(ins.spad == Spad.ACC, ACCW, C)
+        cap_full = Signal(len(rl) + (MBK + C).bit_length())  # a row's largest group payload
+        m.d.comb += cap_full.eq(rl * (MBK + C))
 
         with m.If(rd.valid & rd.ready & rd.payload.err & ~halted):
             m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
@@ -1001,7 +1045,7 @@ class LoadEngine(wiring.Component):
                     m.d.comb += cw_init.eq(1)
                     m.d.sync += [
                         row_bytes.eq(rlb),
-                        cap.eq(rl * (MBK + C)),
+                        cap.eq(cap_full if len(cap_full) <= 16 else Mux(cap_full[16:].any(), 0xFFFF, cap_full)),
                         prow_t.eq(pt + rows + pb),
                         pcol_t.eq(pl + rl + pr),
                         pt_rows.eq(pt + rows),

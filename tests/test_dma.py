@@ -134,11 +134,13 @@ def test_byte_window_realigns(mb, win, late, nopts):
             ctx.set(dut.pop_opts[i], o)
         got = bytearray()
         i = 0
-        for _ in range(20000):
+        for cycle in range(20000):
             if len(got) == len(expect):
                 break
             level = ctx.get(dut.level)
             assert ctx.get(dut.level_ge) == (1 << (min(level, win) + 1)) - 1, "level_ge is level's thermometer code"
+            if cycle:  # a register formed from the options of the cycle before
+                assert ctx.get(dut.level_ge_opt0) == (level >= opts[0] and opts[0] <= win), "level_ge_opt0"
             window = ctx.get(dut.window).to_bytes(win, "little")
             assert not any(window[min(level, win) :]), "bytes above level must be zero"
             avail = min(level, win)
