@@ -75,7 +75,7 @@ def _loop_speed(dev, case):
         while cycles < MIN_CYCLES or wall < 1.0:
             dev.write_dram(0, case.image)
             hw.csr_write("CTRL", 1)
-            hw.step(4)
+            hw.step(regmap.START_CYCLES)
             t = time.perf_counter()
             reason, ran = hw.run(10_000_000)
             wall += time.perf_counter() - t

@@ -83,15 +83,16 @@ class Sparrow(wiring.Component):
         dp = ResetInserter(soft_reset)
 
         # -- scratchpads -------------------------------------------------------------------------
-        act_reads = [f"mx{i}" for i in range(cfg.rows)] + ["vec_a", "vec_b", "dma"]
-        # Timing, measured on the whole design: VECTOR's and STORE's read ports and LOAD's and
-        # VECTOR's write ports are sliced, so the arbiters' grants no longer form combinational
-        # paths from one engine into another; MATMUL's lanes get registered responses, so the
-        # block RAM's slow output does not run into their zero-skip and credit logic. MATMUL's
-        # accumulator read-modify-write keeps its unsliced ports.
+        lane_reads = [f"mx{i}" for i in range(cfg.rows)]
+        act_reads = [*lane_reads, "vec_a", "vec_b", "dma"]
+        # Timing, measured on the whole design: VECTOR's, STORE's and MATMUL's lanes' read ports
+        # and LOAD's and VECTOR's write ports are sliced, so the arbiters' grants no longer form
+        # combinational paths from one engine (or lane) into another; MATMUL's lanes get
+        # registered responses, so the block RAM's slow output does not run into their zero-skip
+        # and credit logic. MATMUL's accumulator read-modify-write keeps its unsliced ports.
         m.submodules.act = act = dp(act_scratchpad(cfg, act_reads, ["vec", "dma"],
-                                                   sliced_reads=["vec_a", "vec_b", "dma"],
-                                                   registered_reads=[f"mx{i}" for i in range(cfg.rows)],
+                                                   sliced_reads=["vec_a", "vec_b", "dma", *lane_reads],
+                                                   registered_reads=lane_reads,
                                                    sliced_writes=["vec", "dma"]))
         m.submodules.acc = acc = dp(acc_scratchpad(cfg, ["mx", "vec", "dma"], ["mx", "dma"],
                                                    sliced_reads=["vec", "dma"], sliced_writes=["dma"]))
@@ -99,7 +100,8 @@ class Sparrow(wiring.Component):
 
         # -- engines ----------------------------------------------------------------------------
         m.submodules.load = load = dp(LoadEngine(cfg))
-        m.submodules.matmul = mx = dp(MatrixEngine(cfg, zero_skip=self.zero_skip))
+        # six lines in flight per lane cover the sliced, registered read's longer round trip
+        m.submodules.matmul = mx = dp(MatrixEngine(cfg, zero_skip=self.zero_skip, line_depth=6))
         m.submodules.vector = vec = dp(VectorEngine(cfg))
         m.submodules.store = store = dp(StoreEngine(cfg))
         load_c, mx_c, vec_c, store_c = (_inner(x) for x in (load, mx, vec, store))
@@ -202,9 +204,11 @@ class Sparrow(wiring.Component):
             "busy": any_busy, "done": seq.done, "error": seq.error.as_value(), "error_engine": seq.error_engine,
             "halted": seq.halted, "stuck": seq.stuck, "fetch_done": ~fetch_c.busy,
         }
+        # STATUS is read from a register, a cycle behind the engines (timing: the busy flags ran
+        # from every engine's state through the CSR read multiplexer)
         st = Signal(32)
         for name, (lsb, width) in regmap.STATUS_FIELDS.items():
-            m.d.comb += st[lsb:lsb + width].eq(status[name])
+            m.d.sync += st[lsb:lsb + width].eq(status[name])
         m.d.comb += [
             csr.id.eq(regmap.MAGIC),
             csr.hwcfg.eq(cfg.rows | (cfg.cols << 8) | ((cfg.mem_bytes.bit_length() - 1) << 16)

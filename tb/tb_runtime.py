@@ -66,7 +66,7 @@ class AsyncDevice:
         st = await self.status()
         pcs = await self.pcs()
         await self.csr.write("CTRL", 2)  # abort
-        for _ in range(4):
+        for _ in range(regmap.START_CYCLES):
             await FallingEdge(self.dut.clk)
         return {"stop": "limit", "cycles": cycles, "status": st, "pcs": pcs}
 
@@ -93,9 +93,9 @@ class AsyncDevice:
         elif kind == "run":
             t0 = time.perf_counter()
             await c.write("CTRL", 1)
-            for _ in range(4):
+            for _ in range(regmap.START_CYCLES):
                 await FallingEdge(self.dut.clk)
-            res = await self._wait(op[1], 4)
+            res = await self._wait(op[1], regmap.START_CYCLES)
             res["wall_seconds"] = time.perf_counter() - t0
             return res
         elif kind == "resume":

@@ -26,11 +26,17 @@ import json
 from dataclasses import asdict, dataclass
 
 __all__ = ["Reg", "REGISTERS", "BY_NAME", "ENGINES", "COUNTERS", "ADDR_WIDTH", "MAGIC", "addr", "to_json",
-           "status_fields", "STATUS_FIELDS"]
+           "status_fields", "STATUS_FIELDS", "START_CYCLES"]
 
 MAGIC = 0x53505257  # "SPRW"
 ADDR_WIDTH = 8
 ENGINES = ("load", "matmul", "vector", "store")
+
+#: Clock cycles from the cycle a CTRL start (or abort) write is strobed until STATUS reflects
+#: the new run: the strobe is registered in the bank, the soft reset and then ``go`` are
+#: registered in the top, the sequencer sets ``running``, and STATUS is read from a register.
+#: A host waits this long after the write before polling STATUS.
+START_CYCLES = 6
 
 #: 64-bit performance counters, in register order.
 COUNTERS = (

@@ -100,9 +100,9 @@ __all__ = ["Costs", "DEFAULT_COSTS", "fetch_cycles", "dma_cycles", "dma_cycles_u
 @dataclass(frozen=True)
 class Costs:
     """Tunable constants of the cycle model (cycles)."""
-    dma_start: int = 10         #: per LOAD instruction: decode, checks, first read latency
+    dma_start: int = 12         #: per LOAD instruction: decode, checks, first read latency
     dma_row_setup: int = 1      #: per LOAD row: address/burst set-up
-    store_start: int = 17       #: per STORE instruction: checks, scratchpad read latency, write drain
+    store_start: int = 20       #: per STORE instruction: checks, scratchpad read latency, write drain
     store_row_setup: int = 0    #: per STORE row
     load_compressed_row: int = 1  #: per compressed LOAD row: the count bytes are read before the group
     store_compressed_row: int = 0  #: per compressed STORE row
@@ -114,13 +114,14 @@ class Costs:
     vector_line_cycles: int = 1  #: per scratchpad line read by the vector unit
     nop: int = 1                #: NOP
     delay_overhead: int = 1     #: DELAY issue cycle on top of delay[slot]
-    fetch_latency: int = 9      #: concurrent mode: cycles from start to the first instruction word
+    fetch_latency: int = 13     #: concurrent mode: cycles from start to the first instruction word
     issue_gap: int = 1          #: concurrent mode: idle cycles after an instruction before its
                                 #: engine starts the next one and before its signal is seen
     release_latency: int = 1    #: concurrent mode: cycles from taking a wait to the start of
                                 #: its instruction (the sequencer registers the release)
-    signal_latency: int = 1     #: concurrent mode: cycles from an instruction's completion to
-                                #: its signal reaching the semaphore (registered)
+    signal_latency: int = 2     #: concurrent mode: cycles from an instruction's completion to
+                                #: its signal reaching the semaphore (the completion and the
+                                #: signal are registered)
 
 
 DEFAULT_COSTS = Costs()

@@ -16,7 +16,7 @@ __all__ = ["VerilatorBackend", "Harness", "STOP_DONE", "STOP_ERROR", "STOP_HALTE
 
 STOP_DONE, STOP_ERROR, STOP_HALTED, STOP_LIMIT = 0, 1, 2, 3
 #: cycles after a CTRL start before STATUS reflects the new run (strobe, go, running)
-START_CYCLES = 4
+START_CYCLES = regmap.START_CYCLES
 _A = regmap.addr
 _libs: dict[str, ctypes.CDLL] = {}
 
