@@ -290,6 +290,11 @@ class ReplicatedScratchpad(wiring.Component):
         Copies (>= 1), normally ``cfg.rows``.
     line_shape : shape
         Shape of one line.
+    sliced_shared : bool
+        Pass the ``shared`` port's commands through a register slice (a
+        :class:`~sparrow.hdl.skid_buffer.SkidBuffer`) before the arbitration, so neither client's
+        request reaches the other's ``ready`` combinationally; its reads answer a cycle later
+        (default False).
 
     Ports
     -----
@@ -301,12 +306,15 @@ class ReplicatedScratchpad(wiring.Component):
         Shared read port on replica 0. Verilog ``shared__cmd__*``, ``shared__rsp__*``.
     """
 
-    def __init__(self, depth: int, replicas: int, line_shape):
+    def __init__(self, depth: int, replicas: int, line_shape, *, sliced_shared: bool = False):
         _check_depth(depth)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
             raise ValueError(f"replicas must be a positive int, not {replicas!r}")
         _check_shape(line_shape)
+        if not isinstance(sliced_shared, bool):
+            raise TypeError(f"sliced_shared must be a bool, not {sliced_shared!r}")
         self.depth, self.replicas, self.line_shape = depth, replicas, line_shape
+        self.sliced_shared = sliced_shared
         self.read_latency = 1
         self.addr_width = (depth - 1).bit_length()
         super().__init__({
@@ -324,21 +332,28 @@ class ReplicatedScratchpad(wiring.Component):
             rp, wp = mem.read_port(), mem.write_port()
             m.d.comb += [wp.en.eq(self.wr.cmd.valid), wp.addr.eq(self.wr.cmd.payload.addr),
                          wp.data.eq(self.wr.cmd.payload.data)]
-            clients = [self.rd[r]] + ([self.shared] if r == 0 else [])
+            # (command stream, response stream) of each client of this replica
+            clients = [(self.rd[r].cmd, self.rd[r].rsp)]
             if r == 0:
+                shared_cmd = self.shared.cmd
+                if self.sliced_shared:
+                    m.submodules.shared_slice = sb = SkidBuffer(self.addr_width)
+                    wiring.connect(m, wiring.flipped(self.shared.cmd), sb.i)
+                    shared_cmd = sb.o
+                clients.append((shared_cmd, self.shared.rsp))
                 m.submodules.shared_arb = arb = RoundRobin(2)
-                m.d.comb += [arb.requests.eq(Cat(*[c.cmd.valid for c in clients])), arb.advance.eq(1),
+                m.d.comb += [arb.requests.eq(Cat(*[cmd.valid for cmd, _ in clients])), arb.advance.eq(1),
                              rp.en.eq(arb.valid),
-                             rp.addr.eq(Mux(arb.index, clients[1].cmd.payload, clients[0].cmd.payload))]
+                             rp.addr.eq(Mux(arb.index, clients[1][0].payload, clients[0][0].payload))]
                 readies = [arb.grant[0], arb.grant[1]]
             else:
                 m.d.comb += [rp.en.eq(self.rd[r].cmd.valid), rp.addr.eq(self.rd[r].cmd.payload)]
                 readies = [1]
-            for c, port in enumerate(clients):
-                m.d.comb += port.cmd.ready.eq(readies[c])
+            for c, (cmd, rsp) in enumerate(clients):
+                m.d.comb += cmd.ready.eq(readies[c])
                 rsp_valid = Signal(name=f"rsp_valid_{r}_{c}")
-                m.d.sync += rsp_valid.eq(port.cmd.valid & port.cmd.ready)
-                m.d.comb += [port.rsp.valid.eq(rsp_valid), port.rsp.payload.eq(rp.data)]
+                m.d.sync += rsp_valid.eq(cmd.valid & cmd.ready)
+                m.d.comb += [rsp.valid.eq(rsp_valid), rsp.payload.eq(rp.data)]
         return m
 
 
@@ -355,9 +370,9 @@ def acc_scratchpad(cfg, read_ports, write_ports, **options) -> BankedScratchpad:
                             read_ports=read_ports, write_ports=write_ports, **options)
 
 
-def wgt_scratchpad(cfg) -> ReplicatedScratchpad:
+def wgt_scratchpad(cfg, **options) -> ReplicatedScratchpad:
     """The WGT scratchpad of ``cfg``: ``wgt_depth`` lines of ``cols`` int8, one copy per lane (``rows``)."""
-    return ReplicatedScratchpad(cfg.wgt_depth, cfg.rows, act_line(cfg.cols))
+    return ReplicatedScratchpad(cfg.wgt_depth, cfg.rows, act_line(cfg.cols), **options)
 
 
 def _case(m, i, n):

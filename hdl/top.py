@@ -89,19 +89,25 @@ class Sparrow(wiring.Component):
         # and LOAD's and VECTOR's write ports are sliced, so the arbiters' grants no longer form
         # combinational paths from one engine (or lane) into another; MATMUL's lanes get
         # registered responses, so the block RAM's slow output does not run into their zero-skip
-        # and credit logic. MATMUL's accumulator read-modify-write keeps its unsliced ports.
+        # and credit logic. MATMUL's accumulator reads are sliced and registered too (a read
+        # that lands later still sees every earlier write: the rows of one instruction are
+        # distinct and the previous instruction's writes landed before its done); its writes
+        # stay unsliced. STORE's reads of the weights pass a slice before the arbitration
+        # against lane 0.
         m.submodules.act = act = dp(act_scratchpad(cfg, act_reads, ["vec", "dma"],
                                                    sliced_reads=["vec_a", "vec_b", "dma", *lane_reads],
                                                    registered_reads=lane_reads,
                                                    sliced_writes=["vec", "dma"]))
         m.submodules.acc = acc = dp(acc_scratchpad(cfg, ["mx", "vec", "dma"], ["mx", "dma"],
-                                                   sliced_reads=["vec", "dma"], sliced_writes=["dma"]))
-        m.submodules.wgt = wgt = dp(wgt_scratchpad(cfg))
+                                                   sliced_reads=["mx", "vec", "dma"], registered_reads=["mx"],
+                                                   sliced_writes=["dma"]))
+        m.submodules.wgt = wgt = dp(wgt_scratchpad(cfg, sliced_shared=True))
 
         # -- engines ----------------------------------------------------------------------------
         m.submodules.load = load = dp(LoadEngine(cfg))
-        # six lines in flight per lane cover the sliced, registered read's longer round trip
-        m.submodules.matmul = mx = dp(MatrixEngine(cfg, zero_skip=self.zero_skip, line_depth=6))
+        # six lines in flight per lane, and six rows in the accumulator read-modify-write, cover
+        # the sliced, registered reads' longer round trips
+        m.submodules.matmul = mx = dp(MatrixEngine(cfg, zero_skip=self.zero_skip, line_depth=6, write_depth=6))
         m.submodules.vector = vec = dp(VectorEngine(cfg))
         m.submodules.store = store = dp(StoreEngine(cfg))
         load_c, mx_c, vec_c, store_c = (_inner(x) for x in (load, mx, vec, store))

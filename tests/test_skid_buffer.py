@@ -7,7 +7,7 @@ import random
 import pytest
 
 from sparrow.sim.amsim import run_testbench
-from sparrow.hdl.scratchpad import BankedScratchpad
+from sparrow.hdl.scratchpad import BankedScratchpad, ReplicatedScratchpad
 from sparrow.hdl.skid_buffer import SkidBuffer
 from sparrow.hdl.spad_port import act_line
 from sparrow.sim.cocotb_run import default_seed
@@ -79,31 +79,60 @@ def test_sliced_and_registered_read_ports_return_lines_in_order():
         ctx.set(wr.cmd.valid, 0)
         for _ in range(2):              # the sliced write port lands its last line a cycle later
             await ctx.tick()
-        cur = [None] * 5
-        expect = [[] for _ in range(5)]
-        served = 0
-        for cycle in range(1500):
-            for i, p in enumerate(dut.rd):
-                if cur[i] is None and rng.random() < 0.8:
-                    cur[i] = rng.randrange(depth)
-                ctx.set(p.cmd.valid, cur[i] is not None)
-                if cur[i] is not None:
-                    ctx.set(p.cmd.payload, cur[i])
-            for i, p in enumerate(dut.rd):
-                if ctx.get(p.rsp.valid):
-                    acc, line = expect[i].pop(0)
-                    assert ctx.get(p.rsp.payload.as_value()) == line, f"port {i} cycle {cycle}"
-                    least, exact = lat[i]
-                    assert cycle - acc == least if exact else cycle - acc >= least, f"port {i} cycle {cycle}"
-                    served += 1
-            for i, p in enumerate(dut.rd):
-                if cur[i] is not None and ctx.get(p.cmd.ready):
-                    expect[i].append((cycle, mem[cur[i]]))
-                    cur[i] = None
-            await ctx.tick()
-        assert served > 2500
+        await _read_at_random(ctx, list(dut.rd), lat, mem, rng)
 
     run_testbench(dut, tb)
+
+
+async def _read_at_random(ctx, ports, lat, mem, rng, cycles=1500):
+    """Random reads on every port of ``ports`` at once: each response is the line asked for, in
+    order, ``lat[i]`` = (least, exact?) cycles after its command was accepted."""
+    n = len(ports)
+    cur = [None] * n
+    expect = [[] for _ in range(n)]
+    served = 0
+    for cycle in range(cycles):
+        for i, p in enumerate(ports):
+            if cur[i] is None and rng.random() < 0.8:
+                cur[i] = rng.randrange(len(mem))
+            ctx.set(p.cmd.valid, cur[i] is not None)
+            if cur[i] is not None:
+                ctx.set(p.cmd.payload, cur[i])
+        for i, p in enumerate(ports):
+            if ctx.get(p.rsp.valid):
+                acc, line = expect[i].pop(0)
+                assert ctx.get(p.rsp.payload.as_value()) == line, f"port {i} cycle {cycle}"
+                least, exact = lat[i]
+                assert cycle - acc == least if exact else cycle - acc >= least, f"port {i} cycle {cycle}"
+                served += 1
+        for i, p in enumerate(ports):
+            if cur[i] is not None and ctx.get(p.cmd.ready):
+                expect[i].append((cycle, mem[cur[i]]))
+                cur[i] = None
+        await ctx.tick()
+    assert served > cycles * n // 3, f"only {served} reads served in {cycles} cycles"
+
+
+def test_sliced_shared_port_of_the_replicated_scratchpad():
+    """The weight scratchpad's shared port (STORE's) through a slice: lines in order, a cycle
+    later than the lane port it is arbitrated against; the lane ports keep their latency of 1."""
+    print(f"SPARROW_SEED={SEED}")
+    rng = random.Random(f"{SEED}-repl")
+    depth = 32
+    dut = ReplicatedScratchpad(depth, 2, act_line(4), sliced_shared=True)
+    mem = [rng.getrandbits(32) for _ in range(depth)]
+
+    async def tb(ctx):
+        for a, line in enumerate(mem):
+            ctx.set(dut.wr.cmd.valid, 1)
+            ctx.set(dut.wr.cmd.payload.as_value(), a | (line << 5))
+            await ctx.tick()
+        ctx.set(dut.wr.cmd.valid, 0)
+        await _read_at_random(ctx, [dut.rd[0], dut.rd[1], dut.shared], [(1, True), (1, True), (2, False)], mem, rng)
+
+    run_testbench(dut, tb)
+    with pytest.raises(TypeError, match="sliced_shared"):
+        ReplicatedScratchpad(depth, 2, act_line(4), sliced_shared=1)
 
 
 def test_sliced_reads_name_existing_ports():
