@@ -173,6 +173,10 @@ def test_flow_on_tiny_design(mac_verilog, tmp_path, monkeypatch):
     assert rec["meets_target"] == (rec["fmax_mhz"] >= 150)
     assert rec["critical_path"]["delay_ns"] > 0
     assert rec["pnr_comb"] == rep["utilization"]["TRELLIS_COMB"]["used"]
+    # the pre-route estimate rides along
+    est = rec["estimated_paths"]
+    assert est["worst"] and est["worst"][0]["estimate_ns"] > 0
+    assert set(est["endpoints_over_ns"]) == {"6.67", "10.0", "13.3"}
 
     def no_tools(*a, **k):
         raise AssertionError("tools run again for the same Verilog")
@@ -198,6 +202,26 @@ def test_flow_on_tiny_design(mac_verilog, tmp_path, monkeypatch):
     monkeypatch.setattr(fpga, "export_verilog", export_other)
     with pytest.raises(AssertionError, match="tools run again"):
         fpga.run_preset("tiny", tmp_path, nice=0, log=lambda *_: None)
+
+
+@pytest.mark.skipif(not _HAVE_YOWASP, reason="yowasp tools not installed")
+def test_synth_only_stops_before_place_and_route(mac_verilog, tmp_path, monkeypatch):
+    def export(name, work):
+        work.mkdir(parents=True, exist_ok=True)
+        v = work / "mac_fpga.v"
+        v.write_text(mac_verilog + fpga.io_wrapper(mac_verilog, "mac", "mac_fpga"))
+        return v, "mac_fpga"
+
+    def no_pnr(*a, **k):
+        raise AssertionError("place and route ran")
+    monkeypatch.setattr(fpga, "export_verilog", export)
+    monkeypatch.setattr(fpga, "place_route", no_pnr)
+    rec = fpga.run_preset("tiny", tmp_path, nice=0, log=lambda *_: None, synth_only=True, reuse=False)
+    assert rec["synth_only"] and rec["dsp_mult18"] == 1 and "fmax_mhz" not in rec
+    assert rec["estimated_paths"]["worst"], "no path estimated"
+    assert json.loads((tmp_path / "synth.json").read_text()) == rec
+    text = fpga.table([rec])
+    assert "synthesized only" in text and rec["estimated_paths"]["worst"][0]["start"] in text
 
 
 def test_logic_sha_ignores_source_locations_only():
