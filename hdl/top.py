@@ -18,6 +18,7 @@ from .membus import MemBusSignature
 from .membus_arbiter import MembusArbiter
 from .scratchpad import acc_scratchpad, act_scratchpad, wgt_scratchpad
 from .sequencer import N_ENGINES, Sequencer
+from .skid_buffer import SkidBuffer
 from .vector_engine import VectorEngine
 
 __all__ = ["Sparrow"]
@@ -133,7 +134,12 @@ class Sparrow(wiring.Component):
         m.submodules.fetch = fetch = dp(FetchUnit(cfg))
         fetch_c = _inner(fetch)
         m.submodules.seq = seq = Sequencer(cfg)
-        connect(m, fetch_c.out, seq.fetched)
+        # fetched words pass a register slice (timing: the sequencer's dispatch decision ran
+        # back into the fetch unit's gearbox and buffer through the handshake); it is emptied by
+        # the soft reset like the fetch unit
+        m.submodules.fetch_slice = fetch_slice = dp(SkidBuffer(fetch_c.out.payload.shape()))
+        connect(m, fetch_c.out, _inner(fetch_slice).i)
+        connect(m, _inner(fetch_slice).o, seq.fetched)
         m.d.comb += [
             fetch_c.start.eq(go), fetch_c.base.eq(csr.prog_base), fetch_c.length.eq(csr.prog_len),
             fetch_c.stop.eq(seq.fetch_stop),
@@ -149,15 +155,18 @@ class Sparrow(wiring.Component):
             m.d.comb += seq.bp_index[e].eq(getattr(csr, f"bp_index_{name}"))
         for s in range(cfg.delay_slots):
             m.d.comb += seq.delays[s].eq(getattr(csr, f"delay_{s}"))
-        # Engine completions and errors reach the sequencer a cycle late, from registers (timing:
-        # they ran from deep inside each engine into the sequencer's retire logic, the semaphores
-        # and the 64-bit counters).
+        # Engine completions, busy flags and errors reach the sequencer a cycle late, from
+        # registers (timing: they ran from deep inside each engine into the sequencer's retire
+        # logic, the NOP/DELAY drain check, the semaphores and the 64-bit counters). A busy flag
+        # that rises a cycle late is covered by the in-flight FIFO, which holds the instruction
+        # from its issue to its (equally delayed) completion.
         for e, eng in enumerate((load_c, mx_c, vec_c, store_c)):
             port = seq.engines[e]
             connect(m, port.instr, eng.instr)
             err_r = Signal.like(eng.error, name=f"error_r{e}")
-            m.d.sync += err_r.eq(eng.error)
-            m.d.comb += [port.busy.eq(eng.busy), port.error.eq(err_r)]
+            busy_r = Signal(name=f"busy_r{e}")
+            m.d.sync += [err_r.eq(eng.error), busy_r.eq(eng.busy)]
+            m.d.comb += [port.busy.eq(busy_r), port.error.eq(err_r)]
         # A LOAD or VECTOR completion is passed on once its engine's sliced writes have landed
         # (the ISA's "signal when the last line is written"): completions are counted while a
         # slice holds a write and passed on one per cycle once none does (a slice drains within
@@ -184,11 +193,20 @@ class Sparrow(wiring.Component):
         connect(m, fetch_c.bus, arb_c.masters[0])
         connect(m, load_c.bus, arb_c.masters[1])
         connect(m, store_c.bus, arb_c.masters[2])
+        # Commands leave the arbiter through a register slice (timing: the bus's ready ran into
+        # the arbitration and from there into the masters' slices). Not soft-reset: a command
+        # the arbiter handed over is completed like any other outstanding transaction.
+        m.submodules.cmd_slice = cmd_slice = SkidBuffer(arb_c.bus.cmd.payload.shape())
+        connect(m, arb_c.bus.cmd, cmd_slice.i)
         if self.bus_kind == "membus":
-            connect(m, arb_c.bus, wiring.flipped(self.mem))
+            slave = wiring.flipped(self.mem)
         else:
             m.submodules.axi = axi_c = self._axi
-            connect(m, arb_c.bus, axi_c.bus)
+            slave = axi_c.bus
+        connect(m, cmd_slice.o, slave.cmd)
+        for name in ("wdata", "rdata", "wresp"):
+            connect(m, getattr(arb_c.bus, name), getattr(slave, name))
+        if self.bus_kind != "membus":
             for name, member in axi_c.signature.members.items():
                 if name == "bus":
                     continue
