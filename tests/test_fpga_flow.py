@@ -108,6 +108,9 @@ REPORT = {
                        ["m.py:10", "/share/x.v:1"]),
                   _seg("logic", "dut.matmul.lane0.add", "dut.matmul.lane0.add", 3.0),
                   _seg("routing", "dut.matmul.lane0.add", "dut.seq.cnt", 2.5, ["m.py:10", "s.py:2"])]},
+        # from the reset pin: longer, but not a clock-to-clock path, so it does not set Fmax
+        {"from": "<async>", "to": "posedge clk_b",
+         "path": [_seg("routing", "rst$tr_io", "dut.seq.quiet", 20.0)]},
     ],
 }
 
@@ -128,6 +131,9 @@ def test_critical_path_summary():
     assert cp["logic_levels"] == 1 and cp["routing_ns"] == 4.5
     assert cp["sources"] == ["m.py:10", "s.py:2"]
     assert fpga.critical_path_summary({}) == {}
+    # with only an I/O path reported, that one is still named
+    only_io = {"fmax": REPORT["fmax"], "critical_paths": REPORT["critical_paths"][2:]}
+    assert fpga.critical_path_summary(only_io)["start_cell"] == "rst$tr_io"
 
 
 def test_pick_device():

@@ -181,13 +181,20 @@ def _block_of(cell: str) -> str:
 
 
 def critical_path_summary(report: dict) -> dict:
-    """The worst clock-to-clock path: delay, start/end cells, the blocks it crosses (in order),
-    logic levels and the source locations of its nets."""
+    """The path that sets Fmax -- the worst clock-to-clock path of the slowest clock: delay,
+    start/end cells, the blocks it crosses (in order), logic levels and the source locations of
+    its nets. Paths from or to the I/O pins (``<async>``, e.g. the reset input) are reported by
+    nextpnr beside it but do not limit Fmax, so they are passed over while a clock-to-clock
+    path exists."""
+    fmax = report.get("fmax") or {}
+    slowest = min(fmax, key=lambda c: fmax[c]["achieved"]) if fmax else None
+    paths = [cp for cp in report.get("critical_paths", []) if cp.get("path")]
+    clocked = [cp for cp in paths if "<async>" not in (cp.get("from"), cp.get("to"))]
+    if slowest is not None:
+        clocked = [cp for cp in clocked if slowest in str(cp.get("from"))] or clocked
     best = None
-    for cp in report.get("critical_paths", []):
-        path = cp.get("path", [])
-        if not path:
-            continue
+    for cp in clocked or paths:
+        path = cp["path"]
         delay = sum(seg.get("delay", 0.0) for seg in path)
         if best is None or delay > best[0]:
             best = (delay, cp)
