@@ -102,19 +102,19 @@ class Costs:
     """Tunable constants of the cycle model (cycles)."""
     dma_start: int = 12         #: per LOAD instruction: decode, checks, first read latency
     dma_row_setup: int = 1      #: per LOAD row: address/burst set-up
-    store_start: int = 20       #: per STORE instruction: checks, scratchpad read latency, write drain
+    store_start: int = 22       #: per STORE instruction: checks, scratchpad read latency, write drain
     store_row_setup: int = 0    #: per STORE row
     load_compressed_row: int = 1  #: per compressed LOAD row: the count bytes are read before the group
     store_compressed_row: int = 0  #: per compressed STORE row
     line_cycles: int = 1        #: scratchpad lines per cycle bound of a DMA (cycles per line)
     pad_line_cycles: int = 1    #: per zero padding line written by LOAD
-    matmul_start: int = 19      #: per MATMUL: footprint check, lane fill, MAC latency, write-back drain
+    matmul_start: int = 21      #: per MATMUL: footprint check, lane fill, MAC latency, write-back drain
     matmul_row_cycles: int = 1  #: per output row: accumulator write-back bound (rows * this)
     vector_start: int = 26      #: per VECTOR: parameter reads, pipeline fill and drain
     vector_line_cycles: int = 1  #: per scratchpad line read by the vector unit
     nop: int = 1                #: NOP
     delay_overhead: int = 1     #: DELAY issue cycle on top of delay[slot]
-    fetch_latency: int = 13     #: concurrent mode: cycles from start to the first instruction word
+    fetch_latency: int = 15     #: concurrent mode: cycles from start to the first instruction word
     issue_gap: int = 1          #: concurrent mode: idle cycles after an instruction before its
                                 #: engine starts the next one and before its signal is seen
     release_latency: int = 1    #: concurrent mode: cycles from taking a wait to the start of
