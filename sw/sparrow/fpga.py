@@ -413,6 +413,13 @@ def logic_sha256(verilog: bytes) -> str:
     return hashlib.sha256(_SRC_ATTR.sub(b"", verilog)).hexdigest()
 
 
+def _cell_counts(cells: dict[str, int]) -> dict[str, int]:
+    """The record's resource fields from yosys' cell counts."""
+    return {"lut4": cells.get("LUT4", 0), "carry_ccu2c": cells.get("CCU2C", 0), "ff": cells.get("TRELLIS_FF", 0),
+            "dsp_mult18": cells.get("MULT18X18D", 0), "bram_dp16kd": cells.get("DP16KD", 0),
+            "lutram_dpr16x4": cells.get("TRELLIS_DPR16X4", 0)}
+
+
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
                nice: int = 10, reuse: bool = True, log=print, block: str | None = None,
                timeout: float | None = None, cached_only: bool = False, synth_only: bool = False) -> dict:
@@ -426,6 +433,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     sha = hashlib.sha256(text).hexdigest()
     logic_sha = logic_sha256(text)
     key = {"verilog_sha256": sha, "target_mhz": freq, "device_request": device, "synth_flags": SYNTH_FLAGS}
+    label = f"{block}/{preset_name}" if block else preset_name
     cached = work / "result.json"
     if reuse and cached.exists():
         old = json.loads(cached.read_text())
@@ -441,11 +449,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
         done_sha = synth_sha.read_text().strip() if synth_sha.exists() else None
         if done_sha == sha and stat.exists():       # synthesis of this Verilog finished, P&R did not
             cells = parse_yosys_stat(stat.read_text())
-            return {"preset": preset_name if not block else f"{block}/{preset_name}", "synth_only": True,
-                    "lut4": cells.get("LUT4", 0), "carry_ccu2c": cells.get("CCU2C", 0),
-                    "ff": cells.get("TRELLIS_FF", 0), "dsp_mult18": cells.get("MULT18X18D", 0),
-                    "bram_dp16kd": cells.get("DP16KD", 0), "lutram_dpr16x4": cells.get("TRELLIS_DPR16X4", 0),
-                    "cells": cells, **key}
+            return {"preset": label, "synth_only": True, **_cell_counts(cells), "cells": cells, **key}
         raise RuntimeError(f"no finished run for this Verilog in {work} (cached results only)")
     log(f"[fpga] {preset_name}: synth_ecp5 ...")
     syn = synthesize(vfile, wrap, nice=nice, timeout=timeout)
@@ -453,11 +457,8 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     cells = syn["cells"]
     paths = estimate_paths(syn["netlist"])
     if synth_only:
-        record = {"preset": preset_name if not block else f"{block}/{preset_name}", "synth_only": True,
-                  "lut4": cells.get("LUT4", 0), "carry_ccu2c": cells.get("CCU2C", 0),
-                  "ff": cells.get("TRELLIS_FF", 0), "dsp_mult18": cells.get("MULT18X18D", 0),
-                  "bram_dp16kd": cells.get("DP16KD", 0), "lutram_dpr16x4": cells.get("TRELLIS_DPR16X4", 0),
-                  "cells": cells, "estimated_paths": paths, "synth_seconds": syn["seconds"], **key}
+        record = {"preset": label, "synth_only": True, **_cell_counts(cells), "cells": cells,
+                  "estimated_paths": paths, "synth_seconds": syn["seconds"], **key}
         (work / "synth.json").write_text(json.dumps(record, indent=2))
         return record
     if device:
@@ -474,12 +475,9 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
         return util.get(bel, (0, 0))[0]
 
     record = {
-        "preset": preset_name if not block else f"{block}/{preset_name}", "device": dev.name, "package": PACKAGE,
-        "target_mhz": freq,
+        "preset": label, "device": dev.name, "package": PACKAGE, "target_mhz": freq,
         "fmax_mhz": round(pnr["fmax_mhz"], 2), "meets_target": pnr["fmax_mhz"] >= freq,
-        "lut4": cells.get("LUT4", 0), "carry_ccu2c": cells.get("CCU2C", 0), "ff": cells.get("TRELLIS_FF", 0),
-        "dsp_mult18": cells.get("MULT18X18D", 0), "bram_dp16kd": cells.get("DP16KD", 0),
-        "lutram_dpr16x4": cells.get("TRELLIS_DPR16X4", 0),
+        **_cell_counts(cells),
         "pnr_comb": used("TRELLIS_COMB"), "pnr_comb_available": util.get("TRELLIS_COMB", (0, 0))[1],
         "pnr_ff": used("TRELLIS_FF"), "pnr_dsp": used("MULT18X18D"), "pnr_bram": used("DP16KD"),
         "pnr_ramw": used("TRELLIS_RAMW"),
@@ -497,7 +495,7 @@ def estimate_paths(netlist: Path, limit: int = 12) -> dict:
     blocks. nextpnr names one critical path per run; this names the others it would meet next."""
     from sparrow import fpga_paths
     eps = fpga_paths.analyse(json.loads(netlist.read_text()))
-    return {"endpoints_over_ns": {str(ns): sum(e.estimate_ns > ns for e in eps) for ns in (6.67, 10.0, 13.3)},
+    return {"endpoints_over_ns": {str(ns): n for ns, n in fpga_paths.over_counts(eps, (6.67, 10.0, 13.3)).items()},
             "worst": fpga_paths.summarise(eps, limit=limit)}
 
 

@@ -23,6 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sparrow.fpga import _block_of
+
 # Delays in ns, close to what nextpnr reports for an LFE5U-*-6 (speed grade 6).
 CLK_TO_Q = 0.52
 DELAYS = {"LUT4": 0.25, "PFUMX": 0.22, "L6MUX21": 0.22, "TRELLIS_DPR16X4": 0.25}
@@ -60,14 +62,14 @@ class Endpoint:
         return out
 
 
-def block_of(cell: str, depth: int = 1) -> str:
+def block_of(cell: str) -> str:
     """Top-level block of a flattened cell name (``dut.load.win.x`` -> ``load``)."""
-    parts = cell.split(".")
-    if parts and parts[0] == "dut":
-        parts = parts[1:]
-    if len(parts) <= 1:
-        return "(top)"
-    return ".".join(parts[:depth])
+    return _block_of(cell).split(".")[0]
+
+
+def over_counts(endpoints: list[Endpoint], thresholds) -> dict[float, int]:
+    """How many endpoints are estimated above each threshold (ns)."""
+    return {ns: sum(e.estimate_ns > ns for e in endpoints) for ns in thresholds}
 
 
 def _bits(conn) -> list:
@@ -122,7 +124,7 @@ def analyse(netlist: dict, top: str | None = None) -> list[Endpoint]:
         if t == "TRELLIS_DPR16X4":
             return port != "RAD"
         if t == "MULT18X18D":
-            return _is_registered_mult(c["parameters"]) or False
+            return _is_registered_mult(c["parameters"])
         return t not in DELAYS and t != "CCU2C"
 
     def cell_delay(t: str, in_port: str, out_port: str) -> float:
@@ -245,8 +247,7 @@ def main(argv=None):
     ap.add_argument("--path", type=int, default=0, help="print the cells of the N worst paths")
     args = ap.parse_args(argv)
     eps = analyse(json.loads(args.netlist.read_text()))
-    for ns in (6.67, 10.0, 13.3, 16.7):
-        n = sum(e.estimate_ns > ns for e in eps)
+    for ns, n in over_counts(eps, (6.67, 10.0, 13.3, 16.7)).items():
         print(f"register inputs estimated above {ns:5.2f} ns ({1000 / ns:5.1f} MHz): {n}")
     print()
     for row in summarise(eps, limit=args.limit):
