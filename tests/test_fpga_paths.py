@@ -101,3 +101,13 @@ def test_a_netlist_without_one_top_is_refused():
     n["modules"]["other"] = {"attributes": {"top": "1"}, "cells": {}}
     with pytest.raises(ValueError, match="one top module"):
         fp.analyse(n)
+
+
+def test_not_a_netlist_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(ValueError, match="no 'modules'"):
+        fp.analyse({"creator": "yosys"})
+    bad = tmp_path / "x.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit) as e:
+        fp.main([str(bad)])
+    assert e.value.code == 2 and "x.json" in capsys.readouterr().err

@@ -83,7 +83,9 @@ def _is_registered_mult(params: dict) -> bool:
 def analyse(netlist: dict, top: str | None = None) -> list[Endpoint]:
     """Estimated arrival at every sequential input of the flattened module ``top`` (the module
     marked top if None), worst first."""
-    mods = netlist["modules"]
+    mods = netlist.get("modules") if isinstance(netlist, dict) else None
+    if not isinstance(mods, dict):
+        raise ValueError("netlist: no 'modules' object (expected yosys write_json output after synth_ecp5)")
     if top is None:
         tops = [n for n, m in mods.items() if str(m.get("attributes", {}).get("top", "0")).strip("0")]
         if len(tops) != 1:
@@ -246,7 +248,10 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=25, help="block pairs to list (default 25)")
     ap.add_argument("--path", type=int, default=0, help="print the cells of the N worst paths")
     args = ap.parse_args(argv)
-    eps = analyse(json.loads(args.netlist.read_text()))
+    try:
+        eps = analyse(json.loads(args.netlist.read_text()))
+    except (OSError, ValueError) as e:       # json.JSONDecodeError is a ValueError
+        ap.error(f"{args.netlist}: {e}")
     for ns, n in over_counts(eps, (6.67, 10.0, 13.3, 16.7)).items():
         print(f"register inputs estimated above {ns:5.2f} ns ({1000 / ns:5.1f} MHz): {n}")
     print()
