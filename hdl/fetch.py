@@ -93,8 +93,12 @@ class FetchUnit(wiring.Component):
         to_boundary = Signal(range(4096 // mb + 1))
         m.d.comb += to_boundary.eq((4096 - (addr & 4095)) >> beat_shift)
         burst = Signal(range(cfg.max_burst + 1))
-        room = Signal(range(depth + 2))
-        m.d.comb += room.eq(depth - beats.level - inflight)
+        # room in the beat buffer for more requests: depth - beats.level - inflight, kept as a
+        # register and updated by what moves (timing: the buffer's level and the in-flight count
+        # ran through a subtraction and a compare into the request, and from there into the
+        # clock enables of the address and beat counters). A received beat moves from in flight
+        # to the buffer (no change) unless it is dropped while stopping or after an error.
+        room = Signal(range(depth + 1), init=depth)
         cand = Signal(range(cfg.max_burst + 1))
         m.d.comb += cand.eq(Mux(beats_left > cfg.max_burst, cfg.max_burst, beats_left))
         m.d.comb += burst.eq(Mux(to_boundary < cand, to_boundary, cand))
@@ -125,8 +129,16 @@ class FetchUnit(wiring.Component):
         m.d.sync += inflight.eq(inflight + (req_fire * burst_r) - rx_fire)
 
         m.d.comb += [beats.w_data.eq(bus.rdata.payload.data), beats.w_en.eq(rx_fire & ~stopping & ~self.error)]
+        dropped = rx_fire & (stopping | self.error)
+        popped = beats.r_en & beats.r_rdy
+        m.d.sync += room.eq(room - Mux(req_fire, burst_r, 0) + popped + dropped)
         with m.If(rx_fire & bus.rdata.payload.err & ~stopping):
             m.d.sync += [self.error.eq(1), self.error_index.eq(index)]
+
+        # words_left != 0 and words_left == 1 are registers, set with words_left (timing: the
+        # 32-bit compares ran into out.valid, and from there into the buffer's read and the
+        # sequencer's dispatch)
+        wl_nz, wl_one = Signal(), Signal()
 
         # -- gearbox: beats -> 128-bit words ---------------------------------------------------
         out = self.out
@@ -136,7 +148,7 @@ class FetchUnit(wiring.Component):
         if bpw > 1:
             shreg = Signal(isa.WORD_BITS)
             have = Signal(range(bpw + 1))
-            m.d.comb += [out.payload.word.eq(shreg), out.valid.eq((have == bpw) & ~stopping & (words_left != 0)),
+            m.d.comb += [out.payload.word.eq(shreg), out.valid.eq((have == bpw) & ~stopping & wl_nz),
                          beats.r_en.eq((have < bpw) | deliver)]
             with m.If(beats.r_rdy & beats.r_en):
                 m.d.sync += shreg.eq((shreg >> (8 * mb)) | (beats.r_data << (isa.WORD_BITS - 8 * mb)))
@@ -153,8 +165,8 @@ class FetchUnit(wiring.Component):
                 for i, w in enumerate(words):
                     with m.Case(i):
                         m.d.comb += out.payload.word.eq(w)
-            m.d.comb += out.valid.eq(beats.r_rdy & ~stopping & (words_left != 0))
-            last_in_beat = (sel == wpb - 1) | (words_left == 1)
+            m.d.comb += out.valid.eq(beats.r_rdy & ~stopping & wl_nz)
+            last_in_beat = (sel == wpb - 1) | wl_one
             with m.If(deliver):
                 m.d.sync += sel.eq(sel + 1)
                 with m.If(last_in_beat):
@@ -162,7 +174,8 @@ class FetchUnit(wiring.Component):
             m.d.comb += beats.r_en.eq((deliver & last_in_beat) | stopping)
 
         with m.If(deliver):
-            m.d.sync += [index.eq(index + 1), words_left.eq(words_left - 1)]
+            m.d.sync += [index.eq(index + 1), words_left.eq(words_left - 1),
+                         wl_nz.eq(~wl_one), wl_one.eq(words_left == 2)]
 
         # -- control ------------------------------------------------------------------------------
         with m.If(self.stop):
@@ -172,13 +185,15 @@ class FetchUnit(wiring.Component):
             if bpw > 1:
                 m.d.sync += have.eq(0)
             with m.If((inflight == 0) & ~beats.r_rdy):
-                m.d.sync += [stopping.eq(0), words_left.eq(0)]
+                m.d.sync += [stopping.eq(0), words_left.eq(0), wl_nz.eq(0), wl_one.eq(0)]
         with m.If(self.start):
             total_beats = ((self.length << 4) + (mb - 1)) >> beat_shift
             m.d.sync += [
                 addr.eq((self.base >> align_bits) << align_bits),
                 beats_left.eq(total_beats),
                 words_left.eq(self.length),
+                wl_nz.eq(self.length != 0),
+                wl_one.eq(self.length == 1),
                 index.eq(0),
                 self.error.eq(0),
                 stopping.eq(0),
@@ -187,5 +202,5 @@ class FetchUnit(wiring.Component):
                 m.d.sync += have.eq(0)
             else:
                 m.d.sync += sel.eq(0)
-        m.d.comb += self.busy.eq((words_left != 0) | (inflight != 0) | stopping)
+        m.d.comb += self.busy.eq(wl_nz | (inflight != 0) | stopping)
         return m
