@@ -2,6 +2,7 @@
 
 import operator
 from functools import reduce
+from itertools import combinations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
@@ -80,7 +81,8 @@ class SemaphoreUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg, n = self.cfg, self.n_clients
-        sems = [Signal(cfg.sem_bits, name=f"sem{i}") for i in range(cfg.n_semaphores)]
+        sb = cfg.sem_bits
+        sems = [Signal(sb, name=f"sem{i}") for i in range(cfg.n_semaphores)]
         for i, s in enumerate(sems):
             m.d.comb += self.values[i].eq(s)
 
@@ -93,23 +95,20 @@ class SemaphoreUnit(wiring.Component):
         pend = Signal(nsem)
         m.d.comb += pend.eq(reduce(operator.or_, con_r))
 
-        # Each semaphore's value in the next cycle (see the update below); the compares of the
-        # waits against it are registered (timing: no compare between the counters and the
-        # grants). `ge_r[c]` bit i is `sem_i >= count` for the count client c presented in the
-        # previous cycle, so it is exact this cycle when the count is unchanged (`same`); a head
-        # with a new non-zero count waits one cycle for its compare.
-        nxt = [Signal(cfg.sem_bits, name=f"sem_next{i}") for i in range(nsem)]
+        # `ge_r[c]` bit i is `sem_i >= count` for the count client c presented in the previous
+        # cycle, against the semaphore's value in this cycle, so it is exact this cycle when the
+        # count is unchanged (`same`); a head with a new non-zero count waits one cycle for its
+        # compare. How it is computed without a compare behind the counters: see below.
         ge_r = [Signal(nsem, name=f"ge_r{c}", init=(1 << nsem) - 1) for c in range(n)]
         # Grant waits: a consuming wait (count != 0) is held back by a lower client's satisfied
         # consuming request on the same semaphore.
         takes_consume = []
-        enough, consuming = [], []
+        enough, consuming, zeros = [], [], []
         for c, cl in enumerate(self.clients):
             en = Signal(name=f"enough{c}")
             co = Signal(name=f"consuming{c}")
             zero = Signal(name=f"count_zero{c}")
             same = Signal(name=f"count_same{c}")
-            m.d.sync += ge_r[c].eq(Cat(*(s_n >= cl.wait_count for s_n in nxt)))
             m.d.comb += [zero.eq(cl.wait_count == 0), same.eq(cnt_r[c] == cl.wait_count),
                          en.eq(zero | (same & ge_r[c].bit_select(cl.wait_sem, 1))),
                          co.eq(cl.wait_consume & ~zero)]
@@ -120,11 +119,12 @@ class SemaphoreUnit(wiring.Component):
             m.d.comb += cl.wait_ok.eq(en & ~(~zero & pend.bit_select(cl.wait_sem, 1)) & ~(co & blocked))
             enough.append(en)
             consuming.append(co)
+            zeros.append(zero)
             takes_consume.append(cl.take & consuming[c])
 
         # Each client touches at most one semaphore per cycle, so its signal and its consume are
         # decoded once into one-hot vectors over the semaphores; a semaphore's increment is then
-        # a sum of bits and its decrement a select (at most one consume of a non-zero count per
+        # a count of bits and its decrement a select (at most one consume of a non-zero count per
         # semaphore per cycle, see above; consumes of count 0 subtract nothing and are left
         # out). The same logic as comparing every client's index against every semaphore,
         # written so that a simulator evaluates a shift per client instead of n_semaphores x
@@ -139,11 +139,36 @@ class SemaphoreUnit(wiring.Component):
             con_oh.append(co)
             m.d.sync += [con_r[c].eq(Mux(self.clear, 0, co)), cnt_r[c].eq(cl.wait_count)]
 
+        # The compares are made a cycle ahead, on this cycle's operands, without waiting for the
+        # semaphore's next value (timing: the signals arrive late, from the engines'
+        # completions; an adder then a compare behind them was the block's critical path):
+        #     next >= count  <=>  sem + inc - dec >= count  <=>  x < inc,
+        #     x = count + dec - sem - 1 = count + dec + ~sem,
+        # where x comes from registers only (a carry-save layer, then one carry chain) and the
+        # late increment `inc` (0..n signals) enters at the end: x < inc <=> x < 0, or
+        # 0 <= x < 2**wl and the signals number more than x (a threshold of the signal bits, no
+        # adder). Clear and overflow (the counter saturates) select constants of the count.
+        # Exact whenever the semaphore does not underflow (it never does: consumes are granted
+        # on `sem >= count`).
+        xw = max(8, sb) + 2
+        wl = n.bit_length()
+
         ovf_vec = Signal(nsem)
+        ge_next = [[Signal(name=f"ge_next{c}_{i}") for i in range(nsem)] for c in range(n)]
         for i, s in enumerate(sems):
-            inc = Signal(unsigned(4), name=f"inc{i}")
-            dec = Signal(unsigned(cfg.sem_bits + 1), name=f"dec{i}")
-            m.d.comb += inc.eq(sum(so[i] for so in sig_oh))
+            # at_least[k]: k or more of this cycle's signals land on semaphore i (k = 0..n)
+            bits = [so[i] for so in sig_oh]
+            at_least = [Const(1)] + [
+                Signal(name=f"sig_ge{k}_{i}") for k in range(1, n + 1)]
+            for k in range(1, n + 1):
+                m.d.comb += at_least[k].eq(reduce(operator.or_, (
+                    reduce(operator.and_, sub) for sub in combinations(bits, k))))
+            # the number of signals, as a binary number for the counter's adder
+            inc = Signal(range(n + 1), name=f"inc{i}")
+            for k in range(1, n + 1):
+                with m.If(at_least[k]):
+                    m.d.comb += inc.eq(k)
+            dec = Signal(unsigned(sb + 1), name=f"dec{i}")
             sel = Const(0, 8)
             for co, cnt in reversed(list(zip(con_r, cnt_r))):
                 sel = Mux(co[i], cnt, sel)
@@ -152,18 +177,48 @@ class SemaphoreUnit(wiring.Component):
             # "within k of the maximum and at least k+1 signals" (timing: compares of the
             # registered value against constants, in parallel with the signal count, instead of
             # an adder feeding a compare)
-            near = [(s == cfg.sem_max - k) & (inc > k) for k in range(min(n, cfg.sem_max + 1))]
+            near = [(s == cfg.sem_max - k) & at_least[k + 1] for k in range(min(n, cfg.sem_max + 1))]
             m.d.comb += ovf_vec[i].eq(reduce(operator.or_, near))
             touched = Cat(*(so[i] for so in sig_oh), *(co[i] for co in con_r)).any()
+            nxt = Signal(sb, name=f"sem_next{i}")
             with m.If(self.clear):
-                m.d.comb += nxt[i].eq(0)
+                m.d.comb += nxt.eq(0)
             with m.Elif(ovf_vec[i]):
-                m.d.comb += nxt[i].eq(cfg.sem_max)
+                m.d.comb += nxt.eq(cfg.sem_max)
             with m.Elif(touched):
-                m.d.comb += nxt[i].eq((s + inc - dec)[:cfg.sem_bits])
+                m.d.comb += nxt.eq((s + inc - dec)[:sb])
             with m.Else():
-                m.d.comb += nxt[i].eq(s)
-            m.d.sync += s.eq(nxt[i])
+                m.d.comb += nxt.eq(s)
+            m.d.sync += s.eq(nxt)
+
+            # the compares against the next value (see above); the per-semaphore parts of the
+            # carry-save layer are shared by the clients
+            dw = Signal(xw, name=f"dec_w{i}")
+            nsw = Signal(xw, name=f"nsem_w{i}")
+            m.d.comb += [dw.eq(dec), nsw.eq(~Cat(s, Const(0, xw - sb)))]
+            p_x, p_o, p_a = (Signal(xw, name=f"csa_{k}{i}") for k in "xoa")
+            m.d.comb += [p_x.eq(dw ^ nsw), p_o.eq(dw | nsw), p_a.eq(dw & nsw)]
+            for c, cl in enumerate(self.clients):
+                cw = Signal(xw, name=f"cnt_w{c}_{i}")
+                m.d.comb += cw.eq(cl.wait_count)
+                csum = Signal(xw, name=f"csa_sum{c}_{i}")
+                ccar = Signal(xw, name=f"csa_carry{c}_{i}")
+                m.d.comb += [csum.eq(cw ^ p_x), ccar.eq(((cw & p_o) | p_a) << 1)]
+                x = Signal(xw, name=f"ge_x{c}_{i}")
+                m.d.comb += x.eq(csum + ccar)
+                small = Signal(name=f"ge_small{c}_{i}")
+                m.d.comb += small.eq(x[wl:] == 0)
+                lt = reduce(operator.or_, ((x[:wl] == j) & at_least[j + 1] for j in range(n)), Const(0))
+                hit = x[-1] | (small & lt)
+                maxge = (cl.wait_count[sb:] == 0) if sb < 8 else Const(1)
+                with m.If(self.clear):
+                    m.d.comb += ge_next[c][i].eq(zeros[c])
+                with m.Elif(ovf_vec[i]):
+                    m.d.comb += ge_next[c][i].eq(maxge)
+                with m.Else():
+                    m.d.comb += ge_next[c][i].eq(hit)
+        for c in range(n):
+            m.d.sync += ge_r[c].eq(Cat(*ge_next[c]))
         overflow_any = Signal()
         m.d.comb += overflow_any.eq(ovf_vec.any() & ~self.clear)
         # the lowest client whose signal lands on an overflowing semaphore
@@ -172,4 +227,3 @@ class SemaphoreUnit(wiring.Component):
                 m.d.comb += self.overflow_client.eq(c)
         m.d.comb += self.overflow.eq(overflow_any)
         return m
-
