@@ -21,7 +21,22 @@ Timing (both blocks)
   then.
 * A write accepted in cycle *t* (on an unsliced port) is visible to reads accepted in cycle
   *t + 1* and later. A read
-  and a write of the **same line accepted in the same cycle: the read returns the old data**.
+  and a write of the **same line accepted in the same cycle: the read returns the old data** in
+  simulation; on the FPGA build the read's data is undefined (see "Collisions" below).
+
+Collisions
+----------
+A memory read and write of one line in one cycle is a *collision*. ECP5 block RAM leaves the
+read data undefined then, and yosys makes it "old data" with soft logic around every block RAM
+(the write registered a cycle, a bypass register, an address compare and a multiplexer behind
+the RAM's already slow output: about 70 flip-flops and 45 LUTs per 36-bit RAM, in the read and
+write paths). No engine collides with itself (an engine writes a line after it read it, and a
+MATMUL accumulate reads a row after the previous instruction's writes landed); two engines
+touching one line in one cycle are racing, which the compiler's semaphores exclude. So the
+memories carry the attribute :data:`COLLISION_ATTR` and the FPGA flow tells yosys a collision's
+read data is undefined (no emulation). To keep that honest, both blocks flag a collision on
+``collision`` (sticky until reset); the top shows it in STATUS, where tests check that no
+program collides.
 
 Banking and double buffering
 ----------------------------
@@ -59,7 +74,12 @@ from .round_robin import RoundRobin
 from .skid_buffer import SkidBuffer
 from .spad_port import ReadPortSignature, WritePortSignature, act_line, acc_line, write_cmd_layout
 
-__all__ = ["BankedScratchpad", "ReplicatedScratchpad", "act_scratchpad", "acc_scratchpad", "wgt_scratchpad"]
+__all__ = ["BankedScratchpad", "ReplicatedScratchpad", "act_scratchpad", "acc_scratchpad", "wgt_scratchpad",
+           "COLLISION_ATTR"]
+
+#: Attribute on every scratchpad memory: a same-cycle read and write of one line may read
+#: anything (see "Collisions"); ``sparrow.fpga`` passes it on to yosys.
+COLLISION_ATTR = "sparrow_rdwr_undefined"
 
 
 def _is_pow2(n) -> bool:
@@ -137,6 +157,8 @@ class BankedScratchpad(wiring.Component):
     wr : In(WritePortSignature(addr_width, line_shape)).array(len(write_names))
         Write ports (scratchpad side). Verilog: ``wr__<i>__cmd__{valid,ready,payload}``, payload
         = ``addr`` in the low ``addr_width`` bits, line data above.
+    collision : Out(1)
+        Sticky (until reset): a bank read and wrote one line in one cycle (see "Collisions").
     """
 
     def __init__(self, depth: int, banks: int, line_shape, *, read_ports, write_ports, sliced_reads=(),
@@ -166,6 +188,7 @@ class BankedScratchpad(wiring.Component):
             "rd": In(ReadPortSignature(self.addr_width, line_shape)).array(len(self.read_names)),
             "wr": In(WritePortSignature(self.addr_width, line_shape)).array(len(self.write_names)),
             "wr_pending": Out(len(self.write_names)),
+            "collision": Out(1),
         })
 
     def read_port(self, name: str):
@@ -221,8 +244,9 @@ class BankedScratchpad(wiring.Component):
         rdata = []
         rd_ready = [[] for _ in range(n_rd)]
         wr_ready = [[] for _ in range(n_wr)]
+        collide = []
         for b in range(nb):
-            mem = Memory(shape=self.line_shape, depth=self.depth // nb, init=[])
+            mem = Memory(shape=self.line_shape, depth=self.depth // nb, init=[], attrs={COLLISION_ATTR: 1})
             m.submodules[f"bank{b}"] = mem
             rp = mem.read_port()          # not transparent: same-cycle write -> old data
             wp = mem.write_port()
@@ -251,7 +275,9 @@ class BankedScratchpad(wiring.Component):
                     with _case(m, i, n_wr):
                         m.d.comb += [wp.addr.eq(self._row(cmd.payload.addr)),
                                      wp.data.eq(cmd.payload.data)]
+            collide.append(rp.en & wp.en & (rp.addr == wp.addr))
 
+        _flag_collisions(m, self.collision, collide)
         for i, cmd in enumerate(wcmds):
             m.d.comb += cmd.ready.eq(reduce(operator.or_, wr_ready[i]))
         for i, (port, cmd) in enumerate(zip(self.rd, cmds)):
@@ -304,6 +330,8 @@ class ReplicatedScratchpad(wiring.Component):
         Private read ports. Verilog ``rd__<r>__cmd__*``, ``rd__<r>__rsp__*``.
     shared : In(ReadPortSignature(addr_width, line_shape))
         Shared read port on replica 0. Verilog ``shared__cmd__*``, ``shared__rsp__*``.
+    collision : Out(1)
+        Sticky (until reset): a replica read and wrote one line in one cycle (see "Collisions").
     """
 
     def __init__(self, depth: int, replicas: int, line_shape, *, sliced_shared: bool = False):
@@ -321,13 +349,15 @@ class ReplicatedScratchpad(wiring.Component):
             "wr": In(WritePortSignature(self.addr_width, line_shape)),
             "rd": In(ReadPortSignature(self.addr_width, line_shape)).array(replicas),
             "shared": In(ReadPortSignature(self.addr_width, line_shape)),
+            "collision": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         m.d.comb += self.wr.cmd.ready.eq(1)
+        collide = []
         for r in range(self.replicas):
-            mem = Memory(shape=self.line_shape, depth=self.depth, init=[])
+            mem = Memory(shape=self.line_shape, depth=self.depth, init=[], attrs={COLLISION_ATTR: 1})
             m.submodules[f"replica{r}"] = mem
             rp, wp = mem.read_port(), mem.write_port()
             m.d.comb += [wp.en.eq(self.wr.cmd.valid), wp.addr.eq(self.wr.cmd.payload.addr),
@@ -354,7 +384,18 @@ class ReplicatedScratchpad(wiring.Component):
                 rsp_valid = Signal(name=f"rsp_valid_{r}_{c}")
                 m.d.sync += rsp_valid.eq(cmd.valid & cmd.ready)
                 m.d.comb += [rsp.valid.eq(rsp_valid), rsp.payload.eq(rp.data)]
+            collide.append(rp.en & wp.en & (rp.addr == wp.addr))
+        _flag_collisions(m, self.collision, collide)
         return m
+
+
+def _flag_collisions(m, flag, collide):
+    """Set the sticky ``flag`` when any of the ``collide`` conditions holds (registered, so the
+    address compares end in a flip-flop and reach nothing else)."""
+    hit = Signal()
+    m.d.sync += hit.eq(reduce(operator.or_, collide))
+    with m.If(hit):
+        m.d.sync += flag.eq(1)
 
 
 def act_scratchpad(cfg, read_ports, write_ports, **options) -> BankedScratchpad:

@@ -227,6 +227,7 @@ class Sparrow(wiring.Component):
         status = {
             "busy": any_busy, "done": seq.done, "error": seq.error.as_value(), "error_engine": seq.error_engine,
             "halted": seq.halted, "stuck": seq.stuck, "fetch_done": ~fetch_c.busy,
+            "collision": act_c.collision | acc_c.collision | wgt_c.collision,
         }
         # STATUS is read from a register, a cycle behind the engines (timing: the busy flags ran
         # from every engine's state through the CSR read multiplexer)

@@ -55,7 +55,7 @@ async def system_programs(dut):
         results[name] = {"status": status, "counters": counters,
                          "err_index": await csr.read("ERR_INDEX"),
                          "mismatched_bytes": int(np.count_nonzero(got != expected))}
-        if status.get("busy") or not status.get("done") or status.get("error"):
+        if status.get("busy") or not status.get("done") or status.get("error") or status.get("collision"):
             failures.append(f"{name}: run did not finish cleanly: {status}")
         elif not np.array_equal(got, expected):
             bad = np.flatnonzero(got != expected)

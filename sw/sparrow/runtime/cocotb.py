@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DeviceError, ErrorCode
-from .device import ENGINE_NAMES, RunInfo, error_from_status
+from .device import ENGINE_NAMES, RunInfo, error_from_status, warn_on_collision
 
 __all__ = ["CocotbBackend", "execute", "result_to_info"]
 
@@ -48,6 +48,7 @@ def result_to_info(res, max_cycles, counters=None) -> RunInfo:
     if res["stop"] == "limit":
         raise DeviceError(ErrorCode.TIMEOUT, None, None,
                           f"cycle limit {max_cycles} reached; status {st}, pcs {res['pcs']}")
+    warn_on_collision(st)
     halted = tuple(n for i, n in enumerate(ENGINE_NAMES) if st["halted"] >> i & 1)
     return RunInfo(res["stop"], res["cycles"], halted if res["stop"] == "breakpoint" else (), counters or {})
 

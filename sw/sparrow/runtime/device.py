@@ -39,13 +39,14 @@ Backends
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import isa, regmap
 from ..config import HwConfig
-from ..errors import DeviceError, ErrorCode
+from ..errors import CollisionWarning, DeviceError, ErrorCode
 
 __all__ = ["Device", "RunInfo", "BACKENDS", "ENGINE_NAMES", "as_bytes", "closed_cut", "CutError"]
 
@@ -341,11 +342,13 @@ class Device:
             if st["error"]:
                 raise error_from_status(st, hw.csr_read("ERR_INDEX"))
             if st["done"] and not st["busy"]:
+                warn_on_collision(st)
                 return RunInfo("done", hw.cycles - t0, (), b.counters())
             pcs = [hw.csr_read(f"PC_{n.upper()}") for n in ENGINE_NAMES]
             busy = [hw.csr_read(f"{n.upper()}_BUSY_LO") for n in ENGINE_NAMES]
             if busy == prev and all(pcs[e] > last[e] for e in range(4)):
                 halted = tuple(ENGINE_NAMES[e] for e in sorted(bps))
+                warn_on_collision(st)
                 return RunInfo("breakpoint", hw.cycles - t0, halted, b.counters())
             prev = busy
             if hw.cycles - t0 > max_cycles:
@@ -383,6 +386,16 @@ class Device:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def warn_on_collision(st: dict) -> None:
+    """Warn (:class:`~sparrow.errors.CollisionWarning`) when STATUS says the run read and wrote one
+    scratchpad line in one cycle: simulation's result is then not what FPGA block RAM gives."""
+    if st.get("collision"):
+        warnings.warn(CollisionWarning(
+            "a scratchpad line was read and written in the same cycle (STATUS.collision): two engines "
+            "touched it without a semaphore between them; FPGA block RAM returns undefined data then, "
+            "so results on an FPGA may differ from this simulation"), stacklevel=3)
 
 
 def error_from_status(st: dict, err_index: int, detail: str = "") -> DeviceError:

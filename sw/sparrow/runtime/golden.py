@@ -24,7 +24,7 @@ class GoldenBackend:
         self.decoded = []
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._status = {"busy": 0, "done": 0, "error": 0, "error_engine": 7, "halted": 0, "stuck": 0,
-                        "fetch_done": 1}
+                        "fetch_done": 1, "collision": 0}
         self._halt = None
 
     # memory / setup

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import regmap
 from ..errors import DeviceError, ErrorCode
-from .device import ENGINE_NAMES, RunInfo, error_from_status
+from .device import ENGINE_NAMES, RunInfo, error_from_status, warn_on_collision
 
 __all__ = ["VerilatorBackend", "Harness", "STOP_DONE", "STOP_ERROR", "STOP_HALTED", "STOP_LIMIT"]
 
@@ -189,6 +189,7 @@ class VerilatorBackend:
             raise error_from_status(st, self.hw.csr_read("ERR_INDEX"))
         if reason == STOP_LIMIT:
             raise self.abort_timeout(max_cycles)
+        warn_on_collision(st)
         if reason == STOP_HALTED:
             halted = tuple(n for i, n in enumerate(ENGINE_NAMES) if st["halted"] >> i & 1)
             return RunInfo("breakpoint", ran, halted, self.counters())
