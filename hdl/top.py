@@ -203,10 +203,6 @@ class Sparrow(wiring.Component):
         else:
             m.submodules.axi = axi_c = self._axi
             slave = axi_c.bus
-        connect(m, cmd_slice.o, slave.cmd)
-        for name in ("wdata", "rdata", "wresp"):
-            connect(m, getattr(arb_c.bus, name), getattr(slave, name))
-        if self.bus_kind != "membus":
             for name, member in axi_c.signature.members.items():
                 if name == "bus":
                     continue
@@ -215,6 +211,9 @@ class Sparrow(wiring.Component):
                     m.d.comb += ours.eq(theirs)
                 else:
                     m.d.comb += theirs.eq(ours)
+        connect(m, cmd_slice.o, slave.cmd)
+        for name in ("wdata", "rdata", "wresp"):
+            connect(m, getattr(arb_c.bus, name), getattr(slave, name))
 
         # -- CSR read values -------------------------------------------------------------------------
         # Busy while running, or while a finished run still has work in flight; after an error
