@@ -305,8 +305,9 @@ class ReplicatedScratchpad(wiring.Component):
     Every write goes to all copies (``wr.cmd.ready`` is constant 1), so each matrix lane reads
     its own copy without conflicts (``rd[r].cmd.ready`` is constant 1 for ``r >= 1``). The extra
     ``shared`` read port (for the STORE DMA) reads replica 0 and is arbitrated round-robin against
-    ``rd[0]`` (each waits at most one grant). Latency 1, same-cycle read/write of a line returns
-    the old data (see module docstring).
+    ``rd[0]`` (each waits at most one grant), or, with ``own_shared``, reads a copy of its own
+    (one more memory; then every ``ready`` is constant 1). Latency 1, same-cycle read/write of a
+    line returns the old data (see module docstring).
 
     Parameters
     ----------
@@ -321,6 +322,10 @@ class ReplicatedScratchpad(wiring.Component):
         :class:`~sparrow.hdl.skid_buffer.SkidBuffer`) before the arbitration, so neither client's
         request reaches the other's ``ready`` combinationally; its reads answer a cycle later
         (default False).
+    own_shared : bool
+        Give the ``shared`` port a copy of its own instead of arbitrating it against ``rd[0]``
+        (timing: lane 0's read logic then meets no arbitration, like every other lane's; costs
+        the memory of one more copy; default False).
 
     Ports
     -----
@@ -329,20 +334,24 @@ class ReplicatedScratchpad(wiring.Component):
     rd : In(ReadPortSignature(addr_width, line_shape)).array(replicas)
         Private read ports. Verilog ``rd__<r>__cmd__*``, ``rd__<r>__rsp__*``.
     shared : In(ReadPortSignature(addr_width, line_shape))
-        Shared read port on replica 0. Verilog ``shared__cmd__*``, ``shared__rsp__*``.
+        Shared read port on replica 0 (on a copy of its own with ``own_shared``). Verilog
+        ``shared__cmd__*``, ``shared__rsp__*``.
     collision : Out(1)
         Sticky (until reset): a replica read and wrote one line in one cycle (see "Collisions").
     """
 
-    def __init__(self, depth: int, replicas: int, line_shape, *, sliced_shared: bool = False):
+    def __init__(self, depth: int, replicas: int, line_shape, *, sliced_shared: bool = False,
+                 own_shared: bool = False):
         _check_depth(depth)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
             raise ValueError(f"replicas must be a positive int, not {replicas!r}")
         _check_shape(line_shape)
         if not isinstance(sliced_shared, bool):
             raise TypeError(f"sliced_shared must be a bool, not {sliced_shared!r}")
+        if not isinstance(own_shared, bool):
+            raise TypeError(f"own_shared must be a bool, not {own_shared!r}")
         self.depth, self.replicas, self.line_shape = depth, replicas, line_shape
-        self.sliced_shared = sliced_shared
+        self.sliced_shared, self.own_shared = sliced_shared, own_shared
         self.read_latency = 1
         self.addr_width = (depth - 1).bit_length()
         super().__init__({
@@ -356,20 +365,24 @@ class ReplicatedScratchpad(wiring.Component):
         m = Module()
         m.d.comb += self.wr.cmd.ready.eq(1)
         collide = []
-        for r in range(self.replicas):
+        shared_cmd = self.shared.cmd
+        if self.sliced_shared:
+            m.submodules.shared_slice = sb = SkidBuffer(self.addr_width)
+            wiring.connect(m, wiring.flipped(self.shared.cmd), sb.i)
+            shared_cmd = sb.o
+        # (command stream, response stream) of each replica's own reader
+        readers = [(self.rd[r].cmd, self.rd[r].rsp) for r in range(self.replicas)]
+        if self.own_shared:
+            readers.append((shared_cmd, self.shared.rsp))
+        for r, own in enumerate(readers):
             mem = Memory(shape=self.line_shape, depth=self.depth, init=[], attrs={COLLISION_ATTR: 1})
             m.submodules[f"replica{r}"] = mem
             rp, wp = mem.read_port(), mem.write_port()
             m.d.comb += [wp.en.eq(self.wr.cmd.valid), wp.addr.eq(self.wr.cmd.payload.addr),
                          wp.data.eq(self.wr.cmd.payload.data)]
             # (command stream, response stream) of each client of this replica
-            clients = [(self.rd[r].cmd, self.rd[r].rsp)]
-            if r == 0:
-                shared_cmd = self.shared.cmd
-                if self.sliced_shared:
-                    m.submodules.shared_slice = sb = SkidBuffer(self.addr_width)
-                    wiring.connect(m, wiring.flipped(self.shared.cmd), sb.i)
-                    shared_cmd = sb.o
+            clients = [own]
+            if r == 0 and not self.own_shared:
                 clients.append((shared_cmd, self.shared.rsp))
                 m.submodules.shared_arb = arb = RoundRobin(2)
                 m.d.comb += [arb.requests.eq(Cat(*[cmd.valid for cmd, _ in clients])), arb.advance.eq(1),
@@ -377,7 +390,7 @@ class ReplicatedScratchpad(wiring.Component):
                              rp.addr.eq(Mux(arb.index, clients[1][0].payload, clients[0][0].payload))]
                 readies = [arb.grant[0], arb.grant[1]]
             else:
-                m.d.comb += [rp.en.eq(self.rd[r].cmd.valid), rp.addr.eq(self.rd[r].cmd.payload)]
+                m.d.comb += [rp.en.eq(own[0].valid), rp.addr.eq(own[0].payload)]
                 readies = [1]
             for c, (cmd, rsp) in enumerate(clients):
                 m.d.comb += cmd.ready.eq(readies[c])

@@ -93,8 +93,8 @@ class Sparrow(wiring.Component):
         # and credit logic. MATMUL's accumulator reads are sliced and registered too (a read
         # that lands later still sees every earlier write: the rows of one instruction are
         # distinct and the previous instruction's writes landed before its done); its writes
-        # stay unsliced. STORE's reads of the weights pass a slice before the arbitration
-        # against lane 0.
+        # stay unsliced. STORE's reads of the weights pass a slice and go to a copy of their own
+        # (timing: lane 0's weight reads met an arbitration against STORE, the only lane that did).
         m.submodules.act = act = dp(act_scratchpad(cfg, act_reads, ["vec", "dma"],
                                                    sliced_reads=["vec_a", "vec_b", "dma", *lane_reads],
                                                    registered_reads=lane_reads,
@@ -102,7 +102,7 @@ class Sparrow(wiring.Component):
         m.submodules.acc = acc = dp(acc_scratchpad(cfg, ["mx", "vec", "dma"], ["mx", "dma"],
                                                    sliced_reads=["mx", "vec", "dma"], registered_reads=["mx"],
                                                    sliced_writes=["dma"]))
-        m.submodules.wgt = wgt = dp(wgt_scratchpad(cfg, sliced_shared=True))
+        m.submodules.wgt = wgt = dp(wgt_scratchpad(cfg, sliced_shared=True, own_shared=True))
 
         # -- engines ----------------------------------------------------------------------------
         m.submodules.load = load = dp(LoadEngine(cfg))

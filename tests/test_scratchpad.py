@@ -145,6 +145,8 @@ def test_replicated_rejects_bad_parameters():
         ReplicatedScratchpad(64, 0, act_line(4))
     with pytest.raises(ValueError, match="depth"):
         ReplicatedScratchpad(48, 2, act_line(4))
+    with pytest.raises(TypeError, match="own_shared"):
+        ReplicatedScratchpad(64, 2, act_line(4), own_shared=1)
     with pytest.raises(ValueError, match="^n "):
         RoundRobin(0)
 
@@ -275,9 +277,10 @@ def test_banked_random_traffic_matches_model(banks, n_rd, n_wr):
 
 # -- replicated scratchpad ---------------------------------------------------------------------
 
-def test_replicated_random_traffic_and_shared_port():
+@pytest.mark.parametrize("own_shared", [False, True])
+def test_replicated_random_traffic_and_shared_port(own_shared):
     depth, reps = 32, 3
-    dut = ReplicatedScratchpad(depth, reps, act_line(4))
+    dut = ReplicatedScratchpad(depth, reps, act_line(4), own_shared=own_shared)
     rd = list(dut.rd) + [dut.shared]
     h = SpadHarness(dut, rd, [dut.wr], depth, 32)
     rng = _rng("repl")
@@ -292,9 +295,14 @@ def test_replicated_random_traffic_and_shared_port():
     # private ports 1.. never wait; the write port never waits
     for i in range(1, reps):
         assert h.wait_max_port[i] == 0 and len(h.grants_rd[i]) > 1000
-    assert h.grants_wr[0] and max(h.wait_max_port[0], h.wait_max_port[reps]) == 1
-    both = set(h.grants_rd[0]) & set(h.grants_rd[reps])
-    assert not both, "rd[0] and shared granted replica 0 in the same cycle"
+    if own_shared:
+        # the shared port reads a copy of its own: neither it nor rd[0] ever waits
+        assert h.grants_wr[0] and h.wait_max_port[0] == h.wait_max_port[reps] == 0
+        assert set(h.grants_rd[0]) & set(h.grants_rd[reps]), "never read together"
+    else:
+        assert h.grants_wr[0] and max(h.wait_max_port[0], h.wait_max_port[reps]) == 1
+        both = set(h.grants_rd[0]) & set(h.grants_rd[reps])
+        assert not both, "rd[0] and shared granted replica 0 in the same cycle"
 
 
 def test_replicated_shared_port_alternates_with_lane0():
