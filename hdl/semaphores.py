@@ -48,6 +48,13 @@ class SemaphoreUnit(wiring.Component):
     A consume is subtracted in the cycle after its take; in that cycle every wait with a non-zero
     count on that semaphore is held back (its value is about to drop), so waiters never see a
     stale value, and one semaphore is consumed at most every other cycle.
+
+    Timing: the registered compares are not made on the next value (an adder behind the late
+    signals, then a compare, was the block's critical path): ``next >= count`` is rewritten as
+    ``x < inc`` with ``x = count + dec + ~sem`` from registers only (a carry-save layer, one
+    carry chain) and the number of signals ``inc`` entering last, as thresholds of the signal
+    bits (no adder); the signal count and the overflow are LUT logic too. The grants read
+    registers (``ge_r``, the consume registers) through the semaphore selects.
     Overflow is judged on the value plus this cycle's signals, before this cycle's consumes
     (the golden model processes completions before starts): a result above
     ``2**sem_bits - 1`` saturates the counter, ``overflow`` rises and ``overflow_client`` names the

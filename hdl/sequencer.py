@@ -1,6 +1,9 @@
 """Sequencer: decode, dispatch to per-engine queues, semaphore-gated issue, debug and status."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
+import operator
+from functools import reduce
+
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, Value
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -29,6 +32,47 @@ def _hdr(word, name):
     return word[pos:pos + w]
 
 
+class _HeadQueue(wiring.Component):
+    """``SyncFIFOBuffered`` of ``depth`` entries (same ports but ``nonempty`` for ``level != 0``,
+    same cycles: an entry written in one cycle is at the registered head two cycles later) that
+    also compares the entry's index field (bits ``index_at`` and up) with ``bp_index`` as the
+    entry enters the head register, and every cycle while it sits there: ``at_index`` is
+    ``head index == bp_index`` of the previous cycle, a register (timing: the 24-bit compare does
+    not feed the issue decision)."""
+
+    def __init__(self, width, depth, index_at):
+        self.width, self.depth, self.index_at = width, depth, index_at
+        super().__init__({
+            "w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
+            "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1),
+            "nonempty": Out(1),
+            "bp_index": In(width - index_at), "at_index": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        head_index = self.r_data[self.index_at:]
+        load = Signal()
+        if self.depth == 1:
+            m.d.comb += [self.w_rdy.eq(~self.r_rdy), load.eq(self.w_en & self.w_rdy),
+                         self.nonempty.eq(self.r_rdy)]
+            new = self.w_data
+        else:
+            m.submodules.inner = inner = fifo.SyncFIFO(width=self.width, depth=self.depth - 1)
+            m.d.comb += [inner.w_data.eq(self.w_data), inner.w_en.eq(self.w_en), self.w_rdy.eq(inner.w_rdy),
+                         load.eq(inner.r_rdy & (~self.r_rdy | self.r_en)), inner.r_en.eq(load),
+                         self.nonempty.eq(inner.r_rdy | self.r_rdy)]
+            new = inner.r_data
+        with m.If(load):
+            m.d.sync += [self.r_data.eq(new), self.r_rdy.eq(1),
+                         self.at_index.eq(new[self.index_at:] == self.bp_index)]
+        with m.Else():
+            m.d.sync += self.at_index.eq(head_index == self.bp_index)
+            with m.If(self.r_en):
+                m.d.sync += self.r_rdy.eq(0)
+        return m
+
+
 class Sequencer(wiring.Component):
     """Everything between fetched words and the four execution engines.
 
@@ -47,10 +91,19 @@ class Sequencer(wiring.Component):
       ``instr.valid`` and NOP/DELAY signals come from registers, so no combinational path runs
       from a queue through the semaphore compares into an engine.
     * **Debug**: per-engine breakpoints, halt-all, resume and single step (see
-      :mod:`sparrow.regmap`), program counters.
+      :mod:`sparrow.regmap`), program counters. The breakpoint index is compared with the queue
+      head in a register (:class:`_HeadQueue`), so a change of ``bp_index`` takes effect a cycle
+      after it is made.
     * **Status**: done, first error (code, engine, instruction index), a deadlock watchdog
       (no dispatch, issue, completion or delay progress for ``watchdog`` cycles while work is
       pending and no engine is halted by the debugger), and the control-side counters.
+
+    Timing: decisions read registers wherever a cycle allows it. ``go`` (running and no error)
+    is a register computed from the next values, so the error flag does not feed the issue and
+    dispatch decisions (and from them the queues' clock enables); the first error is selected
+    one-hot from its sources; the breakpoint compare, the per-engine event counts, the retired
+    count (a table, no adder), the signals to the semaphores, the overflow report and the
+    watchdog's choice of engine are registered.
 
     Ports
     -----
@@ -129,6 +182,10 @@ class Sequencer(wiring.Component):
         running = self.running
         has_error = Signal()
         m.d.comb += has_error.eq(self.error != ErrorCode.NONE)
+        # go == running & ~has_error, kept in a register computed from the next values (timing:
+        # the error register's decode does not feed the issue and dispatch decisions, and from
+        # them the queues' and engines' wide clock enables)
+        go = Signal()
         progress = Signal()
         halt_seen = Signal()
 
@@ -144,17 +201,22 @@ class Sequencer(wiring.Component):
                 m.d.sync += counter.eq(counter + 1)
             late_events.append(ev)
 
-        def set_error(code, engine, index):
-            with m.If(~has_error):
-                m.d.sync += [self.error.eq(code), self.error_engine.eq(engine), self.error_index.eq(index)]
+        # error sources, lowest priority first: (condition, code, engine, index); the first error
+        # of a run is kept. Selected one-hot at the end (timing: an AND-OR of the sources, not a
+        # chain of muxes behind the error register's decode)
+        errors = []
+
+        def set_error(cond, code, engine, index):
+            errors.append((cond, code, engine, index))
 
         # -- dispatch -------------------------------------------------------------------------------
         queues = []
         flush = Signal()
         m.d.comb += flush.eq(self.start | self.abort)
         for e in range(N_ENGINES):
-            # registered head (timing: the head's wait fields feed the semaphore compares)
-            q = fifo.SyncFIFOBuffered(width=entry_w, depth=cfg.queue_depth)
+            # registered head (timing: the head's wait fields feed the semaphore compares), with
+            # the breakpoint compare registered too
+            q = _HeadQueue(entry_w, cfg.queue_depth, isa.WORD_BITS)
             m.submodules[f"queue{e}"] = ResetInserter(flush)(q)
             queues.append(q)
 
@@ -171,11 +233,11 @@ class Sequencer(wiring.Component):
                 with m.Case(e):
                     m.d.comb += target_ready.eq(queues[e].w_rdy)
         accepting = Signal()
-        m.d.comb += accepting.eq(running & ~has_error & ~halt_seen)
+        m.d.comb += accepting.eq(go & ~halt_seen)
         fire = Signal()
+        set_error(d_valid & accepting & ~d_legal, d_error, FETCH_ENGINE, d_index)
         with m.If(d_valid & accepting):
             with m.If(~d_legal):
-                set_error(d_error, FETCH_ENGINE, d_index)
                 m.d.comb += self.fetch_stop.eq(1)
             with m.Elif(d_halt):
                 m.d.comb += [self.fetch_stop.eq(1), progress.eq(1)]
@@ -200,8 +262,7 @@ class Sequencer(wiring.Component):
             count_late(self.count_stall[e], running & stalled, f"stall_event{e}")
         with m.If(fire):
             m.d.comb += progress.eq(1)
-        with m.If(self.fetch_error & running):
-            set_error(ErrorCode.DRAM_RANGE, FETCH_ENGINE, self.fetch_error_index)
+        set_error(self.fetch_error & running, ErrorCode.DRAM_RANGE, FETCH_ENGINE, self.fetch_error_index)
 
         # -- per-engine issue ------------------------------------------------------------------------
         halted = Signal(N_ENGINES)
@@ -238,8 +299,9 @@ class Sequencer(wiring.Component):
             last_pc = Signal(INDEX_BITS, name=f"last_pc{e}")
 
             drained = ~inflight.r_rdy & ~eng.busy & ~delay_active
-            at_bp = q.r_rdy & self.bp_enable[e] & (head_index == self.bp_index[e]) & ~pass_bp
-            can_go = running & ~has_error & ~halted[e] & q.r_rdy & ~delay_active
+            m.d.comb += q.bp_index.eq(self.bp_index[e])
+            at_bp = q.r_rdy & self.bp_enable[e] & q.at_index & ~pass_bp
+            can_go = go & ~halted[e] & q.r_rdy & ~delay_active
             m.d.comb += [
                 cl.wait_sem.eq(_hdr(head_word, "wait_sem")),
                 cl.wait_count.eq(_hdr(head_word, "wait_count")),
@@ -262,7 +324,7 @@ class Sequencer(wiring.Component):
             # every engine halts
             m.d.comb += [cl.request.eq(can_go & ~committed & Mux(local, drained, inflight.w_rdy)),
                          request.eq(cl.request & ~at_bp)]
-            with m.If(running & ~has_error & committed):
+            with m.If(go & committed):
                 with m.If(local):
                     m.d.comb += issue.eq(1)
                 with m.Else():
@@ -293,7 +355,8 @@ class Sequencer(wiring.Component):
             local_signal = Signal(name=f"local_signal{e}")
             local_sem = Signal(4, name=f"local_sem{e}")
             local_index = Signal(INDEX_BITS, name=f"local_index{e}")
-            n_retired = Signal(2, name=f"retired{e}")
+            # an engine's completion and a NOP/DELAY of the same engine never coincide (below)
+            n_retired = Signal(name=f"retired{e}")
             # delay_zero == (delay_left == 0), kept in a register (timing: the completion and its
             # signal do not wait for a 32-bit compare)
             delay_zero = Signal(name=f"delay_zero{e}")
@@ -322,7 +385,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += [inflight.r_en.eq(1), progress.eq(1), done_sig.eq(inflight.r_data[0]),
                              engine_done.eq(1)]
             delay_done = delay_active & delay_zero
-            m.d.comb += n_retired.eq(engine_done + delay_done)
+            m.d.comb += n_retired.eq(engine_done | delay_done)
             retired.append(n_retired)
             # an engine's completion and a NOP/DELAY of the same engine never coincide (NOP/DELAY
             # wait for the engine to drain), so one signal port per engine suffices. The signal
@@ -337,8 +400,7 @@ class Sequencer(wiring.Component):
             sig_index.append(idx)
             signals_r.append(sig_r)
             # errors from the engine: the faulting instruction is the oldest in flight
-            with m.If(eng.error != ErrorCode.NONE):
-                set_error(eng.error, e, inflight.r_data[5:])
+            set_error(eng.error != ErrorCode.NONE, eng.error, e, inflight.r_data[5:])
             # debug controls
             with m.If(self.resume[e] | self.step[e]):
                 m.d.comb += resume_mask[e].eq(1)
@@ -354,9 +416,9 @@ class Sequencer(wiring.Component):
             count_late(self.count_busy[e], running & busy_now, f"busy_event{e}")
             count_late(self.count_wait[e], running & ~busy_now & q.r_rdy & ~halted[e] & ~cl.wait_ok & ~committed,
                        f"wait_event{e}")
-            # the queue's level, not r_rdy: an entry spends a cycle inside the buffered queue
+            # the queue's content, not r_rdy: an entry spends a cycle inside the buffered queue
             # before its head register shows it
-            m.d.comb += pending[e].eq((q.level != 0) | inflight.r_rdy | eng.busy | delay_active)
+            m.d.comb += pending[e].eq(q.nonempty | inflight.r_rdy | eng.busy | delay_active)
         m.d.comb += pending_any.eq(pending.any())
 
         # the blocked queue head with the lowest instruction index (what a watchdog error names,
@@ -380,9 +442,14 @@ class Sequencer(wiring.Component):
         wd_valid_r, wd_index_r, wd_engine_r = heads[0]
 
         # counted a cycle late, like the event counters (timing: completions from the engines
-        # ran into the 64-bit adder's carry chain)
-        retired_r = Signal(range(2 * N_ENGINES + 1))
-        m.d.sync += [retired_r.eq(sum(retired)), self.count_instructions.eq(self.count_instructions + retired_r)]
+        # ran into the 64-bit adder's carry chain); the count of the engines' bits is a table
+        # (LUTs, no adder)
+        retired_r = Signal(range(N_ENGINES + 1))
+        with m.Switch(Cat(*retired)):
+            for v in range(1 << N_ENGINES):
+                with m.Case(v):
+                    m.d.sync += retired_r.eq(bin(v).count("1"))
+        m.d.sync += self.count_instructions.eq(self.count_instructions + retired_r)
 
         # breakpoints: a hit halts that engine, or all of them with bp_halt_all; RESUME/STEP
         # release the engines in their mask
@@ -405,8 +472,7 @@ class Sequencer(wiring.Component):
             for e in range(N_ENGINES):
                 with m.Case(e):
                     m.d.comb += ovf_index.eq(sig_index_r[e])
-        with m.If(ovf_seen & running):
-            set_error(ErrorCode.SEM_OVERFLOW, ovf_engine, ovf_index)
+        set_error(ovf_seen & running, ErrorCode.SEM_OVERFLOW, ovf_engine, ovf_index)
 
         # -- watchdog, done ----------------------------------------------------------------------------
         quiet = Signal(32)
@@ -419,18 +485,26 @@ class Sequencer(wiring.Component):
             m.d.sync += [quiet.eq(0), quiet_hit.eq(0)]
         with m.Else():
             m.d.sync += [quiet.eq(quiet + 1), quiet_hit.eq(quiet + 1 >= self.watchdog)]
-        with m.If(running & (self.watchdog != 0) & quiet_hit):
-            set_error(ErrorCode.WATCHDOG, NO_ENGINE, 0)
+        wd_hit = Signal()
+        m.d.comb += wd_hit.eq(running & (self.watchdog != 0) & quiet_hit)
+        with m.If(wd_hit):
             m.d.sync += self.stuck.eq(pending)
-            with m.If(~has_error):
-                with m.If(wd_valid_r):
-                    # name the blocked queue head with the lowest instruction index
-                    m.d.sync += [self.error_engine.eq(wd_engine_r), self.error_index.eq(wd_index_r)]
-                with m.Else():
-                    # no queued instruction: the lowest-numbered engine still holding work
-                    for e in reversed(range(N_ENGINES)):
-                        with m.If(pending[e]):
-                            m.d.sync += [self.error_engine.eq(e), self.error_index.eq(self.pc[e])]
+        # no queued instruction: the lowest-numbered engine still holding work, registered like
+        # the tournament (timing: the engines' busy and in-flight state do not feed the error
+        # registers; read after `watchdog` quiet cycles, when that state has long stopped
+        # changing)
+        wd_fb_engine = Signal(3, init=NO_ENGINE)
+        wd_fb_index = Signal(INDEX_BITS)
+        m.d.sync += [wd_fb_engine.eq(NO_ENGINE), wd_fb_index.eq(0)]
+        for e in reversed(range(N_ENGINES)):
+            with m.If(pending[e]):
+                m.d.sync += [wd_fb_engine.eq(e), wd_fb_index.eq(self.pc[e])]
+        wd_engine = Signal(3)
+        wd_index = Signal(INDEX_BITS)
+        # name the blocked queue head with the lowest instruction index
+        m.d.comb += [wd_engine.eq(Mux(wd_valid_r, wd_engine_r, wd_fb_engine)),
+                     wd_index.eq(Mux(wd_valid_r, wd_index_r, wd_fb_index))]
+        set_error(wd_hit, ErrorCode.WATCHDOG, wd_engine, wd_index)
 
         finished = Signal()
         m.d.comb += finished.eq((halt_seen | ~self.fetch_busy) & ~self.fetched.valid & ~d_valid & ~pending_any
@@ -446,7 +520,31 @@ class Sequencer(wiring.Component):
 
         with m.If(self.abort & running):
             m.d.sync += running.eq(0)
-            set_error(ErrorCode.ABORTED, NO_ENGINE, 0)
+        set_error(self.abort & running, ErrorCode.ABORTED, NO_ENGINE, 0)
+
+        # the first error: the highest-priority source of this cycle, selected one-hot
+        err_any = Signal()
+        m.d.comb += err_any.eq(Cat(*(c for c, *_ in errors)).any())
+        err_code = Signal(len(Value.cast(self.error)))
+        err_engine = Signal(3)
+        err_index = Signal(INDEX_BITS)
+        later = Const(0)
+        codes, engines, indexes = [], [], []
+        for k, (cond, code, engine, index) in reversed(list(enumerate(errors))):
+            sel = Signal(name=f"err_sel{k}")
+            m.d.comb += sel.eq(cond & ~later)
+            later = later | cond
+            codes.append(Mux(sel, Value.cast(code), 0))
+            engines.append(Mux(sel, engine, 0))
+            indexes.append(Mux(sel, index, 0))
+        m.d.comb += [err_code.eq(reduce(operator.or_, codes)), err_engine.eq(reduce(operator.or_, engines)),
+                     err_index.eq(reduce(operator.or_, indexes))]
+        with m.If(~has_error & err_any):
+            m.d.sync += [self.error.eq(err_code), self.error_engine.eq(err_engine),
+                         self.error_index.eq(err_index)]
+        # go's next value: running and no error next cycle (the updates of `running` and
+        # `error` above and below, in one expression)
+        m.d.sync += go.eq(self.start | (running & ~has_error & ~finished & ~err_any))
 
         with m.If(self.start):
             m.d.sync += [
