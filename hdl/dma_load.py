@@ -14,14 +14,18 @@ same instruction, so the bus is kept busy while lines are written:
   walker stops at the first failing row. A range is held as its next beat and a down-counter
   of the beats left; a burst's length is the smallest of those, ``max_burst`` and the beats to
   the 4 KiB boundary (the inverted low bits of the beat address), so issuing a burst needs
-  small compares and one increment, no address subtraction.
+  small compares, no address subtraction; the next beat and remainder after a burst that does
+  not end its range are two candidates formed from registers (it ended at the 4 KiB boundary,
+  or it was ``max_burst`` beats long), selected by that compare.
 * **unpacker** — takes read beats in order and pushes their useful bytes (offset, count) into
   the :class:`ByteWindow` realigner. Count beats are parked in a small stash (the look-ahead
   row's count arrives before the current row's payload) and the counts are extracted and
   checked as they arrive (``N <= capacity``, ``2 + N`` bytes inside memory — both at once as
   ``N`` against ``min(capacity, DRAM - 2 - slot)``, registered when the count read starts, and
-  the capacity alone for the error code — and how many bytes
-  of the count beat lie beyond the group); a row's stashed count beats enter the window just
+  the capacity alone for the error code). The count and its checks are registered (the
+  *count stage*); in the next cycle what the walker and the unpacker need of them (the beats of
+  the payload after the count beat(s), the bytes of the last count beat inside the group) is
+  computed from those registers and queued. A row's stashed count beats enter the window just
   before its payload, without the bytes beyond the group. Each row's count and checks are also
   queued for the writer.
 * **writer** — two stages. The *decode* stage walks the padded region in row-major order, one
@@ -30,10 +34,11 @@ same instruction, so the bus is kept busy while lines are written:
   (:class:`~sparrow.hdl.zero_codec.ZeroExpand`; the count is popped with the first line),
   checking the format on the way with the queued count and checks (only the mask's popcount
   is computed from the window in the cycle that pops). Its result — a line, or the error found
-  at it — goes to a *line register*, which writes the line to the scratchpad in the next cycle
-  or reports the error. So a corrupt group raises ``CORRUPT_DATA`` before the line at which the
-  fault is found is written (trailing bytes: after the row's last line), as every line before
-  it has been written first.
+  at it — goes to a *line register* (with a skid register behind it, so the decode stage goes
+  on while the skid register is empty, not after the port's ``ready``), which writes the line
+  to the scratchpad in the next cycle or reports the error. So a corrupt group raises
+  ``CORRUPT_DATA`` before the line at which the fault is found is written (trailing bytes:
+  after the row's last line), as every line before it has been written first.
 
 Timing: no path runs from the read data or the scratchpad port's ``ready`` through the
 window's shifter; the window's buffer is updated from registers, a popcount of the mask and the
@@ -41,16 +46,26 @@ pop decision (see :class:`ByteWindow`): the early pop is an option selected by r
 the decode stage's checks of a line against its popcount are bits selected by it from
 thermometer codes of registers; whether an uncompressed line's bytes are held is a register
 of the window (``level_ge_opt0``, level >= ``lb``), not a bit selected by ``lb``. The walkers
-keep the next rows' slots, their memory limits and whether a row's payload goes on past its
+keep the next rows' slots (the unpacker only their low bits), their memory limits
+(``DRAM - 2 - slot`` as its low ``log2(DRAM)`` bits and a sticky sign: ``DRAM`` is a power of
+two, so a limit >= 0 fits and a step by the stride goes negative exactly when the narrow
+subtraction borrows), the rows left as flags, a row's beats (two candidates per row length,
+precomputed at CHECK, chosen by a 3-bit carry) and whether a row's payload goes on past its
 count beat(s) (stored with the count) in registers or FIFO entries, and the command walker a
-"few beats left" flag, so their decisions need no address adder. The writer's position, line
-address, next data row's slot and payload left are kept lazily (the values after a move are
+"few beats left" flag, so their decisions need no address adder and no compare after an
+adder; the start values (row 1's slot, rows 0-2's limits) are summed at CHECK, one adder per
+cycle. The stash and the unpacker's count queue have registered outputs, so the drain of
+count beats into the window starts from registers. The writer's position, line address, next
+data row's memory check and payload left are kept lazily (the values after a move are
 registered every cycle and a registered "moved" bit selects them), so its late decisions
-(advance, take) enable a few flags, not ~100 flip-flops.
+(advance, take) enable a few flags, not ~100 flip-flops. ``halted`` (an error is set) is a
+register of its own, and ``done`` follows from registers only.
 Latency: one cycle more for the line register and one for the window's input
 register than a single-stage writer; the start-time checks take four cycles and an
 uncompressed transfer issues its first read in the cycle after them, so an uncompressed LOAD
-takes as many cycles as before, a compressed one one more. One line per cycle as before.
+takes as many cycles as before; a compressed one waits two cycles more for each count (the
+count stage and the queues' registered outputs) where the data has not already arrived ahead.
+One line per cycle as before.
 
 Start-time checks: ``SPAD_RANGE`` then ``DRAM_RANGE`` (uncompressed; compressed rows are checked
 per row: count bytes, then count <= capacity, then the ``2 + N`` bytes). A read beat with
@@ -320,7 +335,6 @@ class LoadEngine(wiring.Component):
         ACCW = 4 * C
         WIN = max(ACCW, 2 + MBK + C)  # largest pop: a line, or a count + a compressed line
         DRAM = cfg.dram_bytes
-        AMASK = ~(MB - 1)
 
         ins = self.instr.payload.body.load
 
@@ -335,7 +349,6 @@ class LoadEngine(wiring.Component):
         pt, pb, pl, pr = (Signal(4, name=n) for n in ("pt", "pb", "pl", "pr"))
         comp = Signal()
         # derived at CHECK
-        row_bytes = Signal(20)
         cap = Signal(16)  # rl*(MBK + C), clamped to 0xffff (a count has 16 bits)
         prow_t = Signal(11)  # padded rows
         pcol_t = Signal(11)  # padded lines per row
@@ -346,8 +359,29 @@ class LoadEngine(wiring.Component):
 
         err = Signal(ErrorCode)
         m.d.comb += self.error.eq(err)
-        halted = Signal()
-        m.d.comb += halted.eq(err != ErrorCode.NONE)
+        halted = Signal()  # err != NONE, a register of its own (set with err; it fans out widely)
+
+        LW = max(1, LMB)  # width of a byte offset in a beat
+        LD = DRAM.bit_length() - 1  # DRAM is a power of two
+
+        def lim_step(v, neg, amount):
+            """Statements that move a memory limit (``DRAM - 2 - slot``, kept as its low ``LD`` bits
+            ``v`` and a sticky sign ``neg``) to the slot ``amount`` bytes on: a limit >= 0 is below
+            ``DRAM``, so it goes negative exactly when the narrow subtraction borrows."""
+            d = Signal(signed(LD + 2), name=f"{v.name}_step")
+            m.d.comb += d.eq(v - amount)
+            return [v.eq(d[:LD]), neg.eq(neg | d[-1])]
+
+        # precomputed at CHECK (one add per step), so the walkers start from registers: the slots
+        # of rows 1 (a1) and the memory limits DRAM - 2 - slot of rows 0..2 (l0..l2, negative when
+        # the row's count bytes lie beyond memory); a row's beats from a byte offset lo are
+        # rs_hi + carry (rs_hi1 when lo + rs_lo >= MB), the last ending at byte (lo + rs_lo) % MB + 1
+        a1 = Signal(ADDR_W)
+        l0, l1, l2 = (Signal(signed(ADDR_W + 2), name=n) for n in ("l0", "l1", "l2"))
+        rs_hi, rs_hi1 = Signal(16, name="rs_hi"), Signal(16, name="rs_hi1")  # (row_bytes - 1) >> LMB, + 1
+        rs_lo = Signal(LW)  # (row_bytes - 1) % MB
+        rs_z0 = Signal()  # rs_hi == 0
+        rs_le0, rs_le1 = Signal(name="rs_le0"), Signal(name="rs_le1")  # rs_hi, rs_hi1 <= max_burst - 1
 
         # ---- submodules -----------------------------------------------------------------------
         # early pop options: a line (uncompressed), a mask, a count and a mask (compressed)
@@ -362,7 +396,9 @@ class LoadEngine(wiring.Component):
         RET_NEXT, RET_AHEAD, RET_WAITN = range(3)
         cw_st = Signal(range(7))
         cw_ret = Signal(range(3))
-        cw_y = Signal(10)
+        cw_rl = Signal(10)  # rows after the current one
+        cw_end = Signal()  # every row is issued (the current row is past the last)
+        cw_more = Signal()  # cw_rl >= 1
         cw_base = Signal(ADDR_W)
         # the range being issued: its next beat (a beat address) and the beats left after it;
         # the beats to the 4 KiB boundary are the inverted low bits of cw_cur, so a burst's
@@ -370,28 +406,51 @@ class LoadEngine(wiring.Component):
         REM_W = 22  # beats - 1 of a range: (MB - 1 + 2**20) >> LMB fits
         cw_cur = Signal(ADDR_W - LMB)
         cw_rem = Signal(REM_W)
-        # counts: unpacker -> walker (wq) and unpacker -> its own drain step (uq)
-        # more: the payload goes on past the count beat(s) (n > count_room(slot)), decided when
-        # the count arrives, so the walker and the unpacker read it as a stored bit
-        nq_layout = data.StructLayout({"n": 16, "ok": 1, "ce": range(MB + 1), "more": 1})
-        m.submodules.wq = wq = fifo.SyncFIFO(width=nq_layout.size, depth=4)
-        m.submodules.uq = uq = fifo.SyncFIFO(width=nq_layout.size, depth=4)
-        wq_out = data.View(nq_layout, wq.r_data)
+        # counts: unpacker -> walker (wq) and unpacker -> its own drain step (uq), with what each
+        # needs of them computed in the count stage (below), so neither adds after the read:
+        # more: the payload goes on past the count beat(s) (n > count_room(slot)); pm1: the beats
+        # of the payload after the count beat(s) - 1 (when more), ple: pm1 <= max_burst - 1,
+        # pe: the bytes of its last beat, plast: pm1 == 0; dn: the bytes of the last count beat
+        # that belong to the group (from the count's first byte or the beat's start)
+        wq_layout = data.StructLayout({"ok": 1, "more": 1, "pm1": 16, "ple": 1})
+        uq_layout = data.StructLayout({"ok": 1, "more": 1, "pm1": 16, "pe": range(MB + 1), "plast": 1,
+                                       "dn": range(MB + 1)})
+        m.submodules.wq = wq = fifo.SyncFIFO(width=wq_layout.size, depth=4)
+        m.submodules.uq = uq = fifo.SyncFIFOBuffered(width=uq_layout.size, depth=4)
+        wq_out = data.View(wq_layout, wq.r_data)
+        uq_out = data.View(uq_layout, uq.r_data)
         # counts and their checks: unpacker -> writer (registered output)
         # (bad: the count fails a check, cap_bad: the capacity one; so DRAM_RANGE is bad & ~cap_bad)
-        xq_layout = data.StructLayout({"n": 16, "cap_bad": 1, "bad": 1})
+        # ge: the count's compares with the few thresholds the writer needs (small_ge, a
+        # thermometer code computed in the count stage)
+        TW = MBK + C + 2
+
+        def small_ge(v):
+            tb = (TW - 1).bit_length()
+            hi = v[tb:].any() if len(v) > tb else Const(0, 1)
+            table = Array(Const((1 << min(u + 1, TW)) - 1, TW) for u in range(1 << tb))
+            return Mux(hi, (1 << TW) - 1, table[v[:tb]])
+
+        xq_layout = data.StructLayout({"n": 16, "cap_bad": 1, "bad": 1, "ge": TW})
         m.submodules.xq = xq = fifo.SyncFIFOBuffered(width=xq_layout.size, depth=8)
         xq_out = data.View(xq_layout, xq.r_data)
-        uq_out = data.View(nq_layout, uq.r_data)
 
         def lo_bits(a):
             return a[:LMB] if LMB else Const(0, 1)
 
-        def count_room(slot):
-            """Bytes of the count beat(s) of ``slot`` after its two count bytes (from its low bits):
-            the row's payload goes on past those beats exactly when its count exceeds this."""
-            lo = lo_bits(slot)
+        def count_room(lo):
+            """Bytes of the count beat(s) of a slot after its two count bytes (from its low bits
+            ``lo``): the row's payload goes on past those beats exactly when its count exceeds this."""
             return Mux(lo == MB - 1, MB - 1, MB - 2 - lo)
+
+        def row_span(lo):
+            """(beats - 1, bytes of the last beat, one beat only, beats - 1 <= max_burst - 1) of a
+            row's ``row_bytes`` from byte ``lo`` of a beat: two candidates precomputed at CHECK,
+            chosen by the carry of a small add."""
+            s = Signal(LW + 1, name="rs_sum")
+            m.d.comb += s.eq(lo + rs_lo)
+            carry = s[LMB] if LMB else Const(0, 1)
+            return (Mux(carry, rs_hi1, rs_hi), lo_bits(s) + 1, ~carry & rs_z0, Mux(carry, rs_le1, rs_le0))
 
         to4k_m1 = Signal(12 - LMB)  # beats to the 4 KiB boundary - 1
         blen = Signal(8)
@@ -403,10 +462,29 @@ class LoadEngine(wiring.Component):
         cw_rem_le = Signal()
         rem_lo = cw_rem[: max(1, (MBU - 1).bit_length())]  # cw_rem itself when cw_rem_le
         lim = Signal(8)
-        m.d.comb += lim.eq(Mux(cw_rem_le, rem_lo, MBU - 1))
-        m.d.comb += blen.eq(Mux(to4k_m1 < lim, to4k_m1, lim))
+        cut4k = Signal()  # the burst ends at the 4 KiB boundary
+        m.d.comb += [lim.eq(Mux(cw_rem_le, rem_lo, MBU - 1)), cut4k.eq(to4k_m1 < lim)]
+        m.d.comb += blen.eq(Mux(cut4k, to4k_m1, lim))
         reach_last = Signal()
         m.d.comb += reach_last.eq(cw_rem_le & (rem_lo <= to4k_m1))
+        # after a burst that does not end the range: it ended at the 4 KiB boundary (cut4k), or
+        # it was max_burst beats long; both next beats and both remainders are adders from
+        # registers, and cut4k selects (no adder after the burst length)
+        B4 = 12 - LMB
+        nxt_cur = Signal(len(cw_cur))
+        nxt_rem = Signal(REM_W)
+        m.d.comb += [
+            nxt_cur.eq(Mux(cut4k, Cat(Const(0, B4), cw_cur[B4:] + 1), cw_cur + MBU)),
+            nxt_rem.eq(Mux(cut4k, cw_rem + cw_cur[:B4] - (1 << B4), cw_rem - MBU)),
+        ]
+        # the next remainder is <= max_burst - 1: cw_rem <= max_burst + to4k_m1 and cw_rem <=
+        # 2*max_burst - 1, the first a small compare (to4k_m1 >= max_burst - 1 makes it follow
+        # from the second)
+        TB = max(1, (MBU - 1).bit_length())
+        RB = (2 * MBU - 1).bit_length()
+        nxt_le = Signal()
+        m.d.comb += nxt_le.eq((cw_rem <= 2 * MBU - 1)
+                              & ((to4k_m1 >= MBU - 1) | (cw_rem[:RB] <= MBU + to4k_m1[:TB])))
 
         cmd = self.bus.cmd
         m.d.comb += [
@@ -419,44 +497,52 @@ class LoadEngine(wiring.Component):
         m.d.comb += cmd_fire.eq(cmd.valid & cmd.ready)
 
         # the next row's slot and whether each slot's count bytes lie inside memory are
-        # registers, advanced with cw_base, so no 32-bit adder and compare precede the decisions
+        # registers, advanced with cw_base; the next row's is kept as its memory limit
+        # (DRAM - 2 - slot, low bits and a sticky sign), so advancing it is one narrow subtract
+        # whose borrow is the flag, and no 32-bit adder and compare precede the decisions
         cw_ahead = Signal(ADDR_W)  # cw_base + stride
         cw_ok = Signal()  # cw_base + 2 <= DRAM
-        cw_ok1 = Signal()  # cw_ahead + 2 <= DRAM
-        cw_cend = Signal(ADDR_W)
-        cw_pay = Signal(REM_W)  # beats of the payload after the count beat(s)
-        m.d.comb += [
-            cw_cend.eq(((cw_base + 1) & AMASK) + MB),
-            cw_pay.eq((lo_bits(cw_base + 1) + wq_out.n) >> LMB),
-        ]
+        cw_l1, cw_l1n = Signal(LD, name="cw_l1"), Signal(name="cw_l1n")  # limit of cw_ahead
+        # the beat after the count beat(s) of cw_base, registered from cw_base every cycle (it
+        # is used in CW_WAITN, at least two cycles after cw_base moves)
+        cw_cend = Signal(ADDR_W - LMB)
+        m.d.sync += cw_cend.eq(cw_base[LMB:] + Mux(lo_bits(cw_base) == MB - 1, 2, 1))
 
-        def cw_range(lo, rem_m1, ret):
-            """Issue the beats from the one holding byte ``lo``; ``rem_m1``: their number - 1."""
-            return [cw_cur.eq(lo[LMB:]), cw_rem.eq(rem_m1), cw_rem_le.eq(rem_m1 <= MBU - 1), cw_ret.eq(ret),
-                    cw_st.eq(CW_RANGE)]
+        def cw_range(beat, rem_m1, le, ret):
+            """Issue the beats from ``beat``; ``rem_m1``: their number - 1, ``le``: rem_m1 <= max_burst - 1."""
+            return [cw_cur.eq(beat), cw_rem.eq(rem_m1), cw_rem_le.eq(le), cw_ret.eq(ret), cw_st.eq(CW_RANGE)]
 
-        def cw_span(lo, n, ret):
-            """Range of the ``n >= 1`` bytes from ``lo`` (beats - 1 from ``lo``'s low bits and ``n``)."""
-            return cw_range(lo, (lo_bits(lo) + n - 1) >> LMB, ret)
+        def cw_count(addr, ret):
+            """Range of a slot's two count bytes."""
+            return cw_range(addr[LMB:], lo_bits(addr) == MB - 1, 1, ret)
 
-        cw_next = [cw_y.eq(cw_y + 1), cw_base.eq(cw_ahead), cw_ahead.eq(cw_ahead + stride),
-                   cw_ok.eq(cw_ok1), cw_ok1.eq(cw_ahead + stride + 2 <= DRAM), cw_st.eq(CW_ROW)]
+        def cw_row(addr, ret):
+            """Range of an uncompressed row from ``addr``."""
+            rm1, _, _, le = row_span(lo_bits(addr))
+            return cw_range(addr[LMB:], rm1, le, ret)
 
-        cw_init = Signal()  # pulsed by the control FSM to start the walkers
+        cw_next = [cw_rl.eq(cw_rl - 1), cw_end.eq(cw_rl == 0), cw_more.eq(cw_rl >= 2),
+                   cw_base.eq(cw_ahead), cw_ahead.eq(cw_ahead + stride),
+                   cw_ok.eq(~cw_l1n), *lim_step(cw_l1, cw_l1n, stride), cw_st.eq(CW_ROW)]
+
+        cw_init = Signal()  # pulsed by the control FSM (at ck 3, from a register) to start the walkers
+        cw_go = Signal()
+        m.d.sync += cw_go.eq(0)
+        m.d.comb += cw_init.eq(cw_go)
 
         with m.If(cw_init):
-            # uncompressed: row 0's range straight away (rlb = row_bytes)
-            m.d.sync += [cw_y.eq(0), cw_base.eq(dram_addr), cw_ahead.eq(dram_addr + stride),
-                         cw_ok.eq(dram_addr + 2 <= DRAM), cw_ok1.eq(dram_addr + stride + 2 <= DRAM)]
+            # uncompressed: row 0's range straight away
+            m.d.sync += [cw_rl.eq(rows - 1), cw_end.eq(0), cw_more.eq(rows >= 2), cw_base.eq(dram_addr),
+                         cw_ahead.eq(a1), cw_ok.eq(~l0[-1]), cw_l1.eq(l1[:LD]), cw_l1n.eq(l1[-1])]
             with m.If(comp):
                 m.d.sync += cw_st.eq(CW_FIRST)
             with m.Else():
-                m.d.sync += cw_span(dram_addr, rlb, RET_NEXT)
+                m.d.sync += cw_row(dram_addr, RET_NEXT)
         with m.Elif(cw_st == CW_ROW):
-            with m.If(cw_y == rows):
+            with m.If(cw_end):
                 m.d.sync += cw_st.eq(CW_IDLE)
             with m.Elif(~comp):
-                m.d.sync += cw_span(cw_base, row_bytes, RET_NEXT)
+                m.d.sync += cw_row(cw_base, RET_NEXT)
             with m.Elif(~cw_ok):
                 m.d.sync += cw_st.eq(CW_STOP)
             with m.Else():
@@ -465,21 +551,15 @@ class LoadEngine(wiring.Component):
             with m.If(~cw_ok):
                 m.d.sync += cw_st.eq(CW_STOP)
             with m.Else():
-                m.d.sync += cw_span(cw_base, 2, RET_AHEAD)
+                m.d.sync += cw_count(cw_base, RET_AHEAD)
         with m.Elif(cw_st == CW_AHEAD):
-            with m.If((cw_y + 1 < rows) & cw_ok1):
-                m.d.sync += cw_span(cw_ahead, 2, RET_WAITN)
+            with m.If(cw_more & ~cw_l1n):
+                m.d.sync += cw_count(cw_ahead, RET_WAITN)
             with m.Else():
                 m.d.sync += cw_st.eq(CW_WAITN)
         with m.Elif(cw_st == CW_RANGE):
             with m.If(cmd_fire):
-                # cw_rem - blen - 1 <= max_burst - 1 follows from registers: already small, or
-                # cw_rem <= max_burst + blen with blen = min(to4k_m1, max_burst - 1)
-                m.d.sync += [
-                    cw_cur.eq(cw_cur + blen + 1),
-                    cw_rem.eq(cw_rem - blen - 1),
-                    cw_rem_le.eq(cw_rem_le | ((cw_rem <= MBU + to4k_m1) & (cw_rem <= 2 * MBU - 1))),
-                ]
+                m.d.sync += [cw_cur.eq(nxt_cur), cw_rem.eq(nxt_rem), cw_rem_le.eq(cw_rem_le | nxt_le)]
                 with m.If(reach_last):
                     with m.Switch(cw_ret):
                         with m.Case(RET_NEXT):
@@ -493,54 +573,70 @@ class LoadEngine(wiring.Component):
             with m.If(wq.r_rdy):
                 with m.If(~wq_out.ok):
                     m.d.sync += cw_st.eq(CW_STOP)
-                with m.Elif(wq_out.more):  # cw_pay != 0, stored with the count (no adder here)
-                    m.d.sync += cw_range(cw_cend, cw_pay - 1, RET_NEXT)
+                with m.Elif(wq_out.more):  # stored with the count (no adder here)
+                    m.d.sync += cw_range(cw_cend, wq_out.pm1, wq_out.ple, RET_NEXT)
                 with m.Else():
                     m.d.sync += cw_next
 
         # ---- unpacker -------------------------------------------------------------------------
-        UP_IDLE, UP_ROW, UP_DATA, UP_RECV, UP_STOP, UP_FIRST, UP_AHEAD, UP_DRAIN = range(8)
-        up_st = Signal(range(8))
+        UP_IDLE, UP_DATA, UP_RECV, UP_STOP, UP_FIRST, UP_AHEAD, UP_DRAIN = range(7)
+        up_st = Signal(range(7))
         up_ret_drain = Signal()  # after RECV: DRAIN (else AHEAD)
-        up_y = Signal(10)
-        up_base = Signal(ADDR_W)
-        up_off = Signal(range(MB))
-        up_rem = Signal(20)
-        # up_rem <= MB - up_off (the next beat ends the row's data), registered with up_rem and
-        # up_off (from the values they are set to), so the beat's byte count and the step to the
-        # next row follow from a flag, not from a 20-bit compare after them (timing: the step
-        # enables ~200 flip-flops of the row registers)
+        up_rl = Signal(10)  # rows after the current one
+        up_m1, up_m2 = Signal(name="up_m1"), Signal(name="up_m2")  # up_rl >= 1, >= 2
+        # the row's data in beats: byte offset in the next beat, beats left after it, the end of
+        # the last beat, and (registered with them, so the beat's byte count and the step to the
+        # next row follow from flags, not from compares after them; timing: the step enables the
+        # row registers) whether the next beat is the last and its byte count either way
+        up_off = Signal(LW)
+        up_bl = Signal(16)
+        up_le = Signal(range(MB + 1))
         up_last = Signal(init=1)
+        up_nf = Signal(range(MB + 1))  # MB - up_off
+        up_nl = Signal(range(MB + 1))  # up_le - up_off
 
-        def up_span(off, rem):
-            """Statements that set the data bytes left (``rem``) from byte ``off`` of the next beat."""
-            return [up_off.eq(off), up_rem.eq(rem), up_last.eq(rem <= MB - off)]
-        rc_base = Signal(ADDR_W)  # slot whose count is being received
-        # the largest count that passes both checks, min(cap, DRAM - 2 - rc_base) (<= 0xffff as
-        # cap is clamped), registered when the count read starts: so a count's pass/fail is one
-        # 16-bit compare with the read data, not two compares (one 22 bits wide) and a gate
+        def up_span(off, bm1, le, last):
+            """Statements that set the row's data: ``bm1 + 1`` beats from byte ``off`` of the next
+            one, the last ending at byte ``le`` (``last``: bm1 == 0)."""
+            return [up_off.eq(off), up_bl.eq(bm1), up_le.eq(le), up_last.eq(last), up_nf.eq(MB - off),
+                    up_nl.eq(le - off)]
+
+        def up_row_span(lo):
+            bm1, le, last, _ = row_span(lo)
+            return up_span(lo, bm1, le, last)
+
+        rc_lo = Signal(LW)  # low bits of the slot whose count is being received
+        # the largest count that passes both checks, min(cap, DRAM - 2 - slot) (<= 0xffff as
+        # cap is clamped), registered when the count read starts from a register (so a count's
+        # pass/fail is one 16-bit compare with the read data, not two compares and a gate)
         rc_lim = Signal(16)
         rc_second = Signal()  # waiting for the count's high byte in the next beat
         rc_nlow = Signal(8)
-        dr_left = Signal(2)  # stashed count beats of row up_y still to drain
+        dr_left = Signal(2)  # stashed count beats of the current row still to drain
+        dr_last = Signal()
+        m.d.comb += dr_last.eq(dr_left == 1)
 
-        stash_layout = data.StructLayout({"data": 8 * MB, "off": range(MB)})
-        m.submodules.stash = stash = fifo.SyncFIFO(width=stash_layout.size, depth=4)
+        # stashed count beats, with their first byte and byte count (to the beat's end; the last
+        # beat's count comes from uq), read from registers
+        stash_layout = data.StructLayout({"data": 8 * MB, "off": range(MB), "nf": range(MB + 1)})
+        m.submodules.stash = stash = fifo.SyncFIFOBuffered(width=stash_layout.size, depth=4)
         st_in = data.View(stash_layout, stash.w_data)
         st_out = data.View(stash_layout, stash.r_data)
 
         rd = self.bus.rdata
         beat_n = Signal(range(MB + 1))
-        m.d.comb += beat_n.eq(Mux(up_last, up_rem, MB - up_off))
+        m.d.comb += beat_n.eq(Mux(up_last, up_nl, up_nf))
+        dr_go = Signal()  # the drain can push: a stashed beat, and for the last one its count
+        m.d.comb += dr_go.eq(stash.r_rdy & (~dr_last | uq.r_rdy) & ~halted)
         with m.If(up_st == UP_DRAIN):
             # a row's count beats up to the end of its group: the bytes of the last one beyond
-            # the group (ce of the row's uq entry) are not pushed
+            # the group are not pushed
             m.d.comb += [
                 win.push.payload.data.eq(st_out.data),
                 win.push.payload.off.eq(st_out.off),
-                win.push.payload.n.eq(MB - st_out.off - Mux(dr_left == 1, uq_out.ce, 0)),
-                win.push.valid.eq(stash.r_rdy & ~halted),
-                stash.r_en.eq(win.push.ready & ~halted),
+                win.push.payload.n.eq(Mux(dr_last, uq_out.dn, st_out.nf)),
+                win.push.valid.eq(dr_go),
+                stash.r_en.eq(win.push.ready & dr_go),
             ]
         with m.Else():
             m.d.comb += [
@@ -549,11 +645,12 @@ class LoadEngine(wiring.Component):
                 win.push.payload.n.eq(beat_n),
                 win.push.valid.eq(rd.valid & (up_st == UP_DATA) & ~halted),
             ]
-        rc_off = Signal(range(MB))
-        m.d.comb += rc_off.eq(Mux(rc_second, 0, lo_bits(rc_base)))
+        rc_off = Signal(LW)
+        m.d.comb += rc_off.eq(Mux(rc_second, 0, rc_lo))
         m.d.comb += [
             st_in.data.eq(rd.payload.data),
             st_in.off.eq(rc_off),
+            st_in.nf.eq(MB - rc_off),
             stash.w_en.eq(rd.valid & (up_st == UP_RECV) & xq.w_rdy & ~halted),
         ]
         m.d.comb += rd.ready.eq(
@@ -564,125 +661,129 @@ class LoadEngine(wiring.Component):
         push_fire = Signal()
         m.d.comb += push_fire.eq(win.push.valid & win.push.ready)
 
-        # count extraction while receiving count beats. The count lies at byte lo = lo_bits(rc_base)
-        # of the beat (lo <= MB - 2), or, for lo = MB - 1, is rc_nlow (the last byte of the
-        # previous beat) and byte 0 of this one: one candidate per lo, each checked straight from
-        # the read data (its room is a constant), and the register lo selects the results, so no
-        # byte select precedes the compares.
-        # ce: bytes of the count beat(s) beyond the group (not pushed): the beat holding the
-        # count's second byte ends ``room + 2`` bytes after the slot, so ``ce = max(0, room - N)``
+        # count extraction while receiving count beats. The count lies at byte lo = rc_lo of the
+        # beat (lo <= MB - 2), or, for lo = MB - 1, is rc_nlow (the last byte of the previous
+        # beat) and byte 0 of this one: one candidate per lo, each checked straight from the read
+        # data (its room is a constant), and the register lo selects the results, so no byte
+        # select precedes the compares. The count and its checks are registered (the count
+        # stage), and what the walker and the drain need of them is computed from those registers
+        # in the next cycle, when they enter wq, uq and xq.
         rdd = rd.payload.data
         cands = [Cat(rdd[8 * o : 8 * o + 8], rdd[8 * o + 8 : 8 * o + 16]) for o in range(MB - 1)]
         cands.append(Cat(rc_nlow, rdd[:8]))
         rooms = [MB - 2 - o for o in range(MB - 1)] + [MB - 1]  # count_room of each lo
         cnt_done = Signal()
         m.d.comb += cnt_done.eq(rc_second | (rc_off + 2 <= MB))
-        c_val, c_cap_bad, c_bad, c_ce, c_more = [], [], [], [], []
+        c_val, c_cap_bad, c_bad, c_more = [], [], [], []
         for o, (v, room) in enumerate(zip(cands, rooms)):
             sv = Signal(16, name=f"rc_cand{o}")
-            ce = Signal(range(MB + 1), name=f"rc_ce{o}")
             m.d.comb += sv.eq(v)
-            if room:
-                m.d.comb += ce.eq(Mux(sv < room, room - sv, 0))
             c_val.append(sv)
             c_cap_bad.append(sv > cap)
             c_bad.append(sv > rc_lim)
-            c_ce.append(ce)
             c_more.append(sv > room)
-        rc_lo = lo_bits(rc_base)
-        cnt_val = Signal(16)
-        rc_cap_bad = Signal()
-        rc_bad = Signal()
-        rc_ce = Signal(range(MB + 1))
-        rc_more = Signal()
-        m.d.comb += [
-            cnt_val.eq(Cat(*c_val).word_select(rc_lo, 16)),
-            rc_cap_bad.eq(Cat(*c_cap_bad).bit_select(rc_lo, 1)),
-            rc_bad.eq(Cat(*c_bad).bit_select(rc_lo, 1)),
-            rc_ce.eq(Cat(*c_ce).word_select(rc_lo, len(rc_ce))),
-            rc_more.eq(Cat(*c_more).bit_select(rc_lo, 1)),
-        ]
-        cnt_push = Signal()  # a row's count is complete: into wq, uq and xq
+        cnt_push = Signal()  # a row's count is complete: into the count stage
         m.d.comb += cnt_push.eq((up_st == UP_RECV) & rd_fire & ~halted & cnt_done)
-        for q in (wq, uq):
-            qin = data.View(nq_layout, q.w_data)
-            m.d.comb += [qin.n.eq(cnt_val), qin.ok.eq(~rc_bad), qin.ce.eq(rc_ce), qin.more.eq(rc_more),
-                         q.w_en.eq(cnt_push)]
-        xin = data.View(xq_layout, xq.w_data)
-        m.d.comb += [xin.n.eq(cnt_val), xin.cap_bad.eq(rc_cap_bad), xin.bad.eq(rc_bad),
-                     xq.w_en.eq(cnt_push)]
+        cq_v = Signal()
+        cq_n = Signal(16)
+        cq_cap_bad, cq_bad, cq_more = Signal(), Signal(), Signal()
+        cq_lo = Signal(LW)
+        m.d.sync += cq_v.eq(cnt_push & ~halted)
+        with m.If(cnt_push):
+            m.d.sync += [
+                cq_n.eq(Cat(*c_val).word_select(rc_lo, 16)),
+                cq_cap_bad.eq(Cat(*c_cap_bad).bit_select(rc_lo, 1)),
+                cq_bad.eq(Cat(*c_bad).bit_select(rc_lo, 1)),
+                cq_more.eq(Cat(*c_more).bit_select(rc_lo, 1)),
+                cq_lo.eq(rc_lo),
+            ]
+        # payload after the count beat(s): n - room bytes (when more), from byte 0
+        cq_x = Signal(signed(18))  # n - room - 1
+        cq_pm1 = Signal(16)
+        cq_dn = Signal(range(MB + 1))
+        m.d.comb += [
+            cq_x.eq(cq_n - count_room(cq_lo) - 1),
+            cq_pm1.eq(cq_x[LMB:]),
+            # the last count beat: from the count (one beat) or byte 0 (two) to the group's end
+            cq_dn.eq(Mux(cq_lo == MB - 1, Mux(cq_n + 1 < MB, cq_n + 1, MB),
+                         Mux(cq_n + 2 < MB - cq_lo, cq_n + 2, MB - cq_lo))),
+        ]
+        wqi = data.View(wq_layout, wq.w_data)
+        uqi = data.View(uq_layout, uq.w_data)
+        xqi = data.View(xq_layout, xq.w_data)
+        m.d.comb += [
+            wqi.ok.eq(~cq_bad), wqi.more.eq(cq_more), wqi.pm1.eq(cq_pm1), wqi.ple.eq(cq_pm1 <= MBU - 1),
+            uqi.ok.eq(~cq_bad), uqi.more.eq(cq_more), uqi.pm1.eq(cq_pm1), uqi.pe.eq(lo_bits(cq_x) + 1),
+            uqi.plast.eq(cq_pm1 == 0), uqi.dn.eq(cq_dn),
+            xqi.n.eq(cq_n), xqi.cap_bad.eq(cq_cap_bad), xqi.bad.eq(cq_bad), xqi.ge.eq(small_ge(cq_n)),
+            wq.w_en.eq(cq_v), uq.w_en.eq(cq_v), xq.w_en.eq(cq_v),
+        ]
 
-        # The slots of the next two rows and the memory left after each of the three slots'
-        # count bytes (DRAM - 2 - slot, negative when the count bytes lie beyond memory) are
-        # registers, advanced with up_base: so the row-to-row decisions are sign bits and small
-        # compares, with no 32-bit adder in front of them.
-        LIM_W = ADDR_W + 2
-        up_ahead = Signal(ADDR_W)  # up_base + stride
-        up_ahead2 = Signal(ADDR_W)  # up_base + 2*stride
-        up_lim = Signal(signed(LIM_W))  # DRAM - 2 - up_base
-        up_lim1 = Signal(signed(LIM_W))  # DRAM - 2 - up_ahead
-        up_lim2 = Signal(signed(LIM_W))  # DRAM - 2 - up_ahead2
-        up_adv = [up_base.eq(up_ahead), up_ahead.eq(up_ahead2), up_ahead2.eq(up_ahead2 + stride),
-                  up_lim.eq(up_lim1), up_lim1.eq(up_lim2), up_lim2.eq(up_lim2 - stride)]
-        # the row's payload after its count beat(s): room = bytes of those beats after the count
-        up_room = Signal(range(MB))
-        m.d.comb += up_room.eq(count_room(up_base))
+        # The low bits of the slots of the next two rows and the memory limits of the three
+        # (DRAM - 2 - slot: low bits and a sticky sign, negative when the count bytes lie beyond
+        # memory) are registers, advanced with the row (only the low bits of a slot are used
+        # here), so the row-to-row decisions are flags and the step is narrow adders. The limits
+        # clamped to the capacity (rc_lim) are registers too: the first two set at the start
+        # (used only then), the third registered from its limit every cycle (used at a row step,
+        # two or more cycles after the step before it).
+        up_lo, up_lo1, up_lo2 = (Signal(LW, name=n) for n in ("up_lo", "up_lo1", "up_lo2"))
+        ul0, ul1, ul2 = (Signal(LD, name=n) for n in ("ul0", "ul1", "ul2"))
+        ul0n, ul1n, ul2n = (Signal(name=n) for n in ("ul0n", "ul1n", "ul2n"))
+        ulc0, ulc1, ulc2 = (Signal(16, name=n) for n in ("ulc0", "ulc1", "ulc2"))
 
-        def drain_beats(base):
-            return Mux(lo_bits(base) + 2 <= MB, 1, 2)
+        def clamp(v):
+            return Mux(v > cap, cap, v[:16])
 
-        def recv_count(slot, lim, ret_drain):
-            """Statements that start receiving the count at ``slot`` (``lim``: its memory limit,
-            ``DRAM - 2 - slot``); afterwards drain (``ret_drain``) or go on to the look-ahead
-            step."""
-            return [rc_base.eq(slot), rc_lim.eq(Mux(lim < cap, lim, cap)), rc_second.eq(0),
-                    up_ret_drain.eq(ret_drain), up_st.eq(UP_RECV)]
+        m.d.sync += ulc2.eq(clamp(ul2))
+        up_adv = [up_lo.eq(up_lo1), up_lo1.eq(up_lo2), up_lo2.eq(lo_bits(up_lo2 + stride)),
+                  ul0.eq(ul1), ul0n.eq(ul1n), ul1.eq(ul2), ul1n.eq(ul2n), *lim_step(ul2, ul2n, stride),
+                  up_rl.eq(up_rl - 1), up_m1.eq(up_m2), up_m2.eq(up_rl >= 3)]
+
+        def drain_beats(lo):
+            return Mux(lo + 2 <= MB, 1, 2)
+
+        def recv_count(lo, limc, ret_drain):
+            """Statements that start receiving the count of the slot with low bits ``lo``
+            (``limc``: its clamped limit); afterwards drain (``ret_drain``) or go on to the
+            look-ahead step."""
+            return [rc_lo.eq(lo), rc_lim.eq(limc), rc_second.eq(0), up_ret_drain.eq(ret_drain), up_st.eq(UP_RECV)]
 
         def up_next_row():
-            """Move to row y+1 without a bubble (its look-ahead count read decided here)."""
-            with m.If(up_y + 1 == rows):
+            """Move to the next row without a bubble (its look-ahead count read decided here)."""
+            with m.If(~up_m1):
                 m.d.sync += up_st.eq(UP_IDLE)
             with m.Elif(~comp):
-                m.d.sync += [
-                    up_y.eq(up_y + 1),
-                    *up_adv,
-                    *up_span(lo_bits(up_ahead), row_bytes),
-                    up_st.eq(UP_DATA),
-                ]
-            with m.Elif(up_lim1 < 0):
+                m.d.sync += [*up_adv, *up_row_span(up_lo1), up_st.eq(UP_DATA)]
+            with m.Elif(ul1n):
                 m.d.sync += up_st.eq(UP_STOP)
             with m.Else():
-                m.d.sync += [up_y.eq(up_y + 1), *up_adv, dr_left.eq(drain_beats(up_ahead))]
-                with m.If((up_y + 2 < rows) & (up_lim2 >= 0)):
-                    m.d.sync += recv_count(up_ahead2, up_lim2, ret_drain=1)
+                m.d.sync += [*up_adv, dr_left.eq(drain_beats(up_lo1))]
+                with m.If(up_m2 & ~ul2n):
+                    m.d.sync += recv_count(up_lo2, ulc2, ret_drain=1)
                 with m.Else():
                     m.d.sync += up_st.eq(UP_DRAIN)
 
         with m.If(cw_init):
+            lo0 = lo_bits(dram_addr)
             m.d.sync += [
-                up_y.eq(0),
-                up_base.eq(dram_addr),
-                up_ahead.eq(dram_addr + stride),
-                up_ahead2.eq(dram_addr + (stride << 1)),
-                up_lim.eq(DRAM - 2 - dram_addr),
-                up_lim1.eq(DRAM - 2 - stride - dram_addr),
-                up_lim2.eq(DRAM - 2 - (stride << 1) - dram_addr),
+                up_rl.eq(rows - 1), up_m1.eq(rows >= 2), up_m2.eq(rows >= 3),
+                up_lo.eq(lo0), up_lo1.eq(lo_bits(a1)), up_lo2.eq(lo_bits(a1 + stride)),
+                ul0.eq(l0[:LD]), ul0n.eq(l0[-1]), ul1.eq(l1[:LD]), ul1n.eq(l1[-1]), ul2.eq(l2[:LD]), ul2n.eq(l2[-1]),
+                ulc0.eq(clamp(l0[:LD])), ulc1.eq(clamp(l1[:LD])), ulc2.eq(clamp(l2[:LD])),
             ]
             with m.If(comp):
                 m.d.sync += up_st.eq(UP_FIRST)
             with m.Else():
-                m.d.sync += [*up_span(lo_bits(dram_addr), rlb), up_st.eq(UP_DATA)]
-        with m.Elif(up_st == UP_ROW):
-            m.d.sync += [*up_span(lo_bits(up_base), row_bytes), up_st.eq(UP_DATA)]
+                m.d.sync += [*up_row_span(lo0), up_st.eq(UP_DATA)]
         with m.Elif(up_st == UP_FIRST):
-            with m.If(up_lim < 0):
+            with m.If(ul0n):
                 m.d.sync += up_st.eq(UP_STOP)
             with m.Else():
-                m.d.sync += recv_count(up_base, up_lim, ret_drain=0)
+                m.d.sync += recv_count(up_lo, ulc0, ret_drain=0)
         with m.Elif(up_st == UP_AHEAD):
-            m.d.sync += dr_left.eq(drain_beats(up_base))
-            with m.If((up_y + 1 < rows) & (up_lim1 >= 0)):
-                m.d.sync += recv_count(up_ahead, up_lim1, ret_drain=1)
+            m.d.sync += dr_left.eq(drain_beats(up_lo))
+            with m.If(up_m1 & ~ul1n):
+                m.d.sync += recv_count(up_lo1, ulc1, ret_drain=1)
             with m.Else():
                 m.d.sync += up_st.eq(UP_DRAIN)
         with m.Elif(up_st == UP_RECV):
@@ -694,25 +795,23 @@ class LoadEngine(wiring.Component):
         with m.Elif(up_st == UP_DRAIN):
             with m.If(push_fire):
                 m.d.sync += dr_left.eq(dr_left - 1)
-                with m.If(dr_left == 1):
+                with m.If(dr_last):
                     m.d.comb += uq.r_en.eq(1)
                     with m.If(~uq_out.ok):
                         m.d.sync += up_st.eq(UP_STOP)
                     with m.Elif(uq_out.more):
-                        # the payload from the beat after the count beat(s) (that beat's first
-                        # byte is up_base + 2 + up_room): n - up_room bytes (> 0 as more is set;
-                        # they end within that beat when n <= MB + up_room)
-                        m.d.sync += [up_rem.eq(uq_out.n - up_room), up_off.eq(0),
-                                     up_last.eq(uq_out.n <= MB + up_room), up_st.eq(UP_DATA)]
+                        # the payload from the beat after the count beat(s)
+                        m.d.sync += [*up_span(0, uq_out.pm1, uq_out.pe, uq_out.plast), up_st.eq(UP_DATA)]
                     with m.Else():
                         up_next_row()
         with m.Elif(up_st == UP_DATA):
             with m.If(push_fire):
-                # not the row's last beat: up_rem - (MB - up_off) bytes are left, from byte 0
-                m.d.sync += [up_rem.eq(up_rem - beat_n), up_off.eq(0),
-                             up_last.eq(up_last | (up_rem + up_off <= 2 * MB))]
-                with m.If(up_last):  # up_rem == beat_n
+                with m.If(up_last):
                     up_next_row()
+                with m.Else():
+                    # the next beat from byte 0
+                    m.d.sync += [up_off.eq(0), up_nf.eq(MB), up_nl.eq(up_le), up_bl.eq(up_bl - 1),
+                                 up_last.eq(up_bl == 1)]
 
         # ---- writer ---------------------------------------------------------------------------
         # Two stages. The decode stage (D) walks the padded region in row-major order and, one
@@ -752,11 +851,19 @@ class LoadEngine(wiring.Component):
         crem_n, crem_h = Signal(17, name="crem_n"), Signal(17, name="crem_h")
         crem = Signal(17)
         m.d.comb += crem.eq(Mux(c_lag, crem_n, crem_h))
-        cs_r = Signal(ADDR_W)  # with cs_lag: the slot of the next data row
+        # The next data row's slot is r + cs_lag*stride; only whether its count bytes lie beyond
+        # memory is kept: of r (cs_b) and of r + stride (cs_l2n, with its memory limit cs_l2, low
+        # bits and sticky sign), advanced every cycle D moved past a data row in the cycle before,
+        # so the row's flag is a mux of registers and the stride's subtraction runs from
+        # registers into a register (timing: it ran through a 32-bit adder and compare)
         cs_lag = Signal()  # D moved past a data row in the last cycle
-        cs_next = Signal(ADDR_W)  # the slot of the next data row
-        m.d.comb += cs_next.eq(Mux(cs_lag, cs_r + stride, cs_r))
-        m.d.sync += [cs_r.eq(cs_next), cs_lag.eq(0)]
+        cs_b = Signal()
+        cs_l2, cs_l2n = Signal(LD, name="cs_l2"), Signal(name="cs_l2n")
+        m.d.sync += cs_lag.eq(0)
+        with m.If(cs_lag):
+            m.d.sync += [cs_b.eq(cs_l2n), *lim_step(cs_l2, cs_l2n, stride)]
+        cs_nbad = Signal()  # the next data row's count bytes lie beyond DRAM (slot + 2 > DRAM)
+        m.d.comb += cs_nbad.eq(Mux(cs_lag, cs_l2n, cs_b))
         cs_bad = Signal()  # the current data row's count bytes lie beyond DRAM (slot + 2 > DRAM)
         trail_err = Signal()
 
@@ -775,13 +882,22 @@ class LoadEngine(wiring.Component):
         w_ready = Signal()
         run = Signal()
 
-        # line register S
+        # line register S, and its skid register K: D hands its result to S when S is free and
+        # K is empty, else to K (so D goes on while K is empty, a register, not after the port's
+        # ready; timing: the port's ready ran into D's pop and so into the window), and S takes
+        # K's entry first when it frees; order is kept
         s_valid = Signal()
         s_err = Signal(ErrorCode)
         s_line = Signal(8 * ACCW)
         s_addr = Signal(15)
         s_bytes = Signal(range(WIN + 2))
         s_raw = Signal(range(ACCW + 1))
+        k_valid = Signal()
+        k_err = Signal(ErrorCode)
+        k_line = Signal(8 * ACCW)
+        k_addr = Signal(15)
+        k_bytes = Signal(range(WIN + 2))
+        k_raw = Signal(range(ACCW + 1))
         wvalid = Signal()
         wfire = Signal()
         s_free = Signal()
@@ -795,7 +911,7 @@ class LoadEngine(wiring.Component):
 
         # decode stage D
         d_go = Signal()
-        m.d.comb += d_go.eq(run & ~halted & s_free)
+        m.d.comb += d_go.eq(run & ~halted & ~k_valid)
         emit = Signal()
         e_err = Signal(ErrorCode)
         e_line = Signal(8 * ACCW)
@@ -820,22 +936,15 @@ class LoadEngine(wiring.Component):
         fit_k = Signal(C + 1)  # bit k: level >= head + MBK + k
         rem_ok = Signal(C + 1)  # bit k: rem_eff >= MBK + k
         # rem_eff's compares with the few thresholds D needs (0 .. MBK + C + 1) are a thermometer
-        # code: of the queued count (a table lookup of its low bits, no carry chain) or a
+        # code: of the queued count (queued with it, computed in the count stage) or a
         # register kept with crem (the codes of rem_eff - MBK - k for every k, selected by k)
-        TW = MBK + C + 2
-
-        def small_ge(v):
-            tb = (TW - 1).bit_length()
-            hi = v[tb:].any() if len(v) > tb else Const(0, 1)
-            table = Array(Const((1 << min(u + 1, TW)) - 1, TW) for u in range(1 << tb))
-            return Mux(hi, (1 << TW) - 1, table[v[:tb]])
 
         crem_ge_n, crem_ge_h = Signal(TW, name="crem_ge_n"), Signal(TW, name="crem_ge_h")
         crem_ge = Signal(TW)  # bit t: crem >= t
         m.d.comb += crem_ge.eq(Mux(c_lag, crem_ge_n, crem_ge_h))
         rem_ge = Signal(TW)  # bit t: rem_eff >= t
         m.d.comb += [
-            rem_ge.eq(Mux(cfirst, small_ge(xq_out.n), crem_ge)),
+            rem_ge.eq(Mux(cfirst, xq_out.ge, crem_ge)),
             fit_k.eq(Mux(cfirst, lv_ge[2 + MBK : 3 + MBK + C], lv_ge[MBK : MBK + C + 1])),
             rem_ok.eq(rem_ge[MBK : MBK + C + 1]),
         ]
@@ -945,18 +1054,20 @@ class LoadEngine(wiring.Component):
                 finished.eq(nwy == prow_t),
             ]
             with m.If(col_end & row_in):
-                m.d.sync += [cs_lag.eq(1), cs_bad.eq(cs_next + 2 > DRAM)]
-        # S takes D's result whenever it is free (emit implies s_free; without emit it empties),
-        # so only s_valid and s_err depend on D's checks, not the enable of the line register
+                m.d.sync += [cs_lag.eq(1), cs_bad.eq(cs_nbad)]
+        # S (when free and K is empty) or K (when S is held and K is empty) takes D's result
+        # (without emit it empties), so only the valid bits and the error depend on D's checks,
+        # not the enables of the line registers
         with m.If(s_free):
-            m.d.sync += [
-                s_valid.eq(emit),
-                s_err.eq(e_err),
-                s_line.eq(e_line),
-                s_addr.eq(waddr),
-                s_bytes.eq(e_bytes),
-                s_raw.eq(e_raw),
-            ]
+            with m.If(k_valid):
+                m.d.sync += [s_valid.eq(1), s_err.eq(k_err), s_line.eq(k_line), s_addr.eq(k_addr),
+                             s_bytes.eq(k_bytes), s_raw.eq(k_raw), k_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [s_valid.eq(emit), s_err.eq(e_err), s_line.eq(e_line), s_addr.eq(waddr),
+                             s_bytes.eq(e_bytes), s_raw.eq(e_raw)]
+        with m.Elif(~k_valid):
+            m.d.sync += [k_valid.eq(emit), k_err.eq(e_err), k_line.eq(e_line), k_addr.eq(waddr),
+                         k_bytes.eq(e_bytes), k_raw.eq(e_raw)]
 
         add_bytes = Signal(range(WIN + 2))
         add_raw = Signal(range(ACCW + 1))
@@ -987,7 +1098,7 @@ class LoadEngine(wiring.Component):
         # Start-time checks in four steps (ck = 0..3), one add or one multiply per term and
         # cycle, registered: region = (pt+rows+pb)*(pl+rl+pr) and the last byte
         # dram_addr + rl*lb + (rows-1)*stride; the ends are compared as they are summed (ck 2), so
-        # at ck 3 the decision (and the walkers' start, cw_init) reads two registered flags.
+        # at ck 3 the decision reads two registered flags (the walkers' start, cw_init, is a register).
         ck = Signal(3)
         ptb, plr = Signal(11), Signal(11)
         rows_m1 = Signal(10)
@@ -995,15 +1106,20 @@ class LoadEngine(wiring.Component):
         span = Signal(26)
         spad_bad = Signal()  # spad_addr + region > depth (registered at ck 2)
         dram_bad = Signal()  # uncompressed and dram_a + span > DRAM (registered at ck 2)
-        with m.If(ck == 0):
-            m.d.sync += [ptb.eq(pt + rows + pb), plr.eq(pl + rl + pr), rows_m1.eq(rows - 1), rlb.eq(rl * lb)]
-        with m.If(ck == 1):
-            m.d.sync += [region.eq(ptb * plr), span.eq(rows_m1 * stride), dram_a.eq(dram_addr + rlb)]
-        with m.If(ck == 2):
-            m.d.sync += [spad_bad.eq(spad_addr + region > depth), dram_bad.eq(~comp & (dram_a + span > DRAM))]
         line_size = Mux(ins.spad == Spad.ACC, ACCW, C)
         cap_full = Signal(len(rl) + (MBK + C).bit_length())  # a row's largest group payload
         m.d.comb += cap_full.eq(rl * (MBK + C))
+        with m.If(ck == 0):
+            m.d.sync += [ptb.eq(pt + rows + pb), plr.eq(pl + rl + pr), rows_m1.eq(rows - 1), rlb.eq(rl * lb),
+                         cap.eq(cap_full if len(cap_full) <= 16 else Mux(cap_full[16:].any(), 0xFFFF, cap_full)),
+                         a1.eq(dram_addr + stride), l0.eq(DRAM - 2 - dram_addr)]
+        with m.If(ck == 1):
+            m.d.sync += [region.eq(ptb * plr), span.eq(rows_m1 * stride), dram_a.eq(dram_addr + rlb),
+                         l1.eq(l0 - stride), rs_hi.eq((rlb - 1) >> LMB), rs_lo.eq(lo_bits(rlb - 1))]
+        with m.If(ck == 2):
+            m.d.sync += [spad_bad.eq(spad_addr + region > depth), dram_bad.eq(~comp & (dram_a + span > DRAM)),
+                         l2.eq(l1 - stride), rs_hi1.eq(rs_hi + 1), rs_z0.eq(rs_hi == 0),
+                         rs_le0.eq(rs_hi <= MBU - 1), rs_le1.eq(rs_hi + 1 <= MBU - 1)]
 
         with m.If(rd.valid & rd.ready & rd.payload.err & ~halted):
             m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
@@ -1033,19 +1149,14 @@ class LoadEngine(wiring.Component):
                     self.busy.eq(1),
                     win.clear.eq(1),
                 ]
+                # the walkers and the writer are started at ck 3 whatever the checks find (cw_init
+                # is a register; timing: it fans out to every walker register): after a failed
+                # check halted is set with them, and it stops them all
+                m.d.sync += cw_go.eq(ck == 2)
                 with m.If(ck != 3):
                     m.d.sync += ck.eq(ck + 1)
-                with m.Elif(spad_bad):
-                    m.d.sync += err.eq(ErrorCode.SPAD_RANGE)
-                    m.next = "HALT"
-                with m.Elif(dram_bad):
-                    m.d.sync += err.eq(ErrorCode.DRAM_RANGE)
-                    m.next = "HALT"
                 with m.Else():
-                    m.d.comb += cw_init.eq(1)
                     m.d.sync += [
-                        row_bytes.eq(rlb),
-                        cap.eq(cap_full if len(cap_full) <= 16 else Mux(cap_full[16:].any(), 0xFFFF, cap_full)),
                         prow_t.eq(pt + rows + pb),
                         pcol_t.eq(pl + rl + pr),
                         pt_rows.eq(pt + rows),
@@ -1061,24 +1172,36 @@ class LoadEngine(wiring.Component):
                         w_lag.eq(0),
                         cfirst.eq(1),
                         trail_err.eq(0),
-                        cs_r.eq(dram_addr),
                         cs_lag.eq(1),
-                        cs_bad.eq(dram_addr + 2 > DRAM),
+                        cs_b.eq(l0[-1]),
+                        cs_l2.eq(l1[:LD]),
+                        cs_l2n.eq(l1[-1]),
+                        cs_bad.eq(l0[-1]),
                         s_valid.eq(0),
+                        k_valid.eq(0),
                     ]
-                    m.next = "RUN"
+                    with m.If(spad_bad):
+                        m.d.sync += [err.eq(ErrorCode.SPAD_RANGE), halted.eq(1)]
+                        m.next = "HALT"
+                    with m.Elif(dram_bad):
+                        m.d.sync += [err.eq(ErrorCode.DRAM_RANGE), halted.eq(1)]
+                        m.next = "HALT"
+                    with m.Else():
+                        m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += [self.busy.eq(1), run.eq(1)]
-                with m.If(set_err != ErrorCode.NONE):
-                    m.d.sync += err.eq(set_err)
-                    m.next = "HALT"
-                with m.Elif(finished & ~trail_err & ~s_valid & ~halted):
+                # done follows from registers (not from a read beat's err: once D has finished,
+                # every beat of the transfer has been taken, so none can be outstanding)
+                with m.If(finished & ~trail_err & ~s_valid & ~k_valid & ~halted):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
+                with m.Elif(set_err != ErrorCode.NONE):
+                    m.d.sync += [err.eq(set_err), halted.eq(1)]
+                    m.next = "HALT"
             with m.State("HALT"):
                 m.d.comb += self.busy.eq(1)
                 with m.If((set_err != ErrorCode.NONE) & ~halted):
-                    m.d.sync += err.eq(set_err)
+                    m.d.sync += [err.eq(set_err), halted.eq(1)]
 
         # ---- counters -------------------------------------------------------------------------
         m.d.sync += [self.bytes.eq(self.bytes + add_bytes), self.bytes_raw.eq(self.bytes_raw + add_raw)]
