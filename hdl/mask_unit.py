@@ -8,8 +8,13 @@ The unit walks the lines of a MASK instruction in order (line ``j`` of row ``r``
 * PADDING: ``col >= param``,
 * LOADED: bit ``(i % 8)*cols + e`` of the bitmap line ``mask_addr + i // 8`` (bits LSB-first
   over the line's bytes). The unit does not read memory: it raises ``need_bitmap`` on the
-  first line of every group of 8 and uses the ``bitmap`` input given with that line (the
-  owner keeps it for the group's other lines).
+  first line of every group of 8 and uses the ``bitmap`` input given with that line; it keeps
+  the group's remaining bits itself (shifted down by ``cols`` per line).
+
+Timing: ``need_bitmap`` and the current line's bits are registers (the generated bits, or the
+kept bitmap bits), so ``mask`` is one 2:1 select (the new bitmap line's low bits while
+``need_bitmap``) -- the owner's pop decisions and its operand register read them late in the
+cycle. Every compare behind those registers reads registers and the inputs only (below).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -41,12 +46,17 @@ class MaskUnit(wiring.Component):
     row_lines : In(unsigned(8))
         Lines per row (>= 1).
     bitmap : In(unsigned(8*cols))
-        LOADED mode: the bitmap line of the current group of 8 lines (bits LSB-first).
+        LOADED mode: the bitmap line of the current group of 8 lines (bits LSB-first); read
+        only while ``need_bitmap`` (the unit keeps what it needs of it for the group).
     mask : Out(cols)
-        Bit ``e`` set: element ``e`` of the current line is masked (registered for CAUSAL and
-        PADDING; combinational from ``bitmap`` for LOADED). Valid from the cycle after ``start``.
+        Bit ``e`` set: element ``e`` of the current line is masked (a register, or the low
+        ``cols`` bits of ``bitmap`` while ``need_bitmap``). Valid from the cycle after ``start``.
     need_bitmap : Out(1)
         LOADED mode and the current line starts a group of 8 (a new bitmap line is due).
+        A register.
+    need_bitmap_next : Out(1)
+        The value ``need_bitmap`` takes in the next cycle (after this cycle's ``start`` /
+        ``step``), for an owner that registers decisions made on it.
     """
 
     def __init__(self, cols: int):
@@ -62,6 +72,7 @@ class MaskUnit(wiring.Component):
             "bitmap": In(unsigned(8 * cols)),
             "mask": Out(cols),
             "need_bitmap": Out(1),
+            "need_bitmap_next": Out(1),
         })
 
     def elaborate(self, platform):
@@ -87,18 +98,33 @@ class MaskUnit(wiring.Component):
             return Cat(*[Const(e + offset, signed(16)) > tt for e in range(cols)])
 
         last_line = left == 0
+        loaded = self.mode == MaskMode.LOADED
         gen_same_row = Signal(cols)
         gen_next_row = Signal(cols)
         m.d.comb += [gen_same_row.eq(generated(j1, thr)),
                      gen_next_row.eq(Mux(causal, const_gt(-1, thr), const_gt(0, thr)))]
-        gen = Signal(cols)       # generated bits of the current line
+        cur = Signal(cols)       # bits of the current line (generated, or kept from the bitmap)
+        kept = Signal(8 * cols)  # LOADED: the group's bits from the current line on
+        nb = Signal()            # need_bitmap
+        nb_n = Signal()
+        with m.If(self.start):
+            m.d.comb += nb_n.eq(loaded)
+        with m.Elif(self.step):
+            m.d.comb += nb_n.eq(loaded & (grp == 7))
+        with m.Else():
+            m.d.comb += nb_n.eq(nb)
+        m.d.sync += nb.eq(nb_n)
+        src = Signal(8 * cols)   # the group's bits from the current line on, this cycle
+        m.d.comb += src.eq(Mux(nb, self.bitmap, kept))
         with m.If(self.start):
             # line 0, threshold param (CAUSAL) or param - 1 (PADDING: e > param - 1 is e >= param)
             m.d.sync += [left.eq(self.row_lines - 1), j1.eq(1), grp.eq(0),
                          thr.eq(Mux(causal, self.param, self.param - 1)),
-                         gen.eq(Mux(causal, const_gt(0, self.param), const_gt(1, self.param)))]
+                         cur.eq(Mux(causal, const_gt(0, self.param), const_gt(1, self.param)))]
         with m.Elif(self.step):
-            m.d.sync += [grp.eq(grp + 1), gen.eq(Mux(last_line, gen_next_row, gen_same_row))]
+            m.d.sync += [grp.eq(grp + 1), kept.eq(src >> cols),
+                         cur.eq(Mux(loaded, src[cols:2 * cols],
+                                    Mux(last_line, gen_next_row, gen_same_row)))]
             with m.If(last_line):
                 m.d.sync += [left.eq(self.row_lines - 1), j1.eq(1)]
                 with m.If(causal):
@@ -106,8 +132,6 @@ class MaskUnit(wiring.Component):
             with m.Else():
                 m.d.sync += [left.eq(left - 1), j1.eq(j1 + 1)]
 
-        loaded = self.mode == MaskMode.LOADED
-        bits = self.bitmap.word_select(grp, cols)
-        m.d.comb += self.mask.eq(Mux(loaded, bits, gen))
-        m.d.comb += self.need_bitmap.eq(loaded & (grp == 0))
+        m.d.comb += [self.mask.eq(Mux(nb, self.bitmap[:cols], cur)), self.need_bitmap.eq(nb),
+                     self.need_bitmap_next.eq(nb_n)]
         return m

@@ -15,11 +15,11 @@ int8 range). MAXPOOL and MASK pass values through with ``mult = 1``, ``shift = 0
 The 33 x 31-bit product is split into four registered partial products of at most 17 x 17
 bits (one ECP5 18x18 multiplier each) summed over two adder stages; the 64-bit rounding shift
 takes two stages (by ``8*(s//8)``, then by ``s%8``; round and sticky bits come from the
-product) and the rounded value is saturated to 16 bits before the final ``+ zp`` and clamp
-(saturation cannot change the clamped int8 result); the clamp compares are made beside the
-``+ zp`` (against bounds minus ``zp``, registered from the configuration) and the last stage only
-selects. The pipeline never stalls: a valid input appears at the output exactly
-:attr:`LATENCY` cycles later.
+product, selected by masks registered from ``shift``) and the rounded value is saturated to
+16 bits before the final ``+ zp`` and clamp (saturation cannot change the clamped int8
+result); the clamp compares are made beside the ``+ zp`` (against bounds minus ``zp``,
+registered from the configuration) and the last stage only selects. The pipeline never
+stalls: a valid input appears at the output exactly :attr:`LATENCY` cycles later.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -162,8 +162,13 @@ class RequantUnit(wiring.Component):
             # bits 0..s-1 of pe = bits -1..s-2 of p: a thermometer mask of s ones, made by shifting
             # 63 ones right by 63 - s (= ~s in 6 bits). One 64-bit shift in a simulator, where 63
             # separate compares cost ~220 instructions per column per cycle; a decoder on the FPGA.
-            below = Const(2**63 - 1, 63) >> (~sh)[:6]
-            at(5, [qc.eq(p >> Cat(Const(0, 3), sh[3:6])), rbit.eq(pe.bit_select(sh, 1)),
+            # The mask and a one-hot of s are registered from the configuration (like the clamp
+            # bounds: a line reaches S5 four cycles after entering, the registers are then
+            # current), so S5 is AND-OR trees of p and registers, no decoder from the shift.
+            below = Signal(63, name=f"below_{c}")
+            sel = Signal(64, name=f"rsel_{c}")
+            sync += [below.eq(Const(2**63 - 1, 63) >> (~sh)[:6]), sel.eq(Const(1, 64) << sh)]
+            at(5, [qc.eq(p >> Cat(Const(0, 3), sh[3:6])), rbit.eq((pe & sel).any()),
                    sticky.eq((pe[:63] & below).any())])
 
             # S6: fine shift by s % 8: q = floor(p / 2**s).
