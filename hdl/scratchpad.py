@@ -158,7 +158,8 @@ class BankedScratchpad(wiring.Component):
         Write ports (scratchpad side). Verilog: ``wr__<i>__cmd__{valid,ready,payload}``, payload
         = ``addr`` in the low ``addr_width`` bits, line data above.
     collision : Out(1)
-        Sticky (until reset): a bank read and wrote one line in one cycle (see "Collisions").
+        Sticky (until reset): a bank read and wrote one line in one cycle, three cycles before
+        (see "Collisions").
     """
 
     def __init__(self, depth: int, banks: int, line_shape, *, read_ports, write_ports, sliced_reads=(),
@@ -275,7 +276,7 @@ class BankedScratchpad(wiring.Component):
                     with _case(m, i, n_wr):
                         m.d.comb += [wp.addr.eq(self._row(cmd.payload.addr)),
                                      wp.data.eq(cmd.payload.data)]
-            collide.append(rp.en & wp.en & (rp.addr == wp.addr))
+            collide.append((rp.en, rp.addr, wp.en, wp.addr))
 
         _flag_collisions(m, self.collision, collide)
         for i, cmd in enumerate(wcmds):
@@ -337,7 +338,8 @@ class ReplicatedScratchpad(wiring.Component):
         Shared read port on replica 0 (on a copy of its own with ``own_shared``). Verilog
         ``shared__cmd__*``, ``shared__rsp__*``.
     collision : Out(1)
-        Sticky (until reset): a replica read and wrote one line in one cycle (see "Collisions").
+        Sticky (until reset): a replica read and wrote one line in one cycle, three cycles before
+        (see "Collisions").
     """
 
     def __init__(self, depth: int, replicas: int, line_shape, *, sliced_shared: bool = False,
@@ -397,16 +399,24 @@ class ReplicatedScratchpad(wiring.Component):
                 rsp_valid = Signal(name=f"rsp_valid_{r}_{c}")
                 m.d.sync += rsp_valid.eq(cmd.valid & cmd.ready)
                 m.d.comb += [rsp.valid.eq(rsp_valid), rsp.payload.eq(rp.data)]
-            collide.append(rp.en & wp.en & (rp.addr == wp.addr))
+            collide.append((rp.en, rp.addr, wp.en, wp.addr))
         _flag_collisions(m, self.collision, collide)
         return m
 
 
-def _flag_collisions(m, flag, collide):
-    """Set the sticky ``flag`` when any of the ``collide`` conditions holds (registered, so the
-    address compares end in a flip-flop and reach nothing else)."""
+def _flag_collisions(m, flag, ports):
+    """Set the sticky ``flag`` (three cycles after the event) when a memory's read and write
+    ``ports`` (``(read en, read addr, write en, write addr)`` each) access one address in one
+    cycle. The ports are registered before they are compared (timing: the read address is the
+    arbitration's late output; compared directly it made a long path into the flag)."""
+    hits = []
+    for ren, raddr, wen, waddr in ports:
+        ren_r, wen_r = Signal(name="coll_ren"), Signal(name="coll_wen")
+        raddr_r, waddr_r = Signal.like(raddr, name="coll_raddr"), Signal.like(waddr, name="coll_waddr")
+        m.d.sync += [ren_r.eq(ren), wen_r.eq(wen), raddr_r.eq(raddr), waddr_r.eq(waddr)]
+        hits.append(ren_r & wen_r & (raddr_r == waddr_r))
     hit = Signal()
-    m.d.sync += hit.eq(reduce(operator.or_, collide))
+    m.d.sync += hit.eq(reduce(operator.or_, hits))
     with m.If(hit):
         m.d.sync += flag.eq(1)
 

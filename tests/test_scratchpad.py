@@ -109,8 +109,8 @@ class SpadHarness:
             await ctx.tick()
 
     async def check_collision_flag(self, ctx):
-        """The sticky ``collision`` output (registered twice) agrees with the model."""
-        await ctx.tick().repeat(2)
+        """The sticky ``collision`` output (three cycles behind) agrees with the model."""
+        await ctx.tick().repeat(3)
         assert ctx.get(self.dut.collision) == self.collided, \
             f"collision flag {ctx.get(self.dut.collision)}, model {self.collided}"
 
@@ -240,14 +240,14 @@ def test_same_cycle_read_and_write_of_a_line_returns_old_data():
         ctx.set(wr.cmd.valid, 0)
         assert ctx.get(rd.rsp.valid)
         assert ctx.get(rd.rsp.payload.as_value()) == 0x11223344      # old data
-        assert not ctx.get(dut.collision)          # the first cycle (a write alone) did not collide
         await ctx.tick()
         assert ctx.get(rd.rsp.valid)
         assert ctx.get(rd.rsp.payload.as_value()) == 0x55667788      # next read: new data
-        assert ctx.get(dut.collision)              # the same-cycle pair is flagged, and it sticks
+        assert not ctx.get(dut.collision)          # three cycles behind: the write alone did not collide
         ctx.set(rd.cmd.valid, 0)
         await ctx.tick()
         assert not ctx.get(rd.rsp.valid)
+        assert ctx.get(dut.collision)              # the same-cycle pair is flagged, and it sticks
         await ctx.tick().repeat(3)
         assert ctx.get(dut.collision)
 
