@@ -102,9 +102,10 @@ class Costs:
     """Tunable constants of the cycle model (cycles)."""
     dma_start: int = 12         #: per LOAD instruction: decode, checks, first read latency
     dma_row_setup: int = 1      #: per LOAD row: address/burst set-up
-    store_start: int = 22       #: per STORE instruction: checks, scratchpad read latency, write drain
+    store_start: int = 21       #: per STORE instruction: checks, scratchpad read latency, write drain
     store_row_setup: int = 0    #: per STORE row
-    load_compressed_row: int = 1  #: per compressed LOAD row: the count bytes are read before the group
+    load_compressed_row: int = 3  #: per compressed LOAD row: the count bytes are read (and, registered,
+                                  #: checked) before the group
     store_compressed_row: int = 0  #: per compressed STORE row
     line_cycles: int = 1        #: scratchpad lines per cycle bound of a DMA (cycles per line)
     pad_line_cycles: int = 1    #: per zero padding line written by LOAD
