@@ -5,7 +5,7 @@ from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from .membus import MemBusSignature
-from .round_robin import RoundRobin
+from .round_robin import RoundRobin, one_hot_mux
 from .skid_buffer import SkidBuffer
 
 __all__ = ["MembusArbiter"]
@@ -115,22 +115,17 @@ class MembusArbiter(wiring.Component):
 
         # -- commands ---------------------------------------------------------------------
         locked = Signal()                 # a granted command is waiting on bus.cmd.ready
-        lock_id = Signal(range(max(n, 2)))
         lock_cmd = Signal.like(bus.cmd.payload)
-        lock_orphan = Signal()            # ... whose master was flushed
+        lock_hold = Signal(n)             # one-hot: the master whose command that is (none if flushed)
         for i, p in enumerate(masters):
             room = Mux(p.cmd.payload.write, wd_ids.w_rdy & wr_ids.w_rdy, rd_ids.w_rdy)
             m.d.comb += rr.requests[i].eq(p.cmd.valid & ~locked & ~flush & room)
-        sel = Signal(range(max(n, 2)))
-        m.d.comb += [sel.eq(rr.index), bus.cmd.valid.eq(locked | rr.valid)]
-        with m.Switch(sel):
-            for i, p in enumerate(masters):
-                with _case(m, i, n):
-                    m.d.comb += bus.cmd.payload.eq(p.cmd.payload)
-        with m.If(locked):
-            m.d.comb += [sel.eq(lock_id), bus.cmd.payload.eq(lock_cmd)]
+        # the granted master by the one-hot grant (timing: an encoded index and compares with
+        # it put a priority chain and a decoder between the requests and every master's ready)
+        m.d.comb += [bus.cmd.valid.eq(locked | rr.valid),
+                     bus.cmd.payload.eq(Mux(locked, lock_cmd, one_hot_mux(rr.grant, [p.cmd.payload for p in masters])))]
         for i, p in enumerate(masters):
-            m.d.comb += p.cmd.ready.eq(bus.cmd.ready & bus.cmd.valid & (sel == i) & ~(locked & lock_orphan))
+            m.d.comb += p.cmd.ready.eq((rr.grant[i] | lock_hold[i]) & bus.cmd.ready)
         new_grant = rr.valid                                   # rr only requests when ~locked
         m.d.comb += [rr.advance.eq(new_grant),
                      rd_ids.w_data.eq(rr.index), wd_ids.w_data.eq(Cat(rr.index, bus.cmd.payload.len)),
@@ -139,11 +134,11 @@ class MembusArbiter(wiring.Component):
                      wd_ids.w_en.eq(new_grant & bus.cmd.payload.write),
                      wr_ids.w_en.eq(new_grant & bus.cmd.payload.write)]
         with m.If(new_grant & ~bus.cmd.ready):
-            m.d.sync += [locked.eq(1), lock_id.eq(rr.index), lock_cmd.eq(bus.cmd.payload), lock_orphan.eq(0)]
+            m.d.sync += [locked.eq(1), lock_hold.eq(rr.grant), lock_cmd.eq(bus.cmd.payload)]
         with m.If(locked & bus.cmd.ready):
-            m.d.sync += locked.eq(0)
+            m.d.sync += [locked.eq(0), lock_hold.eq(0)]
         with m.If(flush):
-            m.d.sync += lock_orphan.eq(1)
+            m.d.sync += lock_hold.eq(0)
 
         # -- write data: from the head of the write-data FIFO ------------------------------------
         wd_id, wd_len = wd_ids.r_data[:id_w], wd_ids.r_data[id_w:]

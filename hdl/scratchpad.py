@@ -70,7 +70,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .round_robin import RoundRobin
+from .round_robin import RoundRobin, one_hot_mux
 from .skid_buffer import SkidBuffer
 from .spad_port import ReadPortSignature, WritePortSignature, act_line, acc_line, write_cmd_layout
 
@@ -256,11 +256,8 @@ class BankedScratchpad(wiring.Component):
             m.submodules[f"rd_arb{b}"] = ra = RoundRobin(n_rd)
             for i, cmd in enumerate(cmds):
                 m.d.comb += ra.requests[i].eq(cmd.valid & (self._bank(cmd.payload) == b))
-            m.d.comb += [ra.advance.eq(1), rp.en.eq(ra.valid)]
-            with m.Switch(ra.index):
-                for i, cmd in enumerate(cmds):
-                    with _case(m, i, n_rd):
-                        m.d.comb += rp.addr.eq(self._row(cmd.payload))
+            m.d.comb += [ra.advance.eq(1), rp.en.eq(ra.valid),
+                         rp.addr.eq(one_hot_mux(ra.grant, [self._row(cmd.payload) for cmd in cmds]))]
             # the winner, and every other reader of the very same line (read merging)
             for i in range(n_rd):
                 hit = reduce(operator.or_, [ra.grant[j] & (same_row[i, j] if j != i else 1) for j in range(n_rd)])
@@ -270,12 +267,9 @@ class BankedScratchpad(wiring.Component):
             for i, cmd in enumerate(wcmds):
                 m.d.comb += wa.requests[i].eq(cmd.valid & (self._bank(cmd.payload.addr) == b))
                 wr_ready[i].append(wa.grant[i])
-            m.d.comb += [wa.advance.eq(1), wp.en.eq(wa.valid)]
-            with m.Switch(wa.index):
-                for i, cmd in enumerate(wcmds):
-                    with _case(m, i, n_wr):
-                        m.d.comb += [wp.addr.eq(self._row(cmd.payload.addr)),
-                                     wp.data.eq(cmd.payload.data)]
+            m.d.comb += [wa.advance.eq(1), wp.en.eq(wa.valid),
+                         wp.addr.eq(one_hot_mux(wa.grant, [self._row(cmd.payload.addr) for cmd in wcmds])),
+                         wp.data.eq(one_hot_mux(wa.grant, [cmd.payload.data for cmd in wcmds]))]
             collide.append((rp.en, rp.addr, wp.en, wp.addr))
 
         _flag_collisions(m, self.collision, collide)
@@ -389,7 +383,7 @@ class ReplicatedScratchpad(wiring.Component):
                 m.submodules.shared_arb = arb = RoundRobin(2)
                 m.d.comb += [arb.requests.eq(Cat(*[cmd.valid for cmd, _ in clients])), arb.advance.eq(1),
                              rp.en.eq(arb.valid),
-                             rp.addr.eq(Mux(arb.index, clients[1][0].payload, clients[0][0].payload))]
+                             rp.addr.eq(Mux(arb.grant[1], clients[1][0].payload, clients[0][0].payload))]
                 readies = [arb.grant[0], arb.grant[1]]
             else:
                 m.d.comb += [rp.en.eq(own[0].valid), rp.addr.eq(own[0].payload)]

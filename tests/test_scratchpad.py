@@ -168,6 +168,36 @@ def test_named_ports_and_config_helpers():
         Fragment.get(spad, None)          # elaborates (and marks as used)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 11])
+def test_round_robin_matches_a_pointer_search(n):
+    """Random requests and advances: the grant is the first requester after the last granted one
+    (searching cyclically, from 0 after reset), as one-hot ``grant``, ``index`` and ``valid``."""
+    dut = RoundRobin(n)
+    rng = _rng(f"rr-ref-{n}")
+
+    async def tb(ctx):
+        last = n - 1
+        for step in range(300):
+            req, adv = rng.getrandbits(n), rng.random() < 0.7
+            ctx.set(dut.requests, req)
+            ctx.set(dut.advance, adv)
+            expect = next((i for i in ((last + 1 + k) % n for k in range(n)) if req >> i & 1), None)
+            got = (ctx.get(dut.grant), ctx.get(dut.valid), ctx.get(dut.index))
+            want = (0, 0) if expect is None else (1 << expect, 1, expect)
+            assert got[:len(want)] == want, f"step {step}: requests {req:0{n}b}, last {last}: got {got}"
+            await (ctx.tick() if n > 1 else ctx.delay(1e-6))
+            if adv and expect is not None:
+                last = expect
+
+    if n > 1:
+        run_testbench(dut, tb)
+    else:                                  # no state, so no clock domain to simulate
+        from amaranth.sim import Simulator
+        sim = Simulator(dut)
+        sim.add_testbench(tb)
+        sim.run()
+
+
 # -- banked scratchpad -------------------------------------------------------------------------
 
 def test_round_robin_is_cyclic_and_starvation_free():
