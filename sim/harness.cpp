@@ -5,6 +5,7 @@
 // (mem__cmd__ready -> mem___05Fcmd___05Fready).
 //
 // Built by sparrow.sim.verilator_build with -DSP_AW=<cmd address bits> -DSP_MB=<bytes per beat>
+// -DSP_CSR_RL=<CSR read latency>
 // (and -DSP_TRACE for the --trace-fst variant). C API in harness.h.
 //
 // The Verilated top is verilator_build's wrapper `harness_top` around sparrow_top: same ports,
@@ -52,6 +53,9 @@
 #endif
 #ifndef SP_MB
 #error "SP_MB (membus bytes per beat) must be defined"
+#endif
+#ifndef SP_CSR_RL
+#error "SP_CSR_RL (CSR read latency, sparrow.regmap.READ_LATENCY) must be defined"
 #endif
 
 double sc_time_stamp() { return 0; }
@@ -302,7 +306,8 @@ uint32_t sp_csr_read(void *h, uint32_t addr) {
     d->top->csr___05Fr_stb = 1;
     d->tick();
     d->idle_bus();
-    return d->top->csr___05Fr_data;  // registered on the edge just simulated
+    for (int i = 1; i < SP_CSR_RL; ++i) d->tick();
+    return d->top->csr___05Fr_data;  // the value at the strobe's edge, SP_CSR_RL edges ago
 }
 
 void sp_step(void *h, uint64_t n) {
@@ -314,7 +319,8 @@ void sp_step(void *h, uint64_t n) {
 int sp_run(void *h, uint32_t status_addr, uint64_t max_cycles, uint64_t *ran) {
     auto *d = static_cast<Device *>(h);
     Vtop &t = *d->top;
-    // Keep a STATUS read strobed every cycle: r_data after each edge is STATUS before it.
+    // Keep a STATUS read strobed every cycle: after the first SP_CSR_RL edges, r_data after
+    // each edge is STATUS SP_CSR_RL - 1 edges before it (the reads are pipelined).
     t.csr___05Faddr = status_addr;
     t.csr___05Fr_stb = 1;
     t.csr___05Fw_stb = 0;
@@ -326,6 +332,7 @@ int sp_run(void *h, uint32_t status_addr, uint64_t max_cycles, uint64_t *ran) {
     while (n < max_cycles) {
         d->tick();
         ++n;
+        if (n < SP_CSR_RL) continue;  // r_data is still an earlier read's (or 0)
         uint32_t st = t.csr___05Fr_data;
         uint32_t halted = (st >> 12) & 0xF;
         if (halted0 == 0xFFFFFFFFu) halted0 = halted;  // mask when the run was entered

@@ -305,11 +305,15 @@ class CsrMaster:
         self.w_stb.value = 0
 
     async def read(self, reg) -> int:
+        """The register's value at the strobe's edge (``regmap.READ_LATENCY`` edges later)."""
+        from sparrow import regmap
         await FallingEdge(self.dut.clk)
         self.addr.value = self._addr(reg)
         self.r_stb.value = 1
         await FallingEdge(self.dut.clk)
         self.r_stb.value = 0
+        for _ in range(regmap.READ_LATENCY - 1):
+            await FallingEdge(self.dut.clk)
         await ReadOnly()
         return int(self.r_data.value)
 

@@ -219,7 +219,9 @@ HARNESS_SOURCES = ("harness.cpp", "harness.h")
 
 def harness_cflags(cfg) -> list[str]:
     """C++ flags every harness build of ``cfg`` needs (bus address bits and bytes per beat)."""
-    return ["-fPIC", f"-DSP_AW={cfg.dram_addr_bits}", f"-DSP_MB={cfg.mem_bytes}"]
+    from sparrow import regmap
+    return ["-fPIC", f"-DSP_AW={cfg.dram_addr_bits}", f"-DSP_MB={cfg.mem_bytes}",
+            f"-DSP_CSR_RL={regmap.READ_LATENCY}"]
 
 
 def harness_sources() -> bytes:

@@ -26,7 +26,7 @@ import json
 from dataclasses import asdict, dataclass
 
 __all__ = ["Reg", "REGISTERS", "BY_NAME", "ENGINES", "COUNTERS", "ADDR_WIDTH", "MAGIC", "addr", "to_json",
-           "status_fields", "STATUS_FIELDS", "START_CYCLES"]
+           "status_fields", "STATUS_FIELDS", "START_CYCLES", "READ_LATENCY"]
 
 MAGIC = 0x53505257  # "SPRW"
 ADDR_WIDTH = 8
@@ -37,6 +37,11 @@ ENGINES = ("load", "matmul", "vector", "store")
 #: registered in the top, the sequencer sets ``running``, and STATUS is read from a register.
 #: A host waits this long after the write before polling STATUS.
 START_CYCLES = 6
+
+#: Clock edges from a read strobe until ``r_data`` holds the register's value (sampled at the
+#: first of them). The bank reads in two stages (timing: one multiplexer over every register
+#: was a long path): a group of 16 registers at the first edge, the group at the second.
+READ_LATENCY = 2
 
 #: 64-bit performance counters, in register order.
 COUNTERS = (
@@ -126,7 +131,8 @@ def status_fields(value: int) -> dict:
 
 def to_json(cfg=None) -> str:
     d = {"registers": [asdict(r) for r in REGISTERS], "status_fields": STATUS_FIELDS,
-         "counters": list(COUNTERS), "engines": list(ENGINES), "magic": MAGIC, "addr_width": ADDR_WIDTH}
+         "counters": list(COUNTERS), "engines": list(ENGINES), "magic": MAGIC, "addr_width": ADDR_WIDTH,
+         "read_latency": READ_LATENCY}
     if cfg is not None:
         d["config"] = cfg.to_dict()
     return json.dumps(d, indent=2)
