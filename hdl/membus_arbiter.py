@@ -53,11 +53,12 @@ class MembusArbiter(wiring.Component):
     depth : int
         Outstanding reads and outstanding writes tracked (>= 1, default 4).
     sliced : bool
-        Pass every master's commands and read data through a register slice
-        (:class:`~sparrow.hdl.skid_buffer.SkidBuffer`, full throughput, one cycle more latency
-        each way), so no combinational path runs from one master through the arbitration into
-        another master or from the read-routing FIFO into a master (default False). ``flush``
-        empties the slices.
+        Pass every master's commands, write data, read data and write responses through a
+        register slice (:class:`~sparrow.hdl.skid_buffer.SkidBuffer`, full throughput, one cycle
+        more latency each), so no combinational path runs from one master through the
+        arbitration into another master or from the routing FIFOs into a master (default False).
+        A master's write data may then be accepted into its slice before its command is granted.
+        ``flush`` empties the slices.
 
     Ports
     -----
@@ -96,12 +97,15 @@ class MembusArbiter(wiring.Component):
             if not self.sliced:
                 masters.append(p)
                 continue
-            cmd_sb, rd_sb = SkidBuffer(p.cmd.payload.shape()), SkidBuffer(p.rdata.payload.shape())
-            m.submodules[f"cmd_slice{i}"] = ResetInserter(self.flush)(cmd_sb)
-            m.submodules[f"rdata_slice{i}"] = ResetInserter(self.flush)(rd_sb)
-            wiring.connect(m, wiring.flipped(p.cmd), cmd_sb.i)
-            wiring.connect(m, rd_sb.o, wiring.flipped(p.rdata))
-            masters.append(_SlicedView(cmd_sb.o, p.wdata, rd_sb.i, p.wresp))
+            slices = {}
+            for name in ("cmd", "wdata", "rdata", "wresp"):
+                sb = slices[name] = SkidBuffer(getattr(p, name).payload.shape())
+                m.submodules[f"{name}_slice{i}"] = ResetInserter(self.flush)(sb)
+            for name in ("cmd", "wdata"):                   # master -> arbiter
+                wiring.connect(m, wiring.flipped(getattr(p, name)), slices[name].i)
+            for name in ("rdata", "wresp"):                 # arbiter -> master
+                wiring.connect(m, slices[name].o, wiring.flipped(getattr(p, name)))
+            masters.append(_SlicedView(slices["cmd"].o, slices["wdata"].o, slices["rdata"].i, slices["wresp"].i))
         id_w = max(1, (n - 1).bit_length())
         m.submodules.rd_ids = rd_ids = fifo.SyncFIFO(width=id_w, depth=self.depth)
         m.submodules.wd_ids = wd_ids = fifo.SyncFIFO(width=id_w + 8, depth=self.depth)  # id, len
