@@ -885,19 +885,17 @@ class LoadEngine(wiring.Component):
         # line register S, and its skid register K: D hands its result to S when S is free and
         # K is empty, else to K (so D goes on while K is empty, a register, not after the port's
         # ready; timing: the port's ready ran into D's pop and so into the window), and S takes
-        # K's entry first when it frees; order is kept
-        s_valid = Signal()
-        s_err = Signal(ErrorCode)
-        s_line = Signal(8 * ACCW)
-        s_addr = Signal(15)
-        s_bytes = Signal(range(WIN + 2))
-        s_raw = Signal(range(ACCW + 1))
-        k_valid = Signal()
-        k_err = Signal(ErrorCode)
-        k_line = Signal(8 * ACCW)
-        k_addr = Signal(15)
-        k_bytes = Signal(range(WIN + 2))
-        k_raw = Signal(range(ACCW + 1))
+        # K's entry first when it frees; order is kept. Both hold a decode result (d_res):
+        # valid, the error found at the line, the line, its address, and the bus and
+        # uncompressed bytes it accounts for.
+        line_layout = data.StructLayout({"valid": 1, "err": ErrorCode, "line": 8 * ACCW, "addr": 15,
+                                         "bytes": range(WIN + 2), "raw": range(ACCW + 1)})
+        s_reg = Signal(line_layout)
+        k_reg = Signal(line_layout)
+        d_res = Signal(line_layout)
+        s_valid, s_err, s_line, s_addr, s_bytes, s_raw = (s_reg.valid, s_reg.err, s_reg.line, s_reg.addr,
+                                                           s_reg.bytes, s_reg.raw)
+        k_valid = k_reg.valid
         wvalid = Signal()
         wfire = Signal()
         s_free = Signal()
@@ -1058,16 +1056,15 @@ class LoadEngine(wiring.Component):
         # S (when free and K is empty) or K (when S is held and K is empty) takes D's result
         # (without emit it empties), so only the valid bits and the error depend on D's checks,
         # not the enables of the line registers
+        m.d.comb += [d_res.valid.eq(emit), d_res.err.eq(e_err), d_res.line.eq(e_line), d_res.addr.eq(waddr),
+                     d_res.bytes.eq(e_bytes), d_res.raw.eq(e_raw)]
         with m.If(s_free):
             with m.If(k_valid):
-                m.d.sync += [s_valid.eq(1), s_err.eq(k_err), s_line.eq(k_line), s_addr.eq(k_addr),
-                             s_bytes.eq(k_bytes), s_raw.eq(k_raw), k_valid.eq(0)]
+                m.d.sync += [s_reg.eq(k_reg), k_valid.eq(0)]
             with m.Else():
-                m.d.sync += [s_valid.eq(emit), s_err.eq(e_err), s_line.eq(e_line), s_addr.eq(waddr),
-                             s_bytes.eq(e_bytes), s_raw.eq(e_raw)]
+                m.d.sync += s_reg.eq(d_res)
         with m.Elif(~k_valid):
-            m.d.sync += [k_valid.eq(emit), k_err.eq(e_err), k_line.eq(e_line), k_addr.eq(waddr),
-                         k_bytes.eq(e_bytes), k_raw.eq(e_raw)]
+            m.d.sync += k_reg.eq(d_res)
 
         add_bytes = Signal(range(WIN + 2))
         add_raw = Signal(range(ACCW + 1))
