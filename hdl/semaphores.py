@@ -69,6 +69,10 @@ class SemaphoreUnit(wiring.Component):
     overflow : Out(1)
         Pulses in the cycle an overflow happens.
     overflow_client : Out(range(n_clients))
+        The lowest client signalling an overflowing semaphore.
+    overflow_clients : Out(n_clients)
+        Bit ``c``: client ``c`` signals an overflowing semaphore in this cycle (a user that
+        registers these picks the lowest after its register, off the signals' path).
     values : Out(ArrayLayout(sem_bits, n_semaphores))
         Current values (for CSRs and debug).
     """
@@ -82,6 +86,7 @@ class SemaphoreUnit(wiring.Component):
             "clear": In(1),
             "overflow": Out(1),
             "overflow_client": Out(range(max(2, n_clients))),
+            "overflow_clients": Out(n_clients),
             "values": Out(data.ArrayLayout(cfg.sem_bits, cfg.n_semaphores)),
         })
 
@@ -109,7 +114,6 @@ class SemaphoreUnit(wiring.Component):
         ge_r = [Signal(nsem, name=f"ge_r{c}", init=(1 << nsem) - 1) for c in range(n)]
         # Grant waits: a consuming wait (count != 0) is held back by a lower client's satisfied
         # consuming request on the same semaphore.
-        takes_consume = []
         enough, consuming, zeros = [], [], []
         for c, cl in enumerate(self.clients):
             en = Signal(name=f"enough{c}")
@@ -127,7 +131,6 @@ class SemaphoreUnit(wiring.Component):
             enough.append(en)
             consuming.append(co)
             zeros.append(zero)
-            takes_consume.append(cl.take & consuming[c])
 
         # Each client touches at most one semaphore per cycle, so its signal and its consume are
         # decoded once into one-hot vectors over the semaphores; a semaphore's increment is then
@@ -137,14 +140,12 @@ class SemaphoreUnit(wiring.Component):
         # written so that a simulator evaluates a shift per client instead of n_semaphores x
         # n_clients compares and masked adds.
         sig_oh = []
-        con_oh = []
-        for c, (tc, cl) in enumerate(zip(takes_consume, self.clients)):
-            so, co = Signal(nsem, name=f"sig_oh{c}"), Signal(nsem, name=f"con_oh{c}")
-            m.d.comb += [so.eq(Mux(cl.signal, Const(1, nsem) << cl.signal_sem, 0)),
-                         co.eq(Mux(tc, Const(1, nsem) << cl.wait_sem, 0))]
+        for c, cl in enumerate(self.clients):
+            so = Signal(nsem, name=f"sig_oh{c}")
+            m.d.comb += so.eq(Mux(cl.signal, Const(1, nsem) << cl.signal_sem, 0))
             sig_oh.append(so)
-            con_oh.append(co)
-            m.d.sync += [con_r[c].eq(Mux(self.clear, 0, co)), cnt_r[c].eq(cl.wait_count)]
+            m.d.sync += [con_r[c].eq(Mux(cl.take & consuming[c] & ~self.clear, Const(1, nsem) << cl.wait_sem, 0)),
+                         cnt_r[c].eq(cl.wait_count)]
 
         # The compares are made a cycle ahead, on this cycle's operands, without waiting for the
         # semaphore's next value (timing: the signals arrive late, from the engines'
@@ -175,11 +176,9 @@ class SemaphoreUnit(wiring.Component):
             for k in range(1, n + 1):
                 with m.If(at_least[k]):
                     m.d.comb += inc.eq(k)
+            # at most one client consumes semaphore i in a cycle: an AND-OR, not a priority chain
             dec = Signal(unsigned(sb + 1), name=f"dec{i}")
-            sel = Const(0, 8)
-            for co, cnt in reversed(list(zip(con_r, cnt_r))):
-                sel = Mux(co[i], cnt, sel)
-            m.d.comb += dec.eq(sel)
+            m.d.comb += dec.eq(reduce(operator.or_, (Mux(co[i], cnt, 0) for co, cnt in zip(con_r, cnt_r))))
             # overflow from the signals alone, so it does not wait for the grants; written as
             # "within k of the maximum and at least k+1 signals" (timing: compares of the
             # registered value against constants, in parallel with the signal count, instead of
@@ -228,9 +227,11 @@ class SemaphoreUnit(wiring.Component):
             m.d.sync += ge_r[c].eq(Cat(*ge_next[c]))
         overflow_any = Signal()
         m.d.comb += overflow_any.eq(ovf_vec.any() & ~self.clear)
-        # the lowest client whose signal lands on an overflowing semaphore
+        # the clients whose signal lands on an overflowing semaphore, and the lowest of them
+        for c in range(n):
+            m.d.comb += self.overflow_clients[c].eq((sig_oh[c] & ovf_vec).any())
         for c in reversed(range(n)):
-            with m.If((sig_oh[c] & ovf_vec).any()):
+            with m.If(self.overflow_clients[c]):
                 m.d.comb += self.overflow_client.eq(c)
         m.d.comb += self.overflow.eq(overflow_any)
         return m

@@ -4,7 +4,8 @@ import operator
 from functools import reduce
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, Value
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sparrow import isa
@@ -32,20 +33,64 @@ def _hdr(word, name):
     return word[pos:pos + w]
 
 
+class _FlagFifo(wiring.Component):
+    """``SyncFIFO`` of ``depth`` entries (same ports, same cycles) whose ``r_rdy`` and ``w_rdy``
+    are registers, computed from the next level (timing: no compare of ``level`` behind them; they
+    feed the issue, dispatch and watchdog decisions). ``stays_nonempty`` is the value ``r_rdy``
+    takes at the next clock edge, this cycle's write not counted (a reset aside)."""
+
+    def __init__(self, width, depth):
+        self.width, self.depth = width, depth
+        super().__init__({
+            "w_data": In(width), "w_en": In(1), "w_rdy": Out(1, init=1),
+            "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1), "stays_nonempty": Out(1),
+            "level": Out(range(depth + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.storage = storage = Memory(shape=self.width, depth=self.depth, init=[])
+        w_port = storage.write_port()
+        r_port = storage.read_port(domain="comb")
+        produce = Signal(range(self.depth))
+        consume = Signal(range(self.depth))
+
+        def incr(v):
+            return Mux(v == self.depth - 1, 0, v + 1)[:len(v)]
+
+        do_write = self.w_en & self.w_rdy
+        do_read = self.r_en & self.r_rdy
+        m.d.comb += [w_port.addr.eq(produce), w_port.data.eq(self.w_data), w_port.en.eq(do_write),
+                     r_port.addr.eq(consume), self.r_data.eq(r_port.data)]
+        with m.If(do_write):
+            m.d.sync += produce.eq(incr(produce))
+        with m.If(do_read):
+            m.d.sync += consume.eq(incr(consume))
+        m.d.comb += self.stays_nonempty.eq(Mux(do_read, self.level != 1, self.r_rdy))
+        with m.If(do_write & ~do_read):
+            m.d.sync += [self.level.eq(self.level + 1), self.r_rdy.eq(1),
+                         self.w_rdy.eq(self.level != self.depth - 1)]
+        with m.If(do_read & ~do_write):
+            m.d.sync += [self.level.eq(self.level - 1), self.r_rdy.eq(self.level != 1), self.w_rdy.eq(1)]
+        return m
+
+
 class _HeadQueue(wiring.Component):
     """``SyncFIFOBuffered`` of ``depth`` entries (same ports but ``nonempty`` for ``level != 0``,
     same cycles: an entry written in one cycle is at the registered head two cycles later) that
     also compares the entry's index field (bits ``index_at`` and up) with ``bp_index`` as the
     entry enters the head register, and every cycle while it sits there: ``at_index`` is
     ``head index == bp_index`` of the previous cycle, a register (timing: the 24-bit compare does
-    not feed the issue decision)."""
+    not feed the issue decision). ``r_rdy_next`` is the value ``r_rdy`` takes at the next clock
+    edge (a reset of the queue aside), for users that keep ``r_rdy`` in a register combined with
+    their own state. The inner FIFO's flags are registers (:class:`_FlagFifo`)."""
 
     def __init__(self, width, depth, index_at):
         self.width, self.depth, self.index_at = width, depth, index_at
         super().__init__({
             "w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
             "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1),
-            "nonempty": Out(1),
+            "nonempty": Out(1), "r_rdy_next": Out(1),
             "bp_index": In(width - index_at), "at_index": Out(1),
         })
 
@@ -58,11 +103,12 @@ class _HeadQueue(wiring.Component):
                          self.nonempty.eq(self.r_rdy)]
             new = self.w_data
         else:
-            m.submodules.inner = inner = fifo.SyncFIFO(width=self.width, depth=self.depth - 1)
+            m.submodules.inner = inner = _FlagFifo(self.width, self.depth - 1)
             m.d.comb += [inner.w_data.eq(self.w_data), inner.w_en.eq(self.w_en), self.w_rdy.eq(inner.w_rdy),
                          load.eq(inner.r_rdy & (~self.r_rdy | self.r_en)), inner.r_en.eq(load),
                          self.nonempty.eq(inner.r_rdy | self.r_rdy)]
             new = inner.r_data
+        m.d.comb += self.r_rdy_next.eq(load | (self.r_rdy & ~self.r_en))
         with m.If(load):
             m.d.sync += [self.r_data.eq(new), self.r_rdy.eq(1),
                          self.at_index.eq(new[self.index_at:] == self.bp_index)]
@@ -96,14 +142,19 @@ class Sequencer(wiring.Component):
       after it is made.
     * **Status**: done, first error (code, engine, instruction index), a deadlock watchdog
       (no dispatch, issue, completion or delay progress for ``watchdog`` cycles while work is
-      pending and no engine is halted by the debugger), and the control-side counters.
+      pending and no engine is halted by the debugger; a change of ``watchdog`` takes effect a
+      cycle after it is made), and the control-side counters.
 
     Timing: decisions read registers wherever a cycle allows it. ``go`` (running and no error)
     is a register computed from the next values, so the error flag does not feed the issue and
-    dispatch decisions (and from them the queues' clock enables); the first error is selected
-    one-hot from its sources; the breakpoint compare, the per-engine event counts, the retired
-    count (a table, no adder), the signals to the semaphores, the overflow report and the
-    watchdog's choice of engine are registered.
+    dispatch decisions (and from them the queues' clock enables); the first error is picked by a
+    balanced tree of priority muxes; the breakpoint compare, the per-engine event counts, the
+    retired count (a table, no adder), the signals to the semaphores, the overflow report and the
+    watchdog's choice of engine are registered. So are, computed from the next values, the
+    queues' and in-flight FIFOs' ready flags (:class:`_FlagFifo`), each engine's readiness to
+    request its semaphore (``ready``) and whether any work is held past dispatch (``holding``,
+    ``wrote``); the watchdog's quiet count runs a cycle behind its restart decision (a
+    register).
 
     Ports
     -----
@@ -202,8 +253,7 @@ class Sequencer(wiring.Component):
             late_events.append(ev)
 
         # error sources, lowest priority first: (condition, code, engine, index); the first error
-        # of a run is kept. Selected one-hot at the end (timing: an AND-OR of the sources, not a
-        # chain of muxes behind the error register's decode)
+        # of a run is kept. Picked at the end by a balanced tree of priority muxes (timing)
         errors = []
 
         def set_error(cond, code, engine, index):
@@ -275,6 +325,16 @@ class Sequencer(wiring.Component):
         signals_r = []
         pending_any = Signal()
         pending = Signal(N_ENGINES)
+        ready_regs = []
+        ready_next = []
+        # holding | wrote == any engine's queue, in-flight FIFO or DELAY holds work, kept in two
+        # registers computed from the next values: `wrote` a dispatch into a queue, `holding`
+        # the rest (timing: `pending_any` is those and the engines' busy, not an OR of twenty
+        # terms, in front of `finished` and the watchdog; the dispatch decision feeds one
+        # register of its own)
+        holding = Signal()
+        wrote = Signal()
+        holding_next = []
         for e in range(N_ENGINES):
             q = queues[e]
             eng = self.engines[e]
@@ -288,7 +348,7 @@ class Sequencer(wiring.Component):
             slot = head_word[isa.HEADER_BITS + 2:isa.HEADER_BITS + 6]
 
             # in-flight instructions: (signal_en, signal_sem, index), completed in order by `done`
-            inflight = fifo.SyncFIFO(width=1 + 4 + INDEX_BITS, depth=4)
+            inflight = _FlagFifo(1 + 4 + INDEX_BITS, 4)
             m.submodules[f"inflight{e}"] = ResetInserter(flush)(inflight)
             delay_index = Signal(INDEX_BITS, name=f"delay_index{e}")
             delay_left = Signal(32, name=f"delay_left{e}")
@@ -298,10 +358,17 @@ class Sequencer(wiring.Component):
             step_armed = Signal(name=f"step_armed{e}")
             last_pc = Signal(INDEX_BITS, name=f"last_pc{e}")
 
-            drained = ~inflight.r_rdy & ~eng.busy & ~delay_active
             m.d.comb += q.bp_index.eq(self.bp_index[e])
             at_bp = q.r_rdy & self.bp_enable[e] & q.at_index & ~pass_bp
-            can_go = go & ~halted[e] & q.r_rdy & ~delay_active
+            # ready == ~halted & q.r_rdy & ~delay_active, kept in a register computed from the
+            # next values (timing: one term instead of three in the semaphore requests, which
+            # feed the other engines' hold-back and the grants)
+            ready = Signal(name=f"ready{e}")
+            ready_regs.append(ready)
+            can_go = go & ready
+            # (with can_go, no DELAY is running: the engine has drained when nothing is in flight
+            # and it is not busy)
+            drained = ~inflight.r_rdy & ~eng.busy
             m.d.comb += [
                 cl.wait_sem.eq(_hdr(head_word, "wait_sem")),
                 cl.wait_count.eq(_hdr(head_word, "wait_count")),
@@ -410,6 +477,13 @@ class Sequencer(wiring.Component):
                 m.d.sync += step_armed.eq(1)
             with m.If(self.start):
                 m.d.sync += [pass_bp.eq(0), step_armed.eq(0), delay_active.eq(0), last_pc.eq(0)]
+            # the next values of q.r_rdy (the queue is reset by flush) and delay_active (the
+            # assignments above, in their order)
+            active_next = Mux(self.start | (delay_active & delay_zero), 0, (issue & local) | delay_active)
+            ready_next.append(~flush & q.r_rdy_next & ~active_next)
+            # (an issue moves the head into the in-flight FIFO or the DELAY, so, a flush aside,
+            # the head register holding work stands for both: no issue decision in this term)
+            holding_next.append((~flush & (q.nonempty | inflight.stays_nonempty)) | active_next)
             m.d.comb += self.pc[e].eq(Mux(q.r_rdy, head_index, last_pc))
             # counters
             busy_now = inflight.r_rdy | eng.busy | delay_active
@@ -419,7 +493,8 @@ class Sequencer(wiring.Component):
             # the queue's content, not r_rdy: an entry spends a cycle inside the buffered queue
             # before its head register shows it
             m.d.comb += pending[e].eq(q.nonempty | inflight.r_rdy | eng.busy | delay_active)
-        m.d.comb += pending_any.eq(pending.any())
+        m.d.sync += [holding.eq(reduce(operator.or_, holding_next)), wrote.eq(fire & ~flush)]
+        m.d.comb += pending_any.eq(holding | wrote | Cat(*(eng.busy for eng in self.engines)).any())
 
         # the blocked queue head with the lowest instruction index (what a watchdog error names,
         # as the golden model does): a two-level tournament over the engines' queue heads with a
@@ -458,35 +533,49 @@ class Sequencer(wiring.Component):
         with m.If(bp_hit.any() & self.bp_halt_all):
             m.d.comb += halted_next.eq(~0)
         m.d.sync += halted.eq(halted_next & ~resume_mask)
+        halted_d = Mux(self.start, 0, halted_next & ~resume_mask)
+        m.d.sync += [r.eq(nxt & ~halted_d[e]) for e, (r, nxt) in enumerate(zip(ready_regs, ready_next))]
 
         # semaphore overflow: charged to the instruction whose completion signalled; registered
         # (timing), so the error is raised a cycle after the overflowing signal lands (the program
         # is not finished while a signal or its overflow report is on its way)
+        # The engines whose signal overflowed are registered and the lowest of them is picked
+        # after the register (timing: the pick does not follow the semaphores' overflow compares)
         ovf_seen = Signal()
+        ovf_clients = Signal(N_ENGINES)
         ovf_engine = Signal(3)
         ovf_index = Signal(INDEX_BITS)
-        m.d.sync += [ovf_seen.eq(sems.overflow & running & ~self.start), ovf_engine.eq(sems.overflow_client)]
+        m.d.sync += [ovf_seen.eq(sems.overflow & running & ~self.start), ovf_clients.eq(sems.overflow_clients)]
         sig_index_r = [Signal(INDEX_BITS, name=f"sig_index_r{e}") for e in range(N_ENGINES)]
         m.d.sync += [r.eq(i) for r, i in zip(sig_index_r, sig_index)]
-        with m.Switch(ovf_engine):
-            for e in range(N_ENGINES):
-                with m.Case(e):
-                    m.d.comb += ovf_index.eq(sig_index_r[e])
+        for e in reversed(range(N_ENGINES)):
+            with m.If(ovf_clients[e]):
+                m.d.comb += [ovf_engine.eq(e), ovf_index.eq(sig_index_r[e])]
         set_error(ovf_seen & running, ErrorCode.SEM_OVERFLOW, ovf_engine, ovf_index)
 
         # -- watchdog, done ----------------------------------------------------------------------------
         quiet = Signal(32)
         debug_halted = Signal()
         m.d.comb += debug_halted.eq((halted & pending).any())
-        # quiet_hit == (quiet >= watchdog), kept in a register (timing: the 32-bit compare is
-        # made on the next value of `quiet`, in parallel with the decision to reset it)
-        quiet_hit = Signal()
-        with m.If(~running | progress | debug_halted | ~(pending_any | self.fetched.valid | d_valid)):
-            m.d.sync += [quiet.eq(0), quiet_hit.eq(0)]
-        with m.Else():
-            m.d.sync += [quiet.eq(quiet + 1), quiet_hit.eq(quiet + 1 >= self.watchdog)]
+        # The quiet count runs a cycle behind (timing: the decision to restart it, which hangs
+        # off the engines' and queues' state, feeds one register, `quiet_rst`, instead of the
+        # 32-bit counter's resets): `quiet_rst` is the previous cycle's restart and `quiet` the
+        # previous cycle's count, so the count of this cycle is 0 after a restart, else
+        # quiet + 1. `quiet_ge` is (that count + 1 >= watchdog, and watchdog != 0) of the
+        # previous cycle, made on registers; the watchdog fires as if the count were kept in
+        # step. `watchdog` is read only there (timing: not in front of the error registers), so
+        # a change of it takes effect a cycle later, a change to or from 0 included.
+        quiet_rst = Signal(init=1)
+        quiet_ge = Signal()
+        m.d.sync += [quiet_rst.eq(self.start | ~running | progress | debug_halted
+                                  | ~(pending_any | self.fetched.valid | d_valid)),
+                     quiet.eq(Mux(quiet_rst, 0, quiet + 1)),
+                     quiet_ge.eq(self.watchdog.any() & Mux(quiet_rst, self.watchdog[1:] == 0,
+                                                           quiet + 2 >= self.watchdog))]
+        # (`watchdog <= 1` and `watchdog != 0` as reductions, not compares: yosys merged them
+        # into one carry chain)
         wd_hit = Signal()
-        m.d.comb += wd_hit.eq(running & (self.watchdog != 0) & quiet_hit)
+        m.d.comb += wd_hit.eq(running & ~quiet_rst & quiet_ge)
         with m.If(wd_hit):
             m.d.sync += self.stuck.eq(pending)
         # no queued instruction: the lowest-numbered engine still holding work, registered like
@@ -522,23 +611,25 @@ class Sequencer(wiring.Component):
             m.d.sync += running.eq(0)
         set_error(self.abort & running, ErrorCode.ABORTED, NO_ENGINE, 0)
 
-        # the first error: the highest-priority source of this cycle, selected one-hot
+        # the first error: the highest-priority source of this cycle, picked by a balanced tree
+        # of two-way priority muxes (timing: log2 of the sources deep, where a one-hot select
+        # behind a running OR of the higher sources' conditions was a chain through all of them)
         err_any = Signal()
         m.d.comb += err_any.eq(Cat(*(c for c, *_ in errors)).any())
         err_code = Signal(len(Value.cast(self.error)))
         err_engine = Signal(3)
         err_index = Signal(INDEX_BITS)
-        later = Const(0)
-        codes, engines, indexes = [], [], []
-        for k, (cond, code, engine, index) in reversed(list(enumerate(errors))):
-            sel = Signal(name=f"err_sel{k}")
-            m.d.comb += sel.eq(cond & ~later)
-            later = later | cond
-            codes.append(Mux(sel, Value.cast(code), 0))
-            engines.append(Mux(sel, engine, 0))
-            indexes.append(Mux(sel, index, 0))
-        m.d.comb += [err_code.eq(reduce(operator.or_, codes)), err_engine.eq(reduce(operator.or_, engines)),
-                     err_index.eq(reduce(operator.or_, indexes))]
+
+        def first_error(srcs):
+            """(cond, code, engine, index) of the highest-priority (last) source whose cond is high."""
+            if len(srcs) == 1:
+                return srcs[0]
+            lo, hi = first_error(srcs[:len(srcs) // 2]), first_error(srcs[len(srcs) // 2:])
+            return (lo[0] | hi[0],) + tuple(Mux(hi[0], h, l) for h, l in zip(hi[1:], lo[1:]))
+
+        _, code, engine, index = first_error([(c, Value.cast(code), Value.cast(eng), Value.cast(idx))
+                                              for c, code, eng, idx in errors])
+        m.d.comb += [err_code.eq(code), err_engine.eq(engine), err_index.eq(index)]
         with m.If(~has_error & err_any):
             m.d.sync += [self.error.eq(err_code), self.error_engine.eq(err_engine),
                          self.error_index.eq(err_index)]
@@ -550,7 +641,7 @@ class Sequencer(wiring.Component):
             m.d.sync += [
                 running.eq(1), self.done.eq(0), halt_seen.eq(0), halted.eq(0), self.stuck.eq(0),
                 self.error.eq(ErrorCode.NONE), self.error_engine.eq(NO_ENGINE), self.error_index.eq(0),
-                self.count_cycles.eq(0), self.count_instructions.eq(0), quiet.eq(0), quiet_hit.eq(0),
+                self.count_cycles.eq(0), self.count_instructions.eq(0),
             ]
             for e in range(N_ENGINES):
                 m.d.sync += [self.count_busy[e].eq(0), self.count_wait[e].eq(0), self.count_stall[e].eq(0)]
