@@ -196,7 +196,9 @@ def test_flow_on_tiny_design(mac_verilog, tmp_path, monkeypatch):
         (tmp_path / "result.json").read_text())
     with pytest.raises(AssertionError, match="tools run again"):
         fpga.run_preset("tiny", tmp_path, freq=100.0, nice=0, log=lambda *_: None)
-    assert rec["router"] == "router1"               # the other router is another record
+    assert rec["router"] == "router1" and rec["seed"] == 1      # another router or seed is another record
+    with pytest.raises(AssertionError, match="tools run again"):
+        fpga.run_preset("tiny", tmp_path, seed=2, nice=0, log=lambda *_: None)
     with pytest.raises(AssertionError, match="tools run again"):
         fpga.run_preset("tiny", tmp_path, router="router2", nice=0, log=lambda *_: None)
 

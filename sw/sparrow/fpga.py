@@ -447,7 +447,7 @@ def _cell_counts(cells: dict[str, int]) -> dict[str, int]:
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
                nice: int = 10, reuse: bool = True, log=print, block: str | None = None,
                timeout: float | None = None, cached_only: bool = False, synth_only: bool = False,
-               router: str = "router1", stale_ok: bool = False) -> dict:
+               router: str = "router1", stale_ok: bool = False, seed: int = 1) -> dict:
     """Full flow for one preset; returns a flat result record.
 
     The record is also written to ``work/result.json`` with the SHA-256 of the synthesized
@@ -461,7 +461,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     sha = hashlib.sha256(text).hexdigest()
     logic_sha = logic_sha256(text)
     key = {"verilog_sha256": sha, "target_mhz": freq, "device_request": device, "synth_flags": SYNTH_FLAGS,
-           "synth_recipe": SYNTH_RECIPE, "router": router}
+           "synth_recipe": SYNTH_RECIPE, "router": router, "seed": seed}
     label = f"{block}/{preset_name}" if block else preset_name
     cached = work / "result.json"
     if reuse and cached.exists():
@@ -469,6 +469,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
         old.setdefault("synth_flags", "")            # records from before the option existed
         old.setdefault("synth_recipe", "")           # ... and from before the collision step
         old.setdefault("router", "router1")          # ... and from before the router option
+        old.setdefault("seed", 1)                    # ... and the seed option
         same_text = old.get("verilog_sha256") == sha
         same_logic = same_text or old.get("verilog_logic_sha256") == logic_sha
         if same_logic and all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256"):
@@ -478,6 +479,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     if cached_only and stale_ok and cached.exists():
         old = json.loads(cached.read_text())
         old.setdefault("router", "router1")
+        old.setdefault("seed", 1)
         if all(old.get(k) == v for k, v in key.items() if k not in ("verilog_sha256", "router")):
             log(f"[fpga] {preset_name}: {cached} is of other Verilog (an earlier commit): reusing it, marked")
             return {**old, "verilog_matches_head": False}
@@ -505,7 +507,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     if device and dev is None:
         raise ValueError(f"device: unknown {device!r}; choose one of {[d.flag for d in DEVICES]}")
     log(f"[fpga] {preset_name}: {syn['seconds']} s; nextpnr-ecp5 {dev.flag} {PACKAGE} --freq {freq} ...")
-    pnr = place_route(syn["netlist"], dev, freq=freq, nice=nice, timeout=timeout, router=router)
+    pnr = place_route(syn["netlist"], dev, freq=freq, nice=nice, timeout=timeout, router=router, seed=seed)
     util = pnr["util"]
 
     def used(bel):
@@ -578,12 +580,15 @@ def main(argv=None):
     ap.add_argument("--block", default=None, choices=sorted(BLOCKS), help="one block on its own")
     ap.add_argument("--router", default="router1", choices=ROUTERS,
                     help="nextpnr-ecp5 router (router2 is faster on large designs)")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="nextpnr placement seed (one seed's Fmax varies by several MHz: compare means of a few)")
     ap.add_argument("--synth-only", action="store_true",
                     help="stop after synthesis and print the estimated long paths (minutes, not half an hour)")
     args = ap.parse_args(argv)
-    results = [run_preset(p, args.out / (f"{args.block}_{p}" if args.block else p), freq=args.freq,
+    sub = "" if args.seed == 1 else f"_seed{args.seed}"
+    results = [run_preset(p, args.out / f"{f'{args.block}_{p}' if args.block else p}{sub}", freq=args.freq,
                           device=args.device, nice=args.nice, block=args.block, synth_only=args.synth_only,
-                          reuse=not args.synth_only, router=args.router)
+                          reuse=not args.synth_only, router=args.router, seed=args.seed)
                for p in args.presets]
     print(table(results))
     if args.json:
