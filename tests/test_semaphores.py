@@ -78,6 +78,8 @@ def test_random_traffic_matches_rules():
             if overflow:
                 first = min(c for c, a in enumerate(acts) if a["signal"] and ovf[a["signal_sem"]])
                 assert ctx.get(dut.overflow_client) == first
+            assert ctx.get(dut.overflow_clients) == sum(1 << c for c, a in enumerate(acts)
+                                                         if a["signal"] and ovf[a["signal_sem"]])
             checked["overflow"] += overflow
             nxt = [CFG.sem_max if o else v for o, v in zip(ovf, nxt)]
             await ctx.tick()
