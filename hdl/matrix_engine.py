@@ -36,6 +36,8 @@ Microarchitecture
   the response, and writes through ``acc_wr``. The instruction is done when its last row is
   accepted by ``acc_wr``; instructions execute one at a time (the next one is accepted after
   the done pulse), so accumulate read-modify-writes never race a previous instruction's writes.
+  If the port passes writes through a register slice (``acc_wr_pending``), an instruction's
+  first accumulator read also waits until the previous instruction's last write has landed.
 
 ``zero_skip=False`` builds the dense baseline: same ports and results, but every element
 within ``k`` costs a cycle.
@@ -467,6 +469,9 @@ class MatrixEngine(wiring.Component):
     acc_rd : Out(ReadPortSignature(acc_addr_bits, acc_line(cols)))  [``acc_rd__cmd__*``, ``acc_rd__rsp__*``]
         Old accumulator lines for ``accumulate=1``.
     acc_wr : Out(WritePortSignature(acc_addr_bits, acc_line(cols)))  [``acc_wr__cmd__valid/ready/payload``]
+    acc_wr_pending : In(1)  [``acc_wr_pending``]
+        A write accepted by ``acc_wr`` has not reached memory yet (a sliced write port; tie to 0
+        otherwise): an instruction's first accumulator read waits while it is high.
     busy_cycles, stall_cycles, macs, macs_skipped : Out(32)
         Free-running counters: cycles with ``busy``; cycles in which rows remain to be computed
         but no lane issued an op; ``cols`` per non-zero activation element within ``k``;
@@ -502,6 +507,7 @@ class MatrixEngine(wiring.Component):
             "wgt_rd": Out(ReadPortSignature(cfg.wgt_addr_bits, act_line(cols))).array(cfg.rows),
             "acc_rd": Out(ReadPortSignature(cfg.acc_addr_bits, acc_line(cols))),
             "acc_wr": Out(WritePortSignature(cfg.acc_addr_bits, acc_line(cols))),
+            "acc_wr_pending": In(1),
             "busy_cycles": Out(COUNTER_BITS),
             "stall_cycles": Out(COUNTER_BITS),
             "macs": Out(COUNTER_BITS),
@@ -670,7 +676,15 @@ class MatrixEngine(wiring.Component):
         inflight_next = Signal(range(wd + 2))
         credit_ok = Signal(init=1)
         m.d.comb += inflight_next.eq(inflight + (pendq.w_en & pendq.w_rdy) - (wq.r_en & wq.r_rdy))
-        m.d.sync += [inflight.eq(inflight_next), credit_ok.eq(inflight_next < wd)]
+        # An instruction's first accumulator read waits for the previous instruction's writes to
+        # land (``acc_wr_pending``, a register in the scratchpad). Until that read no write of
+        # this instruction can be pending, so the pending flag only falls meanwhile and may be
+        # folded into the registered credit flag (no input is added to the read's handshake).
+        fresh = Signal()                  # no accumulator read issued yet by this instruction
+        fresh_next = Signal()
+        m.d.comb += fresh_next.eq(accept | (fresh & ~(self.acc_rd.cmd.valid & self.acc_rd.cmd.ready)))
+        m.d.sync += [inflight.eq(inflight_next), fresh.eq(fresh_next),
+                     credit_ok.eq((inflight_next < wd) & ~(fresh_next & self.acc_wr_pending))]
         # pendq's "not full" likewise from a registered copy of its level
         pend_n = Signal(range(wd + 1))
         pend_n_next = Signal(range(wd + 2))

@@ -92,16 +92,18 @@ class Sparrow(wiring.Component):
         # registered responses, so the block RAM's slow output does not run into their zero-skip
         # and credit logic. MATMUL's accumulator reads are sliced and registered too (a read
         # that lands later still sees every earlier write: the rows of one instruction are
-        # distinct and the previous instruction's writes landed before its done); its writes
-        # stay unsliced. STORE's reads of the weights pass a slice and go to a copy of their own
-        # (timing: lane 0's weight reads met an arbitration against STORE, the only lane that did).
+        # distinct, and an instruction's first read waits for the previous one's writes to land,
+        # ``acc_wr_pending``); its writes are sliced too (timing: MATMUL's write queue -> the
+        # accumulator's write arbitration -> LOAD's write slice was 15.5 ns estimated). STORE's
+        # reads of the weights pass a slice and go to a copy of their own (timing: lane 0's
+        # weight reads met an arbitration against STORE, the only lane that did).
         m.submodules.act = act = dp(act_scratchpad(cfg, act_reads, ["vec", "dma"],
                                                    sliced_reads=["vec_a", "vec_b", "dma", *lane_reads],
                                                    registered_reads=lane_reads,
                                                    sliced_writes=["vec", "dma"]))
         m.submodules.acc = acc = dp(acc_scratchpad(cfg, ["mx", "vec", "dma"], ["mx", "dma"],
                                                    sliced_reads=["mx", "vec", "dma"], registered_reads=["mx"],
-                                                   sliced_writes=["dma"]))
+                                                   sliced_writes=["mx", "dma"]))
         m.submodules.wgt = wgt = dp(wgt_scratchpad(cfg, sliced_shared=True, own_shared=True))
 
         # -- engines ----------------------------------------------------------------------------
@@ -119,6 +121,7 @@ class Sparrow(wiring.Component):
             connect(m, mx_c.wgt_rd[i], wgt_c.rd[i])
         connect(m, mx_c.acc_rd, acc_c.read_port("mx"))
         connect(m, mx_c.acc_wr, acc_c.write_port("mx"))
+        m.d.comb += mx_c.acc_wr_pending.eq(acc_c.wr_pending[acc_c.write_index["mx"]])
         connect(m, vec_c.acc_rd, acc_c.read_port("vec"))
         connect(m, vec_c.act_rd_a, act_c.read_port("vec_a"))
         connect(m, vec_c.act_rd_b, act_c.read_port("vec_b"))
@@ -175,20 +178,20 @@ class Sparrow(wiring.Component):
             busy_r = Signal(name=f"busy_r{e}")
             m.d.sync += [err_r.eq(eng.error), busy_r.eq(eng.busy)]
             m.d.comb += [port.busy.eq(busy_r), port.error.eq(err_r)]
-        # A LOAD or VECTOR completion is passed on once its engine's sliced writes have landed
+        # A LOAD, MATMUL or VECTOR completion is passed on once its engine's sliced writes have landed
         # (the ISA's "signal when the last line is written"): completions are counted while a
         # slice holds a write and passed on one per cycle once none does (a slice drains within
         # a few cycles and an instruction takes far longer, so the 2-bit count does not fill).
         for e, eng, pending in ((0, load_c, act_c.wr_pending[act_c.write_index["dma"]]
                                  | acc_c.wr_pending[acc_c.write_index["dma"]]),
+                                (1, mx_c, acc_c.wr_pending[acc_c.write_index["mx"]]),
                                 (2, vec_c, act_c.wr_pending[act_c.write_index["vec"]])):
             held = Signal(2, name=f"done_held{e}")
             total = Signal(3, name=f"done_total{e}")
             emit = Signal(name=f"done_emit{e}")
             m.d.comb += [total.eq(held + eng.done), emit.eq((total != 0) & ~pending)]
             m.d.sync += [held.eq(total - emit), seq.engines[e].done.eq(emit)]
-        for e, eng in ((1, mx_c), (3, store_c)):
-            m.d.sync += seq.engines[e].done.eq(eng.done)
+        m.d.sync += seq.engines[3].done.eq(store_c.done)
 
         # -- external memory -----------------------------------------------------------------------
         # The arbiter and the AXI adapter are not soft-reset: transactions still outstanding on

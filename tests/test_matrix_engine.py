@@ -52,9 +52,10 @@ async def _read_port(ctx, port, mem, ebits, cols, rng, stall, pending, cycle):
         pending.append((due, word))
 
 
-def _run_engine(cfg, zero_skip, instrs, act, wgt, acc, *, seed, stall=0.3, max_cycles=20000):
+def _run_engine(cfg, zero_skip, instrs, act, wgt, acc, *, seed, stall=0.3, max_cycles=20000, wr_lag=0):
     """Simulate ``instrs`` (field dicts) back to back with random port stalls; returns
-    (acc memory, counters, done count, error)."""
+    (acc memory, counters, done count, error). ``wr_lag`` > 0 models a sliced write port: an
+    accepted write reaches memory ``wr_lag`` cycles later, with ``acc_wr_pending`` high meanwhile."""
     dut = MatrixEngine(cfg, zero_skip=zero_skip)
     rng = random.Random(seed)
     acc = acc.copy()
@@ -65,8 +66,13 @@ def _run_engine(cfg, zero_skip, instrs, act, wgt, acc, *, seed, stall=0.3, max_c
         words = [isa.encode(isa.make("matmul", **f)) for f in instrs]
         dones = 0
         cycle = 0
+        landing = []                     # (cycle due, addr, values) of writes not yet in memory
         while dones < len(instrs) and cycle < max_cycles:
             cycle += 1
+            while landing and landing[0][0] <= cycle:
+                _, addr, vals = landing.pop(0)
+                acc[addr] = vals
+            ctx.set(dut.acc_wr_pending, bool(landing))
             for i in range(cfg.rows):
                 for key, port, mem in (("a", dut.act_rd[i], act), ("w", dut.wgt_rd[i], wgt)):
                     q = pend.setdefault((key, i), [])
@@ -80,7 +86,11 @@ def _run_engine(cfg, zero_skip, instrs, act, wgt, acc, *, seed, stall=0.3, max_c
                 ab = cfg.acc_addr_bits
                 addr, dat = raw & ((1 << ab) - 1), raw >> ab
                 vals = [(dat >> (32 * c)) & 0xFFFFFFFF for c in range(cfg.cols)]
-                acc[addr] = np.array(vals, dtype=np.uint32).view(np.int32)
+                vals = np.array(vals, dtype=np.uint32).view(np.int32)
+                if wr_lag:
+                    landing.append((cycle + wr_lag, addr, vals))
+                else:
+                    acc[addr] = vals
             ctx.set(dut.instr.valid, bool(words))
             if words:
                 ctx.set(dut.instr.payload.as_value(), words[0])
@@ -88,6 +98,8 @@ def _run_engine(cfg, zero_skip, instrs, act, wgt, acc, *, seed, stall=0.3, max_c
                     words.pop(0)
             dones += ctx.get(dut.done)
             await ctx.tick()
+        for _, addr, vals in landing:
+            acc[addr] = vals
         out.update(dones=dones, error=ctx.get(dut.error), macs=ctx.get(dut.macs),
                    skipped=ctx.get(dut.macs_skipped), busy=ctx.get(dut.busy))
 
@@ -137,6 +149,27 @@ def test_engine_amaranth_sim(zero_skip):
     assert out["dones"] == len(instrs)
     assert np.array_equal(got, want), np.argwhere(np.any(got != want, axis=1)).ravel()
     assert (out["macs"], out["skipped"]) == (macs, skipped)
+
+
+def test_engine_waits_for_sliced_writes_to_land():
+    """Accumulating MATMULs into the same rows back to back, through a write port whose writes
+    land 40 cycles after acceptance (``acc_wr_pending``): each instruction's first accumulator
+    read waits for the previous one's writes, so every sum includes them."""
+    rng = random.Random(SEED)
+    nrng = np.random.default_rng(SEED)
+    print(f"SPARROW_SEED={SEED}")
+    cfg = TINY
+    act = nrng.integers(-128, 128, size=(cfg.act_depth, cfg.cols)).astype(np.int8)
+    wgt = nrng.integers(-128, 128, size=(cfg.wgt_depth, cfg.cols)).astype(np.int8)
+    acc = nrng.integers(-(1 << 20), 1 << 20, size=(cfg.acc_depth, cfg.cols)).astype(np.int32)
+    first = _rand_instr(rng, cfg)
+    instrs = [dict(first, accumulate=1, k=1, m_inner=1, m_outer=1, a_addr=a) for a in range(4)]
+    want = acc.copy()
+    for f in instrs:
+        _reference(cfg.cols, f, act, wgt, want)
+    got, out = _run_engine(cfg, True, instrs, act, wgt, acc, seed=SEED, stall=0.0, wr_lag=40)
+    assert out["error"] == ErrorCode.NONE and out["dones"] == len(instrs)
+    assert np.array_equal(got, want), np.argwhere(np.any(got != want, axis=1)).ravel()
 
 
 def test_engine_spad_range_amaranth_sim():
