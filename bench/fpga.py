@@ -22,7 +22,8 @@ reason instead of failing the whole benchmark. ``SPARROW_FPGA_CACHED_ONLY=1`` ru
 collects the finished runs only (for a machine too loaded to finish a place and route); a preset
 whose synthesis of the same Verilog finished but whose place and route did not is recorded with
 its synthesis figures (``<preset>.synth_lut4`` ...). ``SPARROW_FPGA_ROUTER=router2`` places and
-routes the whole presets with nextpnr's other router (recorded per preset). With
+routes the whole presets with nextpnr's other router (``"default=router2"``: that preset only;
+recorded per preset). With
 ``SPARROW_FPGA_CACHED_ONLY=1 SPARROW_FPGA_STALE_OK=1`` a whole preset's last finished run is
 recorded even if HEAD's Verilog has changed since (blocks keep changing during an hour-long
 run), marked ``verilog_matches_head: false`` with the SHA-256 of the Verilog it measured.
@@ -42,8 +43,16 @@ CACHED_ONLY = os.environ.get("SPARROW_FPGA_CACHED_ONLY", "0") == "1"
 #: 1: with CACHED_ONLY, record a whole preset's finished run even if it is of other Verilog (an
 #: earlier commit), marked ``verilog_matches_head: false`` in the config
 STALE_OK = os.environ.get("SPARROW_FPGA_STALE_OK", "0") == "1"
-#: nextpnr router for the whole presets (blocks always use router1, nextpnr's default)
-ROUTER = os.environ.get("SPARROW_FPGA_ROUTER", "router1")
+#: nextpnr router for the whole presets (blocks always use router1, nextpnr's default): one name
+#: for all, or ``preset=router`` pairs (others router1), e.g. ``default=router2``
+ROUTER = os.environ.get("SPARROW_FPGA_ROUTER", "router1") or "router1"
+
+
+def _router(preset_name: str) -> str:
+    if "=" not in ROUTER:
+        return ROUTER
+    pairs = dict(item.split("=", 1) for item in ROUTER.split())
+    return pairs.get(preset_name, "router1")
 KEYS = ("fmax_mhz", "meets_target", "lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd",
         "lutram_dpr16x4", "pnr_comb", "pnr_ff", "pnr_dsp", "pnr_bram")
 
@@ -70,7 +79,7 @@ def run():
     blocks = [r for b in BLOCKS if (r := _try(unfinished, f"block {b}", lambda b=b: fpga.run_preset(
         "small", Path(work) / "blocks" / f"{b}_small", block=b, timeout=TIMEOUT, cached_only=CACHED_ONLY)))]
     results = [r for p in PRESETS if (r := _try(unfinished, p, lambda p=p: fpga.run_preset(
-        p, Path(work) / p, timeout=TIMEOUT, cached_only=CACHED_ONLY, router=ROUTER, stale_ok=STALE_OK)))]
+        p, Path(work) / p, timeout=TIMEOUT, cached_only=CACHED_ONLY, router=_router(p), stale_ok=STALE_OK)))]
     synth_only = [r for r in results + blocks if r.get("synth_only")]
     results = [r for r in results if not r.get("synth_only")]
     blocks = [r for r in blocks if not r.get("synth_only")]

@@ -480,7 +480,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
         old = json.loads(cached.read_text())
         old.setdefault("router", "router1")
         old.setdefault("seed", 1)
-        if all(old.get(k) == v for k, v in key.items() if k not in ("verilog_sha256", "router")):
+        if all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256"):
             log(f"[fpga] {preset_name}: {cached} is of other Verilog (an earlier commit): reusing it, marked")
             return {**old, "verilog_matches_head": False}
     if cached_only:
