@@ -136,6 +136,24 @@ def test_critical_path_summary():
     assert fpga.critical_path_summary(only_io)["start_cell"] == "rst$tr_io"
 
 
+def test_multiply_driven_names_the_net_and_its_drivers(tmp_path):
+    """The shape of yosys' JSON netlist: bit 5 driven by two cells' outputs (as ABC9 once left two
+    read-data bits of a block RAM on one net), bit 6 by one."""
+    def cell(kind, outs, ins):
+        return {"type": kind, "port_directions": {**{p: "output" for p in outs}, **{p: "input" for p in ins}},
+                "connections": {**outs, **ins}}
+    nl = {"modules": {"top": {
+        "cells": {"ram": cell("DP16KD", {"DOA3": [5], "DOB6": [5], "DOB7": [6]}, {"ADA0": [2]}),
+                  "lut": cell("LUT4", {"Z": [7]}, {"A": [5], "B": [6], "C": ["0"]})},
+        "netnames": {"wgt_bit": {"bits": [5]}, "other": {"bits": [6, 7]}}}}}
+    f = tmp_path / "n.json"
+    f.write_text(json.dumps(nl))
+    assert fpga.multiply_driven(f) == ["wgt_bit: ram.DOA3, ram.DOB6"]
+    nl["modules"]["top"]["cells"]["ram"]["connections"]["DOB6"] = [8]
+    f.write_text(json.dumps(nl))
+    assert fpga.multiply_driven(f) == []
+
+
 def test_place_route_rejects_an_unknown_router(tmp_path):
     with pytest.raises(ValueError, match="router must be one of"):
         fpga.place_route(tmp_path / "x.netlist.json", fpga.DEVICES[0], router="router3")

