@@ -111,3 +111,20 @@ def test_not_a_netlist_is_refused_by_name(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         fp.main([str(bad)])
     assert e.value.code == 2 and "x.json" in capsys.readouterr().err
+
+
+def test_match_prints_only_the_paths_that_start_or_end_at_a_named_cell(tmp_path, capsys):
+    import json
+    n = Netlist()
+    n.add("dut.a.src", "TRELLIS_FF", CLK=1, DI=2, Q=10)
+    n.add("dut.a.l1", "LUT4", A=10, Z=11)
+    n.add("dut.a.long", "TRELLIS_FF", CLK=1, DI=11, Q=12)     # the worst path: one LUT
+    n.add("dut.b.short", "TRELLIS_FF", CLK=1, DI=10, Q=13)    # no LUT
+    f = tmp_path / "n.json"
+    f.write_text(json.dumps(n.json()))
+    fp.main([str(f), "--path", "1"])
+    out = capsys.readouterr().out
+    assert "dut.a.l1" in out and "dut.b.short" not in out.split("LUT levels:")[-1]
+    fp.main([str(f), "--path", "1", "--match", "b.short"])
+    listed = capsys.readouterr().out.split("LUT levels:")[-1]
+    assert "dut.b.short" in listed and "dut.a.l1" not in listed

@@ -247,6 +247,8 @@ def main(argv=None):
     ap.add_argument("netlist", type=Path, help="yosys write_json netlist after synth_ecp5")
     ap.add_argument("--limit", type=int, default=25, help="block pairs to list (default 25)")
     ap.add_argument("--path", type=int, default=0, help="print the cells of the N worst paths")
+    ap.add_argument("--match", default=None, metavar="TEXT",
+                    help="with --path: only paths whose start or end cell name contains TEXT")
     args = ap.parse_args(argv)
     try:
         eps = analyse(json.loads(args.netlist.read_text()))
@@ -258,7 +260,8 @@ def main(argv=None):
     for row in summarise(eps, limit=args.limit):
         print(f"{row['estimate_ns']:6.2f} ns {row['levels']:3d} LUT levels  {' -> '.join(row['blocks'])}")
         print(f"         {row['start']}  =>  {row['end']}")
-    for e in eps[:args.path]:
+    shown = eps if args.match is None else [e for e in eps if args.match in e.path[0][0] or args.match in e.cell]
+    for e in shown[:args.path]:
         print(f"\n{e.estimate_ns} ns, {e.levels} LUT levels:")
         for cell, t in e.path:
             print(f"  {t:16s} {cell}")
