@@ -749,10 +749,15 @@ class StoreEngine(wiring.Component):
             & (outw == 0)
         )
 
+        # ready is a register of its own, equal to "in IDLE and not halted" (errors are set in CHECK
+        # and RUN and leave the FSM in HALT): cleared when an instruction is taken, set when one
+        # completes. Timing: decoded from the FSM state it ran into the sequencer's issue logic.
+        ready_r = Signal(init=1)
+        m.d.comb += self.instr.ready.eq(ready_r)
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.instr.ready.eq(~halted)
-                with m.If(self.instr.valid & ~halted):
+                with m.If(self.instr.valid & ready_r):
+                    m.d.sync += ready_r.eq(0)
                     m.d.sync += [
                         spad.eq(ins.spad),
                         spad_addr.eq(ins.spad_addr),
@@ -789,6 +794,7 @@ class StoreEngine(wiring.Component):
                     m.next = "HALT"
                 with m.Elif(all_idle):
                     m.d.comb += self.done.eq(1)
+                    m.d.sync += ready_r.eq(1)
                     m.next = "IDLE"
             with m.State("HALT"):
                 m.d.comb += self.busy.eq(1)

@@ -538,14 +538,19 @@ class MatrixEngine(wiring.Component):
 
         # -- instruction latch and start-time footprint check -----------------------------------
         ins = Signal(self.instr.payload.body.matmul.shape())
-        m.d.comb += self.instr.ready.eq((state == _State.IDLE) & (err == ErrorCode.NONE))
+        # ready is a register of its own, equal to (state == IDLE) & (err == NONE): cleared when an
+        # instruction is accepted, set when it completes (an error leaves the state HALTED, never
+        # IDLE). Timing: decoded from the 3-bit state and the error code it ran through two LUT
+        # levels into the sequencer's issue and in-flight logic (14.7 ns estimated in the whole design).
+        ready_r = Signal(init=1)
+        m.d.comb += self.instr.ready.eq(ready_r)
         mi_last = Signal(8)        # m_inner - 1
         accept = Signal()
         new = self.instr.payload.body.matmul
         new_mi_last = (new.m_inner - 1)[:8]
         m.d.comb += accept.eq(self.instr.valid & self.instr.ready)
         with m.If(accept):
-            m.d.sync += [ins.eq(new), mi_last.eq(new_mi_last), state.eq(_State.CHECK1)]
+            m.d.sync += [ins.eq(new), mi_last.eq(new_mi_last), state.eq(_State.CHECK1), ready_r.eq(0)]
         # The footprint's three products: operands registered with the instruction, products
         # registered in CHECK1 (Multiplier registers, so an FPGA flow can keep them in its DSPs).
         muls = {}
@@ -727,7 +732,7 @@ class MatrixEngine(wiring.Component):
             m.d.sync += written.eq(written + 1)
             with m.If((state == _State.RUN) & (written + 1 == n_rows)):
                 m.d.comb += self.done.eq(1)
-                m.d.sync += state.eq(_State.IDLE)
+                m.d.sync += [state.eq(_State.IDLE), ready_r.eq(1)]
 
         # -- counters -------------------------------------------------------------------------
         s_nz = Signal(range(rows * cols + 1))

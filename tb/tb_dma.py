@@ -302,6 +302,10 @@ class Env:
                     sig(self.dut, f"{e}__instr__ready").value
                 ):
                     self.accepts[e].append(self.cycle)
+            # STORE's ready is a register of its own: it must say exactly "idle and no error"
+            st_ready, st_busy = int(self.dut.st__instr__ready.value), int(self.dut.st__busy.value)
+            assert st_ready == (not st_busy and int(self.dut.st__error.value) == 0), (
+                f"cycle {self.cycle}: st ready {st_ready}, busy {st_busy}")
 
     async def start(self):
         start_clock(self.dut)

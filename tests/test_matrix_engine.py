@@ -97,6 +97,8 @@ def _run_engine(cfg, zero_skip, instrs, act, wgt, acc, *, seed, stall=0.3, max_c
                 if ctx.get(dut.instr.ready):
                     words.pop(0)
             dones += ctx.get(dut.done)
+            # ready is a register of its own: it must say exactly "idle and no error"
+            assert ctx.get(dut.instr.ready) == (not ctx.get(dut.busy) and ctx.get(dut.error.as_value()) == 0), cycle
             await ctx.tick()
         for _, addr, vals in landing:
             acc[addr] = vals
