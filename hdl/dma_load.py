@@ -131,10 +131,11 @@ class ByteWindow(wiring.Component):
         The early pop options. The merge positions are registered from them, so a pop uses the
         positions computed with the values of the cycle before: change an option only when no
         pop follows in the next cycle (e.g. while ``clear`` is held).
-    pop_sel : In(range(early_opts))
-        The option that is the early part of the bytes removed this cycle.
-    pop_late : In(range(late_bytes + 1))
-        Late part of the bytes removed.
+    pop_sel : In(range(max(early_opts, 2)))
+        The option that is the early part of the bytes removed this cycle (< ``early_opts``;
+        ignored with one option).
+    pop_late : In(range(max(late_bytes, 1) + 1))
+        Late part of the bytes removed (<= ``late_bytes``; ignored when ``late_bytes`` is 0).
     pop_en : In(1)
         Remove ``pop_opts[pop_sel] + pop_late`` bytes (must be <= ``level``) this cycle.
     window : Out(8*win_bytes)
@@ -168,8 +169,9 @@ class ByteWindow(wiring.Component):
             {
                 "push": In(stream.Signature(push_layout(in_bytes))),
                 "pop_opts": In(data.ArrayLayout(range(win_bytes + 1), early_opts)),
-                "pop_sel": In(range(early_opts)),
-                "pop_late": In(range(late_bytes + 1)),
+                # at least one bit each (a zero-width port would be a [-1:0] vector in Verilog)
+                "pop_sel": In(range(max(early_opts, 2))),
+                "pop_late": In(range(max(late_bytes, 1) + 1)),
                 "pop_en": In(1),
                 "window": Out(8 * win_bytes),
                 "level": Out(range(self.cap + 1)),
@@ -209,14 +211,14 @@ class ByteWindow(wiring.Component):
             m.d.sync += pend_v.eq(0)
 
         new = Signal(8 * ib)
-        new_n = Signal(range(ib + 1))
-        m.d.comb += [new.eq(Mux(merge, pend, 0)), new_n.eq(Mux(merge, pend_n, 0))]
+        m.d.comb += new.eq(Mux(merge, pend, 0))
         # per option: the buffer shifted by it, and the merge position after it (cnt - option,
         # registered with cnt; wraps if unused). After reset cnt is 0, and so is any option a
         # pop may use then (the pop must not exceed the level).
         opts = [self.pop_opts[i] for i in range(self.early_opts)]
         at_r = [Signal(range(cap + 1), name=f"at_pop{i}") for i in range(self.early_opts)]
         sel = self.pop_sel
+        late = self.pop_late if self.late_bytes else Const(0, 1)  # 0 when no late pop
 
         def pick(values):
             out = values[0]
@@ -238,44 +240,58 @@ class ByteWindow(wiring.Component):
         ]
         # the next cnt and merge positions: each sum is formed from registers before the late
         # pop_late is subtracted and pop_en selects, so neither meets an adder after them.
-        # After a pop the next cnt is at_pop + new_n - pop_late: the sum and its thermometer
-        # code (compares with constants) are formed per option from registers (at_r[i] + new_n),
+        # After a pop the next cnt is at_pop + merged bytes - pop_late: the sum and its thermometer
+        # code (compares with constants) are formed per option from registers (at_r[i] + pend_n),
         # and pop_sel selects after them, so it meets no adder or compare (timing: pop_sel comes
         # from the writer's registers through a few gates, and the level code is a late input of
         # the writer's decisions); the code is then shifted down by pop_late.
+        # Each sum and its code are formed for both merge outcomes (+ pend_n and + 0) from
+        # registers, and merge selects after them (timing: merge ran into the adders).
         early_w = cap + 1 + self.late_bytes
-        sums = [Signal(range(2 * cap + 1), name=f"early_n{i}") for i in range(self.early_opts)]
-        ges = [Signal(early_w, name=f"early_ge{i}") for i in range(self.early_opts)]
-        for s, g, a in zip(sums, ges, at_r):
-            m.d.comb += [s.eq(a + new_n), g.eq(Cat(Const(1, 1), *[s >= j for j in range(1, early_w)]))]
+
+        def therm(v, width):
+            return Cat(Const(1, 1), *[v >= j for j in range(1, width)])
+
+        def merged(name, base, width):
+            """(base + the merged bytes, its thermometer code of ``width`` bits), merge selecting last."""
+            with_p = Signal(range(2 * cap + 1), name=f"{name}_p")
+            val, ge = Signal(range(2 * cap + 1), name=name), Signal(width, name=f"{name}_ge")
+            m.d.comb += [with_p.eq(base + pend_n),
+                         val.eq(Mux(merge, with_p, base)),
+                         ge.eq(Mux(merge, therm(with_p, width), therm(base, width)))]
+            return val, ge
+
+        sums, ges = zip(*[merged(f"early_n{i}", a, early_w) for i, a in enumerate(at_r)])
         early_n = Signal(range(2 * cap + 1))
-        kept_n = Signal(range(2 * cap + 1))
-        m.d.comb += [early_n.eq(pick(sums)), kept_n.eq(cnt + new_n)]
+        kept_n, kept_ge = merged("kept_n", cnt, cap + 1)
+        m.d.comb += early_n.eq(pick(sums))
         early_ge = Signal(early_w)
         m.d.comb += early_ge.eq(pick(ges))
         # level >= pop_opts[0], registered with cnt: after a pop, per pop_late value l the
         # early sums' compares with opts[0] + l (from registers), selected by pop_sel, then l
         ge0 = Signal()
         ge0_ok = Signal()  # bit opts[0] of level_ge exists
-        m.d.comb += [self.level_ge_opt0.eq(ge0), ge0_ok.eq(opts[0] <= self.win_bytes)]
+        m.d.comb += self.level_ge_opt0.eq(ge0)
+        if (1 << len(opts[0])) - 1 > self.win_bytes:
+            m.d.comb += ge0_ok.eq(opts[0] <= self.win_bytes)
+        else:  # every value fits (a compare would be constant)
+            m.d.comb += ge0_ok.eq(1)
         ge0_pop = Cat(*[pick([s >= opts[0] + j for s in sums]) for j in range(self.late_bytes + 1)])
         with m.If(self.clear):
             m.d.sync += ge0.eq(ge0_ok & (opts[0] == 0))
         with m.Elif(self.pop_en):
-            m.d.sync += ge0.eq(ge0_ok & ge0_pop.bit_select(self.pop_late, 1))
+            m.d.sync += ge0.eq(ge0_ok & ge0_pop.bit_select(late, 1))
         with m.Else():
             m.d.sync += ge0.eq(ge0_ok & (kept_n >= opts[0]))
         with m.If(self.clear):
             m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0), cnt_ge.eq(1)]
             m.d.sync += [a.eq(-o) for a, o in zip(at_r, opts)]
         with m.Elif(self.pop_en):
-            m.d.sync += [buf.eq(early >> (self.pop_late * 8)), cnt.eq(early_n - self.pop_late),
-                         cnt_ge.eq(early_ge >> self.pop_late)]
-            m.d.sync += [a.eq(pick([s - o for s in sums]) - self.pop_late) for a, o in zip(at_r, opts)]
+            m.d.sync += [buf.eq(early >> (late * 8)), cnt.eq(early_n - late), cnt_ge.eq(early_ge >> late)]
+            m.d.sync += [a.eq(pick([s - o for s in sums]) - late) for a, o in zip(at_r, opts)]
         with m.Else():
-            m.d.sync += [buf.eq(kept), cnt.eq(kept_n),
-                         cnt_ge.eq(Cat(Const(1, 1), *[kept_n >= j for j in range(1, cap + 1)]))]
-            m.d.sync += [a.eq(cnt + new_n - o) for a, o in zip(at_r, opts)]
+            m.d.sync += [buf.eq(kept), cnt.eq(kept_n), cnt_ge.eq(kept_ge)]
+            m.d.sync += [a.eq(kept_n - o) for a, o in zip(at_r, opts)]
         return m
 
 
