@@ -17,17 +17,18 @@ same instruction, so the bus is kept busy while lines are written:
   small compares, no address subtraction; the next beat and remainder after a burst that does
   not end its range are two candidates formed from registers (it ended at the 4 KiB boundary,
   or it was ``max_burst`` beats long), selected by that compare.
-* **unpacker** — takes read beats in order and pushes their useful bytes (offset, count) into
-  the :class:`ByteWindow` realigner. Count beats are parked in a small stash (the look-ahead
-  row's count arrives before the current row's payload) and the counts are extracted and
-  checked as they arrive (``N <= capacity``, ``2 + N`` bytes inside memory — both at once as
-  ``N`` against ``min(capacity, DRAM - 2 - slot)``, registered when the count read starts, and
-  the capacity alone for the error code). The count and its checks are registered (the
-  *count stage*); in the next cycle what the walker and the unpacker need of them (the beats of
-  the payload after the count beat(s), the bytes of the last count beat inside the group) is
-  computed from those registers and queued. A row's stashed count beats enter the window just
-  before its payload, without the bytes beyond the group. Each row's count and checks are also
-  queued for the writer.
+* **unpacker** — takes read beats in order and pushes their useful bytes (offset, count) into a
+  realigner: the :class:`LineWindow` for an uncompressed transfer, the narrower
+  :class:`ByteWindow` (a count and a compressed line wide) for a compressed one. Count beats are
+  parked in a small stash (the look-ahead row's count arrives before the current row's payload)
+  and the counts are extracted and checked as they arrive (``N <= capacity``, ``2 + N`` bytes
+  inside memory — both at once as ``N`` against ``min(capacity, DRAM - 2 - slot)``, registered
+  when the count read starts, and the capacity alone for the error code). The count and its
+  checks are registered (the *count stage*); in the next cycle what the walker and the unpacker
+  need of them (the beats of the payload after the count beat(s), the bytes of the last count
+  beat inside the group) is computed from those registers and queued. A row's stashed count
+  beats enter the window just before its payload, without the bytes beyond the group. Each row's
+  count and checks are also queued for the writer.
 * **writer** — two stages. The *decode* stage walks the padded region in row-major order, one
   line per cycle: zero lines for padding, ``LB`` bytes popped from the window (zero-extended)
   for uncompressed data, and for compressed rows the mask and non-zero bytes of each line
@@ -40,12 +41,16 @@ same instruction, so the bus is kept busy while lines are written:
   ``CORRUPT_DATA`` before the line at which the fault is found is written (trailing bytes:
   after the row's last line), as every line before it has been written first.
 
-Timing: no path runs from the read data or the scratchpad port's ``ready`` through the
-window's shifter; the window's buffer is updated from registers, a popcount of the mask and the
-pop decision (see :class:`ByteWindow`): the early pop is an option selected by registers, and
-the decode stage's checks of a line against its popcount are bits selected by it from
-thermometer codes of registers; whether an uncompressed line's bytes are held is a register
-of the window (``level_ge_opt0``, level >= ``lb``), not a bit selected by ``lb``. The walkers
+Timing: no path runs from the read data or the scratchpad port's ``ready`` through a
+window's shifter. Uncompressed lines are popped from a :class:`LineWindow`, whose buffer is
+updated from registers only (a pop is applied to it one cycle late, and its window shows the
+held bytes shifted by ``lb`` meanwhile), so the pop decision drives a flag, not the buffer;
+whether a line's bytes are held is a register of it (``level_ge_n``, level >= ``lb``).
+Compressed lines are popped from a :class:`ByteWindow` only ``2 + mask_bytes + cols`` bytes
+wide (the uncompressed window is ``4*cols`` bytes: the compressed one, whose buffer follows the
+mask's popcount and the pop decision in the cycle, is the one whose width the late signals fan
+out over): the early pop is an option selected by registers, and the decode stage's checks of
+a line against its popcount are bits selected by it from thermometer codes of registers. The walkers
 keep the next rows' slots (the unpacker only their low bits), their memory limits
 (``DRAM - 2 - slot`` as its low ``log2(DRAM)`` bits and a sticky sign: ``DRAM`` is a power of
 two, so a limit >= 0 fits and a step by the stride goes negative exactly when the narrow
@@ -61,7 +66,8 @@ registered every cycle and a registered "moved" bit selects them), so its late d
 (advance, take) enable a few flags, not ~100 flip-flops. ``halted`` (an error is set) is a
 register of its own, and ``done`` follows from registers only.
 Latency: one cycle more for the line register and one for the window's input
-register than a single-stage writer; the start-time checks take four cycles and an
+register than a single-stage writer (the :class:`LineWindow`'s late pop adds none: its window
+shows the bytes held after the pop); the start-time checks take four cycles and an
 uncompressed transfer issues its first read in the cycle after them, so an uncompressed LOAD
 takes as many cycles as before; a compressed one waits two cycles more for each count (the
 count stage and the queues' registered outputs) where the data has not already arrived ahead.
@@ -86,7 +92,7 @@ from .membus import MemBusSignature
 from .spad_port import WritePortSignature, acc_line, act_line
 from .zero_codec import ZeroExpand, mask_bytes, popcount, shl_bytes, take_bytes
 
-__all__ = ["ByteWindow", "LoadEngine"]
+__all__ = ["ByteWindow", "LineWindow", "LoadEngine"]
 
 #: Width of internal DRAM address arithmetic (28-bit field + strides without wrap-around).
 ADDR_W = 32
@@ -295,6 +301,117 @@ class ByteWindow(wiring.Component):
         return m
 
 
+class LineWindow(wiring.Component):
+    """Byte realigner for pops of a fixed size: bytes pushed from aligned beats, a window of the
+    oldest bytes, pops of ``pop_n`` bytes decided late in the cycle (uncompressed lines).
+
+    Timing: as in :class:`ByteWindow`, a pushed beat is aligned into an input register and merged
+    behind the held bytes in the next cycle, and ``push.ready`` depends on registers only. A pop is
+    applied to the buffer one cycle late: after a pop the buffer still holds the popped bytes in
+    front (``lag``, a register) and ``window`` shows it shifted by ``pop_n``; the buffer's next
+    value (the held bytes, shifted by ``pop_n`` when ``lag`` is set, with the input register
+    merged behind them) is formed from registers only. So ``pop_en`` drives the ``lag`` flag and
+    the level's flags (a few compares formed from registers, selected by it), not the
+    ``8*(in_bytes + win_bytes)`` flip-flops of the buffer.
+
+    Parameters
+    ----------
+    in_bytes : int
+        Bytes per pushed beat (the memory port width).
+    win_bytes : int
+        Bytes visible in ``window`` (the largest ``pop_n``).
+
+    Ports
+    -----
+    push : In(stream {data, off, n})
+        Append bytes ``[off, off+n)`` of ``data``. ``ready`` when the input register is empty or
+        is merged this cycle (merged when at most ``win_bytes`` bytes are held; capacity
+        ``win_bytes + in_bytes`` plus the input register).
+    pop_n : In(range(win_bytes + 1))
+        Bytes a pop removes. The flags below are registered with the value of the cycle before,
+        so change it only when no pop follows in the next cycle (e.g. while ``clear`` is held).
+    pop_en : In(1)
+        Remove ``pop_n`` bytes (must be <= ``level``) this cycle.
+    window : Out(8*win_bytes)
+        The oldest ``win_bytes`` bytes (byte 0 oldest); bytes at and above ``level`` are zero.
+    level : Out(range(cap + 1))
+        Bytes held (not counting the input register).
+    level_ge_n : Out(1)
+        ``level >= pop_n``, a register.
+    clear : In(1)
+        Empty the window and the input register (takes precedence).
+    """
+
+    def __init__(self, in_bytes: int, win_bytes: int):
+        if not isinstance(in_bytes, int) or in_bytes < 1:
+            raise ValueError(f"in_bytes must be a positive int, not {in_bytes!r}")
+        if not isinstance(win_bytes, int) or win_bytes < 1:
+            raise ValueError(f"win_bytes must be a positive int, not {win_bytes!r}")
+        self.in_bytes, self.win_bytes = in_bytes, win_bytes
+        self.cap = in_bytes + win_bytes
+        super().__init__(
+            {
+                "push": In(stream.Signature(push_layout(in_bytes))),
+                "pop_n": In(range(win_bytes + 1)),
+                "pop_en": In(1),
+                "window": Out(8 * win_bytes),
+                "level": Out(range(self.cap + 1)),
+                "level_ge_n": Out(1),
+                "clear": In(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        ib, wb, cap = self.in_bytes, self.win_bytes, self.cap
+        n = self.pop_n
+        buf = Signal(8 * cap)  # bytes beyond the held ones (and the popped ones when lag) are zero
+        lag = Signal()  # the last cycle popped: buf's first pop_n bytes are gone
+        cnt = Signal(range(cap + 1))  # bytes held (after the pops)
+        pend = Signal(8 * ib)
+        pend_n = Signal(range(ib + 1))
+        pend_v = Signal()
+        room = Signal(init=1)  # cnt <= win_bytes (a register)
+        ge_n = Signal()  # cnt >= pop_n (a register)
+        merge = Signal()
+        held = Signal(8 * cap)  # the held bytes, oldest at byte 0
+        m.d.comb += [
+            merge.eq(pend_v & room),
+            self.push.ready.eq(~pend_v | merge),
+            held.eq(Mux(lag, buf >> (n * 8), buf)),
+            self.window.eq(held[: 8 * wb]),
+            self.level.eq(cnt),
+            self.level_ge_n.eq(ge_n),
+        ]
+        p = self.push.payload
+        with m.If(self.push.valid & self.push.ready):
+            m.d.sync += [pend.eq(take_bytes(p.data >> (p.off * 8), p.n, ib)), pend_n.eq(p.n), pend_v.eq(1)]
+        with m.Elif(merge):
+            m.d.sync += pend_v.eq(0)
+        # the next level is cnt + merged bytes, less pop_n after a pop: its flags are compares
+        # of both sums (from registers) with both thresholds, selected by merge, then pop_en
+        wide = range(2 * cap + 2)
+        summed = Signal(wide)
+        m.d.comb += summed.eq(cnt + pend_n)
+
+        def flag(cmp):
+            return Mux(merge, cmp(summed), cmp(cnt))
+
+        with m.If(self.clear):
+            m.d.sync += [buf.eq(0), lag.eq(0), pend_v.eq(0), cnt.eq(0), room.eq(1), ge_n.eq(n == 0)]
+        with m.Else():
+            m.d.sync += [
+                buf.eq(held | shl_bytes(Mux(merge, pend, 0), cnt, cap)),
+                lag.eq(self.pop_en),
+                cnt.eq(Mux(merge, summed, cnt) - Mux(self.pop_en, n, 0)),
+            ]
+            with m.If(self.pop_en):
+                m.d.sync += [room.eq(flag(lambda v: v <= wb + n)), ge_n.eq(flag(lambda v: v >= 2 * n))]
+            with m.Else():
+                m.d.sync += [room.eq(flag(lambda v: v <= wb)), ge_n.eq(flag(lambda v: v >= n))]
+        return m
+
+
 def _clog2(n):
     return (n - 1).bit_length()
 
@@ -349,7 +466,8 @@ class LoadEngine(wiring.Component):
         LMB = _clog2(MB)
         MBK = mask_bytes(C)
         ACCW = 4 * C
-        WIN = max(ACCW, 2 + MBK + C)  # largest pop: a line, or a count + a compressed line
+        CWIN = 2 + MBK + C  # largest compressed pop: a count + a compressed line
+        WIN = max(ACCW, CWIN)  # largest pop: a line, or a count + a compressed line
         DRAM = cfg.dram_bytes
 
         ins = self.instr.payload.body.load
@@ -400,8 +518,16 @@ class LoadEngine(wiring.Component):
         rs_le0, rs_le1 = Signal(name="rs_le0"), Signal(name="rs_le1")  # rs_hi, rs_hi1 <= max_burst - 1
 
         # ---- submodules -----------------------------------------------------------------------
-        # early pop options: a line (uncompressed), a mask, a count and a mask (compressed)
-        m.submodules.win = win = ByteWindow(MB, WIN, late_bytes=C, early_opts=3)
+        # two windows, one per kind of transfer (only the instruction's one is pushed): lines of
+        # lb bytes, popped on a decision from registers (uncompressed), and a narrow one for a
+        # mask or a count and a mask (early options), then the mask's popcount (late)
+        m.submodules.uwin = uwin = LineWindow(MB, ACCW)
+        m.submodules.cwin = cwin = ByteWindow(MB, CWIN, late_bytes=C, early_opts=2)
+        push_valid, push_ready = Signal(), Signal()
+        push = Signal(push_layout(MB))
+        for w, on in ((uwin, ~comp), (cwin, comp)):
+            m.d.comb += [w.push.payload.eq(push), w.push.valid.eq(push_valid & on)]
+        m.d.comb += push_ready.eq(Mux(comp, cwin.push.ready, uwin.push.ready))
         m.submodules.expand = expand = ZeroExpand(C)
 
         # ---- command walker -------------------------------------------------------------------
@@ -648,18 +774,18 @@ class LoadEngine(wiring.Component):
             # a row's count beats up to the end of its group: the bytes of the last one beyond
             # the group are not pushed
             m.d.comb += [
-                win.push.payload.data.eq(st_out.data),
-                win.push.payload.off.eq(st_out.off),
-                win.push.payload.n.eq(Mux(dr_last, uq_out.dn, st_out.nf)),
-                win.push.valid.eq(dr_go),
-                stash.r_en.eq(win.push.ready & dr_go),
+                push.data.eq(st_out.data),
+                push.off.eq(st_out.off),
+                push.n.eq(Mux(dr_last, uq_out.dn, st_out.nf)),
+                push_valid.eq(dr_go),
+                stash.r_en.eq(push_ready & dr_go),
             ]
         with m.Else():
             m.d.comb += [
-                win.push.payload.data.eq(rd.payload.data),
-                win.push.payload.off.eq(up_off),
-                win.push.payload.n.eq(beat_n),
-                win.push.valid.eq(rd.valid & (up_st == UP_DATA) & ~halted),
+                push.data.eq(rd.payload.data),
+                push.off.eq(up_off),
+                push.n.eq(beat_n),
+                push_valid.eq(rd.valid & (up_st == UP_DATA) & ~halted),
             ]
         rc_off = Signal(LW)
         m.d.comb += rc_off.eq(Mux(rc_second, 0, rc_lo))
@@ -670,12 +796,12 @@ class LoadEngine(wiring.Component):
             stash.w_en.eq(rd.valid & (up_st == UP_RECV) & xq.w_rdy & ~halted),
         ]
         m.d.comb += rd.ready.eq(
-            Mux(up_st == UP_DATA, win.push.ready, Mux(up_st == UP_RECV, stash.w_rdy & xq.w_rdy, 0)) | halted
+            Mux(up_st == UP_DATA, push_ready, Mux(up_st == UP_RECV, stash.w_rdy & xq.w_rdy, 0)) | halted
         )
         rd_fire = Signal()
         m.d.comb += rd_fire.eq(rd.valid & rd.ready)
         push_fire = Signal()
-        m.d.comb += push_fire.eq(win.push.valid & win.push.ready)
+        m.d.comb += push_fire.eq(push_valid & push_ready)
 
         # count extraction while receiving count beats. The count lies at byte lo = rc_lo of the
         # beat (lo <= MB - 2), or, for lo = MB - 1, is rc_nlow (the last byte of the previous
@@ -932,21 +1058,19 @@ class LoadEngine(wiring.Component):
         e_bytes = Signal(range(WIN + 2))
         e_raw = Signal(range(ACCW + 1))
         advance = Signal()
-        pop_en = Signal()
-        m.d.comb += win.pop_en.eq(pop_en)
 
         head = Signal(range(3))  # count bytes in front of this line's mask
         rem_eff = Signal(17)  # payload bytes left for this and later lines
         m.d.comb += [
             head.eq(Mux(cfirst, 2, 0)),
             rem_eff.eq(Mux(cfirst, xq_out.n, crem)),
-            expand.data.eq(Mux(cfirst, win.window[16 : 16 + 8 * (MBK + C)], win.window[: 8 * (MBK + C)])),
+            expand.data.eq(Mux(cfirst, cwin.window[16 : 16 + 8 * (MBK + C)], cwin.window[: 8 * (MBK + C)])),
         ]
         # The line's checks against its non-zero count k (the mask's popcount, computed late
         # from the window) are bits selected by k from thermometer codes of registers, built in
         # parallel with the popcount, instead of compares after it: the line fits when
         # level >= head + MBK + k, and its bytes overrun the row's payload when MBK + k > rem_eff.
-        lv_ge = win.level_ge  # bit j: level >= j (a register)
+        lv_ge = cwin.level_ge  # bit j: level >= j (a register)
         fit_k = Signal(C + 1)  # bit k: level >= head + MBK + k
         rem_ok = Signal(C + 1)  # bit k: rem_eff >= MBK + k
         # rem_eff's compares with the few thresholds D needs (0 .. MBK + C + 1) are a thermometer
@@ -967,7 +1091,7 @@ class LoadEngine(wiring.Component):
         # by the count at its position, then by cfirst: fits, over (the line's bytes overrun the
         # row's payload), fits without overrunning (the line is taken) and fits or overruns (D
         # emits: the line or the fault).
-        k_at = [popcount(win.window[8 * h : 8 * h + C]) for h in (0, 2)]
+        k_at = [popcount(cwin.window[8 * h : 8 * h + C]) for h in (0, 2)]
         k = Signal(range(C + 1))
         n_k = Signal(range(MBK + C + 1))  # the line's encoded bytes
         m.d.comb += [k.eq(Mux(cfirst, k_at[1], k_at[0])), n_k.eq(MBK + k)]
@@ -993,17 +1117,17 @@ class LoadEngine(wiring.Component):
         # in use: it is set before CHECK, which clears the window), the late part the mask's
         # popcount. Only pop_en depends on the scratchpad port's ready and the checks below.
         m.d.comb += [
-            win.pop_opts[0].eq(lb),
-            win.pop_opts[1].eq(MBK),
-            win.pop_opts[2].eq(2 + MBK),
-            win.pop_sel.eq(Mux(comp, Mux(cfirst, 2, 1), 0)),
-            win.pop_late.eq(Mux(comp, k, 0)),
+            uwin.pop_n.eq(lb),
+            cwin.pop_opts[0].eq(MBK),
+            cwin.pop_opts[1].eq(2 + MBK),
+            cwin.pop_sel.eq(cfirst),
+            cwin.pop_late.eq(k),
         ]
 
         # The line, its bytes and raw bytes are D's result at a data line (zero at padding) and
         # matter only when S holds a line without error, so they are driven whatever D decides.
         m.d.comb += [
-            e_line.eq(Mux(in_data, Mux(comp, expand.line, take_bytes(win.window[: 8 * ACCW], lb, ACCW)), 0)),
+            e_line.eq(Mux(in_data, Mux(comp, expand.line, take_bytes(uwin.window, lb, ACCW)), 0)),
             e_bytes.eq(Mux(in_data, Mux(comp, head + n_k, lb), 0)),
             e_raw.eq(Mux(in_data, Mux(comp, C, lb), 0)),
         ]
@@ -1018,7 +1142,7 @@ class LoadEngine(wiring.Component):
         c_try = Signal()  # a compressed line that depends on its popcount
         m.d.comb += [
             live.eq(~trail_err & ~finished),
-            u_go.eq(live & (~in_data | (~comp & win.level_ge_opt0))),  # level >= lb
+            u_go.eq(live & (~in_data | (~comp & uwin.level_ge_n))),  # level >= lb
         ]
         with m.If(cfirst & cs_bad):
             m.d.comb += c_err.eq(ErrorCode.DRAM_RANGE)
@@ -1042,7 +1166,8 @@ class LoadEngine(wiring.Component):
             emit.eq(d_go & (trail_err | u_go | c_early | (c_try & emit_c))),
             advance.eq(d_go & (u_go | (c_try & take))),
             # popping a corrupt line's bytes is harmless: S reports it and nothing moves
-            pop_en.eq(d_go & ((u_go & in_data) | (c_try & fits))),
+            uwin.pop_en.eq(d_go & u_go & in_data),
+            cwin.pop_en.eq(d_go & c_try & fits),
             c_take.eq(d_go & c_try & take),
             xq.r_en.eq(c_take & cfirst),
         ]
@@ -1160,7 +1285,8 @@ class LoadEngine(wiring.Component):
             with m.State("CHECK"):
                 m.d.comb += [
                     self.busy.eq(1),
-                    win.clear.eq(1),
+                    uwin.clear.eq(1),
+                    cwin.clear.eq(1),
                 ]
                 # the walkers and the writer are started at ck 3 whatever the checks find (cw_init
                 # is a register; timing: it fans out to every walker register): after a failed
