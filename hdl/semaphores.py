@@ -16,14 +16,18 @@ __all__ = ["SemaphoreUnit", "sem_client_signature"]
 def sem_client_signature(cfg: HwConfig) -> wiring.Signature:
     """One engine's connection to the semaphore unit (engine-side view).
 
-    ``wait_sem``/``wait_count``/``wait_consume``: the head instruction's wait. ``request`` is high
-    when the head would be issued this cycle if its wait allowed it; ``wait_ok`` is high when the
-    wait allows it; ``take`` issues it (and consumes ``wait_count`` when ``wait_consume``) and may
-    only be raised together with ``request`` and ``wait_ok``. ``signal``/``signal_sem``: increment
-    on completion.
+    ``wait_sem``/``wait_count``/``wait_consume``: the head instruction's wait. ``next_load``:
+    the head changes at the next clock edge, its wait to ``next_sem``/``next_count``/
+    ``next_consume``; without it the wait stays (the unit decodes the next cycle's wait into
+    registers, so the wait fields must follow this rule). ``request`` is high when the head would
+    be issued this cycle if its wait allowed it; ``wait_ok`` is high when the wait allows it;
+    ``take`` issues it (and consumes ``wait_count`` when ``wait_consume``) and may only be raised
+    together with ``request`` and ``wait_ok``. ``signal``/``signal_sem``: increment on
+    completion.
     """
     return wiring.Signature({
         "wait_sem": Out(4), "wait_count": Out(8), "wait_consume": Out(1),
+        "next_load": Out(1), "next_sem": Out(4), "next_count": Out(8), "next_consume": Out(1),
         "request": Out(1), "wait_ok": In(1), "take": Out(1),
         "signal": Out(1), "signal_sem": Out(4),
     })
@@ -45,16 +49,21 @@ class SemaphoreUnit(wiring.Component):
     so the grants are not chained from client to client (timing); a lower request that is not
     granted itself (a consume of its semaphore is landing, below) costs the higher client a
     cycle, never correctness.
-    A consume is subtracted in the cycle after its take; in that cycle every wait with a non-zero
-    count on that semaphore is held back (its value is about to drop), so waiters never see a
-    stale value, and one semaphore is consumed at most every other cycle.
+    A consume is subtracted in the cycle after its take; in that cycle and the next every wait
+    with a non-zero count on that semaphore is held back (its value is about to drop, then the
+    compares, which leave the consumes out, are stale), so waiters never see a stale value, and
+    one semaphore is consumed at most every third cycle.
 
     Timing: the registered compares are not made on the next value (an adder behind the late
     signals, then a compare, was the block's critical path): ``next >= count`` is rewritten as
-    ``x < inc`` with ``x = count + dec + ~sem`` from registers only (a carry-save layer, one
-    carry chain) and the number of signals ``inc`` entering last, as thresholds of the signal
-    bits (no adder); the signal count and the overflow are LUT logic too. The grants read
-    registers (``ge_r``, the consume registers) through the semaphore selects.
+    ``x < inc`` with ``x = count + ~sem`` from registers only (one carry chain; the consume
+    landing in the cycle is left out, above) and the number of signals ``inc`` entering last, as
+    thresholds of the signal bits (no adder); the signal count and the overflow are LUT logic
+    too. The grants start from registers: ``ge_r`` through the semaphore select, and what the
+    unit decodes from each client's next wait (``next_load``, ``next_*``: the count compares,
+    whether two clients wait on one semaphore, whether a consume is landing on a client's
+    semaphore), selected by ``next_load`` as the last step, so the issue decision behind
+    ``next_load`` meets no compare.
     Overflow is judged on the value plus this cycle's signals, before this cycle's consumes
     (the golden model processes completions before starts): a result above
     ``2**sem_bits - 1`` saturates the counter, ``overflow`` rises and ``overflow_client`` names the
@@ -99,38 +108,87 @@ class SemaphoreUnit(wiring.Component):
             m.d.comb += self.values[i].eq(s)
 
         nsem = cfg.n_semaphores
+        # What the grants need of each client's wait, decoded from the next cycle's wait into
+        # registers (timing: the grants start from registers, not from count compares and
+        # semaphore-id compares behind the queue heads; `next_load`, which hangs off the issue
+        # decision, only selects between compares made on the current and the new wait):
+        # `count_zero` is `count == 0`, `count_same` is `count == the previous cycle's count`,
+        # `consuming` a consuming wait of a non-zero count, `sem_eq[p, c]` (p < c) that clients
+        # p and c wait on the same semaphore, `land_eq[p, c]` that client c waits on the
+        # semaphore client p waited on in the previous cycle (where p's consume, if it took one,
+        # is landing). Reset values: every client's wait (0, 0, no consume).
+        zeros = [Signal(name=f"count_zero{c}", init=1) for c in range(n)]
+        sames = [Signal(name=f"count_same{c}", init=1) for c in range(n)]
+        consuming = [Signal(name=f"consuming{c}") for c in range(n)]
+        sem_eq = {(p, c): Signal(name=f"sem_eq{p}_{c}", init=1) for c in range(n) for p in range(c)}
+        land_eq = {(p, c): Signal(name=f"land_eq{p}_{c}", init=1) for c in range(n) for p in range(n)}
+        # (the compares are kept as nets of their own, so that synthesis leaves `next_load` as
+        # the last select instead of folding it into the compares' first LUT level)
+        def kept(value, name):
+            sig = Signal(name=name, attrs={"keep": 1})
+            m.d.comb += sig.eq(value)
+            return sig
+
+        for c, cl in enumerate(self.clients):
+            m.d.sync += [
+                zeros[c].eq(Mux(cl.next_load, kept(cl.next_count == 0, f"count_zero{c}_new"),
+                                kept(cl.wait_count == 0, f"count_zero{c}_old"))),
+                sames[c].eq(~cl.next_load | kept(cl.next_count == cl.wait_count, f"count_same{c}_new")),
+                consuming[c].eq(Mux(cl.next_load, kept(cl.next_consume & (cl.next_count != 0), f"consuming{c}_new"),
+                                    kept(cl.wait_consume & (cl.wait_count != 0), f"consuming{c}_old"))),
+            ]
+        for (p, c), eq in sem_eq.items():
+            cp, cc = self.clients[p], self.clients[c]
+            with m.Switch(Cat(cp.next_load, cc.next_load)):
+                for k, (sp, sc) in enumerate([(cp.wait_sem, cc.wait_sem), (cp.next_sem, cc.wait_sem),
+                                              (cp.wait_sem, cc.next_sem), (cp.next_sem, cc.next_sem)]):
+                    with m.Case(k):
+                        m.d.sync += eq.eq(kept(sp == sc, f"sem_eq{p}_{c}_case{k}"))
+        for (p, c), eq in land_eq.items():
+            cp, cc = self.clients[p], self.clients[c]
+            m.d.sync += eq.eq(Mux(cc.next_load, kept(cp.wait_sem == cc.next_sem, f"land_eq{p}_{c}_new"),
+                                  kept(cp.wait_sem == cc.wait_sem, f"land_eq{p}_{c}_old")))
+
         # Consumes are applied a cycle after their take (timing: the take decision does not feed
-        # the counters' adders). `pend` marks the semaphores with such a consume in flight; any
-        # counted wait on them is held back for that cycle, as their value is about to drop.
+        # the counters' adders): `con_r[c]` is client c's consume in flight, one-hot over the
+        # semaphores, `con_any[c]` whether there is one; any counted wait on its semaphore is held
+        # back for that cycle, as the value is about to drop.
         con_r = [Signal(nsem, name=f"con_r{c}") for c in range(n)]
+        con_any = [Signal(name=f"con_any{c}") for c in range(n)]
         cnt_r = [Signal(8, name=f"cnt_r{c}") for c in range(n)]
-        pend = Signal(nsem)
-        m.d.comb += pend.eq(reduce(operator.or_, con_r))
+        # The counted waits on a semaphore are held back in the cycle after its consume landed
+        # too (the compares leave the consumes out, see below, so they are stale then):
+        # `landed[c]` is high when one landed in the previous cycle on client c's semaphore of
+        # this cycle. `con_sem[p]` is the semaphore of the consume landing now.
+        con_sem = [Signal(4, name=f"con_sem{c}") for c in range(n)]
+        landed = [Signal(name=f"landed{c}") for c in range(n)]
+        for c, cl in enumerate(self.clients):
+            m.d.sync += con_sem[c].eq(cl.wait_sem)
+            m.d.sync += landed[c].eq(reduce(operator.or_, (
+                con_any[p] & Mux(cl.next_load, kept(con_sem[p] == cl.next_sem, f"landed{p}_{c}_new"),
+                                 kept(con_sem[p] == cl.wait_sem, f"landed{p}_{c}_old")) for p in range(n))))
 
         # `ge_r[c]` bit i is `sem_i >= count` for the count client c presented in the previous
         # cycle, against the semaphore's value in this cycle, so it is exact this cycle when the
-        # count is unchanged (`same`); a head with a new non-zero count waits one cycle for its
-        # compare. How it is computed without a compare behind the counters: see below.
+        # count is unchanged (`count_same`); a head with a new non-zero count waits one cycle for
+        # its compare. How it is computed without a compare behind the counters: see below.
         ge_r = [Signal(nsem, name=f"ge_r{c}", init=(1 << nsem) - 1) for c in range(n)]
         # Grant waits: a consuming wait (count != 0) is held back by a lower client's satisfied
         # consuming request on the same semaphore.
-        enough, consuming, zeros = [], [], []
+        strong = []
         for c, cl in enumerate(self.clients):
+            ge = Signal(name=f"ge_sel{c}")
             en = Signal(name=f"enough{c}")
-            co = Signal(name=f"consuming{c}")
-            zero = Signal(name=f"count_zero{c}")
-            same = Signal(name=f"count_same{c}")
-            m.d.comb += [zero.eq(cl.wait_count == 0), same.eq(cnt_r[c] == cl.wait_count),
-                         en.eq(zero | (same & ge_r[c].bit_select(cl.wait_sem, 1))),
-                         co.eq(cl.wait_consume & ~zero)]
-            blocked = Const(0)
-            for p in range(c):
-                pc = self.clients[p]
-                blocked = blocked | (pc.request & enough[p] & consuming[p] & (pc.wait_sem == cl.wait_sem))
-            m.d.comb += cl.wait_ok.eq(en & ~(~zero & pend.bit_select(cl.wait_sem, 1)) & ~(co & blocked))
-            enough.append(en)
-            consuming.append(co)
-            zeros.append(zero)
+            landing = Signal(name=f"landing{c}")
+            m.d.comb += [ge.eq(ge_r[c].bit_select(cl.wait_sem, 1)), en.eq(zeros[c] | (sames[c] & ge)),
+                         landing.eq(reduce(operator.or_, (con_any[p] & land_eq[p, c] for p in range(n))))]
+            # a satisfied consuming request: holds back the higher clients' consumes of its
+            # semaphore
+            st = Signal(name=f"strong{c}")
+            m.d.comb += st.eq(cl.request & consuming[c] & sames[c] & ge)
+            blocked = reduce(operator.or_, (strong[p] & sem_eq[p, c] for p in range(c)), Const(0))
+            m.d.comb += cl.wait_ok.eq(en & ~(~zeros[c] & (landing | landed[c])) & ~(consuming[c] & blocked))
+            strong.append(st)
 
         # Each client touches at most one semaphore per cycle, so its signal and its consume are
         # decoded once into one-hot vectors over the semaphores; a semaphore's increment is then
@@ -144,20 +202,25 @@ class SemaphoreUnit(wiring.Component):
             so = Signal(nsem, name=f"sig_oh{c}")
             m.d.comb += so.eq(Mux(cl.signal, Const(1, nsem) << cl.signal_sem, 0))
             sig_oh.append(so)
-            m.d.sync += [con_r[c].eq(Mux(cl.take & consuming[c] & ~self.clear, Const(1, nsem) << cl.wait_sem, 0)),
+            # (the consume decoded from the wait fields, not from `consuming`: the same value, and
+            # the unit's state after a cycle depends on its inputs alone, which keeps the formal
+            # proof inductive at a small depth)
+            con = cl.take & cl.wait_consume & (cl.wait_count != 0) & ~self.clear
+            m.d.sync += [con_r[c].eq(Mux(con, Const(1, nsem) << cl.wait_sem, 0)), con_any[c].eq(con),
                          cnt_r[c].eq(cl.wait_count)]
 
         # The compares are made a cycle ahead, on this cycle's operands, without waiting for the
         # semaphore's next value (timing: the signals arrive late, from the engines'
-        # completions; an adder then a compare behind them was the block's critical path):
-        #     next >= count  <=>  sem + inc - dec >= count  <=>  x < inc,
-        #     x = count + dec - sem - 1 = count + dec + ~sem,
-        # where x comes from registers only (a carry-save layer, then one carry chain) and the
-        # late increment `inc` (0..n signals) enters at the end: x < inc <=> x < 0, or
-        # 0 <= x < 2**wl and the signals number more than x (a threshold of the signal bits, no
-        # adder). Clear and overflow (the counter saturates) select constants of the count.
-        # Exact whenever the semaphore does not underflow (it never does: consumes are granted
-        # on `sem >= count`).
+        # completions; an adder then a compare behind them was the block's critical path), and
+        # without the consume landing in this cycle (timing: the consumes' select fed the
+        # compares' adders, the block's critical path; the waits on a semaphore whose consume
+        # landed are held back in the next cycle, when the compare is stale):
+        #     next >= count  <=>  sem + inc >= count  <=>  x < inc,
+        #     x = count - sem - 1 = count + ~sem,
+        # where x comes from registers only (one carry chain) and the late increment `inc`
+        # (0..n signals) enters at the end: x < inc <=> x < 0, or 0 <= x < 2**wl and the
+        # signals number more than x (a threshold of the signal bits, no adder). Clear and
+        # overflow (the counter saturates) select constants of the count.
         xw = max(8, sb) + 2
         wl = n.bit_length()
 
@@ -197,28 +260,19 @@ class SemaphoreUnit(wiring.Component):
                 m.d.comb += nxt.eq(s)
             m.d.sync += s.eq(nxt)
 
-            # the compares against the next value (see above); the per-semaphore parts of the
-            # carry-save layer are shared by the clients
-            dw = Signal(xw, name=f"dec_w{i}")
+            # the compares against the next value but this cycle's consume (see above)
             nsw = Signal(xw, name=f"nsem_w{i}")
-            m.d.comb += [dw.eq(dec), nsw.eq(~Cat(s, Const(0, xw - sb)))]
-            p_x, p_o, p_a = (Signal(xw, name=f"csa_{k}{i}") for k in "xoa")
-            m.d.comb += [p_x.eq(dw ^ nsw), p_o.eq(dw | nsw), p_a.eq(dw & nsw)]
+            m.d.comb += nsw.eq(~Cat(s, Const(0, xw - sb)))
             for c, cl in enumerate(self.clients):
-                cw = Signal(xw, name=f"cnt_w{c}_{i}")
-                m.d.comb += cw.eq(cl.wait_count)
-                csum = Signal(xw, name=f"csa_sum{c}_{i}")
-                ccar = Signal(xw, name=f"csa_carry{c}_{i}")
-                m.d.comb += [csum.eq(cw ^ p_x), ccar.eq(((cw & p_o) | p_a) << 1)]
                 x = Signal(xw, name=f"ge_x{c}_{i}")
-                m.d.comb += x.eq(csum + ccar)
+                m.d.comb += x.eq(cl.wait_count + nsw)
                 small = Signal(name=f"ge_small{c}_{i}")
                 m.d.comb += small.eq(x[wl:] == 0)
                 lt = reduce(operator.or_, ((x[:wl] == j) & at_least[j + 1] for j in range(n)), Const(0))
                 hit = x[-1] | (small & lt)
                 maxge = (cl.wait_count[sb:] == 0) if sb < 8 else Const(1)
                 with m.If(self.clear):
-                    m.d.comb += ge_next[c][i].eq(zeros[c])
+                    m.d.comb += ge_next[c][i].eq(cl.wait_count == 0)
                 with m.Elif(ovf_vec[i]):
                     m.d.comb += ge_next[c][i].eq(maxge)
                 with m.Else():
@@ -227,9 +281,10 @@ class SemaphoreUnit(wiring.Component):
             m.d.sync += ge_r[c].eq(Cat(*ge_next[c]))
         overflow_any = Signal()
         m.d.comb += overflow_any.eq(ovf_vec.any() & ~self.clear)
-        # the clients whose signal lands on an overflowing semaphore, and the lowest of them
-        for c in range(n):
-            m.d.comb += self.overflow_clients[c].eq((sig_oh[c] & ovf_vec).any())
+        # the clients whose signal lands on an overflowing semaphore (a select of the client's
+        # semaphore, not an AND-OR over all of them: timing), and the lowest of them
+        for c, cl in enumerate(self.clients):
+            m.d.comb += self.overflow_clients[c].eq(cl.signal & ovf_vec.bit_select(cl.signal_sem, 1))
         for c in reversed(range(n)):
             with m.If(self.overflow_clients[c]):
                 m.d.comb += self.overflow_client.eq(c)

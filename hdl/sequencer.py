@@ -83,14 +83,16 @@ class _HeadQueue(wiring.Component):
     ``head index == bp_index`` of the previous cycle, a register (timing: the 24-bit compare does
     not feed the issue decision). ``r_rdy_next`` is the value ``r_rdy`` takes at the next clock
     edge (a reset of the queue aside), for users that keep ``r_rdy`` in a register combined with
-    their own state. The inner FIFO's flags are registers (:class:`_FlagFifo`)."""
+    their own state; ``r_load`` is high when the head register takes ``r_new`` at the next clock
+    edge (a reset aside; otherwise it keeps its value), for users that decode the head into
+    registers of their own. The inner FIFO's flags are registers (:class:`_FlagFifo`)."""
 
     def __init__(self, width, depth, index_at):
         self.width, self.depth, self.index_at = width, depth, index_at
         super().__init__({
             "w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
             "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1),
-            "nonempty": Out(1), "r_rdy_next": Out(1),
+            "nonempty": Out(1), "r_rdy_next": Out(1), "r_load": Out(1), "r_new": Out(width),
             "bp_index": In(width - index_at), "at_index": Out(1),
         })
 
@@ -108,14 +110,18 @@ class _HeadQueue(wiring.Component):
                          load.eq(inner.r_rdy & (~self.r_rdy | self.r_en)), inner.r_en.eq(load),
                          self.nonempty.eq(inner.r_rdy | self.r_rdy)]
             new = inner.r_data
-        m.d.comb += self.r_rdy_next.eq(load | (self.r_rdy & ~self.r_en))
+        m.d.comb += [self.r_rdy_next.eq(load | (self.r_rdy & ~self.r_en)), self.r_load.eq(load),
+                     self.r_new.eq(new)]
+        # the two compares are nets of their own (kept), so that synthesis leaves `load`, which
+        # hangs off the issue decision, as the last select instead of folding it into them
+        at_new = Signal(attrs={"keep": 1})
+        at_head = Signal(attrs={"keep": 1})
+        m.d.comb += [at_new.eq(new[self.index_at:] == self.bp_index), at_head.eq(head_index == self.bp_index)]
+        m.d.sync += self.at_index.eq(Mux(load, at_new, at_head))
         with m.If(load):
-            m.d.sync += [self.r_data.eq(new), self.r_rdy.eq(1),
-                         self.at_index.eq(new[self.index_at:] == self.bp_index)]
-        with m.Else():
-            m.d.sync += self.at_index.eq(head_index == self.bp_index)
-            with m.If(self.r_en):
-                m.d.sync += self.r_rdy.eq(0)
+            m.d.sync += [self.r_data.eq(new), self.r_rdy.eq(1)]
+        with m.Elif(self.r_en):
+            m.d.sync += self.r_rdy.eq(0)
         return m
 
 
@@ -152,9 +158,12 @@ class Sequencer(wiring.Component):
     retired count (a table, no adder), the signals to the semaphores, the overflow report and the
     watchdog's choice of engine are registered. So are, computed from the next values, the
     queues' and in-flight FIFOs' ready flags (:class:`_FlagFifo`), each engine's readiness to
-    request its semaphore (``ready``) and whether any work is held past dispatch (``holding``,
-    ``wrote``); the watchdog's quiet count runs a cycle behind its restart decision (a
-    register).
+    request its semaphore (``ready``), whether the head is a NOP/DELAY (``local``, from the
+    entry entering the head register) and whether any work is held past dispatch (``holding``,
+    ``wrote``); the semaphore unit decodes the heads' waits into registers the same way (it
+    is told each head's next wait). A NOP/DELAY's count follows the queue head while none runs,
+    so its issue sets one flag. The watchdog's quiet count runs a cycle behind its restart
+    decision (a register).
 
     Ports
     -----
@@ -343,8 +352,18 @@ class Sequencer(wiring.Component):
             head_index = q.r_data[isa.WORD_BITS:]
             opcode = head_word[0:4]
             is_nop = opcode == isa.Opcode.NOP.value
-            is_delay = opcode == isa.Opcode.DELAY.value
-            local = is_nop | is_delay
+            # the head's next word: `new_word` when the head register loads it, the same word
+            # otherwise; the semaphore unit decodes its wait into registers, and `local` (NOP or
+            # DELAY) is decoded into a register here (timing: the grants and the issue start from
+            # registers, not from decodes of the head). A flush empties the queue and zeroes its
+            # head without a load; the semaphore unit's decode follows a cycle later, while the
+            # queue is empty and nothing requests
+            new_word = q.r_new[:isa.WORD_BITS]
+            local = Signal(name=f"local{e}", init=1)
+            with m.If(flush):
+                m.d.sync += local.eq(1)
+            with m.Elif(q.r_load):
+                m.d.sync += local.eq(new_word[0:4].matches(isa.Opcode.NOP.value, isa.Opcode.DELAY.value))
             slot = head_word[isa.HEADER_BITS + 2:isa.HEADER_BITS + 6]
 
             # in-flight instructions: (signal_en, signal_sem, index), completed in order by `done`
@@ -373,6 +392,10 @@ class Sequencer(wiring.Component):
                 cl.wait_sem.eq(_hdr(head_word, "wait_sem")),
                 cl.wait_count.eq(_hdr(head_word, "wait_count")),
                 cl.wait_consume.eq(_hdr(head_word, "wait_consume")),
+                cl.next_load.eq(q.r_load),
+                cl.next_sem.eq(_hdr(new_word, "wait_sem")),
+                cl.next_count.eq(_hdr(new_word, "wait_count")),
+                cl.next_consume.eq(_hdr(new_word, "wait_consume")),
             ]
             issue = Signal(name=f"issue{e}")
             # the head would issue this cycle if its wait allowed it (the semaphore unit holds
@@ -427,7 +450,11 @@ class Sequencer(wiring.Component):
             # delay_zero == (delay_left == 0), kept in a register (timing: the completion and its
             # signal do not wait for a 32-bit compare)
             delay_zero = Signal(name=f"delay_zero{e}")
-            with m.If(issue & local):
+            # while no NOP/DELAY runs, its count, index and signal follow the queue head (as the
+            # head would start them), so its issue only sets delay_active (timing: the issue
+            # decision does not select the 32-bit counter's next value; a NOP/DELAY issues only
+            # with no DELAY running)
+            with m.If(~delay_active):
                 with m.If(is_nop):
                     m.d.sync += [delay_left.eq(0), delay_zero.eq(1)]
                 with m.Else():
@@ -435,8 +462,10 @@ class Sequencer(wiring.Component):
                         for s in range(cfg.delay_slots):
                             with m.Case(s):
                                 m.d.sync += [delay_left.eq(self.delays[s]), delay_zero.eq(self.delays[s] == 0)]
-                m.d.sync += [delay_active.eq(1), delay_index.eq(head_index),
+                m.d.sync += [delay_index.eq(head_index),
                              delay_sig.eq(Cat(_hdr(head_word, "signal_en"), _hdr(head_word, "signal_sem")))]
+            with m.If(issue & local):
+                m.d.sync += delay_active.eq(1)
             with m.If(delay_active):
                 m.d.comb += progress.eq(1)
                 with m.If(delay_zero):

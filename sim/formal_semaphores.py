@@ -1,12 +1,13 @@
 """Formal properties of :class:`sparrow.hdl.semaphores.SemaphoreUnit`.
 
 The wrapper drives every client port with free inputs (``AnySeq``) under the sequencer's
-contract (semaphore ids are legal — the decoder guarantees it — and ``take`` only together with
-``request`` and ``wait_ok``), keeps a *shadow* of the semaphore values computed from the port events alone
-(the ISA rule: ``+1`` per signal, ``-count`` per granted consuming wait — subtracted the cycle
-after its grant, the unit's pipelining — saturate and flag
-overflow when the value plus the cycle's signals exceeds ``2**sem_bits - 1``, zero on ``clear``),
-and asserts:
+contract (semaphore ids are legal — the decoder guarantees it —, ``take`` only together with
+``request`` and ``wait_ok``, and a client's wait changes only to the ``next_*`` fields it
+presented with ``next_load`` in the cycle before; all zeros in the first cycle), keeps a
+*shadow* of the semaphore values computed from the port events alone (the ISA rule: ``+1`` per
+signal, ``-count`` per granted consuming wait — subtracted the cycle after its grant, the unit's
+pipelining — saturate and flag overflow when the value plus the cycle's signals exceeds
+``2**sem_bits - 1``, zero on ``clear``), and asserts:
 
 * ``values`` equals the shadow every cycle (so no lost/duplicated signal or consume);
 * no underflow: the consumes granted on a semaphore in one cycle never exceed its value, and at
@@ -15,11 +16,13 @@ and asserts:
   ``sem[wait_sem] >= wait_count``, and ``sem >= count`` with a count of 0 or the same count as
   in the previous cycle (the unit registers its compares) implies ``wait_ok`` unless it is a
   consuming wait and a lower-indexed client requests a consuming wait seen satisfied on the same
-  semaphore in that cycle, or a counted wait on a semaphore whose consume is being subtracted;
+  semaphore in that cycle, or a counted wait on a semaphore whose consume is being subtracted or
+  was subtracted in the previous cycle;
 * ``overflow`` pulses exactly when a result would exceed the maximum (the counter saturates) and
   ``overflow_client`` is a client signalling such a semaphore.
 
-Because the shadow pins down the whole state, the properties are inductive: ``prove`` mode.
+Because the shadow pins down the whole state, the properties are inductive: ``prove`` mode (at
+depth 3: the unit remembers the consumes of two cycles).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ MUTANTS = {
     "lost_signal": "client 3's signal is dropped when client 0 signals the same semaphore in the same cycle",
     "double_consume": "client 1 ignores the lower-client priority on consuming waits (two consumes per cycle)",
     "wide_counter": "the unit is built with sem_bits + 1, so it does not saturate/flag at the ISA maximum",
+    "lost_load": "client 1's next_load does not reach the unit (its decoded wait goes stale)",
 }
 
 
@@ -59,12 +63,24 @@ class SemaphoreProps(FormalWrapper):
         # -- environment: free inputs (what the checker sees) -----------------------------------
         clear = AnySeq(1)
         env = []
+        started = Signal()
+        m.d.sync += started.eq(1)
+        waits = ("wait_sem", "wait_count", "wait_consume")
         for c in range(n):
             e = {k: AnySeq(w) for k, w in (("wait_sem", 4), ("wait_count", 8), ("wait_consume", 1),
+                                             ("next_load", 1), ("next_sem", 4), ("next_count", 8),
+                                             ("next_consume", 1),
                                              ("request", 1), ("take", 1), ("signal", 1), ("signal_sem", 4))}
             e["wait_ok"] = Signal(name=f"ok{c}")       # as presented to the client
             env.append(e)
-            m.d.comb += [Assume(e["wait_sem"] < nsem), Assume(e["signal_sem"] < nsem)]
+            m.d.comb += [Assume(e["wait_sem"] < nsem), Assume(e["next_sem"] < nsem),
+                         Assume(e["signal_sem"] < nsem)]
+            # the wait changes only as announced in the previous cycle (zeros after reset)
+            for k in waits:
+                nxt_k = "next_" + k[len("wait_"):]
+                prev = Signal(len(e[k]), name=f"prev_{k}{c}")
+                m.d.sync += prev.eq(Mux(e["next_load"], e[nxt_k], e[k]))
+                m.d.comb += Assume(Mux(started, e[k] == prev, e[k] == 0))
         m.d.comb += dut.clear.eq(clear)
         values = [Signal(cfg.sem_bits + 1, name=f"value{i}") for i in range(nsem)]
         for i in range(nsem):
@@ -81,8 +97,11 @@ class SemaphoreProps(FormalWrapper):
             sig = e["signal"]
             if mut == "lost_signal" and c == 3:
                 sig = e["signal"] & ~(env[0]["signal"] & (env[0]["signal_sem"] == e["signal_sem"]))
+            load = e["next_load"] & ~(mut == "lost_load" and c == 1)
             m.d.comb += [cl.wait_sem.eq(e["wait_sem"]), cl.wait_count.eq(e["wait_count"]),
-                         cl.wait_consume.eq(e["wait_consume"]), cl.request.eq(e["request"]), cl.take.eq(e["take"]),
+                         cl.wait_consume.eq(e["wait_consume"]), cl.next_load.eq(load),
+                         cl.next_sem.eq(e["next_sem"]), cl.next_count.eq(e["next_count"]),
+                         cl.next_consume.eq(e["next_consume"]), cl.request.eq(e["request"]), cl.take.eq(e["take"]),
                          cl.signal.eq(sig), cl.signal_sem.eq(e["signal_sem"])]
             ok = cl.wait_ok
             if mut == "early_release" and c == 2:
@@ -99,6 +118,8 @@ class SemaphoreProps(FormalWrapper):
         ovf_any = Signal()
         ovf_clients = Signal(n)
         pend = Signal(nsem)             # semaphores whose last-cycle consume is subtracted now
+        landed = Signal(nsem)           # semaphores whose consume was subtracted in the last cycle
+        m.d.sync += landed.eq(pend)
         for i in range(nsem):
             inc = sum(((e["signal"] & (e["signal_sem"] == i)) for e in env), Const(0, 4))
             granted = [e["take"] & e["wait_ok"] & e["wait_consume"] & (e["wait_sem"] == i) & (e["wait_count"] != 0)
@@ -147,7 +168,7 @@ class SemaphoreProps(FormalWrapper):
                 ep = env[p]
                 blocked = blocked | (ep["request"] & seen[p] & ep["wait_consume"]
                                      & (ep["wait_count"] != 0) & (ep["wait_sem"] == e["wait_sem"]))
-            landing = (e["wait_count"] != 0) & pend.bit_select(e["wait_sem"], 1)
+            landing = (e["wait_count"] != 0) & (pend | landed).bit_select(e["wait_sem"], 1)
             m.d.comb += [Assert(~e["wait_ok"] | reached, f"client {c} released before its count"),
                          Assert(~(seen[c] & ~(consuming & blocked) & ~landing) | e["wait_ok"],
                                 f"client {c} not released although its count is reached")]
@@ -170,7 +191,7 @@ class SemaphoreProps(FormalWrapper):
 
 
 register(FormalCheck(
-    "semaphores.isa_model", lambda mutant: SemaphoreProps(mutant), "prove", 2,
+    "semaphores.isa_model", lambda mutant: SemaphoreProps(mutant), "prove", 3,
     "SemaphoreUnit (4 sems x 3 bits, 4 clients): values follow the ISA model, no underflow, one consume "
     "per semaphore per cycle, wait released exactly when sem >= count, overflow saturates and flags",
     mutants=MUTANTS, mutant_depth=4))

@@ -215,6 +215,17 @@ def test_delay_takes_its_slot_cycles():
     assert long - base == 200
 
 
+def test_back_to_back_delays_take_each_their_own_slot():
+    """A DELAY's count is taken from the queue head while none runs: DELAYs and NOPs queued back
+    to back on one engine each run their own slot's cycles (a stale count would shift them)."""
+    prog = [isa.make("delay", engine="vector", slot=0), isa.make("delay", engine="vector", slot=1),
+            isa.make("nop", engine="vector"), isa.make("delay", engine="vector", slot=0)]
+    base = run_program(prog, delays=[3, 10])["cycles"]
+    assert run_program(prog, delays=[3, 110])["cycles"] - base == 100
+    assert run_program(prog, delays=[13, 10])["cycles"] - base == 20
+    assert run_program(prog, delays=[0, 0])["cycles"] - base == -16
+
+
 def test_deadlock_ends_in_watchdog_naming_the_engine():
     prog = [tagged(isa.Engine.LOAD, 0), tagged(isa.Engine.STORE, 1, wait_sem=3, wait_count=1)]
     res = run_program(prog, watchdog=100)
