@@ -111,12 +111,12 @@ class FetchStreams(FormalWrapper):
 
 
 register(FormalCheck(
-    "fetch.out_stream", lambda mutant: FetchStreams(mutant), "bmc", 10,
-    ci_depth=6, description=
+    "fetch.out_stream", lambda mutant: FetchStreams(mutant), "bmc", 11,
+    ci_depth=7, description=
     "FetchUnit: out (word, index) and bus.cmd keep valid and payload until accepted (any memory data, "
-    "any back-pressure; start/stop exempt; bus.cmd also on a read error)", mutants=FETCH_MUTANTS, mutant_depth=9))
+    "any back-pressure; start/stop exempt; bus.cmd also on a read error)", mutants=FETCH_MUTANTS, mutant_depth=10))
 register(FormalCheck(
-    "fetch.out_stream_cover", lambda mutant: FetchStreams(mutant, covers=True), "cover", 10,
+    "fetch.out_stream_cover", lambda mutant: FetchStreams(mutant, covers=True), "cover", 11,
     "reachability: a stalled instruction (index 1) and a stalled 2-beat read burst"))
 
 
