@@ -102,6 +102,24 @@ def push_layout(in_bytes: int) -> data.StructLayout:
     return data.StructLayout({"data": 8 * in_bytes, "off": range(in_bytes), "n": range(in_bytes + 1)})
 
 
+def _input_register(m, push, ib, room):
+    """The windows' input register: a pushed beat's useful bytes ``[off, off+n)``, aligned to byte
+    0 (``pend``, ``pend_n`` of them, valid ``pend_v``), merged behind the held bytes in a cycle with
+    ``room`` (``merge``); ``push.ready`` when it is empty or merged. Returns
+    ``(pend, pend_n, pend_v, merge)``; the caller clears ``pend_v`` (a later statement wins)."""
+    pend = Signal(8 * ib, name="pend")
+    pend_n = Signal(range(ib + 1), name="pend_n")
+    pend_v = Signal(name="pend_v")
+    merge = Signal(name="merge")
+    m.d.comb += [merge.eq(pend_v & room), push.ready.eq(~pend_v | merge)]
+    p = push.payload
+    with m.If(push.valid & push.ready):
+        m.d.sync += [pend.eq(take_bytes(p.data >> (p.off * 8), p.n, ib)), pend_n.eq(p.n), pend_v.eq(1)]
+    with m.Elif(merge):
+        m.d.sync += pend_v.eq(0)
+    return pend, pend_n, pend_v, merge
+
+
 class ByteWindow(wiring.Component):
     """Byte realigner: bytes pushed from aligned beats, a window of the oldest bytes, variable pops.
 
@@ -192,29 +210,19 @@ class ByteWindow(wiring.Component):
         ib, cap = self.in_bytes, self.cap
         buf = Signal(8 * cap)
         cnt = Signal(range(cap + 1))
-        # input register: the pushed beat's useful bytes, aligned to byte 0
-        pend = Signal(8 * ib)
-        pend_n = Signal(range(ib + 1))
-        pend_v = Signal()
         # thermometer code of cnt (bit j: cnt >= j), a register set with cnt from compares made
         # beside its adders; room (cnt <= cap - ib) is one of its bits, so the merge decision
         # that gates the input register is one gate after registers
         cnt_ge = Signal(cap + 1, init=1)
         room = Signal()
-        merge = Signal()
         m.d.comb += [
             room.eq(~cnt_ge[cap - ib + 1]),
             self.level_ge.eq(cnt_ge[: self.win_bytes + 1]),
-            merge.eq(pend_v & room),
-            self.push.ready.eq(~pend_v | merge),
             self.window.eq(buf[: 8 * self.win_bytes]),
             self.level.eq(cnt),
         ]
-        p = self.push.payload
-        with m.If(self.push.valid & self.push.ready):
-            m.d.sync += [pend.eq(take_bytes(p.data >> (p.off * 8), p.n, ib)), pend_n.eq(p.n), pend_v.eq(1)]
-        with m.Elif(merge):
-            m.d.sync += pend_v.eq(0)
+        # input register: the pushed beat's useful bytes, aligned to byte 0
+        pend, pend_n, pend_v, merge = _input_register(m, self.push, ib, room)
 
         new = Signal(8 * ib)
         m.d.comb += new.eq(Mux(merge, pend, 0))
@@ -368,26 +376,16 @@ class LineWindow(wiring.Component):
         buf = Signal(8 * cap)  # bytes beyond the held ones (and the popped ones when lag) are zero
         lag = Signal()  # the last cycle popped: buf's first pop_n bytes are gone
         cnt = Signal(range(cap + 1))  # bytes held (after the pops)
-        pend = Signal(8 * ib)
-        pend_n = Signal(range(ib + 1))
-        pend_v = Signal()
         room = Signal(init=1)  # cnt <= win_bytes (a register)
         ge_n = Signal()  # cnt >= pop_n (a register)
-        merge = Signal()
+        pend, pend_n, pend_v, merge = _input_register(m, self.push, ib, room)
         held = Signal(8 * cap)  # the held bytes, oldest at byte 0
         m.d.comb += [
-            merge.eq(pend_v & room),
-            self.push.ready.eq(~pend_v | merge),
             held.eq(Mux(lag, buf >> (n * 8), buf)),
             self.window.eq(held[: 8 * wb]),
             self.level.eq(cnt),
             self.level_ge_n.eq(ge_n),
         ]
-        p = self.push.payload
-        with m.If(self.push.valid & self.push.ready):
-            m.d.sync += [pend.eq(take_bytes(p.data >> (p.off * 8), p.n, ib)), pend_n.eq(p.n), pend_v.eq(1)]
-        with m.Elif(merge):
-            m.d.sync += pend_v.eq(0)
         # the next level is cnt + merged bytes, less pop_n after a pop: its flags are compares
         # of both sums (from registers) with both thresholds, selected by merge, then pop_en
         wide = range(2 * cap + 2)

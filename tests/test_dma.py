@@ -116,6 +116,18 @@ def test_codec_units_reject_bad_parameters():
 # -- realigners --------------------------------------------------------------------------------
 
 
+def _offer_beat(ctx, dut, beats, i, offer):
+    """Drive a window's push port with beat ``i`` of ``beats`` ((data, off, n) each) when
+    ``offer`` and one is left; returns the index of the next beat to offer."""
+    if i < len(beats) and offer:
+        d, o, n = beats[i]
+        ctx.set(dut.push.payload, {"data": int.from_bytes(d, "little"), "off": o, "n": n})
+        ctx.set(dut.push.valid, 1)
+        return i + 1 if ctx.get(dut.push.ready) else i
+    ctx.set(dut.push.valid, 0)
+    return i
+
+
 @pytest.mark.parametrize("mb,win,late,nopts", [(8, 16, 4, 3), (8, 9, 0, 2), (4, 32, 8, 1), (16, 12, 3, 4)])
 def test_byte_window_realigns(mb, win, late, nopts):
     """Random beats (offset, count) pushed, random pops (an early option chosen at random, with a
@@ -161,14 +173,7 @@ def test_byte_window_realigns(mb, win, late, nopts):
                 ctx.set(dut.pop_en, 0)
                 ctx.set(dut.pop_sel, rng.randrange(nopts))
                 ctx.set(dut.pop_late, rng.randrange(late + 1))
-            if i < len(beats) and rng.random() < 0.8:
-                d, o, n = beats[i]
-                ctx.set(dut.push.payload, {"data": int.from_bytes(d, "little"), "off": o, "n": n})
-                ctx.set(dut.push.valid, 1)
-                if ctx.get(dut.push.ready):
-                    i += 1
-            else:
-                ctx.set(dut.push.valid, 0)
+            i = _offer_beat(ctx, dut, beats, i, rng.random() < 0.8)
             await ctx.tick()
         assert bytes(got) == expect
 
@@ -214,14 +219,7 @@ def test_line_window_realigns(mb, win, n):
             if pop:
                 got += window[:n]
                 pops += 1
-            if i < len(beats) and rng.random() < 0.9:
-                d, o, k = beats[i]
-                ctx.set(dut.push.payload, {"data": int.from_bytes(d, "little"), "off": o, "n": k})
-                ctx.set(dut.push.valid, 1)
-                if ctx.get(dut.push.ready):
-                    i += 1
-            else:
-                ctx.set(dut.push.valid, 0)
+            i = _offer_beat(ctx, dut, beats, i, rng.random() < 0.9)
             await ctx.tick()
         assert bytes(got) == expect
         assert pops == len(expect) // n
