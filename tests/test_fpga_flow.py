@@ -159,6 +159,12 @@ def test_place_route_rejects_an_unknown_router(tmp_path):
         fpga.place_route(tmp_path / "x.netlist.json", fpga.DEVICES[0], router="router3")
     with pytest.raises(ValueError, match=r"speed must be one of \(6, 7, 8\), not 9"):
         fpga.place_route(tmp_path / "x.netlist.json", fpga.DEVICES[0], speed=9)
+    # the full flow refuses them before exporting or synthesizing anything
+    with pytest.raises(ValueError, match="speed must be one of"):
+        fpga.run_preset("small", tmp_path / "w", speed=5)
+    with pytest.raises(ValueError, match="router must be one of"):
+        fpga.run_preset("small", tmp_path / "w", router="router3")
+    assert not (tmp_path / "w").exists()
 
 
 def test_pick_device():

