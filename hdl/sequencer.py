@@ -240,8 +240,9 @@ class Sequencer(wiring.Component):
         m.d.comb += self.sem_values.eq(sems.values)
 
         running = self.running
+        # error != NONE, a register set with the error (timing: not a decode of the error code in
+        # front of the error registers' enables and the run's end)
         has_error = Signal()
-        m.d.comb += has_error.eq(self.error != ErrorCode.NONE)
         # go == running & ~has_error, kept in a register computed from the next values (timing:
         # the error register's decode does not feed the issue and dispatch decisions, and from
         # them the queues' and engines' wide clock enables)
@@ -661,7 +662,7 @@ class Sequencer(wiring.Component):
         m.d.comb += [err_code.eq(code), err_engine.eq(engine), err_index.eq(index)]
         with m.If(~has_error & err_any):
             m.d.sync += [self.error.eq(err_code), self.error_engine.eq(err_engine),
-                         self.error_index.eq(err_index)]
+                         self.error_index.eq(err_index), has_error.eq(err_code != ErrorCode.NONE)]
         # go's next value: running and no error next cycle (the updates of `running` and
         # `error` above and below, in one expression)
         m.d.sync += go.eq(self.start | (running & ~has_error & ~finished & ~err_any))
@@ -670,6 +671,7 @@ class Sequencer(wiring.Component):
             m.d.sync += [
                 running.eq(1), self.done.eq(0), halt_seen.eq(0), halted.eq(0), self.stuck.eq(0),
                 self.error.eq(ErrorCode.NONE), self.error_engine.eq(NO_ENGINE), self.error_index.eq(0),
+                has_error.eq(0),
                 self.count_cycles.eq(0), self.count_instructions.eq(0),
             ]
             for e in range(N_ENGINES):
