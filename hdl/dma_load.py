@@ -33,8 +33,8 @@ same instruction, so the bus is kept busy while lines are written:
   line per cycle: zero lines for padding, ``LB`` bytes popped from the window (zero-extended)
   for uncompressed data, and for compressed rows the mask and non-zero bytes of each line
   (:class:`~sparrow.hdl.zero_codec.ZeroExpand`; the count is popped with the first line),
-  checking the format on the way with the queued count and checks (only the mask's popcount
-  is computed from the window in the cycle that pops). Its result — a line, or the error found
+  checking the format on the way with the queued count and checks (the mask's popcount is a
+  register of the window: it keeps per-byte counts that move with the bytes). Its result — a line, or the error found
   at it — goes to a *line register* (with a skid register behind it, so the decode stage goes
   on while the skid register is empty, not after the port's ``ready``), which writes the line
   to the scratchpad in the next cycle or reports the error. So a corrupt group raises
@@ -48,9 +48,10 @@ held bytes shifted by ``lb`` meanwhile), so the pop decision drives a flag, not 
 whether a line's bytes are held is a register of it (``level_ge_n``, level >= ``lb``).
 Compressed lines are popped from a :class:`ByteWindow` only ``2 + mask_bytes + cols`` bytes
 wide (the uncompressed window is ``4*cols`` bytes: the compressed one, whose buffer follows the
-mask's popcount and the pop decision in the cycle, is the one whose width the late signals fan
-out over): the early pop is an option selected by registers, and the decode stage's checks of
-a line against its popcount are bits selected by it from thermometer codes of registers. The walkers
+pop decision in the cycle, is the one whose width the late signals fan out over): the early pop
+is an option selected by registers, the late pop (the mask's popcount) is kept in registers by the
+window, and the decode stage's checks of a line against its popcount are bits selected by it from
+thermometer codes of registers. The walkers
 keep the next rows' slots (the unpacker only their low bits), their memory limits
 (``DRAM - 2 - slot`` as its low ``log2(DRAM)`` bits and a sticky sign: ``DRAM`` is a power of
 two, so a limit >= 0 fits and a step by the stride goes negative exactly when the narrow
@@ -90,7 +91,7 @@ from sparrow.isa import Spad
 from .engine_port import engine_control_members
 from .membus import MemBusSignature
 from .spad_port import WritePortSignature, acc_line, act_line
-from .zero_codec import ZeroExpand, mask_bytes, popcount, shl_bytes, take_bytes
+from .zero_codec import ZeroExpand, mask_bytes, popcount, shl_bytes, shl_units, take_bytes
 
 __all__ = ["ByteWindow", "LineWindow", "LoadEngine"]
 
@@ -130,9 +131,11 @@ class ByteWindow(wiring.Component):
     ``pop`` is one of a few options (``pop_opts[pop_sel]``, ``pop_sel`` from registers): the
     buffer is shifted by each option and the result selected, so an option wired to a constant
     costs no shifter, and the merge position after the early pop (``level - option``) is kept
-    in a register per option, so no subtraction precedes the merge shifter. ``pop_late`` is a
-    small amount computed late in the cycle (only a shift by ``0..late_bytes`` bytes follows
-    it). So the pop-to-buffer path is a few mux levels.
+    in a register per option. ``pop_late`` shifts the held bytes by ``0..late_bytes`` more and
+    is subtracted from that merge position (a small subtraction, then the merge shifter, in
+    parallel with that shift), so it should come from registers or a few gates (the LOAD
+    engine's comes from ``counts``). ``pop_en`` is the late input: it only selects between the
+    popped and the kept buffer, levels and codes.
 
     Parameters
     ----------
@@ -144,6 +147,14 @@ class ByteWindow(wiring.Component):
         Largest ``pop_late`` (>= 0).
     early_opts : int
         Number of early pop options (>= 1).
+    count_bits : int
+        Width of the bit fields whose popcounts ``counts`` gives (0: none). The popcount of each
+        held byte's low ``min(count_bits, 8)`` bits is kept in a register beside the byte and
+        moves with it (the input register's counts are formed as a beat is pushed), so a count
+        is a register (or a sum of ``count_bits / 8`` of them), not a popcount after the buffer.
+    count_at : tuple of int
+        Byte positions in ``window`` of the fields ``counts`` gives (each field must lie inside
+        the window; a field wider than 8 bits starts on a byte and spans whole bytes).
 
     Ports
     -----
@@ -159,7 +170,7 @@ class ByteWindow(wiring.Component):
         The option that is the early part of the bytes removed this cycle (< ``early_opts``;
         ignored with one option).
     pop_late : In(range(max(late_bytes, 1) + 1))
-        Late part of the bytes removed (<= ``late_bytes``; ignored when ``late_bytes`` is 0).
+        Second part of the bytes removed (<= ``late_bytes``; ignored when ``late_bytes`` is 0).
     pop_en : In(1)
         Remove ``pop_opts[pop_sel] + pop_late`` bytes (must be <= ``level``) this cycle.
     window : Out(8*win_bytes)
@@ -175,9 +186,13 @@ class ByteWindow(wiring.Component):
         before, so it needs no bit select by the option (valid while ``pop_opts[0]`` is held).
     clear : In(1)
         Empty the window and the input register (takes precedence).
+    counts : Out(array of len(count_at) x range(count_bits + 1))
+        Element ``i``: the number of set bits in ``window[8*count_at[i] : 8*count_at[i] +
+        count_bits]`` (present only with ``count_bits``).
     """
 
-    def __init__(self, in_bytes: int, win_bytes: int, late_bytes: int = 0, early_opts: int = 1):
+    def __init__(self, in_bytes: int, win_bytes: int, late_bytes: int = 0, early_opts: int = 1,
+                 count_bits: int = 0, count_at=()):
         if not isinstance(in_bytes, int) or in_bytes < 1:
             raise ValueError(f"in_bytes must be a positive int, not {in_bytes!r}")
         if not isinstance(win_bytes, int) or win_bytes < 1:
@@ -186,11 +201,23 @@ class ByteWindow(wiring.Component):
             raise ValueError(f"late_bytes must be a non-negative int, not {late_bytes!r}")
         if not isinstance(early_opts, int) or early_opts < 1:
             raise ValueError(f"early_opts must be a positive int, not {early_opts!r}")
+        if not isinstance(count_bits, int) or count_bits < 0 or (count_bits > 8 and count_bits % 8):
+            raise ValueError(f"count_bits must be 0..8 or a positive multiple of 8, not {count_bits!r}")
+        count_at = tuple(count_at)
+        if count_at and not count_bits:
+            raise ValueError(f"count_at {count_at!r} needs a count_bits > 0")
+        for h in count_at:
+            if not isinstance(h, int) or h < 0 or 8 * h + count_bits > 8 * win_bytes:
+                raise ValueError(f"count_at entries must be byte positions of {count_bits}-bit fields "
+                                 f"inside the {win_bytes}-byte window, not {h!r}")
         self.in_bytes, self.win_bytes, self.late_bytes = in_bytes, win_bytes, late_bytes
         self.early_opts = early_opts
+        self.count_bits, self.count_at = count_bits, count_at
         self.cap = in_bytes + win_bytes
+        counts = {"counts": Out(data.ArrayLayout(range(count_bits + 1), len(count_at)))} if count_at else {}
         super().__init__(
             {
+                **counts,
                 "push": In(stream.Signature(push_layout(in_bytes))),
                 "pop_opts": In(data.ArrayLayout(range(win_bytes + 1), early_opts)),
                 # at least one bit each (a zero-width port would be a [-1:0] vector in Verilog)
@@ -247,10 +274,16 @@ class ByteWindow(wiring.Component):
             early_buf.eq(pick([buf >> (o * 8) for o in opts])),
         ]
         kept = Signal(8 * cap)  # no pop: new bytes behind the held ones
-        early = Signal(8 * cap)  # early pop done, new bytes behind
+        popped = Signal(8 * cap)  # the whole pop done, new bytes behind
+        # after a pop the new bytes land at at_pop - pop_late: a small subtraction in front of
+        # the merge shifter, in parallel with the late shift of the held bytes (timing: the
+        # merge shifter followed by the late shifter, in series, was the block's critical path;
+        # pop_late comes from registers in the LOAD engine)
+        at_late = Signal(range(cap + 1))
         m.d.comb += [
+            at_late.eq(at_pop - late),
             kept.eq(buf | shl_bytes(new, cnt, cap)),
-            early.eq(early_buf | shl_bytes(new, at_pop, cap)),
+            popped.eq((early_buf >> (late * 8)) | shl_bytes(new, at_late, cap)),
         ]
         # the next cnt and merge positions: each sum is formed from registers before the late
         # pop_late is subtracted and pop_en selects, so neither meets an adder after them.
@@ -301,11 +334,46 @@ class ByteWindow(wiring.Component):
             m.d.sync += [buf.eq(0), pend_v.eq(0), cnt.eq(0), cnt_ge.eq(1)]
             m.d.sync += [a.eq(-o) for a, o in zip(at_r, opts)]
         with m.Elif(self.pop_en):
-            m.d.sync += [buf.eq(early >> (late * 8)), cnt.eq(early_n - late), cnt_ge.eq(early_ge >> late)]
+            m.d.sync += [buf.eq(popped), cnt.eq(early_n - late), cnt_ge.eq(early_ge >> late)]
             m.d.sync += [a.eq(pick([s - o for s in sums]) - late) for a, o in zip(at_r, opts)]
         with m.Else():
             m.d.sync += [buf.eq(kept), cnt.eq(kept_n), cnt_ge.eq(kept_ge)]
             m.d.sync += [a.eq(kept_n - o) for a, o in zip(at_r, opts)]
+
+        if self.count_at:
+            # Per-byte popcounts (of each byte's low cb bits), one lane of lw bits per byte,
+            # moved exactly like the bytes: so a count is a register, not a popcount of the
+            # buffer in front of the pop decision and the late shift that follow from it (timing:
+            # buffer -> popcount -> pop -> late shift -> buffer was the compressed loop).
+            cb = min(self.count_bits, 8)
+            # lanes of a power-of-two width, so moving them by a variable number of lanes is a
+            # shifter, not a multiply (a 3-bit lane put a DSP multiplier into the pop loop)
+            lw = 1 << (cb.bit_length() - 1).bit_length()
+            p = self.push.payload
+            beat_c = Cat(*[popcount(p.data[8 * i : 8 * i + cb])[:lw] for i in range(ib)])
+            cbuf = Signal(lw * cap)
+            pend_c = Signal(lw * ib)
+            with m.If(self.push.valid & self.push.ready):
+                m.d.sync += pend_c.eq(Cat(*[Mux(i < p.n, (beat_c >> (p.off * lw))[lw * i : lw * i + lw], 0)
+                                            for i in range(ib)]))
+            new_c = Signal(lw * ib)
+            m.d.comb += new_c.eq(Mux(merge, pend_c, 0))
+            popped_c = Signal(lw * cap)
+            m.d.comb += popped_c.eq((pick([cbuf >> (o * lw) for o in opts]) >> (late * lw))
+                                    | shl_units(new_c, at_late, cap, lw))
+            with m.If(self.clear):
+                m.d.sync += cbuf.eq(0)
+            with m.Elif(self.pop_en):
+                m.d.sync += cbuf.eq(popped_c)
+            with m.Else():
+                m.d.sync += cbuf.eq(cbuf | shl_units(new_c, cnt, cap, lw))
+            nb = max(1, self.count_bits // 8)
+            for i, h in enumerate(self.count_at):
+                terms = [cbuf[lw * j : lw * j + lw] for j in range(h, h + nb)]
+                total = terms[0]
+                for t in terms[1:]:
+                    total = total + t
+                m.d.comb += self.counts[i].eq(total)
         return m
 
 
@@ -520,7 +588,12 @@ class LoadEngine(wiring.Component):
         # lb bytes, popped on a decision from registers (uncompressed), and a narrow one for a
         # mask or a count and a mask (early options), then the mask's popcount (late)
         m.submodules.uwin = uwin = LineWindow(MB, ACCW)
-        m.submodules.cwin = cwin = ByteWindow(MB, CWIN, late_bytes=C, early_opts=2)
+        # the mask's popcount is kept by the window (count registers) when it is deeper than one
+        # LUT level (cols > 4); a popcount of 4 bits is one LUT4 per output bit, and the count
+        # lanes would only add a wide fan-out to the pop (measured: small LOAD 84.9 -> 81.3 MHz)
+        kept_counts = C > 4
+        m.submodules.cwin = cwin = ByteWindow(MB, CWIN, late_bytes=C, early_opts=2, count_bits=C if kept_counts else 0,
+                          count_at=(0, 2) if kept_counts else ())
         push_valid, push_ready = Signal(), Signal()
         push = Signal(push_layout(MB))
         for w, on in ((uwin, ~comp), (cwin, comp)):
@@ -1064,9 +1137,9 @@ class LoadEngine(wiring.Component):
             rem_eff.eq(Mux(cfirst, xq_out.n, crem)),
             expand.data.eq(Mux(cfirst, cwin.window[16 : 16 + 8 * (MBK + C)], cwin.window[: 8 * (MBK + C)])),
         ]
-        # The line's checks against its non-zero count k (the mask's popcount, computed late
-        # from the window) are bits selected by k from thermometer codes of registers, built in
-        # parallel with the popcount, instead of compares after it: the line fits when
+        # The line's checks against its non-zero count k (the mask's popcount, kept by the
+        # window) are bits selected by k from thermometer codes of registers, instead of
+        # compares after it: the line fits when
         # level >= head + MBK + k, and its bytes overrun the row's payload when MBK + k > rem_eff.
         lv_ge = cwin.level_ge  # bit j: level >= j (a register)
         fit_k = Signal(C + 1)  # bit k: level >= head + MBK + k
@@ -1084,12 +1157,15 @@ class LoadEngine(wiring.Component):
             fit_k.eq(Mux(cfirst, lv_ge[2 + MBK : 3 + MBK + C], lv_ge[MBK : MBK + C + 1])),
             rem_ok.eq(rem_ge[MBK : MBK + C + 1]),
         ]
-        # k (the mask's popcount) is counted at both mask positions (byte 0; byte 2 after a
-        # count) in parallel and each late decision is a bit of a register-built vector selected
-        # by the count at its position, then by cfirst: fits, over (the line's bytes overrun the
-        # row's payload), fits without overrunning (the line is taken) and fits or overruns (D
-        # emits: the line or the fault).
-        k_at = [popcount(cwin.window[8 * h : 8 * h + C]) for h in (0, 2)]
+        # k (the mask's popcount) is kept by the window at both mask positions (byte 0; byte 2
+        # after a count), as registers (per-byte counts that move with the bytes), and each late
+        # decision is a bit of a register-built vector selected by the count at its position,
+        # then by cfirst: fits, over (the line's bytes overrun the row's payload), fits without
+        # overrunning (the line is taken) and fits or overruns (D emits: the line or the fault).
+        if kept_counts:
+            k_at = [cwin.counts[0], cwin.counts[1]]
+        else:
+            k_at = [popcount(cwin.window[8 * h : 8 * h + C]) for h in (0, 2)]
         k = Signal(range(C + 1))
         n_k = Signal(range(MBK + C + 1))  # the line's encoded bytes
         m.d.comb += [k.eq(Mux(cfirst, k_at[1], k_at[0])), n_k.eq(MBK + k)]
@@ -1109,7 +1185,24 @@ class LoadEngine(wiring.Component):
         ]
         rem_ne = Signal(C + 1)  # bit k: rem_eff != MBK + k (trailing bytes after a row's last line)
         m.d.comb += rem_ne.eq(~(rem_ge[MBK : MBK + C + 1] & ~rem_ge[MBK + 1 : MBK + C + 2]))
-        crem_ge_k = Array(small_ge(rem_eff - (MBK + j)) for j in range(C + 1))
+        # The next line's code (of rem_eff - MBK - k) is bits k .. k + TW - 1 of a thermometer
+        # code of rem_eff at the thresholds MBK .. MBK + C + TW - 1, formed by a table on each
+        # source register (the queued count, the two payload-left registers) and selected by
+        # the registers that choose among them (timing: a 17-bit subtraction per k, then a
+        # compare, was behind cfirst's select; the table needs neither)
+        def th_code(v, name):
+            """Bit i: ``v >= MBK + i`` (i < C + TW), a table of the low bits and an OR of the rest."""
+            width, top = C + TW, MBK + C + TW - 1
+            tb = top.bit_length()
+            hi = v[tb:].any() if len(v) > tb else Const(0, 1)
+            table = Array(Const(sum(1 << i for i in range(width) if x >= MBK + i), width) for x in range(1 << tb))
+            code = Signal(width, name=name)
+            m.d.comb += code.eq(Mux(hi, (1 << width) - 1, table[v[:tb]]))
+            return code
+
+        rem_th = Signal(C + TW)
+        m.d.comb += rem_th.eq(Mux(cfirst, th_code(xq_out.n, "th_xq"),
+                                  Mux(c_lag, th_code(crem_n, "th_crem_n"), th_code(crem_h, "th_crem_h"))))
         # The pop amounts only matter when pop_en is set, so they are driven whatever D decides:
         # the early part is an option chosen from registers (lb is constant while the window is
         # in use: it is set before CHECK, which clears the window), the late part the mask's
@@ -1176,7 +1269,7 @@ class LoadEngine(wiring.Component):
         with m.Elif(c_row & over):
             m.d.comb += e_err.eq(ErrorCode.CORRUPT_DATA)
         m.d.sync += [c_lag.eq(0), crem_h.eq(crem), crem_ge_h.eq(crem_ge),
-                     crem_n.eq(rem_eff - n_k), crem_ge_n.eq(crem_ge_k[k])]
+                     crem_n.eq(rem_eff - n_k), crem_ge_n.eq(rem_th.bit_select(k, TW))]
         with m.If(c_take):
             m.d.sync += [c_lag.eq(1), cfirst.eq(last_line)]
             with m.If(last_line & by_k(rem_ne)):

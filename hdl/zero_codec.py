@@ -18,7 +18,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ZeroCompact", "ZeroExpand", "popcount", "shl_bits", "shl_bytes", "take_bytes", "mask_bytes"]
+__all__ = ["ZeroCompact", "ZeroExpand", "popcount", "shl_bits", "shl_bytes", "shl_units", "take_bytes", "mask_bytes"]
 
 
 def mask_bytes(cols: int) -> int:
@@ -33,9 +33,9 @@ def popcount(bits):
     return total
 
 
-def _shl_units(value, pos, out_units: int, unit: int):
+def shl_units(value, pos, out_units: int, unit: int):
     """``value << unit*pos`` truncated to ``out_units`` units of ``unit`` bits (see
-    :func:`shl_bytes`)."""
+    :func:`shl_bytes`): for per-byte values (e.g. counts) that move with the bytes they describe."""
     width = unit * out_units
     v = Cat(value, Const(0, max(0, width - len(value))))[:width]
     for b in range(len(pos)):
@@ -49,14 +49,14 @@ def shl_bytes(value, pos, out_bytes: int):
     ``pos >= out_bytes``): a logarithmic shifter, one 2:1 mux stage per bit of ``pos`` from the
     LSB (so the low bits of a computed ``pos``, which settle first, are used first), every stage
     truncated to ``out_bytes``."""
-    return _shl_units(value, pos, out_bytes, 8)
+    return shl_units(value, pos, out_bytes, 8)
 
 
 def shl_bits(value, pos, out_bits: int):
     """``value << pos`` truncated to ``out_bits`` bits, built like :func:`shl_bytes` (mux stages,
     no subtraction in front, no result wider than ``out_bits``): for byte masks that move with
     the bytes they describe."""
-    return _shl_units(value, pos, out_bits, 1)
+    return shl_units(value, pos, out_bits, 1)
 
 
 def take_bytes(value, n, nbytes: int):

@@ -99,6 +99,12 @@ def test_codec_units_reject_bad_parameters():
         ByteWindow(8, 8, -1)
     with pytest.raises(ValueError, match="early_opts"):
         ByteWindow(8, 8, 0, 0)
+    with pytest.raises(ValueError, match="count_bits"):
+        ByteWindow(8, 8, count_bits=12, count_at=(0,))
+    with pytest.raises(ValueError, match="count_at"):
+        ByteWindow(8, 8, count_bits=16, count_at=(7,))
+    with pytest.raises(ValueError, match="count_at"):
+        ByteWindow(8, 8, count_at=(0,))
     with pytest.raises(ValueError, match="in_bytes"):
         LineWindow(0, 4)
     with pytest.raises(ValueError, match="win_bytes"):
@@ -128,12 +134,16 @@ def _offer_beat(ctx, dut, beats, i, offer):
     return i
 
 
-@pytest.mark.parametrize("mb,win,late,nopts", [(8, 16, 4, 3), (8, 9, 0, 2), (4, 32, 8, 1), (16, 12, 3, 4)])
-def test_byte_window_realigns(mb, win, late, nopts):
+@pytest.mark.parametrize("mb,win,late,nopts,cbits,cat", [
+    (8, 16, 4, 3, 8, (0, 2)), (8, 9, 0, 2, 4, (0, 5, 8)), (4, 32, 8, 1, 16, (0, 3, 30)), (16, 12, 3, 4, 0, ()),
+])
+def test_byte_window_realigns(mb, win, late, nopts, cbits, cat):
     """Random beats (offset, count) pushed, random pops (an early option chosen at random, with a
-    random late part): the popped bytes are the pushed stream."""
+    random late part): the popped bytes are the pushed stream, and every cycle the counts are the
+    popcounts of the window's fields at their positions."""
     rng = _rng(f"window{mb}-{win}-{late}-{nopts}")
-    dut = ByteWindow(mb, win, late, nopts)
+    print(f"seed {SEED} (SPARROW_SEED)")
+    dut = ByteWindow(mb, win, late, nopts, count_bits=cbits, count_at=cat)
     # fixed options (they may only change while no pop follows); 1 among them, so the tail of
     # the stream can always be drained
     opts = [1] + [rng.randrange(0, win + 1) for _ in range(nopts - 1)]
@@ -159,6 +169,9 @@ def test_byte_window_realigns(mb, win, late, nopts):
                 assert ctx.get(dut.level_ge_opt0) == (level >= opts[0] and opts[0] <= win), "level_ge_opt0"
             window = ctx.get(dut.window).to_bytes(win, "little")
             assert not any(window[min(level, win) :]), "bytes above level must be zero"
+            for j, h in enumerate(cat):
+                field = int.from_bytes(window[h:], "little") & ((1 << cbits) - 1)
+                assert ctx.get(dut.counts[j]) == bin(field).count("1"), f"cycle {cycle}: count at byte {h}"
             avail = min(level, win)
             choices = [j for j, o in enumerate(opts) if o <= avail]
             if choices and rng.random() < 0.7:
