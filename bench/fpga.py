@@ -8,8 +8,9 @@ presets take much longer to place and route). Metrics per preset: ``<preset>.fma
 ``.pnr_comb`` (placed LUT+carry slices' combinational cells), ``.meets_target`` (Fmax >= 150 MHz).
 
 Engines on their own (``SPARROW_FPGA_BLOCKS``, default ``matmul vector load store``; small
-preset, same wrapper and flow, ``python -m sparrow.fpga --block NAME``): ``block.<name>.fmax_mhz``
-and resources, each with its critical path in the config — the quick way to see what limits
+preset, or each of ``SPARROW_FPGA_BLOCK_PRESETS``; same wrapper and flow, ``python -m sparrow.fpga
+[PRESET] --block NAME``): ``block.<name>.fmax_mhz`` (``block.<name>_<preset>.*`` for a preset
+other than small) and resources, each with its critical path in the config — the quick way to see what limits
 each block before the slow whole-design run. Runs also record the pre-route estimate of their
 long paths (:mod:`sparrow.fpga_paths`: register inputs over 6.67/10/13.3 ns and the worst path
 per pair of blocks), which names the paths nextpnr would meet after the one it reports.
@@ -37,9 +38,28 @@ from pathlib import Path
 
 from sparrow import fpga
 from sparrow.bench import REPO
+from sparrow.config import PRESETS as PRESET_NAMES
 
 PRESETS = os.environ.get("SPARROW_FPGA_PRESETS", "small").split()
 BLOCKS = os.environ.get("SPARROW_FPGA_BLOCKS", "matmul vector load store").split()
+#: presets the blocks are built for (default ``small``): ``preset`` (every block of BLOCKS) or
+#: ``preset=name,name`` (those blocks); a block of a preset other than small is recorded as
+#: ``block.<name>_<preset>.*`` (e.g. ``block.load_default.fmax_mhz``)
+BLOCK_PRESETS_TEXT = os.environ.get("SPARROW_FPGA_BLOCK_PRESETS", "small")
+
+
+def _block_presets(text: str) -> list[tuple[str, str]]:
+    """(preset, block) pairs named by ``SPARROW_FPGA_BLOCK_PRESETS``; unknown names refused by name."""
+    pairs = []
+    for item in text.split() or ["small"]:
+        preset, _, names = item.partition("=")
+        if preset not in PRESET_NAMES:
+            raise ValueError(f"SPARROW_FPGA_BLOCK_PRESETS: {preset!r} is not a preset {sorted(PRESET_NAMES)}")
+        for b in names.split(",") if names else BLOCKS:
+            if b not in fpga.BLOCKS:
+                raise ValueError(f"SPARROW_FPGA_BLOCK_PRESETS: {b!r} is not a block {sorted(fpga.BLOCKS)}")
+            pairs.append((preset, b))
+    return pairs
 TIMEOUT = float(os.environ["SPARROW_FPGA_TIMEOUT"]) if os.environ.get("SPARROW_FPGA_TIMEOUT") else None
 #: 1: only collect finished runs (``result.json`` matching the current Verilog), run no tool
 CACHED_ONLY = os.environ.get("SPARROW_FPGA_CACHED_ONLY", "0") == "1"
@@ -76,6 +96,12 @@ def _sub(speed: int) -> str:
     return "" if speed == 6 else f"_speed{speed}"
 
 
+def _block_metric(r: dict) -> str:
+    """A block run's metric prefix: ``block.<name>`` (small preset) or ``block.<name>_<preset>``."""
+    name, preset = r["preset"].split("/")
+    return f"block.{name}" if preset == "small" else f"block.{name}_{preset}"
+
+
 def _label(r: dict) -> str:
     """A record's name in the config: its preset (``block/preset``), ``@speed<g>`` if not grade 6."""
     return r["preset"] + ("" if r.get("speed", 6) == 6 else f"@speed{r['speed']}")
@@ -105,9 +131,9 @@ def run():
     work = REPO / "build" / "fpga"
     unfinished = {}
     speeds = _speeds(SPEEDS_TEXT)
-    blocks = [r for g in speeds for b in BLOCKS if (r := _try(
-        unfinished, f"block {b}{_sub(g)}", lambda b=b, g=g: fpga.run_preset(
-            "small", Path(work) / "blocks" / f"{b}_small{_sub(g)}", block=b, timeout=TIMEOUT,
+    blocks = [r for g in speeds for bp, b in _block_presets(BLOCK_PRESETS_TEXT) if (r := _try(
+        unfinished, f"block {b}{'' if bp == 'small' else '/' + bp}{_sub(g)}", lambda b=b, g=g, bp=bp: fpga.run_preset(
+            bp, Path(work) / "blocks" / f"{b}_{bp}{_sub(g)}", block=b, timeout=TIMEOUT,
             cached_only=CACHED_ONLY, speed=g)))]
     results = [r for g in speeds for p in PRESETS if (r := _try(
         unfinished, f"{p}{_sub(g)}", lambda p=p, g=g: fpga.run_preset(
@@ -125,12 +151,12 @@ def run():
     for r in synth_only:
         unfinished[r["preset"]] = "synthesis finished, place and route did not: synthesis figures only"
     metrics = {f"{r['preset']}.{k}": r[k] for r in results for k in KEYS}
-    metrics.update({f"{'block.' if '/' in r['preset'] else ''}{r['preset'].split('/')[0]}.synth_{k}": r[k]
+    metrics.update({f"{_block_metric(r) if '/' in r['preset'] else r['preset']}.synth_{k}": r[k]
                     for r in synth_only
                     for k in ("lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd", "lutram_dpr16x4")})
-    metrics.update({f"block.{r['preset'].split('/')[0]}.{k}": r[k] for r in blocks for k in KEYS})
+    metrics.update({f"{_block_metric(r)}.{k}": r[k] for r in blocks for k in KEYS})
     for r in other:
-        name = f"block.{r['preset'].split('/')[0]}" if "/" in r["preset"] else r["preset"]
+        name = _block_metric(r) if "/" in r["preset"] else r["preset"]
         metrics.update({f"{name}.{k}_speed{r['speed']}": r[k] for k in ("fmax_mhz", "meets_target")})
     config = {"presets_measured": [r["preset"] for r in results], "blocks_measured": [r["preset"] for r in blocks],
               "unfinished": unfinished, "target_mhz": fpga.TARGET_MHZ, "package": fpga.PACKAGE,

