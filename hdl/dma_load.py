@@ -1101,7 +1101,9 @@ class LoadEngine(wiring.Component):
         # K's entry first when it frees; order is kept. Both hold a decode result (d_res):
         # valid, the error found at the line, the line, its address, and the bus and
         # uncompressed bytes it accounts for.
-        line_layout = data.StructLayout({"valid": 1, "err": ErrorCode, "line": 8 * ACCW, "addr": 15,
+        # (ok: valid without an error, i.e. D advanced past the line; kept so the port's valid is
+        # one gate after registers, not behind a decode of err)
+        line_layout = data.StructLayout({"valid": 1, "ok": 1, "err": ErrorCode, "line": 8 * ACCW, "addr": 15,
                                          "bytes": range(WIN + 2), "raw": range(ACCW + 1)})
         s_reg = Signal(line_layout)
         k_reg = Signal(line_layout)
@@ -1113,7 +1115,7 @@ class LoadEngine(wiring.Component):
         wfire = Signal()
         s_free = Signal()
         m.d.comb += [
-            wvalid.eq(s_valid & (s_err == ErrorCode.NONE) & ~halted),
+            wvalid.eq(s_reg.ok & ~halted),
             wfire.eq(wvalid & w_ready),
             s_free.eq(~s_valid | wfire),
         ]
@@ -1288,15 +1290,19 @@ class LoadEngine(wiring.Component):
         # S (when free and K is empty) or K (when S is held and K is empty) takes D's result
         # (without emit it empties), so only the valid bits and the error depend on D's checks,
         # not the enables of the line registers
-        m.d.comb += [d_res.valid.eq(emit), d_res.err.eq(e_err), d_res.line.eq(e_line), d_res.addr.eq(waddr),
-                     d_res.bytes.eq(e_bytes), d_res.raw.eq(e_raw)]
+        # (a line is written exactly when D advances past it: a padding line, or a data line that
+        # fits and is within the row's payload; an emitted fault does not advance)
+        m.d.comb += [d_res.valid.eq(emit), d_res.ok.eq(advance), d_res.err.eq(e_err), d_res.line.eq(e_line),
+                     d_res.addr.eq(waddr), d_res.bytes.eq(e_bytes), d_res.raw.eq(e_raw)]
+        # K loads D's result in every cycle it is empty and only its valid bits depend on whether
+        # S took the result instead (timing: the port's ready ran into K's wide enable)
+        with m.If(~k_valid):
+            m.d.sync += k_reg.eq(d_res)
         with m.If(s_free):
             with m.If(k_valid):
-                m.d.sync += [s_reg.eq(k_reg), k_valid.eq(0)]
+                m.d.sync += [s_reg.eq(k_reg), k_valid.eq(0), k_reg.ok.eq(0)]
             with m.Else():
-                m.d.sync += s_reg.eq(d_res)
-        with m.Elif(~k_valid):
-            m.d.sync += k_reg.eq(d_res)
+                m.d.sync += [s_reg.eq(d_res), k_valid.eq(0), k_reg.ok.eq(0)]
 
         add_bytes = Signal(range(WIN + 2))
         add_raw = Signal(range(ACCW + 1))
@@ -1408,7 +1414,9 @@ class LoadEngine(wiring.Component):
                         cs_l2n.eq(l1[-1]),
                         cs_bad.eq(l0[-1]),
                         s_valid.eq(0),
+                        s_reg.ok.eq(0),
                         k_valid.eq(0),
+                        k_reg.ok.eq(0),
                     ]
                     with m.If(spad_bad):
                         m.d.sync += [err.eq(ErrorCode.SPAD_RANGE), halted.eq(1)]
