@@ -91,7 +91,7 @@ from sparrow.isa import Spad
 from .engine_port import engine_control_members
 from .membus import MemBusSignature
 from .spad_port import WritePortSignature, acc_line, act_line
-from .zero_codec import ZeroExpand, mask_bytes, popcount, shl_bytes, shl_units, take_bytes
+from .zero_codec import ZeroExpand, mask_bytes, popcount, shl_bytes, shl_units, take_bytes, take_units
 
 __all__ = ["ByteWindow", "LineWindow", "LoadEngine"]
 
@@ -268,23 +268,26 @@ class ByteWindow(wiring.Component):
             return out
 
         at_pop = Signal(range(cap + 1))  # merge position after the early pop
-        early_buf = Signal(8 * cap)  # the buffer after the early pop
-        m.d.comb += [
-            at_pop.eq(pick(at_r)),
-            early_buf.eq(pick([buf >> (o * 8) for o in opts])),
-        ]
-        kept = Signal(8 * cap)  # no pop: new bytes behind the held ones
-        popped = Signal(8 * cap)  # the whole pop done, new bytes behind
         # after a pop the new bytes land at at_pop - pop_late: a small subtraction in front of
         # the merge shifter, in parallel with the late shift of the held bytes (timing: the
         # merge shifter followed by the late shifter, in series, was the block's critical path;
         # pop_late comes from registers in the LOAD engine)
         at_late = Signal(range(cap + 1))
-        m.d.comb += [
-            at_late.eq(at_pop - late),
-            kept.eq(buf | shl_bytes(new, cnt, cap)),
-            popped.eq((early_buf >> (late * 8)) | shl_bytes(new, at_late, cap)),
-        ]
+        m.d.comb += [at_pop.eq(pick(at_r)), at_late.eq(at_pop - late)]
+
+        def moved(lanes, new_lanes, lw, name):
+            """A buffer of ``lw``-bit lanes, one per held byte, with ``new_lanes`` merged behind:
+            (kept, popped), its next value without and with a pop (the bytes, and the counts kept
+            beside them, move alike)."""
+            kept, popped = Signal(lw * cap, name=f"{name}_kept"), Signal(lw * cap, name=f"{name}_popped")
+            m.d.comb += [
+                kept.eq(lanes | shl_units(new_lanes, cnt, cap, lw)),
+                popped.eq((pick([lanes >> (o * lw) for o in opts]) >> (late * lw))
+                          | shl_units(new_lanes, at_late, cap, lw)),
+            ]
+            return kept, popped
+
+        kept, popped = moved(buf, new, 8, "buf")
         # the next cnt and merge positions: each sum is formed from registers before the late
         # pop_late is subtracted and pop_en selects, so neither meets an adder after them.
         # After a pop the next cnt is at_pop + merged bytes - pop_late: the sum and its thermometer
@@ -354,19 +357,16 @@ class ByteWindow(wiring.Component):
             cbuf = Signal(lw * cap)
             pend_c = Signal(lw * ib)
             with m.If(self.push.valid & self.push.ready):
-                m.d.sync += pend_c.eq(Cat(*[Mux(i < p.n, (beat_c >> (p.off * lw))[lw * i : lw * i + lw], 0)
-                                            for i in range(ib)]))
+                m.d.sync += pend_c.eq(take_units(beat_c >> (p.off * lw), p.n, ib, lw))
             new_c = Signal(lw * ib)
             m.d.comb += new_c.eq(Mux(merge, pend_c, 0))
-            popped_c = Signal(lw * cap)
-            m.d.comb += popped_c.eq((pick([cbuf >> (o * lw) for o in opts]) >> (late * lw))
-                                    | shl_units(new_c, at_late, cap, lw))
+            kept_c, popped_c = moved(cbuf, new_c, lw, "cbuf")
             with m.If(self.clear):
                 m.d.sync += cbuf.eq(0)
             with m.Elif(self.pop_en):
                 m.d.sync += cbuf.eq(popped_c)
             with m.Else():
-                m.d.sync += cbuf.eq(cbuf | shl_units(new_c, cnt, cap, lw))
+                m.d.sync += cbuf.eq(kept_c)
             nb = max(1, self.count_bits // 8)
             for i, h in enumerate(self.count_at):
                 terms = [cbuf[lw * j : lw * j + lw] for j in range(h, h + nb)]
@@ -592,8 +592,9 @@ class LoadEngine(wiring.Component):
         # LUT level (cols > 4); a popcount of 4 bits is one LUT4 per output bit, and the count
         # lanes would only add a wide fan-out to the pop (measured: small LOAD 84.9 -> 81.3 MHz)
         kept_counts = C > 4
-        m.submodules.cwin = cwin = ByteWindow(MB, CWIN, late_bytes=C, early_opts=2, count_bits=C if kept_counts else 0,
-                          count_at=(0, 2) if kept_counts else ())
+        m.submodules.cwin = cwin = ByteWindow(MB, CWIN, late_bytes=C, early_opts=2,
+                                              count_bits=C if kept_counts else 0,
+                                              count_at=(0, 2) if kept_counts else ())
         push_valid, push_ready = Signal(), Signal()
         push = Signal(push_layout(MB))
         for w, on in ((uwin, ~comp), (cwin, comp)):
@@ -638,11 +639,16 @@ class LoadEngine(wiring.Component):
         # thermometer code computed in the count stage)
         TW = MBK + C + 2
 
-        def small_ge(v):
-            tb = (TW - 1).bit_length()
+        def ge_code(v, base, width):
+            """Bit i: ``v >= base + i`` (i < ``width``), a table of the low bits and an OR of the
+            rest (no adder or compare)."""
+            tb = (base + width - 1).bit_length()
             hi = v[tb:].any() if len(v) > tb else Const(0, 1)
-            table = Array(Const((1 << min(u + 1, TW)) - 1, TW) for u in range(1 << tb))
-            return Mux(hi, (1 << TW) - 1, table[v[:tb]])
+            table = Array(Const(sum(1 << i for i in range(width) if x >= base + i), width) for x in range(1 << tb))
+            return Mux(hi, (1 << width) - 1, table[v[:tb]])
+
+        def small_ge(v):
+            return ge_code(v, 0, TW)
 
         xq_layout = data.StructLayout({"n": 16, "cap_bad": 1, "bad": 1, "ge": TW})
         m.submodules.xq = xq = fifo.SyncFIFOBuffered(width=xq_layout.size, depth=8)
@@ -1193,13 +1199,9 @@ class LoadEngine(wiring.Component):
         # the registers that choose among them (timing: a 17-bit subtraction per k, then a
         # compare, was behind cfirst's select; the table needs neither)
         def th_code(v, name):
-            """Bit i: ``v >= MBK + i`` (i < C + TW), a table of the low bits and an OR of the rest."""
-            width, top = C + TW, MBK + C + TW - 1
-            tb = top.bit_length()
-            hi = v[tb:].any() if len(v) > tb else Const(0, 1)
-            table = Array(Const(sum(1 << i for i in range(width) if x >= MBK + i), width) for x in range(1 << tb))
-            code = Signal(width, name=name)
-            m.d.comb += code.eq(Mux(hi, (1 << width) - 1, table[v[:tb]]))
+            """Bit i: ``v >= MBK + i`` (i < C + TW)."""
+            code = Signal(C + TW, name=name)
+            m.d.comb += code.eq(ge_code(v, MBK, C + TW))
             return code
 
         rem_th = Signal(C + TW)
@@ -1299,10 +1301,7 @@ class LoadEngine(wiring.Component):
         with m.If(~k_valid):
             m.d.sync += k_reg.eq(d_res)
         with m.If(s_free):
-            with m.If(k_valid):
-                m.d.sync += [s_reg.eq(k_reg), k_valid.eq(0), k_reg.ok.eq(0)]
-            with m.Else():
-                m.d.sync += [s_reg.eq(d_res), k_valid.eq(0), k_reg.ok.eq(0)]
+            m.d.sync += [s_reg.eq(Mux(k_valid, k_reg, d_res)), k_valid.eq(0), k_reg.ok.eq(0)]
 
         add_bytes = Signal(range(WIN + 2))
         add_raw = Signal(range(ACCW + 1))

@@ -18,7 +18,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ZeroCompact", "ZeroExpand", "popcount", "shl_bits", "shl_bytes", "shl_units", "take_bytes", "mask_bytes"]
+__all__ = ["ZeroCompact", "ZeroExpand", "popcount", "shl_bits", "shl_bytes", "shl_units", "take_bytes",
+           "take_units", "mask_bytes"]
 
 
 def mask_bytes(cols: int) -> int:
@@ -59,9 +60,15 @@ def shl_bits(value, pos, out_bits: int):
     return shl_units(value, pos, out_bits, 1)
 
 
+def take_units(value, n, units: int, unit: int):
+    """The low ``n`` units of ``unit`` bits of ``value`` (``units`` wide), units at and above ``n``
+    zeroed (see :func:`take_bytes`)."""
+    return Cat(*[Mux(i < n, value[unit * i : unit * i + unit], 0) for i in range(units)])
+
+
 def take_bytes(value, n, nbytes: int):
     """The low ``n`` bytes of ``value`` (``nbytes`` wide), bytes at and above ``n`` zeroed."""
-    return Cat(*[Mux(i < n, value[8 * i : 8 * i + 8], 0) for i in range(nbytes)])
+    return take_units(value, n, nbytes, 8)
 
 
 class ZeroCompact(wiring.Component):

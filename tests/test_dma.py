@@ -122,6 +122,17 @@ def test_codec_units_reject_bad_parameters():
 # -- realigners --------------------------------------------------------------------------------
 
 
+def _random_beats(rng, mb, count=300):
+    """``count`` random beats of ``mb`` bytes, each (data, offset, count of useful bytes), and the
+    byte stream they carry."""
+    beats = []
+    for _ in range(count):
+        off = rng.randrange(mb)
+        n = rng.randrange(0, mb - off + 1)
+        beats.append((bytes(rng.randrange(256) for _ in range(mb)), off, n))
+    return beats, b"".join(d[o : o + n] for d, o, n in beats)
+
+
 def _offer_beat(ctx, dut, beats, i, offer):
     """Drive a window's push port with beat ``i`` of ``beats`` ((data, off, n) each) when
     ``offer`` and one is left; returns the index of the next beat to offer."""
@@ -148,12 +159,7 @@ def test_byte_window_realigns(mb, win, late, nopts, cbits, cat):
     # the stream can always be drained
     opts = [1] + [rng.randrange(0, win + 1) for _ in range(nopts - 1)]
     rng.shuffle(opts)
-    beats = []
-    for _ in range(300):
-        off = rng.randrange(mb)
-        n = rng.randrange(0, mb - off + 1)
-        beats.append((bytes(rng.randrange(256) for _ in range(mb)), off, n))
-    expect = b"".join(d[o : o + n] for d, o, n in beats)
+    beats, expect = _random_beats(rng, mb)
 
     async def bench(ctx):
         for i, o in enumerate(opts):
@@ -201,12 +207,7 @@ def test_line_window_realigns(mb, win, n):
     rng = _rng(f"linewindow{mb}-{win}-{n}")
     print(f"seed {SEED} (SPARROW_SEED)")
     dut = LineWindow(mb, win)
-    beats = []
-    for _ in range(300):
-        off = rng.randrange(mb)
-        k = rng.randrange(0, mb - off + 1)
-        beats.append((bytes(rng.randrange(256) for _ in range(mb)), off, k))
-    expect = b"".join(d[o : o + k] for d, o, k in beats)
+    beats, expect = _random_beats(rng, mb)
     expect = expect[: len(expect) - len(expect) % n]  # whole pops only
 
     async def bench(ctx):
