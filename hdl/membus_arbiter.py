@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from .membus import MemBusSignature
 from .round_robin import RoundRobin, one_hot_mux
-from .skid_buffer import SkidBuffer
+from .credit_slice import CreditSlice
 
 __all__ = ["MembusArbiter"]
 
@@ -54,7 +54,7 @@ class MembusArbiter(wiring.Component):
         Outstanding reads and outstanding writes tracked (>= 1, default 4).
     sliced : bool
         Pass every master's commands, write data, read data and write responses through a
-        register slice (:class:`~sparrow.hdl.skid_buffer.SkidBuffer`, full throughput, one cycle
+        register slice (:class:`~sparrow.hdl.credit_slice.CreditSlice`, full throughput, one cycle
         more latency each), so no combinational path runs from one master through the
         arbitration into another master or from the routing FIFOs into a master (default False).
         A master's write data may then be accepted into its slice before its command is granted.
@@ -99,7 +99,7 @@ class MembusArbiter(wiring.Component):
                 continue
             slices = {}
             for name in ("cmd", "wdata", "rdata", "wresp"):
-                sb = slices[name] = SkidBuffer(getattr(p, name).payload.shape())
+                sb = slices[name] = CreditSlice(getattr(p, name).payload.shape())
                 m.submodules[f"{name}_slice{i}"] = ResetInserter(self.flush)(sb)
             for name in ("cmd", "wdata"):                   # master -> arbiter
                 wiring.connect(m, wiring.flipped(getattr(p, name)), slices[name].i)

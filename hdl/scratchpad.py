@@ -71,7 +71,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .round_robin import RoundRobin, one_hot_mux
-from .skid_buffer import SkidBuffer
+from .credit_slice import CreditSlice
 from .spad_port import ReadPortSignature, WritePortSignature, act_line, acc_line, write_cmd_layout
 
 __all__ = ["BankedScratchpad", "ReplicatedScratchpad", "act_scratchpad", "acc_scratchpad", "wgt_scratchpad",
@@ -124,12 +124,12 @@ class BankedScratchpad(wiring.Component):
     read_ports, write_ports : int or list of str
         Client ports: a count (named ``r0, r1, ...`` / ``w0, w1, ...``) or their names in order.
     sliced_reads : iterable of str
-        Read ports whose commands pass a :class:`~sparrow.hdl.skid_buffer.SkidBuffer` before
+        Read ports whose commands pass a :class:`~sparrow.hdl.credit_slice.CreditSlice` before
         arbitration (timing: their ``cmd.ready`` is a register and their requests reach the
         arbiters from registers, so no path runs from one client's logic through the arbiters
         into another's). A sliced port's response comes at least 2 cycles after acceptance.
     sliced_writes : iterable of str
-        Write ports whose commands pass a :class:`~sparrow.hdl.skid_buffer.SkidBuffer` before
+        Write ports whose commands pass a :class:`~sparrow.hdl.credit_slice.CreditSlice` before
         arbitration (timing, as ``sliced_reads``); their writes land a cycle or more after
         ``cmd`` accepts them; ``wr_pending`` tells the client when they have landed.
     registered_reads : iterable of str
@@ -220,7 +220,7 @@ class BankedScratchpad(wiring.Component):
             out = []
             for port, name in zip(ports, names):
                 if name in sliced:
-                    sb = m.submodules[f"{kind}_slice_{name}"] = SkidBuffer(shape)
+                    sb = m.submodules[f"{kind}_slice_{name}"] = CreditSlice(shape)
                     wiring.connect(m, wiring.flipped(port.cmd), sb.i)
                     out.append(sb.o)
                 else:
@@ -314,7 +314,7 @@ class ReplicatedScratchpad(wiring.Component):
         Shape of one line.
     sliced_shared : bool
         Pass the ``shared`` port's commands through a register slice (a
-        :class:`~sparrow.hdl.skid_buffer.SkidBuffer`) before the arbitration, so neither client's
+        :class:`~sparrow.hdl.credit_slice.CreditSlice`) before the arbitration, so neither client's
         request reaches the other's ``ready`` combinationally; its reads answer a cycle later
         (default False).
     own_shared : bool
@@ -363,7 +363,7 @@ class ReplicatedScratchpad(wiring.Component):
         collide = []
         shared_cmd = self.shared.cmd
         if self.sliced_shared:
-            m.submodules.shared_slice = sb = SkidBuffer(self.addr_width)
+            m.submodules.shared_slice = sb = CreditSlice(self.addr_width)
             wiring.connect(m, wiring.flipped(self.shared.cmd), sb.i)
             shared_cmd = sb.o
         # (command stream, response stream) of each replica's own reader

@@ -18,6 +18,7 @@ from .membus import MemBusSignature
 from .membus_arbiter import MembusArbiter
 from .scratchpad import acc_scratchpad, act_scratchpad, wgt_scratchpad
 from .sequencer import N_ENGINES, Sequencer
+from .credit_slice import CreditSlice
 from .skid_buffer import SkidBuffer
 from .vector_engine import VectorEngine
 
@@ -140,7 +141,7 @@ class Sparrow(wiring.Component):
         # fetched words pass a register slice (timing: the sequencer's dispatch decision ran
         # back into the fetch unit's gearbox and buffer through the handshake); it is emptied by
         # the soft reset like the fetch unit
-        m.submodules.fetch_slice = fetch_slice = dp(SkidBuffer(fetch_c.out.payload.shape()))
+        m.submodules.fetch_slice = fetch_slice = dp(CreditSlice(fetch_c.out.payload.shape()))
         connect(m, fetch_c.out, _inner(fetch_slice).i)
         connect(m, _inner(fetch_slice).o, seq.fetched)
         m.d.comb += [

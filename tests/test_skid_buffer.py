@@ -1,5 +1,5 @@
-"""SkidBuffer: order and no loss under random back-pressure, full throughput, registered outputs;
-a scratchpad with sliced and registered read ports returns the right lines in order; a sliced
+"""SkidBuffer and CreditSlice: order and no loss under random back-pressure, full throughput,
+registered outputs, at most their capacity in flight; a scratchpad with sliced and registered read ports returns the right lines in order; a sliced
 write port lands its line a cycle after accepting it."""
 
 import random
@@ -8,6 +8,7 @@ import pytest
 
 from sparrow.sim.amsim import run_testbench
 from sparrow.hdl.scratchpad import BankedScratchpad, ReplicatedScratchpad
+from sparrow.hdl.credit_slice import CreditSlice
 from sparrow.hdl.skid_buffer import SkidBuffer
 from sparrow.hdl.spad_port import act_line
 from sparrow.sim.cocotb_run import default_seed
@@ -16,16 +17,28 @@ SEED = default_seed("test_skid_buffer")
 
 
 
-def test_rejects_bad_shape():
+def test_rejects_bad_arguments():
     with pytest.raises(TypeError, match="shape"):
         SkidBuffer("x")
+    with pytest.raises(TypeError, match="shape"):
+        CreditSlice("x")
+    for bad in (2, 3.0, True):
+        with pytest.raises(ValueError, match="depth"):
+            CreditSlice(8, depth=bad)
 
 
-@pytest.mark.parametrize("p_in, p_out", [(1.0, 1.0), (0.7, 0.5), (0.9, 0.2)])
-def test_random_backpressure_keeps_order(p_in, p_out):
+# the slice and the most items it holds
+SLICES = {"skid": (lambda: SkidBuffer(16), 2), "credit": (lambda: CreditSlice(16), 3),
+          "credit5": (lambda: CreditSlice(16, depth=5), 5)}
+
+
+@pytest.mark.parametrize("kind", SLICES)
+@pytest.mark.parametrize("p_in, p_out", [(1.0, 1.0), (0.7, 0.5), (0.9, 0.2), (1.0, 0.0)])
+def test_random_backpressure_keeps_order(kind, p_in, p_out):
     print(f"SPARROW_SEED={SEED}")
-    rng = random.Random(f"{SEED}-{p_in}-{p_out}")
-    dut = SkidBuffer(16)
+    rng = random.Random(f"{SEED}-{kind}-{p_in}-{p_out}")
+    make, capacity = SLICES[kind]
+    dut = make()
     sent, got = [], []
 
     async def tb(ctx):
@@ -53,8 +66,13 @@ def test_random_backpressure_keeps_order(p_in, p_out):
             assert cycles_full >= 1998, "not one item per cycle without back-pressure"
 
     run_testbench(dut, tb)
-    assert got == sent[:len(got)] and len(sent) - len(got) <= 2, (len(sent), len(got))
-    assert len(got) > 300
+    assert got == sent[:len(got)], "items lost, duplicated or reordered"
+    if p_out == 0.0:
+        # nothing leaves: the slice fills to its capacity exactly and then refuses
+        assert (len(sent), len(got)) == (capacity, 0)
+    else:
+        assert len(sent) - len(got) <= capacity, (len(sent), len(got))
+        assert len(got) > 300
 
 
 def test_sliced_and_registered_read_ports_return_lines_in_order():
