@@ -1,6 +1,6 @@
 """Register slice for a valid/ready stream whose two ends are far apart on the die."""
 
-from amaranth.hdl import Const, Module, Shape, Signal
+from amaranth.hdl import Array, Module, Mux, Shape, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -66,26 +66,40 @@ class CreditSlice(wiring.Component):
         m.d.comb += count_next.eq(count + push - passed)
         m.d.sync += [count.eq(count_next), room.eq(count_next < d)]
 
-        # -- receiving end: a shift queue, entry 0 the head
-        ents = [Signal(self.shape, name=f"ent{k}") for k in range(d)]
-        vals = [Signal(name=f"ent{k}_valid") for k in range(d)]
+        # -- receiving end: the head (o's registers) and d - 1 spare entries behind it, a ring
+        # written and read by pointers (so a spare entry is only ever loaded from i, and the
+        # head from i or the oldest spare: one 2-way choice per bit after the ring's read)
+        head_v = Signal()
+        head = Signal(self.shape, reset_less=True)  # payloads need no reset (valid says)
+        spare = [Signal(self.shape, name=f"spare{k}", reset_less=True) for k in range(d - 1)]
+        n_spare = Signal(range(d))
+        wp = Signal(range(d - 1))
+        rp = Signal(range(d - 1))
         pop = Signal()
-        m.d.comb += [self.o.valid.eq(vals[0]), self.o.payload.eq(ents[0]), pop.eq(vals[0] & self.o.ready)]
+        refill = Signal()                 # the head is free after this cycle
+        m.d.comb += [self.o.valid.eq(head_v), self.o.payload.eq(head), pop.eq(head_v & self.o.ready),
+                     refill.eq(~head_v | pop)]
         m.d.sync += passed.eq(pop)
-        for k in range(d):
-            # entry k after the pop (the next one down if the head left), then the pushed item
-            # lands in the first free entry
-            src = ents[k + 1] if k + 1 < d else ents[k]
-            kept_v = vals[k + 1] if k + 1 < d else Const(0)
-            after_v = Signal(name=f"ent{k}_kept")
-            m.d.comb += after_v.eq(pop & kept_v | ~pop & vals[k])
-            below_v = Const(1) if k == 0 else Signal(name=f"ent{k}_below")
-            if k:
-                m.d.comb += below_v.eq(pop & vals[k] | ~pop & vals[k - 1])
-            with m.If(after_v):
-                with m.If(pop):
-                    m.d.sync += ents[k].eq(src)
-            with m.Elif(push & below_v):
-                m.d.sync += ents[k].eq(self.i.payload)
-            m.d.sync += vals[k].eq(after_v | push & below_v)
+
+        def step(ptr):
+            return Mux(ptr == d - 2, 0, ptr + 1)
+
+        # any_spare: the ring is not empty, a register of its own (timing and area: a decode of
+        # the count beside the ring's read made the head's input a six-input function per bit)
+        any_spare = Signal()
+        take_spare = Signal()
+        to_ring = Signal()
+        m.d.comb += [take_spare.eq(refill & any_spare),
+                     to_ring.eq(push & ~(refill & ~any_spare))]   # else it goes straight to the head
+        head_src = Signal(self.shape)
+        m.d.comb += head_src.eq(Mux(any_spare, Array(spare)[rp], self.i.payload))
+        with m.If(refill):
+            m.d.sync += [head_v.eq(any_spare | push), head.eq(head_src)]
+        with m.If(to_ring):
+            m.d.sync += [Array(spare)[wp].eq(self.i.payload), wp.eq(step(wp))]
+        with m.If(take_spare):
+            m.d.sync += rp.eq(step(rp))
+        n_spare_next = Signal.like(n_spare)
+        m.d.comb += n_spare_next.eq(n_spare + to_ring - take_spare)
+        m.d.sync += [n_spare.eq(n_spare_next), any_spare.eq(n_spare_next != 0)]
         return m
