@@ -1,6 +1,7 @@
 """SkidBuffer and CreditSlice: order and no loss under random back-pressure, full throughput,
-registered outputs, at most their capacity in flight; a scratchpad with sliced and registered read ports returns the right lines in order; a sliced
-write port lands its line a cycle after accepting it."""
+registered outputs, at most their capacity in flight; a scratchpad with sliced and registered
+read ports returns the right lines in order; a sliced write port lands its line a cycle after
+accepting it."""
 
 import random
 
