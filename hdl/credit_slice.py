@@ -52,29 +52,36 @@ class CreditSlice(wiring.Component):
             raise ValueError(f"depth must be an int >= 3, not {depth!r}")
         self.shape, self.depth = shape, depth
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+        # the state, made here so that the formal check (sim/formal_streams.py) can state its
+        # invariants over it
+        d = depth
+        self._count = Signal(range(d + 1), name="count")
+        self._room = Signal(init=1, name="room")
+        self._passed = Signal(name="passed")
+        self._spare = [Signal(shape, name=f"spare{k}", reset_less=True) for k in range(d - 1)]
+        self._n_spare = Signal(range(d), name="n_spare")
+        self._any_spare = Signal(name="any_spare")
+        self._wp = Signal(range(d - 1), name="wp")
+        self._rp = Signal(range(d - 1), name="rp")
 
     def elaborate(self, platform):
         m = Module()
         d = self.depth
         # -- sending end: the count and the room flag
-        count = Signal(range(d + 1))
-        room = Signal(init=1)
-        passed = Signal()                 # registered at the receiving end: the head moved on
+        count, room = self._count, self._room
+        passed = self._passed             # registered at the receiving end: the head moved on
         push = Signal()
         m.d.comb += [self.i.ready.eq(room), push.eq(self.i.valid & room)]
         count_next = Signal.like(count)
         m.d.comb += count_next.eq(count + push - passed)
-        m.d.sync += [count.eq(count_next), room.eq(count_next < d)]
+        m.d.sync += [count.eq(count_next), room.eq(self._has_room(count_next))]
 
         # -- receiving end: the head (o's registers) and d - 1 spare entries behind it, a ring
         # written and read by pointers (so a spare entry is only ever loaded from i, and the
         # head from i or the oldest spare: one 2-way choice per bit after the ring's read)
         head_v = Signal()
         head = Signal(self.shape, reset_less=True)  # payloads need no reset (valid says)
-        spare = [Signal(self.shape, name=f"spare{k}", reset_less=True) for k in range(d - 1)]
-        n_spare = Signal(range(d))
-        wp = Signal(range(d - 1))
-        rp = Signal(range(d - 1))
+        spare, n_spare, wp, rp = self._spare, self._n_spare, self._wp, self._rp
         pop = Signal()
         refill = Signal()                 # the head is free after this cycle
         m.d.comb += [self.o.valid.eq(head_v), self.o.payload.eq(head), pop.eq(head_v & self.o.ready),
@@ -86,13 +93,13 @@ class CreditSlice(wiring.Component):
 
         # any_spare: the ring is not empty, a register of its own (timing and area: a decode of
         # the count beside the ring's read made the head's input a six-input function per bit)
-        any_spare = Signal()
+        any_spare = self._any_spare
         take_spare = Signal()
         to_ring = Signal()
         m.d.comb += [take_spare.eq(refill & any_spare),
                      to_ring.eq(push & ~(refill & ~any_spare))]   # else it goes straight to the head
         head_src = Signal(self.shape)
-        m.d.comb += head_src.eq(Mux(any_spare, Array(spare)[rp], self.i.payload))
+        m.d.comb += head_src.eq(self._head_source(any_spare, Array(spare)[rp], self.i.payload))
         with m.If(refill):
             m.d.sync += [head_v.eq(any_spare | push), head.eq(head_src)]
         with m.If(to_ring):
@@ -103,3 +110,13 @@ class CreditSlice(wiring.Component):
         m.d.comb += n_spare_next.eq(n_spare + to_ring - take_spare)
         m.d.sync += [n_spare.eq(n_spare_next), any_spare.eq(n_spare_next != 0)]
         return m
+
+    # the two decisions the slice's correctness rests on, as methods so the formal check's
+    # mutants (``sim/formal_streams.py``) can break each one
+    def _has_room(self, count_next):
+        """The sender may push next cycle: fewer than ``depth`` items unaccounted for."""
+        return count_next < self.depth
+
+    def _head_source(self, any_spare, oldest_spare, incoming):
+        """What refills the head: the oldest spare entry, if any (order), else the input."""
+        return Mux(any_spare, oldest_spare, incoming)

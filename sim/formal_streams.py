@@ -14,15 +14,22 @@ other input is free (``AnySeq``). Exemptions are stated per check: the run endin
     per-engine instruction queue, released by its semaphore wait) follows the rules while the
     run goes on (``running``, no error), whatever the semaphores and the debugger do; any
     fetched words.
+``credit_slice.order``
+    :class:`~sparrow.hdl.credit_slice.CreditSlice`: every item accepted on ``i`` leaves on ``o``
+    exactly once and in order, ``o`` follows the rules, and the sender's count never lets more
+    items in than the receiving end holds; proven by k-induction with invariants over the
+    slice's state (count = items inside + a pass not yet reported; the ring's pointers, flag and
+    entries agree with it).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Assert, Assume, Const, Cover, Mux, Signal
+from amaranth.hdl import Array, Assert, Assume, Const, Cover, Mux, Signal
 from amaranth.hdl._ast import AnyConst, AnySeq
 
 from sparrow.config import HwConfig
 from sparrow.errors import ErrorCode
+from sparrow.hdl.credit_slice import CreditSlice
 from sparrow.hdl.fetch import FetchUnit
 from sparrow.hdl.sequencer import N_ENGINES, Sequencer
 
@@ -181,3 +188,69 @@ register(FormalCheck(
     "semaphores (other engines' consuming waits) and the debugger (breakpoints, halt-all, resume, "
     "step) do",
     mutants=SEQ_MUTANTS, mutant_depth=7))
+
+
+# -- credit slice --------------------------------------------------------------------------------
+class _RoomOneTooMany(CreditSlice):
+    def _has_room(self, count_next):
+        return count_next <= self.depth
+
+
+class _HeadFromInputFirst(CreditSlice):
+    def _head_source(self, any_spare, oldest_spare, incoming):
+        return incoming
+
+
+CREDIT_MUTANTS = {
+    "room_one_too_many": "the sender counts one more entry than the receiver has",
+    "head_from_input": "the head is refilled from the input even when spare entries wait",
+}
+
+
+class CreditSliceOrder(FormalWrapper):
+    """Every item accepted on ``i`` leaves on ``o`` once, in order: the input carries the count
+    of items accepted so far, and the head must carry the count of items passed on so far;
+    ``o`` follows the stream rules; at most ``depth`` items are inside."""
+
+    WIDTH = 4
+
+    def build(self, m):
+        cls = {None: CreditSlice, "room_one_too_many": _RoomOneTooMany,
+               "head_from_input": _HeadFromInputFirst}[self.mutant]
+        m.submodules.dut = dut = cls(self.WIDTH)
+        sent, got = Signal(self.WIDTH), Signal(self.WIDTH)
+        valid, o_ready = AnySeq(1), AnySeq(1)
+        m.d.comb += [dut.i.valid.eq(valid), dut.i.payload.eq(sent), dut.o.ready.eq(o_ready)]
+        assume_stream_in(m, valid, dut.i.ready, sent, "credit_i")
+        m.d.sync += [sent.eq(sent + (valid & dut.i.ready)), got.eq(got + (dut.o.valid & o_ready))]
+        with m.If(dut.o.valid):
+            m.d.comb += Assert(dut.o.payload == got, "an item lost, repeated or out of order")
+        inside = Signal(self.WIDTH)
+        m.d.comb += [inside.eq(sent - got), Assert(inside <= dut.depth, "more items inside than entries")]
+        assert_stream_out(m, dut.o.valid, o_ready, dut.o.payload, "credit.o")
+        # the invariants that make the properties inductive: the sender's count is the items
+        # inside plus a pass not yet reported, room is its compare, the ring's pointers and
+        # flag agree with its count, and the spare entries hold the next items in order
+        d, ns = dut.depth, dut.depth - 1
+        m.d.comb += [
+            Assert(dut._count == inside + dut._passed, "count != items inside + pending pass"),
+            Assert(dut._room == (dut._count < d), "room != (count < depth)"),
+            Assert(dut.o.valid + dut._n_spare == inside, "head + spares != items inside"),
+            Assert(dut._n_spare <= ns),
+            Assert(dut._any_spare == (dut._n_spare != 0)),
+            Assert(dut.o.valid | ~dut._any_spare, "spare entries behind an empty head"),
+            Assert(dut._wp == (dut._rp + dut._n_spare) % ns, "ring pointers disagree with its count"),
+        ]
+        for j in range(ns):
+            with m.If(j < dut._n_spare):
+                m.d.comb += Assert(Array(dut._spare)[(dut._rp + j) % ns] == (got + 1 + j)[:self.WIDTH],
+                                   f"spare entry {j} out of order")
+
+
+register(FormalCheck(
+    "credit_slice.order", lambda mutant: CreditSliceOrder(mutant), "prove", 2,
+    description=
+    "CreditSlice (3 entries): every accepted item leaves once and in order, o keeps valid and payload "
+    "until taken, at most 3 items inside, under any input and any back-pressure (with the invariants "
+    "over its state that make this inductive)",
+    mutants=CREDIT_MUTANTS, mutant_depth=6))
