@@ -321,6 +321,10 @@ class ReplicatedScratchpad(wiring.Component):
         Give the ``shared`` port a copy of its own instead of arbitrating it against ``rd[0]``
         (timing: lane 0's read logic then meets no arbitration, like every other lane's; costs
         the memory of one more copy; default False).
+    registered_shared : bool
+        Register the ``shared`` port's responses once more (timing: the block RAM's slow
+        clock-to-output does not run into the client's logic); they come a cycle later
+        (default False).
 
     Ports
     -----
@@ -337,7 +341,7 @@ class ReplicatedScratchpad(wiring.Component):
     """
 
     def __init__(self, depth: int, replicas: int, line_shape, *, sliced_shared: bool = False,
-                 own_shared: bool = False):
+                 own_shared: bool = False, registered_shared: bool = False):
         _check_depth(depth)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
             raise ValueError(f"replicas must be a positive int, not {replicas!r}")
@@ -346,8 +350,11 @@ class ReplicatedScratchpad(wiring.Component):
             raise TypeError(f"sliced_shared must be a bool, not {sliced_shared!r}")
         if not isinstance(own_shared, bool):
             raise TypeError(f"own_shared must be a bool, not {own_shared!r}")
+        if not isinstance(registered_shared, bool):
+            raise TypeError(f"registered_shared must be a bool, not {registered_shared!r}")
         self.depth, self.replicas, self.line_shape = depth, replicas, line_shape
         self.sliced_shared, self.own_shared = sliced_shared, own_shared
+        self.registered_shared = registered_shared
         self.read_latency = 1
         self.addr_width = (depth - 1).bit_length()
         super().__init__({
@@ -392,7 +399,10 @@ class ReplicatedScratchpad(wiring.Component):
                 m.d.comb += cmd.ready.eq(readies[c])
                 rsp_valid = Signal(name=f"rsp_valid_{r}_{c}")
                 m.d.sync += rsp_valid.eq(cmd.valid & cmd.ready)
-                m.d.comb += [rsp.valid.eq(rsp_valid), rsp.payload.eq(rp.data)]
+                if rsp is self.shared.rsp and self.registered_shared:
+                    m.d.sync += [rsp.valid.eq(rsp_valid), rsp.payload.eq(rp.data)]
+                else:
+                    m.d.comb += [rsp.valid.eq(rsp_valid), rsp.payload.eq(rp.data)]
             collide.append((rp.en, rp.addr, wp.en, wp.addr))
         _flag_collisions(m, self.collision, collide)
         return m

@@ -87,25 +87,26 @@ class Sparrow(wiring.Component):
         # -- scratchpads -------------------------------------------------------------------------
         lane_reads = [f"mx{i}" for i in range(cfg.rows)]
         act_reads = [*lane_reads, "vec_a", "vec_b", "dma"]
-        # Timing, measured on the whole design: VECTOR's, STORE's and MATMUL's lanes' read ports
-        # and LOAD's and VECTOR's write ports are sliced, so the arbiters' grants no longer form
-        # combinational paths from one engine (or lane) into another; MATMUL's lanes get
-        # registered responses, so the block RAM's slow output does not run into their zero-skip
-        # and credit logic. MATMUL's accumulator reads are sliced and registered too (a read
-        # that lands later still sees every earlier write: the rows of one instruction are
-        # distinct, and an instruction's first read waits for the previous one's writes to land,
-        # ``acc_wr_pending``); its writes are sliced too (timing: MATMUL's write queue -> the
-        # accumulator's write arbitration -> LOAD's write slice was 15.5 ns estimated). STORE's
-        # reads of the weights pass a slice and go to a copy of their own (timing: lane 0's
-        # weight reads met an arbitration against STORE, the only lane that did).
-        m.submodules.act = act = dp(act_scratchpad(cfg, act_reads, ["vec", "dma"],
-                                                   sliced_reads=["vec_a", "vec_b", "dma", *lane_reads],
-                                                   registered_reads=lane_reads,
-                                                   sliced_writes=["vec", "dma"]))
-        m.submodules.acc = acc = dp(acc_scratchpad(cfg, ["mx", "vec", "dma"], ["mx", "dma"],
-                                                   sliced_reads=["mx", "vec", "dma"], registered_reads=["mx"],
-                                                   sliced_writes=["mx", "dma"]))
-        m.submodules.wgt = wgt = dp(wgt_scratchpad(cfg, sliced_shared=True, own_shared=True))
+        # Timing, measured on the whole design: every read port, and LOAD's, VECTOR's and
+        # MATMUL's write ports, are sliced, so the arbiters' grants no longer form combinational
+        # paths from one engine (or lane) into another (MATMUL's writes: its write queue -> the
+        # accumulator's write arbitration -> LOAD's write slice was 15.5 ns estimated). Every
+        # read port's responses are registered once more, so a block RAM's slow output (5.6 ns
+        # at speed grade 6) does not run into an engine's logic (first MATMUL's zero-skip and
+        # credit logic; then the whole design's critical path, an ACT bank -> the response's
+        # bank select -> STORE's line FIFO, 13.0 ns); the engines' response credits cover the
+        # longer round trip. MATMUL's accumulator reads land later than its writes could, and
+        # still see every earlier write: the rows of one instruction are distinct, and an
+        # instruction's first read waits for the previous one's writes to land
+        # (``acc_wr_pending``). STORE's reads of the weights go to a copy of their own (timing:
+        # lane 0's weight reads met an arbitration against STORE, the only lane that did).
+        acc_reads = ["mx", "vec", "dma"]
+        m.submodules.act = act = dp(act_scratchpad(cfg, act_reads, ["vec", "dma"], sliced_reads=act_reads,
+                                                   registered_reads=act_reads, sliced_writes=["vec", "dma"]))
+        m.submodules.acc = acc = dp(acc_scratchpad(cfg, acc_reads, ["mx", "dma"], sliced_reads=acc_reads,
+                                                   registered_reads=acc_reads, sliced_writes=["mx", "dma"]))
+        m.submodules.wgt = wgt = dp(wgt_scratchpad(cfg, sliced_shared=True, own_shared=True,
+                                                   registered_shared=True))
 
         # -- engines ----------------------------------------------------------------------------
         m.submodules.load = load = dp(LoadEngine(cfg))

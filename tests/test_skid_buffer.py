@@ -132,13 +132,16 @@ async def _read_at_random(ctx, ports, lat, mem, rng, cycles=1500):
     assert served > cycles * n // 3, f"only {served} reads served in {cycles} cycles"
 
 
-def test_sliced_shared_port_of_the_replicated_scratchpad():
+@pytest.mark.parametrize("own, registered", [(False, False), (True, True)])
+def test_sliced_shared_port_of_the_replicated_scratchpad(own, registered):
     """The weight scratchpad's shared port (STORE's) through a slice: lines in order, a cycle
-    later than the lane port it is arbitrated against; the lane ports keep their latency of 1."""
+    later than the lane port it is arbitrated against (on its own copy: exactly a cycle later),
+    and with a registered response one more; the lane ports keep their latency of 1."""
     print(f"SPARROW_SEED={SEED}")
-    rng = random.Random(f"{SEED}-repl")
+    rng = random.Random(f"{SEED}-repl-{own}-{registered}")
     depth = 32
-    dut = ReplicatedScratchpad(depth, 2, act_line(4), sliced_shared=True)
+    dut = ReplicatedScratchpad(depth, 2, act_line(4), sliced_shared=True, own_shared=own,
+                               registered_shared=registered)
     mem = [rng.getrandbits(32) for _ in range(depth)]
 
     async def tb(ctx):
@@ -147,11 +150,13 @@ def test_sliced_shared_port_of_the_replicated_scratchpad():
             ctx.set(dut.wr.cmd.payload.as_value(), a | (line << 5))
             await ctx.tick()
         ctx.set(dut.wr.cmd.valid, 0)
-        await _read_at_random(ctx, [dut.rd[0], dut.rd[1], dut.shared], [(1, True), (1, True), (2, False)], mem, rng)
+        shared_lat = (2 + registered, own)
+        await _read_at_random(ctx, [dut.rd[0], dut.rd[1], dut.shared], [(1, True), (1, True), shared_lat], mem, rng)
 
     run_testbench(dut, tb)
-    with pytest.raises(TypeError, match="sliced_shared"):
-        ReplicatedScratchpad(depth, 2, act_line(4), sliced_shared=1)
+    for arg in ("sliced_shared", "own_shared", "registered_shared"):
+        with pytest.raises(TypeError, match=arg):
+            ReplicatedScratchpad(depth, 2, act_line(4), **{arg: 1})
 
 
 def test_sliced_reads_name_existing_ports():

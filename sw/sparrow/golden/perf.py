@@ -74,6 +74,9 @@ Tuning (``bench/system.py``, small preset, AXI top on Verilator)
     writer gained a register in front of its pending FIFO, and VECTOR 25 when the vector
     engine's FIFOs got registered outputs, and ``fetch_latency`` 9 when fetch registered its
     burst size (all for FPGA timing; re-measured after all three: 10 of 10 within 5 %).
+    STORE 22 and VECTOR 27 when every scratchpad read response gained a register (FPGA timing:
+    the block RAM's output ran into the engines): one cycle more per instruction in both
+    engines' busy traces; 10 of 10 within 5 %, 1.4 % mean, 4.1 % worst (``add``).
     Known gap: LOAD and STORE share the memory bus with each other and with fetch; a transfer
     that overlaps another one takes up to ~12 cycles longer in the RTL, which the model ignores.
 
@@ -102,7 +105,7 @@ class Costs:
     """Tunable constants of the cycle model (cycles)."""
     dma_start: int = 12         #: per LOAD instruction: decode, checks, first read latency
     dma_row_setup: int = 1      #: per LOAD row: address/burst set-up
-    store_start: int = 21       #: per STORE instruction: checks, scratchpad read latency, write drain
+    store_start: int = 22       #: per STORE instruction: checks, scratchpad read latency, write drain
     store_row_setup: int = 0    #: per STORE row
     load_compressed_row: int = 3  #: per compressed LOAD row: the count bytes are read (and, registered,
                                   #: checked) before the group
@@ -111,7 +114,7 @@ class Costs:
     pad_line_cycles: int = 1    #: per zero padding line written by LOAD
     matmul_start: int = 21      #: per MATMUL: footprint check, lane fill, MAC latency, write-back drain
     matmul_row_cycles: int = 1  #: per output row: accumulator write-back bound (rows * this)
-    vector_start: int = 26      #: per VECTOR: parameter reads, pipeline fill and drain
+    vector_start: int = 27      #: per VECTOR: parameter reads, pipeline fill and drain
     vector_line_cycles: int = 1  #: per scratchpad line read by the vector unit
     nop: int = 1                #: NOP
     delay_overhead: int = 1     #: DELAY issue cycle on top of delay[slot]
