@@ -102,8 +102,15 @@ class CreditSlice(wiring.Component):
         m.d.comb += head_src.eq(self._head_source(any_spare, Array(spare)[rp], self.i.payload))
         with m.If(refill):
             m.d.sync += [head_v.eq(any_spare | push), head.eq(head_src)]
+        # every pushed item is written into the ring's free entry at wp, whether it stays there
+        # or goes straight to the head (then wp does not move and the entry stays free), so the
+        # ring's enables do not depend on o.ready (timing: on the whole design the arbitration's
+        # grant ran into a slice's spare entries, pulled away towards the sender). The entry is
+        # free: a push means fewer than depth items inside, so the ring is not full.
+        with m.If(push):
+            m.d.sync += Array(spare)[wp].eq(self.i.payload)
         with m.If(to_ring):
-            m.d.sync += [Array(spare)[wp].eq(self.i.payload), wp.eq(step(wp))]
+            m.d.sync += wp.eq(step(wp))
         with m.If(take_spare):
             m.d.sync += rp.eq(step(rp))
         n_spare_next = Signal.like(n_spare)
