@@ -1355,7 +1355,14 @@ class LoadEngine(wiring.Component):
                          l2.eq(l1 - stride), rs_hi1.eq(rs_hi + 1), rs_z0.eq(rs_hi == 0),
                          rs_le0.eq(rs_hi <= MBU - 1), rs_le1.eq(rs_hi + 1 <= MBU - 1)]
 
-        with m.If(rd.valid & rd.ready & rd.payload.err & ~halted):
+        # a read beat with an error is reported a cycle after it was taken, from a register
+        # (timing: on the whole design the beat's acceptance, behind the count FIFO's level and
+        # the unpacker's state, ran into the error register's enable, 12.4 ns, the critical
+        # path). Its bytes reach a line register two cycles after it was taken at the earliest,
+        # and the halt that follows blocks their write; D's completion waits for the report.
+        rd_err = Signal()
+        m.d.sync += rd_err.eq(rd_fire & rd.payload.err & ~halted)
+        with m.If(rd_err):
             m.d.comb += set_err.eq(ErrorCode.DRAM_RANGE)
 
         with m.FSM():
@@ -1429,7 +1436,7 @@ class LoadEngine(wiring.Component):
                 m.d.comb += [self.busy.eq(1), run.eq(1)]
                 # done follows from registers (not from a read beat's err: once D has finished,
                 # every beat of the transfer has been taken, so none can be outstanding)
-                with m.If(finished & ~trail_err & ~s_valid & ~k_valid & ~halted):
+                with m.If(finished & ~trail_err & ~s_valid & ~k_valid & ~halted & ~rd_err):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
                 with m.Elif(set_err != ErrorCode.NONE):
