@@ -304,9 +304,12 @@ class Sequencer(wiring.Component):
                 m.d.sync += [halt_seen.eq(1), d_valid.eq(0)]
             with m.Else():
                 m.d.comb += fire.eq(target_ready)
-        # refill when empty or dispatching (never behind a HALT or an illegal word)
+        # refill when empty or dispatching (never behind a HALT or an illegal word); words fetched
+        # behind a HALT are dropped, so the run can finish (the fetch unit stops at the HALT, but
+        # the words it had already delivered into the fetch slice would stay valid)
         load = Signal()
-        m.d.comb += [load.eq(self.fetched.valid & accepting & (~d_valid | fire)), self.fetched.ready.eq(load)]
+        m.d.comb += [load.eq(self.fetched.valid & accepting & (~d_valid | fire)),
+                     self.fetched.ready.eq(load | halt_seen)]
         with m.If(load):
             m.d.sync += [d_valid.eq(1), d_legal.eq(dec.legal), d_halt.eq(dec.is_halt), d_error.eq(dec.error),
                          d_engine.eq(dec.engine), d_word.eq(self.fetched.payload.word),

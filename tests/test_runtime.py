@@ -180,6 +180,24 @@ def test_watchdog_on_hang(vdev):
     _expect_error(Device(SMALL, "golden"), _hang_program(), ErrorCode.WATCHDOG, Engine.MATMUL, 0)
 
 
+@pytest.mark.verilator
+@pytest.mark.parametrize("backend", ["golden", "verilator"])
+def test_words_after_halt_never_run(vdev, backend):
+    """A HALT ends the run even when the program's words go on behind it: the fetch unit has
+    already delivered some of them, and they are dropped (a STORE among them would write DRAM,
+    an illegal word would end in an error)."""
+    dev = vdev if backend == "verilator" else Device(SMALL, "golden")
+    out = 0x8000
+    dev.write_dram(out, bytes(64))
+    behind = [make("store", spad="act", spad_addr=0, dram_addr=out, rows=1, row_lines=1)] * 6
+    program = (bytes(Program([make("nop", engine="vector"), make("halt")])) + bytes(Program(behind))
+               + (0xF).to_bytes(16, "little") * 4)
+    dev.load_program(program, PROG)
+    info = dev.run(max_cycles=10_000)
+    assert info.stop == "done"
+    assert not np.asarray(dev.read_dram(out, 64)).any()
+
+
 def test_bad_arguments():
     dev = Device(SMALL, "golden")
     with pytest.raises(ValueError, match="backend"):
