@@ -113,9 +113,18 @@ class CreditSlice(wiring.Component):
             m.d.sync += wp.eq(step(wp))
         with m.If(take_spare):
             m.d.sync += rp.eq(step(rp))
-        n_spare_next = Signal.like(n_spare)
-        m.d.comb += n_spare_next.eq(n_spare + to_ring - take_spare)
-        m.d.sync += [n_spare.eq(n_spare_next), any_spare.eq(n_spare_next != 0)]
+        # The ring's count for either outcome of the head's refill, which selects last (timing:
+        # `o.ready` is the receiver's decision, often long; it ran through the count's adder and
+        # its compare into `any_spare`). Refilled, the oldest spare moves to the head and a push
+        # goes to the ring; kept, a push goes to the ring, unless the head is empty (refill).
+        n_if_refill, n_if_kept = Signal.like(n_spare), Signal.like(n_spare)
+        any_if_refill, any_if_kept = Signal(), Signal()
+        m.d.comb += [n_if_refill.eq(n_spare + (push & any_spare) - any_spare),
+                     n_if_kept.eq(n_spare + push),
+                     any_if_refill.eq(any_spare & (push | (n_spare != 1))),
+                     any_if_kept.eq(any_spare | push)]
+        m.d.sync += [n_spare.eq(Mux(refill, n_if_refill, n_if_kept)),
+                     any_spare.eq(Mux(refill, any_if_refill, any_if_kept))]
         return m
 
     # the two decisions the slice's correctness rests on, as methods so the formal check's
