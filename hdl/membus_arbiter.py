@@ -121,8 +121,15 @@ class MembusArbiter(wiring.Component):
         locked = Signal()                 # a granted command is waiting on bus.cmd.ready
         lock_cmd = Signal.like(bus.cmd.payload)
         lock_hold = Signal(n)             # one-hot: the master whose command that is (none if flushed)
+        # Room in the ID FIFOs, registered flags equal to their w_rdy, from the next level with
+        # the grant's write selecting last (timing: the levels' compares ran into the requests,
+        # the round robin, the FIFOs' writes and the top's command slice)
+        rd_room, wd_room, wr_room = (Signal(init=1, name=f"{q}_room") for q in ("rd", "wd", "wr"))
+        for flag, q in ((rd_room, rd_ids), (wd_room, wd_ids), (wr_room, wr_ids)):
+            kept = q.level - (q.r_en & q.r_rdy)
+            m.d.sync += flag.eq(Mux(q.w_en, kept + 1 != self.depth, kept != self.depth))
         for i, p in enumerate(masters):
-            room = Mux(p.cmd.payload.write, wd_ids.w_rdy & wr_ids.w_rdy, rd_ids.w_rdy)
+            room = Mux(p.cmd.payload.write, wd_room & wr_room, rd_room)
             m.d.comb += rr.requests[i].eq(p.cmd.valid & ~locked & ~flush & room)
         # the granted master by the one-hot grant (timing: an encoded index and compares with
         # it put a priority chain and a decoder between the requests and every master's ready)
