@@ -170,7 +170,8 @@ class Sequencer(wiring.Component):
     fetched : In(stream.Signature(fetched_layout()))
         From the fetch unit.
     fetch_stop : Out(1)
-        Tells fetch to abandon the rest of the program (HALT, error).
+        Tells fetch to abandon the rest of the program (HALT, error); registered, a cycle after
+        the decision.
     fetch_busy, fetch_error : In(1); fetch_error_index : In(INDEX_BITS)
         Fetch status.
     engines : Out(EngineControlSignature().flip()).array(4)
@@ -284,7 +285,7 @@ class Sequencer(wiring.Component):
         # feed registers, not the queues' write enables and fetch's ready): a word is decoded
         # into `d_*` as fetch delivers it and dispatched (or stops the program) from there.
         m.d.comb += dec.word.eq(self.fetched.payload.word)
-        d_valid, d_legal, d_halt = Signal(), Signal(), Signal()
+        d_valid, d_legal, d_halt, d_dispatch = Signal(), Signal(), Signal(), Signal()
         d_word, d_index = Signal(isa.WORD_BITS), Signal(INDEX_BITS)
         d_engine, d_error = Signal(2), Signal(ErrorCode)
         target_ready = Signal()
@@ -294,24 +295,34 @@ class Sequencer(wiring.Component):
                     m.d.comb += target_ready.eq(queues[e].w_rdy)
         accepting = Signal()
         m.d.comb += accepting.eq(go & ~halt_seen)
+        # fetch is told to stop a cycle after the decision (timing: the decision, behind the
+        # decoded word and `go`, ran into the fetch unit's request and counter enables); words it
+        # delivers meanwhile are not taken (illegal word, error) or dropped (HALT). Never into
+        # the next run: `start` clears it.
+        stop_now = Signal()
+        m.d.sync += self.fetch_stop.eq(stop_now & ~flush)
         fire = Signal()
         set_error(d_valid & accepting & ~d_legal, d_error, FETCH_ENGINE, d_index)
         with m.If(d_valid & accepting):
             with m.If(~d_legal):
-                m.d.comb += self.fetch_stop.eq(1)
+                m.d.comb += stop_now.eq(1)
             with m.Elif(d_halt):
-                m.d.comb += [self.fetch_stop.eq(1), progress.eq(1)]
+                m.d.comb += [stop_now.eq(1), progress.eq(1)]
                 m.d.sync += [halt_seen.eq(1), d_valid.eq(0)]
-            with m.Else():
-                m.d.comb += fire.eq(target_ready)
+        # d_dispatch: a legal word, not a HALT (a register, set with the word: timing, the
+        # dispatch decision behind it feeds the fetch slice's handshake)
+        m.d.comb += fire.eq(d_valid & accepting & d_dispatch & target_ready)
         # refill when empty or dispatching (never behind a HALT or an illegal word); words fetched
         # behind a HALT are dropped, so the run can finish (the fetch unit stops at the HALT, but
         # the words it had already delivered into the fetch slice would stay valid)
         load = Signal()
-        m.d.comb += [load.eq(self.fetched.valid & accepting & (~d_valid | fire)),
-                     self.fetched.ready.eq(load | halt_seen)]
+        take = Signal()
+        m.d.comb += [take.eq(halt_seen | (accepting & (~d_valid | (d_dispatch & target_ready)))),
+                     load.eq(self.fetched.valid & accepting & (~d_valid | fire)),
+                     self.fetched.ready.eq(take)]
         with m.If(load):
-            m.d.sync += [d_valid.eq(1), d_legal.eq(dec.legal), d_halt.eq(dec.is_halt), d_error.eq(dec.error),
+            m.d.sync += [d_valid.eq(1), d_legal.eq(dec.legal), d_halt.eq(dec.is_halt),
+                         d_dispatch.eq(dec.legal & ~dec.is_halt), d_error.eq(dec.error),
                          d_engine.eq(dec.engine), d_word.eq(self.fetched.payload.word),
                          d_index.eq(self.fetched.payload.index)]
         with m.Elif(fire):
@@ -635,7 +646,7 @@ class Sequencer(wiring.Component):
             m.d.sync += self.count_cycles.eq(self.count_cycles + 1)
             with m.If(has_error):
                 # stop issuing at once; engines finish (or, on their own error, drop) what they hold
-                m.d.comb += self.fetch_stop.eq(1)
+                m.d.comb += stop_now.eq(1)
                 m.d.sync += running.eq(0)
             with m.Elif(finished):
                 m.d.sync += [running.eq(0), self.done.eq(1)]
