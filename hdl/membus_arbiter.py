@@ -138,12 +138,15 @@ class MembusArbiter(wiring.Component):
         for i, p in enumerate(masters):
             m.d.comb += p.cmd.ready.eq((rr.grant[i] | lock_hold[i]) & bus.cmd.ready)
         new_grant = rr.valid                                   # rr only requests when ~locked
+        # a new grant's kind from the grant and the masters' own write bits (timing: not behind
+        # the lock's payload select)
+        granted_rd, granted_wr = Signal(), Signal()
+        m.d.comb += [granted_rd.eq(Cat(*(rr.grant[i] & ~p.cmd.payload.write for i, p in enumerate(masters))).any()),
+                     granted_wr.eq(Cat(*(rr.grant[i] & p.cmd.payload.write for i, p in enumerate(masters))).any())]
         m.d.comb += [rr.advance.eq(new_grant),
                      rd_ids.w_data.eq(rr.index), wd_ids.w_data.eq(Cat(rr.index, bus.cmd.payload.len)),
                      wr_ids.w_data.eq(rr.index),
-                     rd_ids.w_en.eq(new_grant & ~bus.cmd.payload.write),
-                     wd_ids.w_en.eq(new_grant & bus.cmd.payload.write),
-                     wr_ids.w_en.eq(new_grant & bus.cmd.payload.write)]
+                     rd_ids.w_en.eq(granted_rd), wd_ids.w_en.eq(granted_wr), wr_ids.w_en.eq(granted_wr)]
         with m.If(new_grant & ~bus.cmd.ready):
             m.d.sync += [locked.eq(1), lock_hold.eq(rr.grant), lock_cmd.eq(bus.cmd.payload)]
         with m.If(locked & bus.cmd.ready):
