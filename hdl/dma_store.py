@@ -415,15 +415,21 @@ class StoreEngine(wiring.Component):
                     lf.w_en.eq(port.rsp.valid),
                     lf.w_data.eq(port.rsp.payload.as_value()),
                 ]
+        # rr_x == rl - 1 and rr_y == rows - 1 are registers, set with rr_x / rr_y (timing: the
+        # compares' carry chains sat between the read handshake and the reader's enables, 12.8 ns
+        # estimated on the whole small design)
+        rr_xl, rr_yl = Signal(), Signal()
         with m.If(init):
-            m.d.sync += [rr_act.eq(1), rr_y.eq(0), rr_x.eq(0), rr_base.eq(spad_addr)]
+            m.d.sync += [rr_act.eq(1), rr_y.eq(0), rr_x.eq(0), rr_base.eq(spad_addr),
+                         rr_xl.eq(rl == 1), rr_yl.eq(rows == 1)]
         with m.Elif(rd_fire):
-            with m.If(rr_x == rl - 1):
-                m.d.sync += [rr_x.eq(0), rr_y.eq(rr_y + 1), rr_base.eq(rr_base + sstride)]
-                with m.If(rr_y == rows - 1):
+            with m.If(rr_xl):
+                m.d.sync += [rr_x.eq(0), rr_y.eq(rr_y + 1), rr_base.eq(rr_base + sstride),
+                             rr_xl.eq(rl == 1), rr_yl.eq(rr_y + 2 == rows)]
+                with m.If(rr_yl):
                     m.d.sync += rr_act.eq(0)
             with m.Else():
-                m.d.sync += rr_x.eq(rr_x + 1)
+                m.d.sync += [rr_x.eq(rr_x + 1), rr_xl.eq(rr_x + 2 == rl)]
         lf_pop = Signal()
         m.d.comb += lf.r_en.eq(lf_pop)
         m.d.sync += credits.eq(credits + rd_fire - (lf_pop & lf.r_rdy))
