@@ -70,7 +70,13 @@ def assert_stream_out(m, valid, ready, payload, name, exempt=None, now_ok=None):
 FETCH_MUTANTS = {
     "stall_glitch": "out.payload.word bit 0 flips in the second cycle of a stall",
     "cmd_retract": "bus.cmd.valid is withdrawn for a cycle when a free input says so",
+    "room_one_too_many": "a burst is requested when the beat buffer has one entry too few",
 }
+
+
+class _FetchRoomOneTooMany(FetchUnit):
+    def _room_ok(self, room, burst):
+        return room + 1 >= burst
 
 
 class FetchStreams(FormalWrapper):
@@ -80,7 +86,7 @@ class FetchStreams(FormalWrapper):
 
     def build(self, m):
         cfg, mut = self.cfg, self.mutant
-        m.submodules.dut = dut = FetchUnit(cfg)
+        m.submodules.dut = dut = (_FetchRoomOneTooMany if mut == "room_one_too_many" else FetchUnit)(cfg)
         start, stop = AnySeq(1), AnySeq(1)
         m.d.comb += [dut.start.eq(start), dut.stop.eq(stop), dut.base.eq(AnySeq(32)),
                      dut.length.eq(AnySeq(6))]      # programs up to 63 instructions
@@ -109,6 +115,8 @@ class FetchStreams(FormalWrapper):
         payload = Signal(128 + 24)
         m.d.comb += payload.eq(oword | (dut.out.payload.index << 128))
         exempt = start | stop
+        # the room kept for requests never lets a beat reach a full buffer (any memory timing)
+        m.d.comb += Assert(~(dut._beats.w_en & ~dut._beats.w_rdy), "fetch: beat written into a full buffer")
         assert_stream_out(m, ovalid, out_ready, payload, "fetch.out", exempt)
         assert_stream_out(m, cvalid, cmd_ready, bus.cmd.payload.as_value(), "fetch.bus.cmd", exempt,
                           now_ok=~dut.error)
@@ -118,10 +126,11 @@ class FetchStreams(FormalWrapper):
 
 
 register(FormalCheck(
-    "fetch.out_stream", lambda mutant: FetchStreams(mutant), "bmc", 11,
+    "fetch.out_stream", lambda mutant: FetchStreams(mutant), "bmc", 14,
     ci_depth=7, description=
     "FetchUnit: out (word, index) and bus.cmd keep valid and payload until accepted (any memory data, "
-    "any back-pressure; start/stop exempt; bus.cmd also on a read error)", mutants=FETCH_MUTANTS, mutant_depth=10))
+    "any back-pressure; start/stop exempt; bus.cmd also on a read error); no beat is written into a "
+    "full beat buffer", mutants=FETCH_MUTANTS, mutant_depth=14))
 register(FormalCheck(
     "fetch.out_stream_cover", lambda mutant: FetchStreams(mutant, covers=True), "cover", 11,
     "reachability: a stalled instruction (index 1) and a stalled 2-beat read burst"))
