@@ -241,4 +241,3 @@ class FetchUnit(wiring.Component):
         """A burst of ``burst`` beats may be requested with ``room`` free entries (a method, so
         the formal check's mutant can break it)."""
         return room >= burst
-
