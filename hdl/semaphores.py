@@ -22,14 +22,16 @@ def sem_client_signature(cfg: HwConfig) -> wiring.Signature:
     registers, so the wait fields must follow this rule). ``request`` is high when the head would
     be issued this cycle if its wait allowed it; ``wait_ok`` is high when the wait allows it;
     ``take`` issues it (and consumes ``wait_count`` when ``wait_consume``) and may only be raised
-    together with ``request`` and ``wait_ok``. ``signal``/``signal_sem``: increment on
-    completion.
+    together with ``request`` and ``wait_ok``. ``signal_oh``: increment on completion, one bit
+    per semaphore, at most one set (the client decodes its semaphore id before its register, so
+    each bit feeds only its own semaphore's adder and compares: timing, the decode behind the
+    register fanned every client's id out to all the semaphores).
     """
     return wiring.Signature({
         "wait_sem": Out(4), "wait_count": Out(8), "wait_consume": Out(1),
         "next_load": Out(1), "next_sem": Out(4), "next_count": Out(8), "next_consume": Out(1),
         "request": Out(1), "wait_ok": In(1), "take": Out(1),
-        "signal": Out(1), "signal_sem": Out(4),
+        "signal_oh": Out(cfg.n_semaphores),
     })
 
 
@@ -190,18 +192,15 @@ class SemaphoreUnit(wiring.Component):
             m.d.comb += cl.wait_ok.eq(en & ~(~zeros[c] & (landing | landed[c])) & ~(consuming[c] & blocked))
             strong.append(st)
 
-        # Each client touches at most one semaphore per cycle, so its signal and its consume are
-        # decoded once into one-hot vectors over the semaphores; a semaphore's increment is then
-        # a count of bits and its decrement a select (at most one consume of a non-zero count per
-        # semaphore per cycle, see above; consumes of count 0 subtract nothing and are left
-        # out). The same logic as comparing every client's index against every semaphore,
-        # written so that a simulator evaluates a shift per client instead of n_semaphores x
-        # n_clients compares and masked adds.
-        sig_oh = []
+        # Each client touches at most one semaphore per cycle, so its signal (one-hot from the
+        # client) and its consume (decoded here once) are one-hot vectors over the semaphores; a
+        # semaphore's increment is then a count of bits and its decrement a select (at most one
+        # consume of a non-zero count per semaphore per cycle, see above; consumes of count 0
+        # subtract nothing and are left out). The same logic as comparing every client's index
+        # against every semaphore, written so that a simulator evaluates a shift per client
+        # instead of n_semaphores x n_clients compares and masked adds.
+        sig_oh = [cl.signal_oh for cl in self.clients]
         for c, cl in enumerate(self.clients):
-            so = Signal(nsem, name=f"sig_oh{c}")
-            m.d.comb += so.eq(Mux(cl.signal, Const(1, nsem) << cl.signal_sem, 0))
-            sig_oh.append(so)
             # (the consume decoded from the wait fields, not from `consuming`: the same value, and
             # the unit's state after a cycle depends on its inputs alone, which keeps the formal
             # proof inductive at a small depth)
@@ -281,10 +280,9 @@ class SemaphoreUnit(wiring.Component):
             m.d.sync += ge_r[c].eq(Cat(*ge_next[c]))
         overflow_any = Signal()
         m.d.comb += overflow_any.eq(ovf_vec.any() & ~self.clear)
-        # the clients whose signal lands on an overflowing semaphore (a select of the client's
-        # semaphore, not an AND-OR over all of them: timing), and the lowest of them
+        # the clients whose signal lands on an overflowing semaphore, and the lowest of them
         for c, cl in enumerate(self.clients):
-            m.d.comb += self.overflow_clients[c].eq(cl.signal & ovf_vec.bit_select(cl.signal_sem, 1))
+            m.d.comb += self.overflow_clients[c].eq((cl.signal_oh & ovf_vec).any())
         for c in reversed(range(n)):
             with m.If(self.overflow_clients[c]):
                 m.d.comb += self.overflow_client.eq(c)

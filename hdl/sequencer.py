@@ -317,8 +317,10 @@ class Sequencer(wiring.Component):
         # the words it had already delivered into the fetch slice would stay valid)
         load = Signal()
         take = Signal()
-        m.d.comb += [take.eq(halt_seen | (accepting & (~d_valid | (d_dispatch & target_ready)))),
-                     load.eq(self.fetched.valid & accepting & (~d_valid | fire)),
+        room = Signal()         # the decode register is free or dispatches its word this cycle
+        m.d.comb += [room.eq(~d_valid | (d_dispatch & target_ready)),
+                     take.eq(halt_seen | (accepting & room)),
+                     load.eq(self.fetched.valid & accepting & room),
                      self.fetched.ready.eq(take)]
         with m.If(load):
             m.d.sync += [d_valid.eq(1), d_legal.eq(dec.legal), d_halt.eq(dec.is_halt),
@@ -332,7 +334,7 @@ class Sequencer(wiring.Component):
         for e in range(N_ENGINES):
             to_e = d_engine == e
             m.d.comb += [queues[e].w_data.eq(Cat(d_word, d_index)), queues[e].w_en.eq(fire & to_e)]
-            stalled = d_valid & accepting & d_legal & ~d_halt & to_e & ~queues[e].w_rdy
+            stalled = d_valid & accepting & d_dispatch & to_e & ~queues[e].w_rdy
             count_late(self.count_stall[e], running & stalled, f"stall_event{e}")
         with m.If(fire):
             m.d.comb += progress.eq(1)
@@ -501,13 +503,17 @@ class Sequencer(wiring.Component):
             # an engine's completion and a NOP/DELAY of the same engine never coincide (NOP/DELAY
             # wait for the engine to drain), so one signal port per engine suffices. The signal
             # reaches the semaphores a cycle after the completion (registered, for timing: the
-            # in-flight FIFO's read does not feed the semaphore adders and overflow compares)
+            # in-flight FIFO's read does not feed the semaphore adders and overflow compares),
+            # decoded to one bit per semaphore before the register (timing: each bit then feeds
+            # only its own semaphore's logic, not all of them)
             sig_r = Signal(name=f"signal_r{e}")
+            sig_on = Signal(name=f"signal_on{e}")
             idx = Signal(INDEX_BITS, name=f"sig_index{e}")
-            m.d.sync += [sig_r.eq((done_sig | local_signal) & running & ~flush),
-                         cl.signal_sem.eq(Mux(engine_done, inflight.r_data[1:5], local_sem)),
+            m.d.comb += sig_on.eq((done_sig | local_signal) & running & ~flush)
+            m.d.sync += [sig_r.eq(sig_on),
+                         cl.signal_oh.eq(Mux(sig_on, Const(1, cfg.n_semaphores)
+                                             << Mux(engine_done, inflight.r_data[1:5], local_sem), 0)),
                          idx.eq(Mux(engine_done, inflight.r_data[5:], local_index))]
-            m.d.comb += cl.signal.eq(sig_r)
             sig_index.append(idx)
             signals_r.append(sig_r)
             # errors from the engine: the faulting instruction is the oldest in flight

@@ -102,7 +102,7 @@ class SemaphoreProps(FormalWrapper):
                          cl.wait_consume.eq(e["wait_consume"]), cl.next_load.eq(load),
                          cl.next_sem.eq(e["next_sem"]), cl.next_count.eq(e["next_count"]),
                          cl.next_consume.eq(e["next_consume"]), cl.request.eq(e["request"]), cl.take.eq(e["take"]),
-                         cl.signal.eq(sig), cl.signal_sem.eq(e["signal_sem"])]
+                         cl.signal_oh.eq(Mux(sig, Const(1, nsem) << e["signal_sem"], 0))]
             ok = cl.wait_ok
             if mut == "early_release" and c == 2:
                 ok = ok | ((cur(e["wait_sem"]) + 1) == e["wait_count"])

@@ -24,6 +24,11 @@ def present(ctx, cl, wait, nxt=None):
         ctx.set(cl.next_consume, int(nxt[2]))
 
 
+def signal(ctx, cl, sem):
+    """Client ``cl`` signals semaphore ``sem`` this cycle (``None``: no signal)."""
+    ctx.set(cl.signal_oh, 0 if sem is None else 1 << sem)
+
+
 async def change_wait(ctx, cl, wait, new):
     """Load ``new`` as client ``cl``'s wait (one clock edge, ``wait`` presented meanwhile)."""
     present(ctx, cl, wait, new)
@@ -62,8 +67,8 @@ def test_random_traffic_matches_rules():
                     for k, v in (("next_sem", rng.randrange(n)), ("next_count", rng.randrange(16)),
                                  ("next_consume", rng.randrange(2))):
                         ctx.set(getattr(cl, k), v)
-                for k in ("request", "signal", "signal_sem"):
-                    ctx.set(getattr(cl, k), int(a[k]))
+                ctx.set(cl.request, int(a["request"]))
+                signal(ctx, cl, a["signal_sem"] if a["signal"] else None)
                 acts.append(a)
                 loads.append(new if load else waits[c])
             # reference: a wait is seen satisfied when its count is 0, or when sem >= count and
@@ -131,10 +136,9 @@ def test_wait_released_exactly_at_count_and_clear():
         await change_wait(ctx, w, (0, 0, 0), (2, 3, 1))
         for i in range(3):
             assert ctx.get(w.wait_ok) == 0, f"released after {i} signals"
-            ctx.set(s.signal, 1)
-            ctx.set(s.signal_sem, 2)
+            signal(ctx, s, 2)
             await ctx.tick()
-            ctx.set(s.signal, 0)
+            signal(ctx, s, None)
         assert ctx.get(w.wait_ok) == 1
         ctx.set(w.request, 1)
         ctx.set(w.take, 1)
@@ -144,9 +148,9 @@ def test_wait_released_exactly_at_count_and_clear():
         assert ctx.get(dut.values[2]) == 3 and ctx.get(w.wait_ok) == 0
         await ctx.tick()
         assert ctx.get(dut.values[2]) == 0 and ctx.get(w.wait_ok) == 0
-        ctx.set(s.signal, 1)
+        signal(ctx, s, 2)
         await ctx.tick()
-        ctx.set(s.signal, 0)
+        signal(ctx, s, None)
         ctx.set(dut.clear, 1)
         await ctx.tick()
         assert ctx.get(dut.values[2]) == 0
@@ -162,11 +166,10 @@ def test_new_count_is_compared_a_cycle_later():
 
     async def tb(ctx):
         w, s = dut.clients[0], dut.clients[1]
-        ctx.set(s.signal_sem, 1)
-        ctx.set(s.signal, 1)
+        signal(ctx, s, 1)
         await ctx.tick()
         await ctx.tick()
-        ctx.set(s.signal, 0)
+        signal(ctx, s, None)
         assert ctx.get(dut.values[1]) == 2
         await change_wait(ctx, w, (0, 0, 0), (1, 2, 0))
         assert ctx.get(w.wait_ok) == 0, "a new count released before its compare was registered"
@@ -201,10 +204,9 @@ def test_next_wait_is_read_only_with_next_load():
 
     async def tb(ctx):
         lo, hi = dut.clients[0], dut.clients[1]
-        ctx.set(lo.signal_sem, 3)
-        ctx.set(lo.signal, 1)
+        signal(ctx, lo, 3)
         await ctx.tick()
-        ctx.set(lo.signal, 0)
+        signal(ctx, lo, None)
         await change_wait(ctx, hi, (0, 0, 0), (3, 1, 1))
         await change_wait(ctx, lo, (0, 0, 0), (3, 1, 1))
         await ctx.tick()
