@@ -51,6 +51,7 @@ from functools import reduce
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sparrow.config import HwConfig
@@ -356,6 +357,10 @@ class LaneOutput(wiring.Component):
     or not it is taken in the same cycle (there is always a free one), so the slots' write
     enables come from the lane's registers; taking a row only moves the read pointer. The
     writer's late ``res.ready`` thus drives a few flip-flops here instead of every data bit.
+    The slots are a memory with an asynchronous read (distributed RAM on an FPGA), so the
+    select of the oldest slot is the RAM's own read and the writer's lane select sees two
+    sources per lane, not ``depth + 1`` (area: the flip-flop slots and their read multiplexers
+    were a tenth of the default preset's LUTs).
 
     Ports
     -----
@@ -397,31 +402,23 @@ class LaneOutput(wiring.Component):
         lay = result_layout(self.cfg)
         fin = Signal(lay)
         m.d.comb += [fin.addr.eq(self.fin_addr), fin.data.eq(self.fin_data)]
-        slots = [Signal(lay, name=f"slot{k}") for k in range(d)]
         n = Signal(range(d + 1))            # rows stored (the presented one not counted)
         take = Signal()
 
         def step(ptr):
             return Mux(ptr == d - 1, 0, ptr + 1)
 
-        if d == 1:
-            head = slots[0]
-            with m.If(self.fin_v):
-                m.d.sync += slots[0].eq(fin)
-        else:
+        m.submodules.slots = slots = Memory(shape=lay, depth=d, init=[])
+        wr = slots.write_port()
+        rd = slots.read_port(domain="comb")
+        m.d.comb += [wr.data.eq(fin), wr.en.eq(self.fin_v)]
+        head = rd.data
+        if d > 1:
             rp = Signal(range(d))           # oldest stored row
             wp = Signal(range(d))           # next free slot (rp + n)
-            head = Signal(lay)
-            with m.Switch(rp):
-                for k in range(d):
-                    with m.Case(k):
-                        m.d.comb += head.eq(slots[k])
+            m.d.comb += [wr.addr.eq(wp), rd.addr.eq(rp)]
             with m.If(self.fin_v):
                 m.d.sync += wp.eq(step(wp))
-                with m.Switch(wp):
-                    for k in range(d):
-                        with m.Case(k):
-                            m.d.sync += slots[k].eq(fin)
             with m.If(take):
                 m.d.sync += rp.eq(step(rp))
         stored = Signal()
@@ -674,8 +671,11 @@ class MatrixEngine(wiring.Component):
         last_g = Signal(rows, init=1)            # one-hot: the lane granted last
         keep = Cat(*[out.res_keep for out in outs])
         after = Cat(*[Mux(gnt[i], out.res_pop, out.res_keep) for i, out in enumerate(outs)])
-        gnt_stay = Signal(rows)
-        gnt_move = Signal(rows)
+        # (kept as nets of their own, so that synthesis leaves ``grab`` as the last select instead
+        # of folding it into the round robin's LUTs: timing, grab follows the accumulator
+        # port's ready)
+        gnt_stay = Signal(rows, attrs={"keep": 1})
+        gnt_move = Signal(rows, attrs={"keep": 1})
         m.d.comb += [gnt_stay.eq(round_robin(keep, last_g)), gnt_move.eq(round_robin(after, gnt))]
         sel_any = Signal()
         m.d.comb += sel_any.eq(gnt != 0)
