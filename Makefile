@@ -11,6 +11,7 @@ FUZZ_PRESET ?= small
 FPGA_PRESETS ?= small
 FPGA_ROUTER ?= router1
 FPGA_SPEEDS ?= 6
+FPGA_SEEDS ?= 1
 FPGA_BLOCKS ?= matmul vector load store
 FPGA_BLOCK_PRESETS ?= small
 comma := ,
@@ -26,7 +27,7 @@ help:
 	@echo "make verilog   build/sparrow_<preset>.v + .json (parameters, register map), lint-checked"
 	@echo "make sim       long regression: system programs on every preset + every cocotb bench (WAVES=1 keeps FSTs)"
 	@echo "make demo      digits MLP/CNN: ONNX -> compiler -> simulated RTL, accuracy and cycles (LIMIT=N images)"
-	@echo "make fpga      yowasp synth + nextpnr-ecp5 per preset (FPGA_PRESETS=..., FPGA_ROUTER=router2, FPGA_SPEEDS="6 8", FPGA_BLOCKS=..., FPGA_BLOCK_PRESETS="small default=load"), LUT/FF/DSP/BRAM/Fmax"
+	@echo "make fpga      yowasp synth + nextpnr-ecp5 per preset (FPGA_PRESETS=..., FPGA_ROUTER=router2, FPGA_SPEEDS="6 8", FPGA_SEEDS="1 2 3", FPGA_BLOCKS=..., FPGA_BLOCK_PRESETS="small default=load"), LUT/FF/DSP/BRAM/Fmax"
 	@echo "make formal    formal properties (BMC / induction / cover, yosys-smtbmc + z3); DEPTH=N overrides depths"
 	@echo "make fuzz      N random programs (default 1000, SEED=1) golden model vs Verilator; mismatches -> tests/fuzz_cases/"
 	@echo "make coverage  Verilator line/toggle coverage per hdl block + ISA feature coverage -> build/coverage/"
@@ -59,7 +60,7 @@ demo: install
 	$(PY) examples/demo.py --backend verilator --preset small $(if $(LIMIT),--limit $(LIMIT),)
 
 fpga: install
-	SPARROW_FPGA_PRESETS="$(FPGA_PRESETS)" SPARROW_FPGA_ROUTER="$(FPGA_ROUTER)" SPARROW_FPGA_SPEEDS="$(FPGA_SPEEDS)" SPARROW_FPGA_BLOCKS="$(FPGA_BLOCKS)" SPARROW_FPGA_BLOCK_PRESETS="$(FPGA_BLOCK_PRESETS)" $(PY) -m sparrow.bench fpga
+	SPARROW_FPGA_PRESETS="$(FPGA_PRESETS)" SPARROW_FPGA_ROUTER="$(FPGA_ROUTER)" SPARROW_FPGA_SPEEDS="$(FPGA_SPEEDS)" SPARROW_FPGA_SEEDS="$(FPGA_SEEDS)" SPARROW_FPGA_BLOCKS="$(FPGA_BLOCKS)" SPARROW_FPGA_BLOCK_PRESETS="$(FPGA_BLOCK_PRESETS)" $(PY) -m sparrow.bench fpga
 
 formal: install
 	$(PY) -m sparrow.sim.formal $(if $(DEPTH),--depth $(DEPTH),)
