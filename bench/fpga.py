@@ -107,11 +107,6 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _seed_sub(seed: int, speed: int) -> str:
-    """The run directory's suffix, as ``python -m sparrow.fpga --seed S --speed G`` names it."""
-    return ("" if seed == 1 else f"_seed{seed}") + _sub(speed)
-
-
 def _router(preset_name: str) -> str:
     if "=" not in ROUTER:
         return ROUTER
@@ -120,7 +115,7 @@ def _router(preset_name: str) -> str:
 
 
 def _sub(speed: int) -> str:
-    return "" if speed == 6 else f"_speed{speed}"
+    return fpga.run_suffix(speed=speed)
 
 
 def _block_metric(r: dict) -> str:
@@ -169,8 +164,8 @@ def run():
             stale_ok=STALE_OK, speed=g)))]
     # the whole presets' other placement seeds (place and route finished only)
     reseeded = [r for g in speeds for p in PRESETS for sd in _seeds(SEEDS_TEXT)[1:] if (r := _try(
-        unfinished, f"{p}_seed{sd}{_sub(g)}", lambda p=p, g=g, sd=sd: fpga.run_preset(
-            p, Path(work) / f"{p}{_seed_sub(sd, g)}", timeout=TIMEOUT, cached_only=CACHED_ONLY,
+        unfinished, f"{p}{fpga.run_suffix(sd, g)}", lambda p=p, g=g, sd=sd: fpga.run_preset(
+            p, Path(work) / f"{p}{fpga.run_suffix(sd, g)}", timeout=TIMEOUT, cached_only=CACHED_ONLY,
             router=_router(p), stale_ok=STALE_OK, speed=g, seed=sd)))]
     for r in reseeded:
         if r.get("synth_only"):

@@ -356,5 +356,5 @@ def test_bench_block_presets_and_names():
     assert bench._seeds("") == [1] and bench._seeds("3 1 2 3") == [1, 3, 2]
     with pytest.raises(ValueError, match="'0' is not a positive integer seed"):
         bench._seeds("2 0")
-    assert [bench._seed_sub(s, g) for s, g in ((1, 6), (2, 6), (2, 8))] == ["", "_seed2", "_seed2_speed8"]
+    assert [bench.fpga.run_suffix(s, g) for s, g in ((1, 6), (2, 6), (2, 8))] == ["", "_seed2", "_seed2_speed8"]
     assert bench._label({"preset": "small", "speed": 8, "seed": 3}) == "small@speed8#seed3"

@@ -495,6 +495,13 @@ def _cell_counts(cells: dict[str, int]) -> dict[str, int]:
             "lutram_dpr16x4": cells.get("TRELLIS_DPR16X4", 0)}
 
 
+def run_suffix(seed: int = 1, speed: int = 6) -> str:
+    """The suffix of a run's directory name for a placement seed and speed grade other than the
+    defaults (``_seed2``, ``_speed8``, ``_seed2_speed8``): the CLI and the benchmark both use it,
+    so a run made by hand is found by ``bench fpga``."""
+    return ("" if seed == 1 else f"_seed{seed}") + ("" if speed == 6 else f"_speed{speed}")
+
+
 def run_preset(preset_name: str, work: Path, *, freq: float = TARGET_MHZ, device: str | None = None,
                nice: int = 10, reuse: bool = True, log=print, block: str | None = None,
                timeout: float | None = None, cached_only: bool = False, synth_only: bool = False,
@@ -642,7 +649,7 @@ def main(argv=None):
     ap.add_argument("--synth-only", action="store_true",
                     help="stop after synthesis and print the estimated long paths (minutes, not half an hour)")
     args = ap.parse_args(argv)
-    sub = ("" if args.seed == 1 else f"_seed{args.seed}") + ("" if args.speed == 6 else f"_speed{args.speed}")
+    sub = run_suffix(args.seed, args.speed)
     results = [run_preset(p, args.out / f"{f'{args.block}_{p}' if args.block else p}{sub}", freq=args.freq,
                           device=args.device, nice=args.nice, block=args.block, synth_only=args.synth_only,
                           reuse=not args.synth_only, router=args.router, seed=args.seed, speed=args.speed)
